@@ -1,0 +1,132 @@
+"""The `pate` command: one thin command per stage; known errors become one line and exit 2."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from . import config as config_mod
+from . import data as data_mod
+from . import pipeline
+from .run import STAGES, RunDir
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+
+def user_errors(func):
+    """Turn errors a user can cause into one clear line (exit 2) instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except pipeline.USER_ERRORS as exc:
+            raise UserError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise UserError("interrupted; rerun the same command to resume") from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pate")
+def main() -> None:
+    """PATE: label public data privately with a teacher ensemble.
+
+    Stages, in order: partition, train-teachers, vote, aggregate, train-student, evaluate.
+    `pate run PIPELINE.toml` runs them all, skipping finished ones and resuming a partial one.
+    """
+
+
+@main.group()
+def data() -> None:
+    """Datasets: prepare them offline where possible."""
+
+
+@data.command("prepare")
+@click.argument("name", type=click.Choice(sorted(config_mod.DATASETS)))
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=data_mod.DEFAULT_ROOT,
+              show_default=True, help="Dataset cache directory.")
+@user_errors
+def data_prepare(name: str, root: Path) -> None:
+    """Fetch or convert dataset NAME into ROOT (offline for mnist and fashion-mnist)."""
+    data_mod.prepare(name, root)
+    dataset = data_mod.load(name, root, auto_prepare=False)
+    click.echo(f"{name}: {len(dataset.train_y)} train (private) / {len(dataset.test_y)} test (public) "
+               f"images of shape {tuple(dataset.train_x.shape[1:])} in {root}")
+
+
+def stage_options(func):
+    options = [
+        click.argument("pipeline_file", metavar="PIPELINE.toml",
+                       type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Run directory [default: runs/<pipeline name>]."),
+        click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+                     default=data_mod.DEFAULT_ROOT, show_default=True, help="Dataset cache directory."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command("run")
+@stage_options
+@click.option("--until", type=click.Choice(STAGES), default=None, help="Stop after this stage.")
+@user_errors
+def run_all(pipeline_file, run_dir, data_root, device, quiet, until) -> None:
+    """Run every stage of PIPELINE.toml in order, then print a summary."""
+    ctx = pipeline.context(pipeline_file, run_dir, data_root, device, quiet)
+    pipeline.run_stages(ctx, until=until)
+    if until is None or until == STAGES[-1]:
+        click.echo(pipeline.summary(ctx))
+
+
+def _stage_command(stage: str):
+    @stage_options
+    @user_errors
+    def command(pipeline_file, run_dir, data_root, device, quiet) -> None:
+        ctx = pipeline.context(pipeline_file, run_dir, data_root, device, quiet)
+        pipeline.run_stage(ctx, stage, force=True)
+
+    command.__doc__ = pipeline.STAGE_HELP[stage]
+    return main.command(stage)(command)
+
+
+for _stage in STAGES:
+    _stage_command(_stage)
+
+
+@main.command("status")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@user_errors
+def status(run_dir: Path) -> None:
+    """Each stage of RUN_DIR: pending / partial (how far) / done."""
+    run = RunDir.existing(run_dir)
+    click.echo(f"run {run.path} (pipeline {run.config.name}, config {run.config.fingerprint()[:12]})")
+    for stage, state, progress in run.stage_rows():
+        detail = f"  ({progress})" if state == "partial" and progress else ""
+        click.echo(f"  {stage:<14} {state}{detail}")
+
+
+@main.command("audit")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--query", "query", type=int, default=None, help="Show one query in depth.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write cumulative epsilon against queries to this PNG (needs the plot extra).")
+@user_errors
+def audit(run_dir: Path, query: int | None, fmt: str, plot: Path | None) -> None:
+    """The per-query privacy ledger of RUN_DIR (PRIVATE: derived from the private data)."""
+    from . import audit as audit_mod
+
+    click.echo(audit_mod.render(RunDir.existing(run_dir), query=query, fmt=fmt, plot=plot), nl=False)
+
+
+if __name__ == "__main__":
+    main()

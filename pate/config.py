@@ -1,0 +1,267 @@
+"""Pipeline configuration: TOML -> frozen dataclasses, validated before any data is touched.
+
+Every hyperparameter that touches privacy (T, sigma1, sigma2, orders, beta grid, query count)
+is fixed here, before the private data is seen (DESIGN §5.8). A config's fingerprint (sha256 of
+its canonical JSON) ties a run directory to the exact settings it was started with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+DATASETS = {
+    # name: (private/train size, public/test size, classes, channels, image size)
+    "mnist": (60000, 10000, 10, 1, 28),
+    "fashion-mnist": (60000, 10000, 10, 1, 28),
+    "svhn": (73257, 26032, 10, 3, 32),
+    "cifar10": (50000, 10000, 10, 3, 32),
+}
+MECHANISMS = ("lnmax", "gnmax", "confident-gnmax")
+ARCHS = ("cnn-small", "cnn-deep")
+STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
+
+
+class ConfigError(ValueError):
+    """A config a user wrote is unusable; the message names the key and says why."""
+
+
+def _check(section: str, name: str, ok: bool, must: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"[{section}] {name} must be {must}; found {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"
+    private_size: int = 0  # 0 = the whole train split
+    student_pool: int = 9000
+    test_size: int = 1000
+    split_seed: int = 0
+
+    def validate(self) -> None:
+        _check("data", "dataset", self.dataset in DATASETS, f"one of {sorted(DATASETS)}", self.dataset)
+        n_private, n_public = DATASETS[self.dataset][:2]
+        _check("data", "private_size", 0 <= self.private_size <= n_private,
+               f"between 0 (all) and {n_private}", self.private_size)
+        _check("data", "student_pool", self.student_pool >= 1, "at least 1", self.student_pool)
+        _check("data", "test_size", self.test_size >= 1, "at least 1", self.test_size)
+        _check("data", "student_pool + test_size", self.student_pool + self.test_size <= n_public,
+               f"at most the {n_public} public images", self.student_pool + self.test_size)
+
+    @property
+    def num_private(self) -> int:
+        return self.private_size or DATASETS[self.dataset][0]
+
+
+@dataclass(frozen=True)
+class TeachersConfig:
+    count: int = 250
+    arch: str = "cnn-small"
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check("teachers", "count", self.count >= 1, "at least 1", self.count)
+        _check("teachers", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
+        _check("teachers", "epochs", self.epochs >= 1, "at least 1", self.epochs)
+        _check("teachers", "batch_size", self.batch_size >= 1, "at least 1", self.batch_size)
+        _check("teachers", "lr", self.lr > 0, "> 0", self.lr)
+        _check("teachers", "momentum", 0 <= self.momentum < 1, "in [0, 1)", self.momentum)
+        _check("teachers", "weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay)
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    mechanism: str = "confident-gnmax"
+    max_queries: int = 640
+    threshold: float = 200.0
+    sigma1: float = 150.0
+    sigma2: float = 40.0
+    gamma: float = 0.05  # LNMax: Laplace noise of scale 1/gamma
+    epsilon_budget: float = 0.0  # 0 = no budget; else stop before data-independent eps exceeds it
+    seed: Optional[int] = None  # None = OS cryptographic noise; a seed is NOT a production guarantee
+
+    def validate(self) -> None:
+        _check("aggregator", "mechanism", self.mechanism in MECHANISMS, f"one of {list(MECHANISMS)}",
+               self.mechanism)
+        _check("aggregator", "max_queries", self.max_queries >= 1, "at least 1", self.max_queries)
+        _check("aggregator", "threshold", self.threshold >= 0, ">= 0", self.threshold)
+        _check("aggregator", "sigma1", self.sigma1 > 0, "> 0", self.sigma1)
+        _check("aggregator", "sigma2", self.sigma2 > 0, "> 0", self.sigma2)
+        _check("aggregator", "gamma", self.gamma > 0, "> 0", self.gamma)
+        _check("aggregator", "epsilon_budget", self.epsilon_budget >= 0, ">= 0 (0 = none)",
+               self.epsilon_budget)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    delta: float = 1e-5
+    orders: tuple[float, ...] = ()  # empty = the paper's default list (pate.privacy.rdp.DEFAULT_ORDERS)
+    conversion: str = "improved"
+    betas: tuple[float, ...] = ()  # empty = the default smooth-sensitivity beta grid
+
+    def validate(self) -> None:
+        _check("privacy", "delta", 0 < self.delta < 1, "in (0, 1)", self.delta)
+        _check("privacy", "orders", all(o > 1 for o in self.orders), "a list of orders > 1",
+               list(self.orders))
+        _check("privacy", "conversion", self.conversion in ("improved", "classic"),
+               "'improved' or 'classic'", self.conversion)
+        _check("privacy", "betas", all(b > 0 for b in self.betas), "a list of values > 0",
+               list(self.betas))
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    arch: str = "cnn-small"
+    method: str = "fixmatch"
+    steps: int = 2000
+    batch_size: int = 64
+    unlabeled_ratio: int = 3
+    lr: float = 0.03
+    weight_decay: float = 5e-4
+    threshold: float = 0.95
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
+        _check("student", "method", self.method in STUDENT_METHODS, f"one of {list(STUDENT_METHODS)}",
+               self.method)
+        _check("student", "steps", self.steps >= 1, "at least 1", self.steps)
+        _check("student", "batch_size", self.batch_size >= 1, "at least 1", self.batch_size)
+        _check("student", "unlabeled_ratio", self.unlabeled_ratio >= 0, ">= 0", self.unlabeled_ratio)
+        _check("student", "lr", self.lr > 0, "> 0", self.lr)
+        _check("student", "weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay)
+        _check("student", "threshold", 0 < self.threshold <= 1, "in (0, 1]", self.threshold)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+    def validate(self) -> None:
+        _check("top level", "name", bool(self.name) and "/" not in self.name and self.name.strip() == self.name,
+               "a non-empty name without '/'", self.name)
+        for section in (self.data, self.teachers, self.aggregator, self.privacy, self.student):
+            section.validate()
+        n = self.data.num_private
+        # DESIGN §5.6: delta must be below 1/N for N private records.
+        _check("privacy", "delta", self.privacy.delta < 1 / n, f"below 1/N = {1 / n:.3g} (N = {n} private records)",
+               self.privacy.delta)
+        _check("teachers", "count", self.teachers.count <= n, f"at most the {n} private records",
+               self.teachers.count)
+        _check("aggregator", "max_queries", self.aggregator.max_queries <= self.data.student_pool,
+               f"at most the student pool ({self.data.student_pool})", self.aggregator.max_queries)
+
+    @property
+    def seeded(self) -> bool:
+        return self.aggregator.seed is not None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(PipelineConfig) if f.name != "name"}
+
+
+def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
+    """Check a TOML value against a field's type hint; ints are accepted where floats are."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Union:  # Optional[int]
+        inner = [a for a in args if a is not type(None)][0]
+        return None if value is None else _coerce(section, key, value, inner)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"[{section}] {key} must be a list; found {value!r}")
+        return tuple(_coerce(section, key, v, args[0]) for v in value)
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"[{section}] {key} must be of type {hint.__name__}; found {value!r}")
+    return value
+
+
+def _build_section(section: str, cls: type, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table; found {table!r}")
+    hints = get_type_hints(cls)
+    unknown = sorted(set(table) - set(hints))
+    if unknown:
+        raise ConfigError(f"[{section}] unknown key {unknown[0]!r}; allowed: {', '.join(sorted(hints))}")
+    return cls(**{k: _coerce(section, k, v, hints[k]) for k, v in table.items()})
+
+
+def from_dict(raw: dict, default_name: str = "pipeline") -> PipelineConfig:
+    unknown = sorted(set(raw) - set(SECTIONS) - {"name"})
+    if unknown:
+        raise ConfigError(f"unknown top-level key {unknown[0]!r}; allowed: name, {', '.join(SECTIONS)}")
+    name = raw.get("name", default_name)
+    if not isinstance(name, str):
+        raise ConfigError(f"[top level] name must be a string; found {name!r}")
+    sections = {s: _build_section(s, get_type_hints(PipelineConfig)[s], raw.get(s, {})) for s in SECTIONS}
+    config = PipelineConfig(name=name, **sections)
+    config.validate()
+    return config
+
+
+def load(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return from_dict(raw, default_name=path.stem)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(config: PipelineConfig) -> str:
+    """The resolved config as TOML (defaults written out); None values are omitted."""
+    lines = [f"name = {_toml_value(config.name)}"]
+    for section, values in config.to_dict().items():
+        if section == "name":
+            continue
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"

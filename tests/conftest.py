@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny pipelines and a fake dataset cache so tests never need the real data."""
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TINY_PIPELINE = """
+name = "tiny"
+
+[data]
+dataset = "mnist"
+private_size = 600
+student_pool = 300
+test_size = 100
+split_seed = 0
+
+[teachers]
+count = 6
+arch = "cnn-small"
+epochs = 1
+batch_size = 16
+
+[aggregator]
+mechanism = "confident-gnmax"
+max_queries = 40
+threshold = 4
+sigma1 = 1.0
+sigma2 = 1.0
+seed = 7
+
+[privacy]
+delta = 1e-4
+
+[student]
+method = "supervised"
+steps = 20
+batch_size = 16
+"""
+
+
+def write_idx_mnist(root: Path, num_train: int = 60000, num_test: int = 10000, seed: int = 0) -> Path:
+    """A fake MNIST cache in torchvision's layout: class-dependent blobs so models can learn."""
+    from pate.data import _idx_bytes
+
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", num_train), ("t10k", num_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = np.zeros((n, 28, 28), np.uint8)
+        rows, cols = (labels // 5) * 12 + 4, (labels % 5) * 5 + 2  # one bright square per class
+        for dr in range(4):
+            for dc in range(4):
+                images[np.arange(n), rows + dr, cols + dc] = 255
+        images = np.clip(images.astype(np.int16) + rng.integers(0, 40, images.shape), 0, 255).astype(np.uint8)
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(_idx_bytes(labels))
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_data_root(tmp_path_factory) -> Path:
+    return write_idx_mnist(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(textwrap.dedent(TINY_PIPELINE))
+    return path
