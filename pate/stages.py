@@ -14,7 +14,7 @@ import numpy as np
 from . import data as data_mod
 from .config import DATASETS, PipelineConfig
 from .partition import PartitionError, make_partition, verify_partition
-from .progress import say
+from .progress import Progress, say
 from .run import RunDir, RunError, atomic_save_npz
 
 
@@ -70,3 +70,113 @@ def run_partition(ctx: Context) -> None:
     ctx.say(f"partition: {sizes['num_private']} private records -> {config.teachers.count} shards of "
             f"{shard.min()}-{shard.max()}; {sizes['num_queries']} queries, pool {sizes['student_pool']}, "
             f"held-out test {sizes['test_size']}")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was asked for, but no CUDA device is available")
+    return name
+
+
+def save_state_dict(path: Path, state: dict) -> None:
+    import io
+
+    import torch
+
+    from .run import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def public_images(ctx: Context, dataset: data_mod.Dataset, index: np.ndarray):
+    return data_mod.to_float(dataset.test_x[index], dataset.name)
+
+
+def run_train_student(ctx: Context) -> None:
+    from . import student
+    from .run import atomic_write_json
+
+    run, cfg = ctx.run, ctx.config.student
+    run.begin("train-student")
+    parts = load_partition(ctx)
+    released = run.load_npz("aggregate", "labels.npz")
+    dataset = load_dataset(ctx)
+    labeled_index = released["query_index"]
+    if not np.isin(labeled_index, parts["student_pool_index"]).all():
+        raise RunError("labels.npz names images outside the student pool; refusing to train")
+    # The unlabelled rest of the public pool: never the held-out test split.
+    unlabeled_index = np.setdiff1d(parts["student_pool_index"], labeled_index)
+    if len(labeled_index) == 0:
+        raise RunError("no query was answered, so the student has no labels; revisit the aggregator settings")
+    progress = Progress(cfg.steps, "train-student", ctx.quiet)
+
+    def report(step, steps, loss, info):
+        progress.done = step
+        progress.update(0, status=f"loss {loss:.3f}")
+        if step % 50 == 0 or step == steps:
+            run.progress("train-student", f"step {step}/{steps}")
+
+    (run.path / "student").mkdir(exist_ok=True)
+    model, history = student.train_student(
+        public_images(ctx, dataset, labeled_index), torch_long(released["label"]),
+        public_images(ctx, dataset, unlabeled_index) if cfg.method != "supervised" else None,
+        arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
+        batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, threshold=cfg.threshold, seed=cfg.seed,
+        device=resolve_device(ctx.device), checkpoint_path=run.path / "student" / "checkpoint.pt",
+        checkpoint_every=max(1, min(200, cfg.steps // 5)), fingerprint=ctx.config.fingerprint(),
+        progress=report)
+    progress.close()
+    save_state_dict(run.file("student/model.pt"), {k: v.cpu() for k, v in model.state_dict().items()})
+    atomic_write_json(run.file("student/history.json"), history)
+    run.finish("train-student", ["student/model.pt", "student/history.json"],
+               labeled=int(len(labeled_index)), unlabeled=int(len(unlabeled_index)))
+    ctx.say(f"train-student: {len(labeled_index)} labelled + {len(unlabeled_index)} unlabelled public images, "
+            f"{cfg.method}, {cfg.steps} steps")
+
+
+def torch_long(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.asarray(array, dtype=np.int64))
+
+
+def run_evaluate(ctx: Context) -> None:
+    import json
+
+    import torch
+
+    from . import student
+    from .models import build_model
+    from .run import atomic_write_json
+
+    run, config = ctx.run, ctx.config
+    run.begin("evaluate")
+    parts = load_partition(ctx)
+    dataset = load_dataset(ctx)
+    _, _, num_classes, channels, size = DATASETS[config.data.dataset]
+    model = build_model(config.student.arch, channels, num_classes, size)
+    state = torch.load(run.verified("train-student", "student/model.pt"), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    test_index = parts["test_index"]
+    device = resolve_device(ctx.device)
+    student_accuracy = student.accuracy(model.to(device), public_images(ctx, dataset, test_index),
+                                        torch_long(dataset.test_y[test_index]), device=device)
+    released = run.load_npz("aggregate", "labels.npz")
+    # Evaluation only: compares released labels with the true public labels, which PATE never uses.
+    label_accuracy = (float((released["label"] == dataset.test_y[released["query_index"]]).mean())
+                      if len(released["label"]) else None)
+    teacher_stats = json.loads(run.verified("vote", "teachers_eval.json").read_text())
+    metrics = {"student_accuracy": student_accuracy, "label_accuracy": label_accuracy,
+               "label_accuracy_note": "evaluation only: uses the true public labels, never used in training",
+               "teacher_accuracy_mean": teacher_stats["teacher_accuracy_mean"],
+               "ensemble_accuracy": teacher_stats["ensemble_accuracy"], "test_size": int(len(test_index))}
+    atomic_write_json(run.file("metrics.json"), metrics)
+    run.finish("evaluate", ["metrics.json"])
+    ctx.say(f"evaluate: student accuracy {100 * student_accuracy:.2f}% on {len(test_index)} held-out images")

@@ -1,0 +1,161 @@
+"""The per-query audit ledger: an append-only JSON-lines file, PRIVATE to the data holder.
+
+Privacy invariant 5 (DESIGN §5): the line recording a query's decision is on disk (written,
+flushed, fsynced) before its label can leave the aggregator, and a resumed aggregation starts
+after the last line, so no query is ever answered twice and no noise is re-drawn for a released
+answer. Each batch of lines goes out in a single ``write`` call on a file opened for appending.
+
+The first line is a header binding the ledger to one run (config fingerprint) and one vote
+matrix (sha256 of votes.npz); every record repeats the facts of its vote row that the audit
+relies on, so a ledger that does not match the votes is detected on load.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+VERSION = 1
+
+
+class LedgerError(Exception):
+    """The ledger is damaged, truncated, or belongs to another run or vote matrix."""
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    """One query's decision. ``label`` is -1 when the query was not answered."""
+    query: int  # position in votes.npz
+    public_index: int  # index of the query image in the public set
+    answered: bool
+    label: int
+    top_label: int  # plurality label (argmax of the votes, first on ties)
+    top_count: int
+    gap: int  # top count minus the runner-up count
+    logq: Optional[float]  # log of the GNMax bound q~ (Prop. 7), for answered queries
+    logpr_answered: Optional[float]  # log Pr[threshold passed] (Confident-GNMax only)
+
+
+@dataclass(frozen=True)
+class LedgerHeader:
+    config_sha256: str
+    votes_sha256: str
+    mechanism: str
+    seeded: bool
+    num_queries: int
+    version: int = VERSION
+
+
+def vote_facts(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top label, top count, gap to runner-up) per row, vectorized."""
+    top_label = np.argmax(votes, axis=1)
+    ordered = np.sort(votes, axis=1)
+    top = ordered[:, -1]
+    second = ordered[:, -2] if votes.shape[1] > 1 else np.zeros_like(top)
+    return top_label, top, top - second
+
+
+def _line(obj: dict) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def create(path: str | Path, header: LedgerHeader) -> None:
+    """Start a ledger holding only its header (fails if one exists: never overwrite decisions)."""
+    with open(path, "x", encoding="utf-8") as f:
+        f.write(_line({"kind": "header", **asdict(header)}))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def append(path: str | Path, records: Sequence[QueryRecord]) -> None:
+    """Append records in one write, then flush and fsync; only then may their labels be released."""
+    if not records:
+        return
+    payload = "".join(_line({"kind": "query", **asdict(r)}) for r in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        written = os.write(fd, payload)
+        if written != len(payload):
+            raise LedgerError(f"short write to {path} ({written} of {len(payload)} bytes); disk full?")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RECORD_FIELDS = {f.name for f in fields(QueryRecord)}
+_HEADER_FIELDS = {f.name for f in fields(LedgerHeader)}
+
+
+def read(path: str | Path) -> tuple[LedgerHeader, list[QueryRecord]]:
+    """Parse a ledger strictly: any damaged, missing or out-of-order line is an error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LedgerError(f"no ledger at {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LedgerError(f"{path} is unreadable: {exc}") from None
+    if text and not text.endswith("\n"):
+        raise LedgerError(f"{path} ends in the middle of a line (truncated or damaged); it cannot be "
+                          "trusted, and the queries it recorded must not be answered again")
+    lines = text.splitlines()
+    if not lines:
+        raise LedgerError(f"{path} is empty (no header)")
+    objs = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            objs.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise LedgerError(f"{path} line {number} is not JSON ({exc.msg}); the ledger is damaged") from None
+    head = objs[0]
+    if not isinstance(head, dict) or head.get("kind") != "header" or set(head) - {"kind"} != _HEADER_FIELDS:
+        raise LedgerError(f"{path} does not start with a valid ledger header")
+    header = LedgerHeader(**{k: v for k, v in head.items() if k != "kind"})
+    records = []
+    for number, obj in enumerate(objs[1:], start=2):
+        if not isinstance(obj, dict) or obj.get("kind") != "query" or set(obj) - {"kind"} != _RECORD_FIELDS:
+            raise LedgerError(f"{path} line {number} is not a query record")
+        record = QueryRecord(**{k: v for k, v in obj.items() if k != "kind"})
+        if record.query != number - 2:
+            raise LedgerError(f"{path} line {number} records query {record.query}, expected {number - 2} "
+                              "(lines missing, repeated or reordered)")
+        records.append(record)
+    return header, records
+
+
+def check_against_votes(header: LedgerHeader, records: list[QueryRecord], *, config_sha256: str,
+                        votes_sha256: str, votes: np.ndarray, query_index: np.ndarray) -> None:
+    """Refuse a ledger from another run, or one whose records disagree with the vote matrix."""
+    if header.version != VERSION:
+        raise LedgerError(f"ledger version {header.version} is not supported (expected {VERSION})")
+    if header.config_sha256 != config_sha256:
+        raise LedgerError("the ledger belongs to a run with another config")
+    if header.votes_sha256 != votes_sha256 or header.num_queries != len(votes):
+        raise LedgerError("the ledger was written for other votes (votes.npz changed since aggregation began)")
+    if len(records) > len(votes):
+        raise LedgerError(f"the ledger has {len(records)} records for {len(votes)} queries")
+    if not records:
+        return
+    n = len(records)
+    arr = {name: np.array([getattr(r, name) for r in records]) for name in
+           ("public_index", "answered", "label", "top_label", "top_count", "gap")}
+    top_label, top, gap = vote_facts(votes[:n])
+    mismatch = ((arr["public_index"] != query_index[:n]) | (arr["top_label"] != top_label)
+                | (arr["top_count"] != top) | (arr["gap"] != gap)
+                | (arr["answered"] != (arr["label"] >= 0)) | (arr["label"] >= votes.shape[1]))
+    if mismatch.any():
+        first = int(np.flatnonzero(mismatch)[0])
+        raise LedgerError(f"ledger record for query {first} does not match votes.npz (tampered or from "
+                          "another run)")
+
+
+def released_labels(records: list[QueryRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query positions, public indices, labels) of the answered queries."""
+    answered = [r for r in records if r.answered]
+    return (np.array([r.query for r in answered], dtype=np.int64),
+            np.array([r.public_index for r in answered], dtype=np.int64),
+            np.array([r.label for r in answered], dtype=np.int64))
