@@ -112,7 +112,14 @@ def privacy_report(config: PipelineConfig, votes: np.ndarray, records: list[Quer
                                         "note": "LNMax is accounted data-independently; nothing to smooth"}
         return report
     order_index = int(np.argmin(np.abs(orders_ - order)))
-    ls_total = _local_sensitivity(config, votes, answered, float(order))
+    try:
+        ls_total = _local_sensitivity(config, votes, answered, float(order))
+    except smooth_sensitivity.NotApplicable as exc:
+        # Without a valid smooth-sensitivity bound no data-dependent figure may be published.
+        report["smooth_sensitivity"] = {"epsilon": None, "noise_std": None, "beta": None,
+                                        "released_epsilon": report["epsilon_data_independent"],
+                                        "note": f"{exc}; the publishable figure is the data-independent epsilon"}
+        return report
     release = smooth_sensitivity.release(ls_total, float(realized[order_index]), float(order), priv.delta,
                                          betas=list(priv.betas) or None,
                                          noise=mechanisms.noise_source(agg.seed, stream=noise_stream))

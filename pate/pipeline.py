@@ -35,8 +35,15 @@ def register_user_error(*errors: type[BaseException]) -> None:
 
 
 def stage_function(stage: str):
+    from . import labeling, teacher_stages
+
     return {
         "partition": stages.run_partition,
+        "train-teachers": teacher_stages.run_train_teachers,
+        "vote": teacher_stages.run_vote,
+        "aggregate": labeling.run_aggregate,
+        "train-student": stages.run_train_student,
+        "evaluate": stages.run_evaluate,
     }[stage]
 
 
@@ -57,7 +64,8 @@ def run_stage(ctx: stages.Context, stage: str, force: bool = False) -> bool:
         ctx.say(f"{stage}: resuming")
     t0 = time.monotonic()
     stage_function(stage)(ctx)
-    ctx.run._update(stage, seconds=round(time.monotonic() - t0, 2))
+    if ctx.run.is_done(stage):  # under torchrun only rank 0 finishes the stage
+        ctx.run.update(stage, seconds=round(time.monotonic() - t0, 2))
     return True
 
 

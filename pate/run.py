@@ -128,7 +128,7 @@ class RunDir:
         except (OSError, json.JSONDecodeError) as exc:
             raise RunError(f"{self.path / 'manifest.json'} is unreadable: {exc}") from None
 
-    def _update(self, stage: str, **fields: object) -> None:
+    def update(self, stage: str, **fields: object) -> None:
         manifest = self.manifest()
         manifest["stages"].setdefault(stage, {}).update(fields)
         atomic_write_json(self.path / "manifest.json", manifest)
@@ -149,17 +149,17 @@ class RunDir:
     def begin(self, stage: str) -> None:
         record = self.manifest()["stages"].get(stage, {})
         if record.get("status") != "partial":
-            self._update(stage, status="partial", started=_now(), progress="started")
+            self.update(stage, status="partial", started=_now(), progress="started")
 
     def progress(self, stage: str, text: str) -> None:
-        self._update(stage, progress=text)
+        self.update(stage, progress=text)
 
     def finish(self, stage: str, outputs: list[str], **extra: object) -> None:
         hashes = {name: sha256_file(self.path / name) for name in outputs}
-        self._update(stage, status="done", finished=_now(), outputs=hashes, progress="done", **extra)
+        self.update(stage, status="done", finished=_now(), outputs=hashes, progress="done", **extra)
 
     def reset(self, stage: str) -> None:
-        self._update(stage, status="pending", progress=None, outputs={})
+        self.update(stage, status="pending", progress=None, outputs={})
 
     # ---- artifacts -----------------------------------------------------------------------
     def file(self, name: str) -> Path:

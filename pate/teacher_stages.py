@@ -1,0 +1,162 @@
+"""The train-teachers and vote stages: run-directory glue around ``pate.ensemble``.
+
+Under ``torchrun`` each rank trains its own contiguous block of teachers and writes its own
+checkpoint and part file into the shared run directory; rank 0 alone touches the manifest, after
+a barrier. The vote stage reads every part, so it does not care how many ranks trained them.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .config import DATASETS
+from .progress import Progress
+from .run import RunError, atomic_save_npz, atomic_write_json
+from .stages import Context, load_dataset, load_partition, public_images, resolve_device, save_state_dict
+
+VOTE_CHUNK = 1024
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun, with the process group initialised; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def part_name(rank: int, world: int) -> str:
+    return f"teachers/part-{rank}-of-{world}.pt"
+
+
+def run_train_teachers(ctx: Context) -> None:
+    import torch
+
+    from . import data as data_mod
+    from . import ensemble
+
+    run, config, tcfg = ctx.run, ctx.config, ctx.config.teachers
+    rank, world = _distributed()
+    if rank == 0:
+        run.begin("train-teachers")
+    parts = load_partition(ctx)
+    dataset = load_dataset(ctx)
+    used = np.flatnonzero(parts["teacher_of"] >= 0)  # records outside every shard never reach a model
+    images = data_mod.to_float(dataset.train_x[used], dataset.name)
+    labels = torch.from_numpy(dataset.train_y[used])
+    teacher_ids = ensemble.teachers_for_rank(tcfg.count, rank, world)
+    device = resolve_device(ctx.device)
+    (run.path / "teachers").mkdir(exist_ok=True)
+    progress = Progress(tcfg.epochs, f"train-teachers[{rank}]" if world > 1 else "train-teachers",
+                        ctx.quiet or rank > 0)
+
+    def report(epoch, epochs, step, steps, loss, images_per_s):
+        if step == steps:
+            progress.done = epoch
+            progress.update(0, status=f"loss {loss:.3f} {images_per_s:.0f} img/s")
+            if rank == 0:
+                run.progress("train-teachers", f"epoch {epoch}/{epochs}")
+
+    model, info = ensemble.train_ensemble(
+        images, labels, parts["teacher_of"][used], tcfg.count, arch=tcfg.arch, num_classes=dataset.num_classes,
+        epochs=tcfg.epochs, batch_size=tcfg.batch_size, lr=tcfg.lr, momentum=tcfg.momentum,
+        weight_decay=tcfg.weight_decay, seed=tcfg.seed, device=device, augment=tcfg.augment,
+        teacher_ids=teacher_ids, checkpoint_path=run.path / "teachers" / f"checkpoint-{rank}-of-{world}.pt",
+        fingerprint=config.fingerprint(), progress=report, amp=device == "cuda")
+    progress.close()
+    save_state_dict(run.file(part_name(rank, world)),
+                    {"teacher_ids": list(teacher_ids), "state": {k: v.cpu() for k, v in model.state_dict().items()}})
+    _barrier(world)
+    if rank == 0:
+        run.finish("train-teachers", [part_name(r, world) for r in range(world)], world_size=world)
+        ctx.say(f"train-teachers: {tcfg.count} teachers ({tcfg.arch}) trained, {tcfg.epochs} epochs"
+                + (f" on {world} ranks" if world > 1 else ""))
+
+
+def _load_parts(ctx: Context, device: str):
+    """Each trained part as an ensemble module, in teacher-id order."""
+    import torch
+
+    from . import ensemble
+
+    config = ctx.config
+    _, _, num_classes, channels, size = DATASETS[config.data.dataset]
+    names = sorted(ctx.run.manifest()["stages"]["train-teachers"]["outputs"])
+    modules = []
+    for name in names:
+        blob = torch.load(ctx.run.verified("train-teachers", name), map_location="cpu", weights_only=True)
+        module = ensemble.TeacherEnsemble(config.teachers.arch, channels, num_classes, size, blob["teacher_ids"])
+        module.load_state_dict(blob["state"])
+        modules.append(module.to(device))
+    modules.sort(key=lambda m: m.teacher_ids[0])
+    ids = [t for m in modules for t in m.teacher_ids]
+    if ids != list(range(config.teachers.count)):
+        raise RunError("the trained teacher parts do not cover teachers 0..K-1 exactly once")
+    return modules
+
+
+def _predictions(modules, images, device: str):
+    from . import ensemble
+
+    return np.concatenate([ensemble.predict(m, images, device=device).numpy() for m in modules], axis=0)
+
+
+def run_vote(ctx: Context) -> None:
+    from . import ensemble
+
+    run, config = ctx.run, ctx.config
+    run.begin("vote")
+    parts = load_partition(ctx)
+    dataset = load_dataset(ctx)
+    device = resolve_device(ctx.device)
+    modules = _load_parts(ctx, device)
+    num_classes = dataset.num_classes
+    query_index = parts["query_index"]
+    partial = run.file("votes.partial.npz")
+    votes = np.zeros((0, num_classes), np.int64)
+    if partial.exists():  # resume after the last finished chunk
+        with np.load(partial) as saved:
+            if np.array_equal(saved["query_index"], query_index[:len(saved["votes"])]):
+                votes = saved["votes"]
+    progress = Progress(len(query_index), "vote", ctx.quiet, start=len(votes))
+    while len(votes) < len(query_index):
+        chunk = query_index[len(votes):len(votes) + VOTE_CHUNK]
+        preds = _predictions(modules, public_images(ctx, dataset, chunk), device)  # (K, chunk)
+        votes = np.concatenate([votes, ensemble.votes_from_predictions(preds, num_classes).numpy()])
+        atomic_save_npz(partial, votes=votes, query_index=query_index[:len(votes)])
+        run.progress("vote", f"{len(votes)}/{len(query_index)} queries")
+        progress.update(len(chunk))
+    progress.close()
+    if not (votes.sum(axis=1) == config.teachers.count).all():
+        raise RunError("vote rows do not sum to K; the teachers are inconsistent")
+    atomic_save_npz(run.file("votes.npz"), votes=votes, query_index=query_index)
+    # Evaluation only: teacher and plurality accuracy on the held-out public test split.
+    test_index = parts["test_index"]
+    test_preds = _predictions(modules, public_images(ctx, dataset, test_index), device)
+    truth = dataset.test_y[test_index]
+    per_teacher = ensemble.teacher_accuracies(test_preds, truth).numpy()
+    plurality = ensemble.votes_from_predictions(test_preds, num_classes).numpy().argmax(axis=1)
+    stats = {"teacher_accuracy_mean": float(np.mean(per_teacher)), "teacher_accuracy_min": float(np.min(per_teacher)),
+             "teacher_accuracy_max": float(np.max(per_teacher)), "teacher_accuracy": [float(a) for a in per_teacher],
+             "ensemble_accuracy": float((plurality == truth).mean()),
+             "query_plurality_accuracy": float((votes.argmax(axis=1) == dataset.test_y[query_index]).mean()),
+             "note": "evaluation only, on the held-out public test split; never used for training or queries"}
+    atomic_write_json(run.file("teachers_eval.json"), stats)
+    run.finish("vote", ["votes.npz", "teachers_eval.json"])
+    partial.unlink(missing_ok=True)
+    ctx.say(f"vote: {len(query_index)} queries; teachers {100 * stats['teacher_accuracy_mean']:.1f}% mean "
+            f"(min {100 * stats['teacher_accuracy_min']:.1f}%), plurality {100 * stats['ensemble_accuracy']:.1f}% "
+            f"on the held-out test split")

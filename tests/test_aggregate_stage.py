@@ -1,0 +1,161 @@
+"""The aggregate stage: ledger before release, resume without repeats, budget, privacy.json."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pate import config as config_mod
+from pate import labeling
+from pate.cli import main
+from pate.privacy import ledger
+from pate.run import RunDir, RunError, atomic_save_npz
+from pate.stages import Context
+
+K, M, Q = 30, 10, 700
+
+
+def make_run(tmp_path, name="r", **aggregator):
+    agg = {"mechanism": "confident-gnmax", "max_queries": Q, "threshold": 20.0, "sigma1": 6.0, "sigma2": 4.0,
+           "seed": 11, **aggregator}
+    cfg = config_mod.from_dict({"name": "agg", "data": {"private_size": 3000, "student_pool": 900, "test_size": 100},
+                                "teachers": {"count": K}, "aggregator": agg, "privacy": {"delta": 1e-5}})
+    run = RunDir.open(tmp_path / name, cfg)
+    rng = np.random.default_rng(0)
+    top = rng.integers(0, M, Q)
+    consensus = rng.integers(5, K + 1, Q)
+    votes = np.zeros((Q, M), np.int64)
+    for i in range(Q):  # a mix of confident and split votes, each row summing to K
+        votes[i, top[i]] = consensus[i]
+        votes[i] += np.bincount(rng.integers(0, M, K - consensus[i]), minlength=M)
+    for stage in ("partition", "train-teachers"):
+        run.update(stage, status="done", outputs={})
+    atomic_save_npz(run.file("votes.npz"), votes=votes, query_index=np.arange(Q) + 5)
+    run.finish("vote", ["votes.npz"])
+    return Context(run=run, quiet=True), votes
+
+
+def ledger_records(run):
+    return ledger.read(run.file("ledger.jsonl"))[1]
+
+
+def test_labels_equal_what_the_ledger_released(tmp_path):
+    ctx, votes = make_run(tmp_path)
+    labeling.run_aggregate(ctx)
+    records = ledger_records(ctx.run)
+    assert [r.query for r in records] == list(range(Q))
+    with np.load(ctx.run.file("labels.npz")) as labels:
+        answered = [r for r in records if r.answered]
+        assert labels["query_index"].tolist() == [r.public_index for r in answered]
+        assert labels["label"].tolist() == [r.label for r in answered]
+    report = json.loads(ctx.run.file("privacy.json").read_text())
+    for key in ("mechanism", "delta", "epsilon", "order", "epsilon_classic", "epsilon_data_independent",
+                "smooth_sensitivity", "queries_asked", "queries_answered", "seeded"):
+        assert key in report
+    assert report["seeded"] is True and "SEEDED" in report["warning"]
+    assert report["queries_asked"] == Q and report["queries_answered"] == len(answered)
+    assert 0 < report["epsilon"] <= report["epsilon_classic"] + 1e-9
+    assert report["epsilon"] <= report["epsilon_data_independent"] + 1e-9
+    assert set(report["smooth_sensitivity"]) >= {"epsilon", "noise_std", "beta", "released_epsilon"}
+
+
+def test_crash_after_a_chunk_resumes_without_repeating(tmp_path, monkeypatch):
+    ctx, _ = make_run(tmp_path, "crashed")
+    real_append, calls = ledger.append, []
+
+    def append_then_crash(path, records):
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")  # dies before the second chunk reaches the disk
+        real_append(path, records)
+
+    monkeypatch.setattr(ledger, "append", append_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        labeling.run_aggregate(ctx)
+    monkeypatch.setattr(ledger, "append", real_append)
+    assert len(ledger_records(ctx.run)) == labeling.CHUNK
+    assert not ctx.run.file("labels.npz").exists()  # nothing released yet
+    labeling.run_aggregate(ctx)
+    resumed = ledger_records(ctx.run)
+    assert [r.query for r in resumed] == list(range(Q))  # each query exactly once
+
+    fresh, _ = make_run(tmp_path, "fresh")
+    labeling.run_aggregate(fresh)
+    assert resumed == ledger_records(fresh.run)  # seeded: same as an uninterrupted run
+    assert json.loads(ctx.run.file("privacy.json").read_text()) == json.loads(fresh.run.file("privacy.json").read_text())
+
+
+def test_rerun_after_privacy_json_keeps_the_released_figure(tmp_path):
+    ctx, _ = make_run(tmp_path)
+    labeling.run_aggregate(ctx)
+    first = ctx.run.file("privacy.json").read_text()
+    ctx.run.update("aggregate", status="partial")  # as if the crash came just before 'done'
+    labeling.run_aggregate(ctx)
+    assert ctx.run.file("privacy.json").read_text() == first
+
+
+def test_secure_noise_is_the_default_and_differs(tmp_path):
+    a, _ = make_run(tmp_path, "a", seed=None)
+    b, _ = make_run(tmp_path, "b", seed=None)
+    labeling.run_aggregate(a)
+    labeling.run_aggregate(b)
+    report = json.loads(a.run.file("privacy.json").read_text())
+    assert report["seeded"] is False and "warning" not in report
+    assert [r.label for r in ledger_records(a.run)] != [r.label for r in ledger_records(b.run)]
+
+
+def test_epsilon_budget_stops_answering(tmp_path):
+    ctx, _ = make_run(tmp_path, epsilon_budget=3.0)
+    labeling.run_aggregate(ctx)
+    report = json.loads(ctx.run.file("privacy.json").read_text())
+    assert report["stopped_by_budget"] and report["queries_asked"] < Q
+    assert report["epsilon_data_independent"] <= 3.0
+    # one more query, answered, would have broken the budget
+    from pate.accounting import data_independent_epsilon
+
+    assert data_independent_epsilon(ctx.config, report["queries_asked"] + 1, report["queries_answered"] + 1) > 3.0
+
+
+@pytest.mark.parametrize("mechanism", ["gnmax", "lnmax"])
+def test_other_mechanisms_answer_everything(tmp_path, mechanism):
+    ctx, votes = make_run(tmp_path, mechanism=mechanism, sigma2=2.0, gamma=0.5)
+    labeling.run_aggregate(ctx)
+    records = ledger_records(ctx.run)
+    assert all(r.answered for r in records)
+    agree = np.mean([r.label == r.top_label for r in records])
+    assert agree > 0.8
+
+
+def test_tampered_ledger_is_refused_and_nothing_changes(tmp_path, monkeypatch):
+    ctx, _ = make_run(tmp_path)
+    monkeypatch.setattr(ledger, "append", lambda path, records: (_ for _ in ()).throw(KeyboardInterrupt()))
+    ctx.run.file("ledger.jsonl").unlink(missing_ok=True)
+    with pytest.raises(KeyboardInterrupt):
+        labeling.run_aggregate(ctx)
+    monkeypatch.undo()
+    path = ctx.run.file("ledger.jsonl")
+    path.write_text(path.read_text().replace('"num_queries":700', '"num_queries":701'))
+    before = path.read_bytes()
+    with pytest.raises(RunError, match="other votes"):
+        labeling.run_aggregate(ctx)
+    assert path.read_bytes() == before
+
+
+def test_audit_views(tmp_path):
+    ctx, votes = make_run(tmp_path)
+    labeling.run_aggregate(ctx)
+    runner = CliRunner()
+    table = runner.invoke(main, ["audit", str(ctx.run.path)])
+    assert table.exit_code == 0, table.output
+    assert table.output.startswith("# PRIVATE") and "SAFE TO PUBLISH" in table.output
+    assert len([l for l in table.output.splitlines() if l[:6].strip().isdigit()]) == Q
+    as_json = json.loads(runner.invoke(main, ["audit", str(ctx.run.path), "--format", "json"]).output)
+    cums = [q["cumulative_epsilon"] for q in as_json["queries"]]
+    assert all(b >= a - 1e-9 for a, b in zip(cums, cums[1:]))  # epsilon never decreases
+    assert cums[-1] == pytest.approx(as_json["totals"]["epsilon"], rel=1e-6)
+    csv_out = runner.invoke(main, ["audit", str(ctx.run.path), "--format", "csv"]).output
+    assert csv_out.splitlines()[1].startswith("query,public_index,answered")
+    one = json.loads(runner.invoke(main, ["audit", str(ctx.run.path), "--query", "3", "--format", "json"]).output)
+    assert one["votes"] == votes[3].tolist() and "explanation" in one and one["per_order"]
+    bad = runner.invoke(main, ["audit", str(ctx.run.path), "--query", str(Q + 5)])
+    assert bad.exit_code == 2 and "--query must be between" in bad.output
