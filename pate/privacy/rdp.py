@@ -1,0 +1,427 @@
+"""Rényi-DP accounting of the PATE aggregators (Papernot et al. 2018, arXiv:1802.08908).
+
+Every function is vectorized over queries (rows) and Rényi orders (columns) and works in log
+space, so unanimous votes (q̃ → 0), exact ties and very small or very large σ stay finite.
+
+Notation (DESIGN §6): m classes, n teachers, votes v (one row per query), order λ,
+Φ̄ the standard normal upper tail. All RDP values are in nats.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import log_ndtr
+
+DEFAULT_ORDERS = np.unique(
+    np.concatenate([np.arange(2, 101, 0.5), np.logspace(2, np.log10(500), 100)])
+)
+"""The paper's order list: arange(2, 101, 0.5) ∪ logspace(2, log10 500, 100), sorted, unique."""
+
+
+
+class OrderAtEdgeWarning(UserWarning):
+    """The optimal order of an (ε, δ) conversion is the first or last order of the list.
+
+    ε would likely be smaller with a wider order list; the figure is still a valid bound.
+    """
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_positive(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number > 0. Found {value!r}.") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be > 0. Found {value}.")
+    return value
+
+
+def _check_finite(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number. Found {value!r}.") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number. Found {value}.")
+    return value
+
+
+def check_votes(votes) -> np.ndarray:
+    """Return ``votes`` as an int64 (N, m) array; raise ValueError unless non-negative integers."""
+    arr = np.asarray(votes)
+    if arr.ndim != 2:
+        raise ValueError(f"votes must be a 2-D array (queries × classes). Found shape {arr.shape}.")
+    if arr.shape[1] < 2:
+        raise ValueError(f"votes must have at least 2 classes. Found {arr.shape[1]}.")
+    if arr.dtype.kind not in "iub":
+        if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"votes must be integer counts. Found dtype {arr.dtype} with "
+                             f"non-integer values.")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"votes must be non-negative. Found {arr.min()}.")
+    return arr
+
+
+def check_orders(orders) -> np.ndarray:
+    """Return ``orders`` as a 1-D float array; raise ValueError unless every order is > 1."""
+    arr = np.atleast_1d(np.asarray(orders, dtype=float))
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"orders must be a non-empty 1-D array. Found shape {arr.shape}.")
+    if not np.all(np.isfinite(arr)) or arr.min() <= 1:
+        raise ValueError(f"orders must all be finite and > 1. Found {arr.min()}.")
+    return arr
+
+
+def _log1mexp(x: np.ndarray) -> np.ndarray:
+    """log(1 − eˣ) for x ≤ 0, accurate near both ends (Mächler 2012)."""
+    x = np.asarray(x, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > -math.log(2), np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
+
+
+def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    """logsumexp over the last axis; rows of all −inf give −inf (no warnings)."""
+    top = np.max(a, axis=-1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.sum(np.exp(a - safe[..., None]), axis=-1)) + safe
+
+
+# ----------------------------------------------------------------------------- GNMax
+
+
+def logq_gnmax(votes, sigma) -> np.ndarray:
+    """log q̃ per query: the bound on Pr[GNMax ≠ argmax] of Proposition 7 (2018 paper).
+
+    q̃ = min( Σ_{j≠i*} Φ̄((v_{i*} − v_j)/(√2 σ)), 1 − 1/m ), i* = argmax v (first index on ties).
+    Each term bounds Pr[v_j + Z_j ≥ v_{i*} + Z_{i*}], since Z_j − Z_{i*} ~ N(0, 2σ²); the union
+    bound sums them, and 1 − 1/m is the trivial cap. Computed as logsumexp of log Φ̄ terms
+    (``scipy.special.log_ndtr``) so q̃ far below 1e-308 keeps its logarithm. Integer gaps make
+    the log Φ̄ values a lookup table of size n + 1.
+
+    Args: votes (N, m) non-negative integer counts; sigma > 0 (GNMax noise std).
+    Returns: (N,) float array, log q̃ ∈ [−inf, log(1 − 1/m)].
+    """
+    votes = check_votes(votes)
+    sigma = _check_positive("sigma", sigma)
+    n_rows, m = votes.shape
+    if n_rows == 0:
+        return np.zeros(0)
+    top_idx = np.argmax(votes, axis=1)
+    top = votes[np.arange(n_rows), top_idx]
+    gaps = top[:, None] - votes  # ≥ 0
+    table = log_ndtr(-np.arange(int(gaps.max()) + 1) / (math.sqrt(2.0) * sigma))
+    terms = table[gaps]
+    terms[np.arange(n_rows), top_idx] = -np.inf
+    return np.minimum(_logsumexp_rows(terms), math.log1p(-1.0 / m))
+
+
+class _Prop10(NamedTuple):
+    """Per-query quantities of Theorem 6 with the μ1, μ2 of Proposition 10."""
+    applies: np.ndarray  # (N,) bool: the order-free conditions hold
+    mu1: np.ndarray
+    log1q: np.ndarray  # log(1 − q̃)
+    log_a: np.ndarray  # log A
+    log_b: np.ndarray  # log B
+
+
+def _prop10(logq: np.ndarray, sigma: float) -> _Prop10:
+    """μ2 = σ√(−log q̃), μ1 = μ2 + 1, εᵢ = μᵢ/σ², A and B of Theorem 6, and its conditions."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        finite = np.isfinite(logq) & (logq < 0)
+        lq = np.where(finite, logq, -1.0)
+        mu2 = sigma * np.sqrt(-lq)
+        mu1 = mu2 + 1.0
+        eps1 = mu1 / sigma**2
+        eps2 = mu2 / sigma**2
+        # Lemma 9 condition, log(μ1/(μ1−1)) = log(μ1/μ2).
+        lemma9 = lq <= (mu2 - 1.0) * eps2 - mu2 * (np.log(mu1 / mu2) + np.log(mu2 / (mu2 - 1.0)))
+        applies = finite & (mu2 > 1.0) & (-lq > eps2) & lemma9
+        lq_a = np.where(applies, lq, -1.0)
+        mu2_a = np.where(applies, mu2, 2.0)
+        eps2_a = np.where(applies, eps2, 0.0)
+        log1q = _log1mexp(lq_a)
+        log_a = log1q - _log1mexp((lq_a + eps2_a) * (1.0 - 1.0 / mu2_a))
+        log_b = eps1 - lq_a / np.where(applies, mu1 - 1.0, 1.0)
+    return _Prop10(applies, mu1, log1q, log_a, log_b)
+
+
+_BLOCK_ROWS = 512  # rows per kernel call: (512 × L) float64 blocks stay in cache
+
+
+def _dd_kernel(p: _Prop10, lq: np.ndarray, orders: np.ndarray, ind: np.ndarray):
+    """min(D(λ), λ/σ²) where μ1 > λ (else λ/σ²) for rows where Theorem 6 applies.
+
+    (λ−1)·D = logaddexp(log(1−q̃) + (λ−1)·log A, log q̃ + (λ−1)·log B)
+            = log(1−q̃) + (λ−1)·log A + softplus(t),  t = log q̃ − log(1−q̃) + (λ−1)(log B − log A),
+    softplus(t) = max(t, 0) + log1p(e^{−|t|}); evaluated in place on (rows × L) blocks.
+    Returns the (rows, L) values and the bool mask of entries where D was used.
+    """
+    lm1 = orders - 1.0
+    t = np.multiply.outer(p.log_b - p.log_a, lm1)
+    t += (lq - p.log1q)[:, None]
+    dd = np.abs(t)
+    np.negative(dd, out=dd)
+    np.exp(dd, out=dd)
+    np.log1p(dd, out=dd)
+    np.maximum(t, 0.0, out=t)
+    dd += t
+    dd += p.log1q[:, None]
+    dd /= lm1
+    dd += p.log_a[:, None]
+    np.maximum(dd, 0.0, out=dd)  # a Rényi divergence is ≥ 0; only rounding can go below
+    used = (p.mu1[:, None] > orders) & (dd < ind)
+    return np.where(used, dd, ind), used
+
+
+def _rows(p: _Prop10, rows: np.ndarray) -> _Prop10:
+    return _Prop10(*(x[rows] for x in p))
+
+
+def rdp_gnmax(logq, sigma, orders, *, return_used: bool = False):
+    """Data-dependent RDP of one GNMax answer (Theorem 6 with Proposition 10, 2018 paper).
+
+    For q̃ ≥ Pr[M(D) ≠ i*], Theorem 6 bounds D_λ(M(D) ‖ M(D')) for every neighbour D' by
+        D(λ) = log((1 − q̃)·A^{λ−1} + q̃·B^{λ−1}) / (λ − 1),
+        A = (1 − q̃) / (1 − (q̃·e^{ε2})^{(μ2−1)/μ2}),   B = e^{ε1} / q̃^{1/(μ1−1)},
+    whenever the Gaussian mechanism is (μᵢ, εᵢ)-RDP (εᵢ = μᵢ/σ², L2 sensitivity √2) and
+    μ1 > λ, μ2 > 1, q̃ < e^{−ε2} and q̃ ≤ e^{(μ2−1)ε2}/(μ1/(μ1−1)·μ2/(μ2−1))^{μ2} (Lemma 9).
+    Proposition 10 picks μ2 = σ√(−log q̃), μ1 = μ2 + 1. Where the conditions hold the cost is
+    min(D(λ), λ/σ²); elsewhere the data-independent λ/σ². q̃ = 0 costs 0.
+
+    Args: logq (N,) from ``logq_gnmax``; sigma > 0; orders (L,) all > 1.
+        return_used: also return the (N, L) bool mask "data-dependent bound used" (conditions
+        hold and D(λ) < λ/σ²) — the per-query explanation an audit needs.
+    Returns: (N, L) RDP in nats [, (N, L) bool].
+    """
+    sigma = _check_positive("sigma", sigma)
+    orders = check_orders(orders)
+    logq = _check_logq(logq)
+    ind = orders / sigma**2
+    out = np.empty((logq.size, orders.size))
+    out[:] = ind
+    out[logq == -np.inf] = 0.0  # q̃ = 0: the output is deterministic on both datasets.
+    used = np.zeros(out.shape, dtype=bool)
+    p = _prop10(logq, sigma)
+    rows = np.nonzero(p.applies & (p.mu1 > orders.min()))[0]
+    for start in range(0, rows.size, _BLOCK_ROWS):
+        r = rows[start:start + _BLOCK_ROWS]
+        out[r], used[r] = _dd_kernel(_rows(p, r), logq[r], orders, ind)
+    return (out, used) if return_used else out
+
+
+def _check_logq(logq) -> np.ndarray:
+    logq = np.atleast_1d(np.asarray(logq, dtype=float))
+    if logq.ndim != 1:
+        raise ValueError(f"logq must be a 1-D array. Found shape {logq.shape}.")
+    if np.any(np.isnan(logq)) or np.any(logq > 0):
+        raise ValueError("logq must be ≤ 0 and not NaN.")
+    return logq
+
+
+def rdp_gnmax_curve(logq, sigma, orders=DEFAULT_ORDERS, weights=None) -> np.ndarray:
+    """(L,) Σᵢ wᵢ·rdp_gnmax(logqᵢ): the composed cost of many GNMax answers, without the (N, L) array.
+
+    Sequential composition adds RDP at each order (Mironov 2017, Prop. 1). Equal q̃ are costed
+    once (weighted); rows are sorted by μ1 so each block only evaluates orders λ < max μ1.
+    Same values as ``(weights @ rdp_gnmax(logq, sigma, orders))`` up to float rounding.
+    """
+    sigma = _check_positive("sigma", sigma)
+    orders = check_orders(orders)
+    logq = _check_logq(logq)
+    weights = np.ones(logq.size) if weights is None else np.asarray(weights, dtype=float)
+    if weights.shape != logq.shape:
+        raise ValueError(f"weights must have shape {logq.shape}. Found {weights.shape}.")
+    uniq, inverse = np.unique(logq, return_inverse=True)
+    w = np.bincount(inverse.ravel(), weights=weights, minlength=uniq.size)
+    sort = np.argsort(orders)
+    srt = orders[sort]
+    ind = srt / sigma**2
+    total = (w[uniq > -np.inf].sum()) * ind  # every q̃ > 0 starts at λ/σ², corrected below
+    p = _prop10(uniq, sigma)
+    rows = np.nonzero(p.applies & (p.mu1 > srt[0]))[0]
+    rows = rows[np.argsort(-p.mu1[rows], kind="stable")]
+    for start in range(0, rows.size, _BLOCK_ROWS):
+        r = rows[start:start + _BLOCK_ROWS]
+        k = int(np.searchsorted(srt, p.mu1[r].max(), side="left"))
+        vals, _ = _dd_kernel(_rows(p, r), uniq[r], srt[:k], ind[:k])
+        total[:k] -= w[r] @ (ind[:k] - vals)  # subtract the saving over data-independent
+    out = np.empty_like(total)
+    out[sort] = total
+    return out
+
+
+def data_dependent_applies(logq, sigma, orders) -> np.ndarray:
+    """(N, L) bool: where ``rdp_gnmax`` used the data-dependent bound (see its docstring)."""
+    return rdp_gnmax(logq, sigma, orders, return_used=True)[1]
+
+
+def rdp_gnmax_data_independent(sigma, orders) -> np.ndarray:
+    """λ/σ²: RDP of the Gaussian mechanism with L2 sensitivity √2 (one vote moves: −1, +1).
+
+    (Mironov 2017, Prop. 7: D_λ(N(0,σ²) ‖ N(Δ,σ²)) = λΔ²/(2σ²); Δ² = 2.) Post-processing by
+    argmax keeps the bound (used in the 2018 paper, Section 4.1).
+    """
+    sigma = _check_positive("sigma", sigma)
+    return check_orders(orders) / sigma**2
+
+
+def rdp_gnmax_total(votes, sigma, orders=DEFAULT_ORDERS) -> np.ndarray:
+    """(L,) total RDP of answering every row of ``votes`` with GNMax(σ) (data-dependent).
+
+    Sequential composition (Mironov 2017, Prop. 1) of ``rdp_gnmax(logq_gnmax(votes, σ))``.
+    """
+    return rdp_gnmax_curve(logq_gnmax(votes, sigma), sigma, orders)
+
+
+# ----------------------------------------------------------------------------- threshold step
+
+
+def logpr_answered(votes, threshold, sigma1) -> np.ndarray:
+    """log Pr[Confident-GNMax answers] = log Φ̄((T − max_j v_j)/σ1) (Algorithm 1, 2018 paper).
+
+    The query is answered iff max_j v_j + N(0, σ1²) ≥ T (``aggregate.confident_gnmax``).
+    """
+    votes = check_votes(votes)
+    threshold = _check_finite("threshold", threshold)
+    sigma1 = _check_positive("sigma1", sigma1)
+    return log_ndtr((votes.max(axis=1) - threshold) / sigma1)
+
+
+def rdp_threshold(logpr, sigma1, orders, *, return_used: bool = False):
+    """Data-dependent RDP of the threshold step (2018 paper, Section 4.2 / Appendix).
+
+    The threshold step releases one bit, answered or not, from max_j v_j + N(0, σ1²). Its
+    outcome distribution has "error" probability q = min(Pr, 1 − Pr) (the less likely bit), and
+    max_j v_j has sensitivity 1 instead of GNMax's √2, so the Theorem 6 / Proposition 10 bound of
+    ``rdp_gnmax`` applies at q with σ replaced by √2·σ1; log(1 − Pr) is computed as
+    log1mexp(log Pr). Data-independent: λ/(2σ1²).
+
+    Args: logpr (N,) from ``logpr_answered``; sigma1 > 0; orders (L,).
+    Returns: (N, L) RDP in nats [, (N, L) bool "data-dependent bound used"].
+    """
+    sigma1 = _check_positive("sigma1", sigma1)
+    return rdp_gnmax(_threshold_logq(logpr), math.sqrt(2.0) * sigma1, orders, return_used=return_used)
+
+
+def _threshold_logq(logpr) -> np.ndarray:
+    """log min(Pr, 1 − Pr): the threshold step's "error" probability (see ``rdp_threshold``)."""
+    logpr = np.atleast_1d(np.asarray(logpr, dtype=float))
+    if logpr.ndim != 1 or np.any(np.isnan(logpr)) or np.any(logpr > 0):
+        raise ValueError("logpr must be a 1-D array of values ≤ 0 (not NaN).")
+    return np.minimum(logpr, _log1mexp(logpr))
+
+
+def logq_threshold(votes, threshold, sigma1) -> np.ndarray:
+    """log min(Pr, 1 − Pr) of the threshold step, each tail from ``log_ndtr`` directly.
+
+    Same value as ``_threshold_logq(logpr_answered(...))`` but exact when Pr is within 1e-16 of 1
+    (there log(1 − Pr) cannot be recovered from log Pr). Feed it to ``rdp_gnmax`` at √2·σ1.
+    """
+    votes = check_votes(votes)
+    threshold = _check_finite("threshold", threshold)
+    sigma1 = _check_positive("sigma1", sigma1)
+    z = (votes.max(axis=1) - threshold) / sigma1
+    return np.minimum(log_ndtr(z), log_ndtr(-z))
+
+
+def rdp_threshold_data_independent(sigma1, orders) -> np.ndarray:
+    """λ/(2σ1²): Gaussian mechanism on max_j v_j, whose sensitivity is 1 (Mironov 2017, Prop. 7)."""
+    sigma1 = _check_positive("sigma1", sigma1)
+    return check_orders(orders) / (2.0 * sigma1**2)
+
+
+class ConfidentGNMaxCost(NamedTuple):
+    """Total RDP curves (L,) of a Confident-GNMax run."""
+    realized: np.ndarray  # Σ_i thr_i + Σ_{i answered} gnmax_i: the run that happened
+    expected: np.ndarray  # Σ_i [thr_i + Pr_i·gnmax_i]: the paper's Table 1 figure
+    data_independent: np.ndarray  # N·λ/(2σ1²) + answered·λ/σ2²
+
+
+def confident_gnmax_rdp(votes, threshold, sigma1, sigma2, answered,
+                        orders=DEFAULT_ORDERS) -> ConfidentGNMaxCost:
+    """Total RDP of Confident-GNMax (Algorithm 1, 2018 paper) by composition (Mironov 2017, Prop. 1).
+
+    Each query pays the threshold step (``rdp_threshold`` at σ1); an answered query also pays
+    GNMax at σ2 (``rdp_gnmax``). ``answered`` (N,) bool is the mask of queries that were answered.
+    """
+    votes = check_votes(votes)
+    orders = check_orders(orders)
+    answered = np.asarray(answered, dtype=bool)
+    if answered.shape != (votes.shape[0],):
+        raise ValueError(f"answered must have shape ({votes.shape[0]},). Found {answered.shape}.")
+    logpr = logpr_answered(votes, threshold, sigma1)
+    thr_total = rdp_gnmax_curve(logq_threshold(votes, threshold, sigma1),
+                                math.sqrt(2.0) * sigma1, orders)
+    logq = logq_gnmax(votes, sigma2)
+    realized = thr_total + rdp_gnmax_curve(logq, sigma2, orders, weights=answered.astype(float))
+    expected = thr_total + rdp_gnmax_curve(logq, sigma2, orders, weights=np.exp(logpr))
+    data_ind = (votes.shape[0] * rdp_threshold_data_independent(sigma1, orders)
+                + answered.sum() * rdp_gnmax_data_independent(sigma2, orders))
+    return ConfidentGNMaxCost(realized, expected, data_ind)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def eps_from_rdp(rdp_curve, orders, delta, conversion: str = "improved", *,
+                 warn_edge: bool = True):
+    """Convert a total RDP curve to (ε, δ)-DP; return (ε, optimal order).
+
+    "classic": ε = min_λ [R(λ) + log(1/δ)/(λ − 1)] (Mironov 2017, Prop. 3; the 2018 paper's).
+    "improved": ``dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon`` (Canonne, Kamath,
+    Steinke 2020, Prop. 12 / Asoodeh et al. 2020): ε = min_λ [R + log(1 − 1/λ) − log(δλ)/(λ−1)],
+    never larger than classic.
+    With ``warn_edge`` an ``OrderAtEdgeWarning`` is issued when the optimum is the first or last
+    order (a wider list could give a smaller ε; see ``order_at_edge``).
+    """
+    orders = check_orders(orders)
+    curve = np.asarray(rdp_curve, dtype=float)
+    if curve.shape != orders.shape:
+        raise ValueError(f"rdp_curve must have shape {orders.shape}. Found {curve.shape}.")
+    if np.any(np.isnan(curve)) or np.any(curve < 0):
+        raise ValueError("rdp_curve must be non-negative and not NaN.")
+    delta = float(delta)
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1). Found {delta}.")
+    if conversion == "classic":
+        eps_all = curve + math.log(1.0 / delta) / (orders - 1.0)
+        i = int(np.argmin(eps_all))
+        eps, order = float(eps_all[i]), float(orders[i])
+    elif conversion == "improved":
+        from dp_accounting.rdp import rdp_privacy_accountant
+
+        eps, order = rdp_privacy_accountant.compute_epsilon(orders, curve, delta)
+        eps, order = float(eps), float(order)
+    else:
+        raise ValueError(f'conversion must be "improved" or "classic". Found {conversion!r}.')
+    if warn_edge and order_at_edge(order, orders) and eps > 0:
+        warnings.warn(
+            f"optimal Rényi order {order:g} is at the edge of the order list "
+            f"[{orders.min():g}, {orders.max():g}]; ε = {eps:.4g} is valid but a wider list "
+            "might give a smaller ε.", OrderAtEdgeWarning, stacklevel=2)
+    return eps, order
+
+
+def order_at_edge(order, orders) -> bool:
+    """True when ``order`` is the smallest or largest of ``orders``."""
+    orders = np.asarray(orders, dtype=float)
+    return bool(order <= orders.min() or order >= orders.max())
+
+
+def eps_at_order(rdp_value, order, delta, conversion: str = "improved") -> float:
+    """ε of an RDP value at one fixed order (the per-order terms of ``eps_from_rdp``)."""
+    order = float(order)
+    if conversion == "classic":
+        return float(rdp_value + math.log(1.0 / delta) / (order - 1.0))
+    if conversion == "improved":
+        return float(rdp_value + math.log1p(-1.0 / order) - math.log(delta * order) / (order - 1.0))
+    raise ValueError(f'conversion must be "improved" or "classic". Found {conversion!r}.')

@@ -1,0 +1,416 @@
+"""Smooth sensitivity of the data-dependent PATE cost and its private release.
+
+Appendix B of Papernot et al. 2018 (arXiv:1802.08908). The data-dependent RDP β(x) at a fixed
+order λ is a function of the private votes x, so publishing it needs its own privacy analysis:
+
+* local sensitivity at distance d, A⁽ᵈ⁾(x) ≥ max_{y: dist(x,y) ≤ d} LS(y), LS(y) the largest change
+  of β under one further vote move (one teacher, i.e. one private record, changes its vote);
+* A⁽ᵈ⁾ is non-decreasing in d and A⁽ᵈ⁾(x) ≤ A⁽ᵈ⁺¹⁾(y) for neighbours, so
+  SS_β(x) = max_d e^{−βd}·A⁽ᵈ⁾(x) is a β-smooth upper bound on LS (Nissim et al. 2007, Def. 2.1);
+* the GNSS mechanism releases β(x) + SS_β(x)·N(0, σ_ss²) with the RDP of Theorem 23.
+
+Per query, A⁽ᵈ⁾ is returned for d = 0..n−1 (n teachers); sum the arrays of the queries whose
+cost is summed (every query for the threshold step, answered ones for GNMax) to get the A⁽ᵈ⁾
+of the total, since the total of sums changes by at most the sum of changes.
+
+Everything is vectorized over queries and distances: the worst-case vote histograms at
+distance d are written in closed form (below), never walked one vote at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from scipy.special import log_ndtr, ndtri_exp
+
+from pate.privacy import rdp
+
+_BLOCK_ROWS = 1024  # queries per block in the (queries × n × m) walks
+_GRID = 4000  # points of the log(−log q̃) grid used to locate q0 and check C5/C6
+
+
+# ----------------------------------------------------------------------------- GNMax
+
+
+class NotApplicable(ValueError):
+    """Conditions C5/C6 of Appendix B.4 fail at this (σ, order, m): no smooth-sensitivity bound."""
+
+
+def _log_bu_bl(logq: np.ndarray, sigma: float, m: int):
+    """log of the bounds bu(q̃), bl(q̃) on q̃ of any neighbour (Proposition 13's bu, bl).
+
+    One vote move shifts each gap v_{i*} − v_j by at most 2, i.e. each argument of
+    Φ̄(gap/(√2σ)) by at most √2/σ. For a fixed sum of m − 1 such terms the extreme is reached
+    with equal terms, q̃/(m − 1) = Φ(t) each, so
+        bu = min((m − 1)·Φ(t + √2/σ), 1 − 1/m),   bl = (m − 1)·Φ(t − √2/σ),   t = Φ⁻¹(q̃/(m − 1)),
+    (the paper's (m−1)/2·erfc(erfcinv(2q̃/(m−1)) ∓ 1/σ)), with Φ⁻¹ of a logarithm
+    (``ndtri_exp``) so q̃ far below 1e-308 is fine.
+    """
+    lm = math.log(m - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = ndtri_exp(np.minimum(logq - lm, 0.0))
+        shift = math.sqrt(2.0) / sigma
+        log_bu = np.minimum(lm + log_ndtr(t + shift), math.log1p(-1.0 / m))
+        log_bl = lm + log_ndtr(t - shift)
+    return log_bu, log_bl
+
+
+def _beta(logq: np.ndarray, sigma: float, order: float) -> np.ndarray:
+    return rdp.rdp_gnmax(logq, sigma, [order])[:, 0]
+
+
+def _ls_bound(logq: np.ndarray, sigma: float, m: int, order: float) -> np.ndarray:
+    """Proposition 13: LS(x) ≤ max(β(bu(q̃)) − β(q̃), β(q̃) − β(bl(q̃))) when β is monotone in q̃.
+
+    q̃ = 0 (log q̃ = −inf, σ so small that Φ̄ underflows) gets λ/σ², the largest possible change.
+    """
+    flat = np.asarray(logq, dtype=float).ravel()
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    finite = uniq > -np.inf
+    res = np.full(uniq.shape, order / sigma**2)
+    q = uniq[finite]
+    log_bu, log_bl = _log_bu_bl(q, sigma, m)
+    b = _beta(np.concatenate([q, log_bu, log_bl]), sigma, order).reshape(3, -1)
+    res[finite] = np.maximum(np.maximum(b[1] - b[0], b[0] - b[2]), 0.0)
+    return res[inverse.ravel()].reshape(np.shape(logq))
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    logq0: float  # β(q̃) < λ/σ² exactly for log q̃ < logq0 (−inf: never)
+    logq1: float  # log bl(q0)
+    plateau: float  # max over q̃ of the Proposition 13 bound, reached at q1
+    ind: float  # λ/σ²
+
+
+@functools.lru_cache(maxsize=256)
+def _geometry(sigma: float, order: float, m: int, u_max: float) -> _Geometry:
+    """Locate q0 and q1 and check the paper's conditions C5 and C6 (Appendix B.4) numerically.
+
+    C5: β(q̃) is non-decreasing in q̃ on (0, q0). C6: β(bu(q̃)) − β(q̃) is non-decreasing on
+    (0, q1], q1 = bl(q0). Under C5–C6 the Proposition 13 bound is non-decreasing in q̃ below q1,
+    at most its value at q1 on [q1, q0], and non-increasing above q0, which is what the closed-form
+    walks of ``local_sensitivity_gnmax`` rely on. The check is on a dense log-spaced grid of
+    u = −log q̃ ∈ [1e-3, u_max]; a failure raises ValueError rather than publish a wrong bound.
+    """
+    ind = order / sigma**2
+    u = np.logspace(-3, math.log10(u_max), _GRID)
+    logq = -u[::-1]  # increasing q̃
+    beta, used = rdp.rdp_gnmax(logq, sigma, [order], return_used=True)
+    beta, used = beta[:, 0], used[:, 0]
+    if not used.any():
+        return _Geometry(-np.inf, -np.inf, 0.0, ind)
+    k = int(np.argmin(used))  # first grid point (increasing q̃) where the data-independent bound is used
+    if not used[0] or used[k:].any() or used.all():
+        raise NotApplicable(
+            f"smooth sensitivity analysis does not apply at sigma={sigma}, order={order}: "
+            "the data-dependent GNMax bound is not used on a single interval (0, q0).")
+    lo, hi = logq[k - 1], logq[k]
+    for _ in range(60):  # bisection: used(lo) is True, used(hi) is False
+        mid = 0.5 * (lo + hi)
+        if rdp.rdp_gnmax([mid], sigma, [order], return_used=True)[1][0, 0]:
+            lo = mid
+        else:
+            hi = mid
+    logq0 = float(lo)
+    tol = 1e-12 * ind
+    if np.any(np.diff(beta) < -tol):
+        raise NotApplicable(f"condition C5 fails at sigma={sigma}, order={order}: the GNMax RDP "
+                         "bound is not monotone in q̃; smooth sensitivity analysis does not apply.")
+    logq1 = float(_log_bu_bl(np.array([logq0]), sigma, m)[1][0])
+    below = logq[logq <= logq1]
+    if below.size:
+        log_bu, _ = _log_bu_bl(below, sigma, m)
+        delta_beta = _beta(log_bu, sigma, order) - _beta(below, sigma, order)
+        if np.any(np.diff(delta_beta) < -tol):
+            raise NotApplicable(f"condition C6 fails at sigma={sigma}, order={order}, m={m}; "
+                             "smooth sensitivity analysis does not apply.")
+    plateau = float(_ls_bound(np.array([logq1]), sigma, m, order)[0])
+    return _Geometry(logq0, logq1, plateau, ind)
+
+
+def check_conditions(sigma, num_classes, order) -> bool:
+    """True when conditions C5 and C6 of Appendix B.4 hold (numerically, see ``_geometry``)."""
+    try:
+        _geometry(float(sigma), float(order), int(num_classes), 1e4)
+    except NotApplicable:
+        return False
+    return True
+
+
+def _num_teachers(votes: np.ndarray) -> int:
+    sums = votes.sum(axis=1)
+    if sums.size == 0 or sums.min() != sums.max() or sums[0] < 1:
+        raise ValueError("every row of votes must sum to the same number of teachers n ≥ 1. "
+                         f"Found row sums from {sums.min() if sums.size else None} "
+                         f"to {sums.max() if sums.size else None}.")
+    return int(sums[0])
+
+
+def _logq_from_gaps(log_terms: np.ndarray, m: int) -> np.ndarray:
+    return np.minimum(rdp._logsumexp_rows(log_terms), math.log1p(-1.0 / m))
+
+
+def _walk_right(s: np.ndarray, table: np.ndarray, n: int, m: int):
+    """log q̃ after d = 0..n−1 moves from the top class to the runner-up (q̃ grows fastest).
+
+    Sorted votes s₀ ≥ s₁ ≥ …: gaps become s₀ − s₁ − 2d and s₀ − s_j − d (j ≥ 2). Moving a vote
+    from the top to the class with the smallest gap lowers every gap, the smallest by 2, which
+    majorizes any other move, and Σ Φ̄(gap) is Schur-convex in the gaps (Φ̄ convex on gaps ≥ 0).
+    Returns (log q̃ (R, n), past_tie (R, n) bool: the runner-up caught up with the top).
+    """
+    d = np.arange(n)
+    gaps = (s[:, :1] - s[:, 1:])[:, None, :] - d[None, :, None]  # (R, n, m−1)
+    gaps[:, :, 0] -= d[None, :]
+    past_tie = gaps[:, :, 0] <= 0
+    logq = _logq_from_gaps(table[np.clip(gaps, 0, n + 1)], m)
+    return logq, past_tie
+
+
+def _walk_left(s: np.ndarray, table: np.ndarray, n: int, m: int) -> np.ndarray:
+    """log q̃ after d = 0..n−1 moves into the top class from the largest other class (q̃ falls fastest).
+
+    Each move raises every gap by 1 and the gap of the class it leaves by 2; taking it from the
+    largest other class ("water-filling" them down to a level L) raises the smallest gaps. After
+    d moves (capped at the n − s₀ votes outside the top): L* = #{L : removed(L) > d} with
+    removed(L) = Σ_j max(s_j − L, 0); the classes with s_j ≥ L* sit at L*, except e = d − removed(L*)
+    of them at L* − 1; the top has s₀ + d.
+    """
+    rows, d = s.shape[0], np.arange(n)
+    s0, rest = s[:, :1], s[:, 1:]
+    d_eff = np.minimum(d[None, :], n - s0)  # (R, n)
+    levels = np.arange(n + 1)
+    removed = np.clip(rest[:, None, :] - levels[None, :, None], 0, None).sum(axis=2)  # (R, n+1)
+    stride = 2 * n + 2
+    offs = np.arange(rows)[:, None] * stride
+    keys = (offs - removed).ravel()  # non-decreasing: removed(L) is non-increasing in L
+    l_star = np.searchsorted(keys, (offs - d_eff).ravel(), side="left").reshape(rows, n)
+    l_star -= np.arange(rows)[:, None] * (n + 1)
+    r = np.take_along_axis(removed, l_star, axis=1)
+    at_level = rest[:, None, :] >= l_star[:, :, None]  # (R, n, m−1)
+    c = at_level.sum(axis=2)
+    e = d_eff - r
+    top = s0 + d_eff
+    gaps = np.where(at_level, 0, top[:, :, None] - rest[:, None, :])
+    terms = np.where(at_level, -np.inf, table[np.clip(gaps, 0, n + 1)])
+    g_level = np.clip(top - l_star, 0, n + 1)
+    with np.errstate(divide="ignore"):
+        extra = np.stack([np.log(c - e) + table[g_level],
+                          np.log(e) + table[np.clip(g_level + 1, 0, n + 1)]], axis=2)
+    return _logq_from_gaps(np.concatenate([terms, extra], axis=2), m)
+
+
+def local_sensitivity_gnmax(votes, sigma, order) -> np.ndarray:
+    """(N, n) local sensitivity at distance d = 0..n−1 of the per-query GNMax RDP at ``order``.
+
+    Appendix B.4 of the 2018 paper (Algorithms 3–5, Proposition 13), vectorized. β(q̃) is
+    ``rdp.rdp_gnmax`` at this order; with conditions C5–C6 (checked, see ``_geometry``) the
+    Proposition 13 bound LS(q̃) = max(β(bu(q̃)) − β(q̃), β(q̃) − β(bl(q̃))) rises up to q1, stays
+    ≤ LS(q1) =: plateau on [q1, q0] and falls above q0. So A⁽ᵈ⁾ is LS at the most extreme q̃
+    reachable in d moves:
+      q̃ < q1: walk right (``_walk_right``) until q̃ ≥ q1 or the tie, plateau from there on;
+      q̃ > q0: walk left (``_walk_left``) until q̃ ≤ q0, plateau from there on;
+      otherwise: plateau for every d.
+    The result is made non-decreasing in d (running max) and capped at λ/σ², the largest
+    possible change since 0 ≤ β ≤ λ/σ²; both keep it a valid A⁽ᵈ⁾.
+
+    Args: votes (N, m), each row summing to n; sigma > 0 (GNMax noise); order > 1.
+    """
+    votes = rdp.check_votes(votes)
+    sigma = rdp._check_positive("sigma", sigma)
+    order = float(rdp.check_orders([order])[0])
+    n = _num_teachers(votes)
+    n_rows, m = votes.shape
+    logq = rdp.logq_gnmax(votes, sigma)
+    finite = logq[logq > -np.inf]
+    u_max = max(1e4, 10.0 * (order + 1.0) ** 2 / sigma**2,
+                4.0 * float(-finite.min()) if finite.size else 0.0)
+    u_max = 10.0 ** math.ceil(math.log10(u_max))  # few distinct cache keys
+    geo = _geometry(sigma, order, m, u_max)
+    table = log_ndtr(-np.arange(n + 2) / (math.sqrt(2.0) * sigma))
+    out = np.full((n_rows, n), geo.plateau)
+    s = -np.sort(-votes, axis=1)
+    for direction in ("right", "left"):
+        sel = np.nonzero(logq < geo.logq1 if direction == "right" else logq > geo.logq0)[0]
+        for start in range(0, sel.size, _BLOCK_ROWS):
+            rows = sel[start:start + _BLOCK_ROWS]
+            if direction == "right":
+                walk, past_tie = _walk_right(s[rows], table, n, m)
+                stop = past_tie | (walk >= geo.logq1)
+            else:
+                walk = _walk_left(s[rows], table, n, m)
+                stop = walk <= geo.logq0
+            stop = np.logical_or.accumulate(stop, axis=1)
+            vals = np.full(walk.shape, geo.plateau)
+            vals[~stop] = _ls_bound(walk[~stop], sigma, m, order)
+            out[rows] = np.maximum.accumulate(vals, axis=1)
+    out[logq == -np.inf] = geo.ind  # q̃ = 0 (β = 0): a neighbour may cost up to λ/σ²
+    return np.minimum(out, geo.ind)
+
+
+# ----------------------------------------------------------------------------- threshold step
+
+
+def local_sensitivity_threshold(votes, threshold, sigma1, order) -> np.ndarray:
+    """(N, n) local sensitivity at distance d = 0..n−1 of the threshold step's RDP at ``order``.
+
+    The threshold RDP r(v) (``rdp.rdp_threshold``) depends on the votes only through
+    v = max_j v_j, and one vote move changes v by at most 1. So, exactly,
+        LS(v) = max(|r(v+1) − r(v)|, |r(v−1) − r(v)|),  A⁽ᵈ⁾(x) = max_{|v' − v| ≤ d} LS(v'),
+    tabulated once for v = 0..n and looked up per query; the last column is the maximum over
+    all v (every histogram is within n moves).
+
+    Args: votes (N, m), rows summing to n; threshold T; sigma1 > 0; order > 1.
+    """
+    votes = rdp.check_votes(votes)
+    threshold = rdp._check_finite("threshold", threshold)
+    sigma1 = rdp._check_positive("sigma1", sigma1)
+    order = float(rdp.check_orders([order])[0])
+    n = _num_teachers(votes)
+    r = _threshold_rdp_table(n, threshold, sigma1, order)
+    step = np.abs(np.diff(r))  # |r(v+1) − r(v)|, v = 0..n−1
+    ls_v = np.maximum(np.append(step, 0.0), np.insert(step, 0, 0.0))  # (n+1,)
+    table = np.empty((n + 1, n))
+    table[:, 0] = ls_v
+    for d in range(1, n):  # n small window updates on (n+1,) arrays, independent of N
+        prev = table[:, d - 1]
+        table[:, d] = np.maximum(prev, np.maximum(np.append(prev[1:], 0.0),
+                                                  np.insert(prev[:-1], 0, 0.0)))
+    table[:, -1] = ls_v.max()
+    return table[votes.max(axis=1)]
+
+
+@functools.lru_cache(maxsize=64)
+def _threshold_rdp_table(n: int, threshold: float, sigma1: float, order: float) -> np.ndarray:
+    z = (np.arange(n + 1) - threshold) / sigma1
+    logq = np.minimum(log_ndtr(z), log_ndtr(-z))  # = rdp.logq_threshold for max vote v
+    return rdp.rdp_gnmax(logq, math.sqrt(2.0) * sigma1, [order])[:, 0]
+
+
+def confident_gnmax_local_sensitivity(votes, threshold, sigma1, sigma2, answered,
+                                      order) -> np.ndarray:
+    """(n,) A⁽ᵈ⁾ of a Confident-GNMax run's realized cost at ``order``.
+
+    The realized cost is Σ_i thr_i + Σ_{answered} gnmax_i (``rdp.confident_gnmax_rdp``); a sum
+    changes by at most the sum of the changes, so its A⁽ᵈ⁾ is the sum of the per-query arrays.
+    """
+    votes = rdp.check_votes(votes)
+    answered = np.asarray(answered, dtype=bool)
+    if answered.shape != (votes.shape[0],):
+        raise ValueError(f"answered must have shape ({votes.shape[0]},). Found {answered.shape}.")
+    total = local_sensitivity_threshold(votes, threshold, sigma1, order).sum(axis=0)
+    if answered.any():
+        total = total + local_sensitivity_gnmax(votes[answered], sigma2, order).sum(axis=0)
+    return total
+
+
+# ----------------------------------------------------------------------------- release
+
+
+def smooth_sensitivity(ls_total, beta) -> float:
+    """SS_β = max_d e^{−βd}·A⁽ᵈ⁾ (Nissim, Raskhodnikova, Smith 2007, Prop. 2.4; paper §B.3)."""
+    ls = np.maximum.accumulate(np.asarray(ls_total, dtype=float))
+    betas = np.atleast_1d(np.asarray(beta, dtype=float))
+    out = np.max(np.exp(-np.outer(betas, np.arange(ls.size))) * ls, axis=1)
+    return float(out[0]) if np.ndim(beta) == 0 else out
+
+
+def rdp_gnss(beta, sigma_ss, order) -> float:
+    """RDP of the GNSS mechanism f(x) + SS_β(x)·N(0, σ_ss²) (Theorem 23 of the 2018 paper).
+
+    ε(λ) = λ·e^{2β}/σ_ss² + (βλ − ½·log(1 − 2λβ))/(λ − 1), valid for β-smooth SS_β and
+    1 < λ < 1/(2β).
+    """
+    if not (beta >= 0 and 1 < order and 2 * order * beta < 1):
+        raise ValueError(f"GNSS needs 1 < order < 1/(2·beta). Found order={order}, beta={beta}.")
+    return (order * math.exp(2 * beta) / sigma_ss**2
+            + (beta * order - 0.5 * math.log1p(-2 * order * beta)) / (order - 1))
+
+
+@dataclass(frozen=True)
+class SmoothSensitivityResult:
+    """Private release of a data-dependent ε through GNSS (fields in nats, ε for ``delta``).
+
+    ``epsilon`` (PRIVATE: a function of the votes): ε of training plus the GNSS release itself,
+    ε(R(λ) + rdp_ss) at the fixed ``order``. ``released_epsilon`` = epsilon + noise_std·Z is the
+    figure safe to publish; ``upper_bound`` = epsilon + 2·noise_std is the cost the β choice
+    minimised (PRIVATE).
+    """
+    epsilon: float
+    noise_std: float
+    beta: float
+    released_epsilon: float
+    smooth_sensitivity: float
+    order: float
+    delta: float
+    rdp: float  # R(λ): data-dependent RDP of the run at ``order`` (PRIVATE)
+    rdp_ss: float  # Theorem 23 cost of the GNSS release at ``order``
+    sigma_ss: float
+    upper_bound: float
+    conversion: str
+    data_dependent_parameters: bool  # β and σ_ss were tuned on SS_β (see ``release``)
+
+
+def default_betas(order) -> np.ndarray:
+    """The β grid, fixed in advance from the order alone: (0.30, 0.31, …, 0.49)/λ (< 1/(2λ))."""
+    return np.arange(0.30, 0.495, 0.01) / float(order)
+
+
+def release(ls_total, rdp_at_order, order, delta, betas=None, noise=None, *,
+            conversion: str = "improved", sigma_ss: Optional[float] = None
+            ) -> SmoothSensitivityResult:
+    """Release the data-dependent ε of a run with the GNSS mechanism (Theorem 23, §B.3).
+
+    For each β of the grid: SS_β = max_d e^{−βd}·ls_total[d];
+    σ_ss = (λ·e^{2β}/SS_β)^{1/3} (minimises λe^{2β}/σ_ss² + 2·SS_β·σ_ss), unless given;
+    cost = R(λ) + rdp_gnss(β, σ_ss, λ) + 2·SS_β·σ_ss. The β of least cost is kept and
+        epsilon = ε(R(λ) + rdp_gnss),  noise_std = σ_ss·SS_β,
+        released_epsilon = epsilon + noise_std·Z,  Z ~ N(0, 1) from ``noise``,
+    where ε(·) is the fixed-order conversion ``rdp.eps_at_order`` (affine with slope 1 in R, so
+    its sensitivity is that of R). As in the authors' analysis, picking β and σ_ss by minimising
+    the cost reads SS_β, which is private; ``data_dependent_parameters`` records it. Pass a
+    single β and a ``sigma_ss`` fixed in advance for a release that follows Theorem 23 exactly.
+
+    Args: ls_total (n,) A⁽ᵈ⁾ of the total cost at ``order`` (sum of the per-query arrays);
+        rdp_at_order R(λ); order λ; delta; betas (grid, default ``default_betas(order)``);
+        noise: an ``aggregate.noise_source`` object (default: a new OS-secure one).
+    """
+    ls = np.asarray(ls_total, dtype=float)
+    if ls.ndim != 1 or ls.size == 0 or np.any(np.isnan(ls)) or ls.min() < 0:
+        raise ValueError("ls_total must be a non-empty 1-D array of values ≥ 0.")
+    order = float(rdp.check_orders([order])[0])
+    delta = float(delta)
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1). Found {delta}.")
+    grid = default_betas(order) if betas is None else np.atleast_1d(np.asarray(betas, float))
+    if grid.size == 0 or np.any(grid <= 0) or np.any(2 * order * grid >= 1):
+        raise ValueError(f"betas must lie in (0, 1/(2·order)) = (0, {0.5 / order:.4g}).")
+    if sigma_ss is not None:
+        sigma_ss = rdp._check_positive("sigma_ss", sigma_ss)
+    if noise is None:
+        from pate.aggregate import noise_source  # OS-secure by default
+
+        noise = noise_source()
+    ss = np.atleast_1d(smooth_sensitivity(ls, grid))
+    if np.all(ss == 0):  # β is constant on every dataset: publish it as is.
+        eps = rdp.eps_at_order(rdp_at_order, order, delta, conversion)
+        return SmoothSensitivityResult(eps, 0.0, 0.0, eps, 0.0, order, delta, float(rdp_at_order),
+                                       0.0, math.inf, eps, conversion, False)
+    with np.errstate(divide="ignore"):
+        sig = (order * np.exp(2 * grid) / ss) ** (1 / 3) if sigma_ss is None \
+            else np.full(grid.shape, sigma_ss)
+    cost_ss = np.array([rdp_gnss(b, s, order) for b, s in zip(grid, sig)])
+    i = int(np.argmin(rdp_at_order + cost_ss + 2 * ss * sig))
+    eps = rdp.eps_at_order(rdp_at_order + cost_ss[i], order, delta, conversion)
+    noise_std = float(sig[i] * ss[i])
+    z = float(np.asarray(noise.normal(size=1)).ravel()[0])
+    return SmoothSensitivityResult(
+        epsilon=eps, noise_std=noise_std, beta=float(grid[i]),
+        released_epsilon=eps + noise_std * z, smooth_sensitivity=float(ss[i]), order=order,
+        delta=delta, rdp=float(rdp_at_order), rdp_ss=float(cost_ss[i]), sigma_ss=float(sig[i]),
+        upper_bound=eps + 2 * noise_std, conversion=conversion,
+        data_dependent_parameters=bool(grid.size > 1 or sigma_ss is None))
