@@ -36,6 +36,7 @@ def _barrier(world: int) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+        dist.destroy_process_group()
 
 
 def part_name(rank: int, world: int) -> str:
@@ -79,7 +80,7 @@ def run_train_teachers(ctx: Context) -> None:
     progress.close()
     save_state_dict(run.file(part_name(rank, world)),
                     {"teacher_ids": list(teacher_ids), "state": {k: v.cpu() for k, v in model.state_dict().items()}})
-    _barrier(world)
+    _barrier(world)  # every part is on disk before rank 0 marks the stage done
     if rank == 0:
         run.finish("train-teachers", [part_name(r, world) for r in range(world)], world_size=world)
         ctx.say(f"train-teachers: {tcfg.count} teachers ({tcfg.arch}) trained, {tcfg.epochs} epochs"
