@@ -159,3 +159,19 @@ def test_audit_views(tmp_path):
     assert one["votes"] == votes[3].tolist() and "explanation" in one and one["per_order"]
     bad = runner.invoke(main, ["audit", str(ctx.run.path), "--query", str(Q + 5)])
     assert bad.exit_code == 2 and "--query must be between" in bad.output
+
+
+def test_audit_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    ctx, _ = make_run(tmp_path)
+    labeling.run_aggregate(ctx)
+    png = tmp_path / "eps.png"
+    result = CliRunner().invoke(main, ["audit", str(ctx.run.path), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_audit_before_aggregation_is_a_clear_error(tmp_path):
+    ctx, _ = make_run(tmp_path)
+    result = CliRunner().invoke(main, ["audit", str(ctx.run.path)])
+    assert result.exit_code == 2 and "no ledger" in result.output
