@@ -128,5 +128,54 @@ def audit(run_dir: Path, query: int | None, fmt: str, plot: Path | None) -> None
     click.echo(audit_mod.render(RunDir.existing(run_dir), query=query, fmt=fmt, plot=plot), nl=False)
 
 
+def _floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"expected comma-separated numbers, e.g. 0.9,0.7. Found {text!r}") from None
+
+
+@main.command("plan")
+@click.argument("pipeline_file", metavar="[PIPELINE.toml]", required=False,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--mechanism", type=click.Choice(["gnmax", "confident-gnmax"]), default=None,
+              help="Default: the pipeline's; without one, confident-gnmax if --threshold/--sigma1 are given.")
+@click.option("--teachers", type=int, default=None, help="K, the number of teachers.")
+@click.option("--classes", type=int, default=None, help="m [default: the dataset's, else 10].")
+@click.option("--queries", type=int, default=None, help="Q, the number of queries asked.")
+@click.option("--threshold", type=float, default=None, help="T of Confident-GNMax.")
+@click.option("--sigma1", type=float, default=None, help="Threshold-step noise std.")
+@click.option("--sigma2", type=float, default=None, help="GNMax noise std.")
+@click.option("--delta", type=float, default=None)
+@click.option("--consensus", default=None, help="Top-class vote fractions, e.g. 0.9,0.7,0.5 [default: 0.9].")
+@click.option("--consensus-weights", default=None, help="Weights of the --consensus levels [default: equal].")
+@click.option("--target-epsilon", type=float, default=None,
+              help="Search the fixed grid (T, sigma1, sigma2, Q) for a data-independent epsilon within this.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write answer probability and epsilon against queries to this PNG (plot extra).")
+@user_errors
+def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1, sigma2, delta, consensus,
+         consensus_weights, target_epsilon, fmt, plot) -> None:
+    """Plan the privacy of PIPELINE.toml (or of explicit options) from public settings only."""
+    import json
+
+    from . import plan as plan_mod
+
+    try:
+        config = config_mod.load(pipeline_file) if pipeline_file is not None else None
+        params = plan_mod.params_from(config, mechanism=mechanism, teachers=teachers, classes=classes,
+                                      queries=queries, threshold=threshold, sigma1=sigma1, sigma2=sigma2, delta=delta)
+        profile = plan_mod.Profile.of(_floats(consensus), _floats(consensus_weights))
+        result = plan_mod.make_plan(params, profile, target_epsilon)
+        if plot is not None:
+            plan_mod.plot(params, profile, plot)
+    except plan_mod.PlanError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if fmt == "json" else plan_mod.render_table(result), nl=fmt == "json")
+
+
 if __name__ == "__main__":
     main()
