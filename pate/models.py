@@ -2,7 +2,8 @@
 
 A spec is a plain tuple of layers so that the same architecture can be built as one
 ordinary ``nn.Module`` (student, reference teacher) or as a batched K-teacher ensemble
-(``pate.ensemble``) without the two drifting apart.
+(``pate.ensemble``) without the two drifting apart. Both builders walk the same concrete
+``layer_plan``, so shapes and the index of every parameterised layer agree by construction.
 """
 from __future__ import annotations
 
@@ -36,6 +37,32 @@ ARCHITECTURES: dict[str, tuple] = {
 }
 
 
+@dataclass(frozen=True)
+class ConvStep:
+    """A concrete conv layer: ``index`` is its position in ``build_model``'s ``nn.Sequential``."""
+
+    index: int
+    in_channels: int
+    out_channels: int
+    kernel: int
+    pool: bool
+    size: int  # spatial size of the input (square)
+
+    @property
+    def padding(self) -> int:
+        return self.kernel // 2
+
+
+@dataclass(frozen=True)
+class DenseStep:
+    """A concrete linear layer; ``relu`` is False only for the final classifier."""
+
+    index: int
+    in_features: int
+    out_features: int
+    relu: bool
+
+
 def architecture(name: str) -> tuple:
     try:
         return ARCHITECTURES[name]
@@ -43,26 +70,50 @@ def architecture(name: str) -> tuple:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}") from None
 
 
+def layer_plan(arch: str, in_channels: int, num_classes: int, image_size: int) -> tuple:
+    """The concrete layers of ``arch`` for this input: a tuple of ``ConvStep`` then ``DenseStep``.
+
+    Indices follow ``build_model``: conv, ReLU[, MaxPool] ... Flatten, (Linear, ReLU)*, Linear.
+    """
+    steps: list = []
+    channels, size, flat, index = in_channels, image_size, None, 0
+    for layer in architecture(arch):
+        if isinstance(layer, Conv):
+            if flat is not None:
+                raise ValueError(f"architecture {arch!r}: a Conv layer follows a Dense layer")
+            steps.append(ConvStep(index, channels, layer.out_channels, layer.kernel, layer.pool, size))
+            index += 3 if layer.pool else 2
+            channels = layer.out_channels
+            size = size // 2 if layer.pool else size
+        else:
+            if flat is None:
+                index += 1  # Flatten
+                flat = channels * size * size
+            steps.append(DenseStep(index, flat, layer.out_features, True))
+            index += 2
+            flat = layer.out_features
+    if flat is None:
+        index += 1
+        flat = channels * size * size
+    steps.append(DenseStep(index, flat, num_classes, False))
+    return tuple(steps)
+
+
 def build_model(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Sequential:
     """One network of architecture ``arch``: (B, C, H, W) float -> (B, num_classes) logits."""
     layers: list[nn.Module] = []
-    channels, size = in_channels, image_size
-    flat = None
-    for layer in architecture(arch):
-        if isinstance(layer, Conv):
-            layers += [nn.Conv2d(channels, layer.out_channels, layer.kernel, padding=layer.kernel // 2), nn.ReLU()]
-            channels = layer.out_channels
-            if layer.pool:
+    for step in layer_plan(arch, in_channels, num_classes, image_size):
+        if isinstance(step, ConvStep):
+            layers += [nn.Conv2d(step.in_channels, step.out_channels, step.kernel, padding=step.padding), nn.ReLU()]
+            if step.pool:
                 layers.append(nn.MaxPool2d(2))
-                size //= 2
         else:
-            if flat is None:
+            if not any(isinstance(m, nn.Flatten) for m in layers):
                 layers.append(nn.Flatten())
-                flat = channels * size * size
-            layers += [nn.Linear(flat, layer.out_features), nn.ReLU()]
-            flat = layer.out_features
-    if flat is None:
-        layers.append(nn.Flatten())
-        flat = channels * size * size
-    layers.append(nn.Linear(flat, num_classes))
-    return nn.Sequential(*layers)
+            layers.append(nn.Linear(step.in_features, step.out_features))
+            if step.relu:
+                layers.append(nn.ReLU())
+    model = nn.Sequential(*layers)
+    for step in layer_plan(arch, in_channels, num_classes, image_size):
+        assert isinstance(model[step.index], nn.Conv2d if isinstance(step, ConvStep) else nn.Linear)
+    return model
