@@ -65,14 +65,16 @@ class TeachersConfig:
     arch: str = "cnn-small"
     epochs: int = 15
     batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
     augment: bool = True
     seed: int = 0
 
     def validate(self) -> None:
         _check("teachers", "count", self.count >= 1, "at least 1", self.count)
+        _check("teachers", "optimizer", self.optimizer in ("adam", "sgd"), "'adam' or 'sgd'", self.optimizer)
         _check("teachers", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
         _check("teachers", "epochs", self.epochs >= 1, "at least 1", self.epochs)
         _check("teachers", "batch_size", self.batch_size >= 1, "at least 1", self.batch_size)

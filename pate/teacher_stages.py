@@ -73,7 +73,7 @@ def run_train_teachers(ctx: Context) -> None:
 
     model, info = ensemble.train_ensemble(
         images, labels, parts["teacher_of"][used], tcfg.count, arch=tcfg.arch, num_classes=dataset.num_classes,
-        epochs=tcfg.epochs, batch_size=tcfg.batch_size, lr=tcfg.lr, momentum=tcfg.momentum,
+        epochs=tcfg.epochs, batch_size=tcfg.batch_size, optimizer=tcfg.optimizer, lr=tcfg.lr, momentum=tcfg.momentum,
         weight_decay=tcfg.weight_decay, seed=tcfg.seed, device=device, augment=tcfg.augment,
         teacher_ids=teacher_ids, checkpoint_path=run.path / "teachers" / f"checkpoint-{rank}-of-{world}.pt",
         fingerprint=config.fingerprint(), progress=report, amp=device == "cuda")

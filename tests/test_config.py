@@ -39,6 +39,7 @@ BAD = [
     ("[teachers]\ncount = 0\n", "[teachers] count"),
     ("[teachers]\ncount = 'many'\n", "[teachers] count must be of type int"),
     ("[teachers]\nlr = -1.0\n", "[teachers] lr"),
+    ("[teachers]\noptimizer = 'rmsprop'\n", "[teachers] optimizer"),
     ("[teachers]\nepochs = 2.5\n", "[teachers] epochs must be of type int"),
     ("[teachers]\nwidth = 3\n", "unknown key 'width'"),
     ("[aggregator]\nmechanism = 'median'\n", "[aggregator] mechanism"),
