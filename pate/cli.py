@@ -27,6 +27,9 @@ def user_errors(func):
             raise UserError(str(exc)) from None
         except KeyboardInterrupt:
             raise UserError("interrupted; rerun the same command to resume") from None
+        except OSError as exc:  # disk full, permissions: nothing half-written, so a rerun resumes
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise UserError(f"{where}{exc.strerror or exc}; fix it and rerun the same command to resume") from None
 
     return wrapper
 
@@ -175,6 +178,23 @@ def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1
     except plan_mod.PlanError as exc:
         raise UserError(str(exc)) from None
     click.echo(json.dumps(result, indent=2) if fmt == "json" else plan_mod.render_table(result), nl=fmt == "json")
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory [default: RUN_DIR/report].")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=data_mod.DEFAULT_ROOT,
+              show_default=True, help="Dataset cache, for label accuracy against vote consensus (evaluation only).")
+@user_errors
+def report(run_dir: Path, out: Path | None, data_root: Path) -> None:
+    """PNG figures and one self-contained HTML page of RUN_DIR (needs the plot extra; PRIVATE views marked)."""
+    from . import report as report_mod
+
+    result = report_mod.build(RunDir.existing(run_dir), out=out, data_root=data_root)
+    click.echo(f"wrote {result.html} and {len(result.figures)} figures in {result.out}")
+    for section in result.skipped:
+        click.echo(f"skipped {section.title.lower()}: {section.skipped}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pate import checkpoint as checkpoint_io
 from pate.models import ConvStep, build_model, layer_plan
 
 CHECKPOINT_FORMAT = "pate.ensemble/1"
@@ -35,7 +36,7 @@ _TAG_INIT, _TAG_SHUFFLE = 1, 2
 Progress = Callable[[int, int, int, int, float, float], None]
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(checkpoint_io.CheckpointError):
     """A checkpoint was written by a run with a different configuration or teacher set."""
 
 
@@ -320,34 +321,14 @@ def shift_images(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
-    """Write ``checkpoint`` atomically: temp file in the same directory, flush, fsync, rename.
-    A crash at any instant leaves the previous file (or none), never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``checkpoint`` atomically (``pate.checkpoint.save``)."""
+    checkpoint_io.save(path, checkpoint)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by ``save_checkpoint`` (``weights_only=True``: no pickle code)."""
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    checkpoint = checkpoint_io.load(path)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointMismatch(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     return checkpoint
 

@@ -18,7 +18,8 @@ from .privacy import ledger
 from .privacy import rdp
 from .progress import Progress
 from .run import RunError, atomic_save_npz, sha256_file
-from .stages import Context
+from .config import DATASETS
+from .stages import Context, load_partition
 
 CHUNK = 256
 
@@ -77,12 +78,32 @@ def _budget_allows(ctx: Context, asked: int, answered: int, more: int) -> int:
     return lo
 
 
+def _check_votes(ctx: Context, votes: np.ndarray, query_index: np.ndarray) -> None:
+    """Invariant 2: one vote per teacher per query, for exactly the partition's queries."""
+    config = ctx.config
+    num_classes = DATASETS[config.data.dataset][2]
+    expected_index = load_partition(ctx)["query_index"]
+    problem = None
+    if votes.ndim != 2 or votes.shape != (len(expected_index), num_classes) or votes.dtype.kind not in "iu":
+        problem = f"must be an integer array of shape ({len(expected_index)}, {num_classes})"
+    elif (votes < 0).any() or (votes.sum(axis=1) != config.teachers.count).any():
+        problem = f"rows must be non-negative and sum to K = {config.teachers.count}"
+    elif not np.array_equal(query_index, expected_index):
+        problem = "query_index differs from the partition's queries"
+    if problem:
+        raise RunError(f"{ctx.run.file('votes.npz')} is invalid: {problem}; refusing to spend privacy on it")
+
+
 def _existing_report(ctx: Context, asked: int) -> dict | None:
     path = ctx.run.file("privacy.json")
     if not path.exists():
         return None
-    report = json.loads(path.read_text())
-    if report.get("queries_asked") != asked:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path} is unreadable ({exc}); its smooth-sensitivity noise was already drawn, so "
+                       "it is not recomputed: restore it from a backup or start a new run") from None
+    if not isinstance(report, dict) or report.get("queries_asked") != asked:
         raise RunError(f"{path} covers {report.get('queries_asked')} queries but the ledger {asked}; "
                        "the run directory is inconsistent")
     return report
@@ -90,9 +111,10 @@ def _existing_report(ctx: Context, asked: int) -> dict | None:
 
 def run_aggregate(ctx: Context) -> None:
     run, config = ctx.run, ctx.config
-    run.begin("aggregate")
     data = run.load_npz("vote", "votes.npz")
     votes, query_index = data["votes"], data["query_index"]
+    _check_votes(ctx, votes, query_index)  # before any privacy is spent on them
+    run.begin("aggregate")
     try:
         records = _open_ledger(ctx, votes, query_index)
     except ledger.LedgerError as exc:
@@ -113,7 +135,10 @@ def run_aggregate(ctx: Context) -> None:
         labels = _decide(votes[chunk * CHUNK:end], chunk, config)[done - chunk * CHUNK:]
         labels = labels[:allowed]
         new = _records(votes[done:done + allowed], done, labels, query_index, config)
-        ledger.append(run.file("ledger.jsonl"), new)  # on disk before anything is released
+        try:
+            ledger.append(run.file("ledger.jsonl"), new)  # on disk before anything is released
+        except ledger.LedgerError as exc:
+            raise RunError(str(exc)) from None
         done += allowed
         answered += int((labels >= 0).sum())
         run.progress("aggregate", f"{done}/{len(votes)} queries decided, {answered} answered")

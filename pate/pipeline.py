@@ -12,6 +12,7 @@ from pathlib import Path
 from . import config as config_mod
 from . import data as data_mod
 from . import stages
+from .checkpoint import CheckpointError
 from .partition import PartitionError
 from .run import STAGES, RunDir, RunError
 
@@ -26,7 +27,7 @@ STAGE_HELP = {
 }
 PREVIOUS = {stage: STAGES[:i] for i, stage in enumerate(STAGES)}
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    config_mod.ConfigError, RunError, data_mod.DataError, PartitionError)
+    config_mod.ConfigError, RunError, data_mod.DataError, PartitionError, CheckpointError)
 
 
 def register_user_error(*errors: type[BaseException]) -> None:

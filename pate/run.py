@@ -15,12 +15,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
 from . import config as config_mod
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 STAGES = ("partition", "train-teachers", "vote", "aggregate", "train-student", "evaluate")
 
 
@@ -41,13 +43,15 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private; artifacts follow the umask
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -56,6 +60,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -123,10 +131,14 @@ class RunDir:
 
     # ---- manifest ------------------------------------------------------------------------
     def manifest(self) -> dict:
+        path = self.path / "manifest.json"
         try:
-            return json.loads((self.path / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunError(f"{self.path / 'manifest.json'} is unreadable: {exc}") from None
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            raise RunError(f"{path} is unreadable: {exc}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+            raise RunError(f"{path} is not a pate manifest")
+        return manifest
 
     def update(self, stage: str, **fields: object) -> None:
         manifest = self.manifest()

@@ -55,13 +55,13 @@ def load_dataset(ctx: Context) -> data_mod.Dataset:
 
 def run_partition(ctx: Context) -> None:
     config = ctx.config
-    ctx.run.begin("partition")
     # Check the data is there (and prepare it offline if possible) before anything is written.
     dataset = load_dataset(ctx)
     sizes = partition_sizes(config)
     if len(dataset.train_y) != sizes["num_train"] or len(dataset.test_y) != sizes["num_public"]:
         raise RunError(f"{config.data.dataset} under {ctx.data_root} has {len(dataset.train_y)}/"
                        f"{len(dataset.test_y)} images, expected {sizes['num_train']}/{sizes['num_public']}")
+    ctx.run.begin("partition")
     arrays = make_partition(seed=config.data.split_seed, **sizes)
     verify_partition(arrays, **sizes)
     atomic_save_npz(ctx.run.file("partition.npz"), **arrays)
@@ -83,15 +83,9 @@ def resolve_device(name: str) -> str:
 
 
 def save_state_dict(path: Path, state: dict) -> None:
-    import io
+    from . import checkpoint
 
-    import torch
-
-    from .run import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    checkpoint.save(path, state)
 
 
 def public_images(ctx: Context, dataset: data_mod.Dataset, index: np.ndarray):
@@ -103,7 +97,6 @@ def run_train_student(ctx: Context) -> None:
     from .run import atomic_write_json
 
     run, cfg = ctx.run, ctx.config.student
-    run.begin("train-student")
     parts = load_partition(ctx)
     released = run.load_npz("aggregate", "labels.npz")
     dataset = load_dataset(ctx)
@@ -114,6 +107,7 @@ def run_train_student(ctx: Context) -> None:
     unlabeled_index = np.setdiff1d(parts["student_pool_index"], labeled_index)
     if len(labeled_index) == 0:
         raise RunError("no query was answered, so the student has no labels; revisit the aggregator settings")
+    run.begin("train-student")
     progress = Progress(cfg.steps, "train-student", ctx.quiet)
 
     def report(step, steps, loss, info):
@@ -157,13 +151,13 @@ def run_evaluate(ctx: Context) -> None:
     from .run import atomic_write_json
 
     run, config = ctx.run, ctx.config
-    run.begin("evaluate")
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
     _, _, num_classes, channels, size = DATASETS[config.data.dataset]
     model = build_model(config.student.arch, channels, num_classes, size)
     state = torch.load(run.verified("train-student", "student/model.pt"), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
+    run.begin("evaluate")
     test_index = parts["test_index"]
     device = resolve_device(ctx.device)
     student_accuracy = student.accuracy(model.to(device), public_images(ctx, dataset, test_index),

@@ -7,6 +7,7 @@ a barrier. The vote stage reads every part, so it does not care how many ranks t
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -51,10 +52,10 @@ def run_train_teachers(ctx: Context) -> None:
 
     run, config, tcfg = ctx.run, ctx.config, ctx.config.teachers
     rank, world = _distributed()
-    if rank == 0:
-        run.begin("train-teachers")
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
+    if rank == 0:
+        run.begin("train-teachers")
     used = np.flatnonzero(parts["teacher_of"] >= 0)  # records outside every shard never reach a model
     images = data_mod.to_float(dataset.train_x[used], dataset.name)
     labels = torch.from_numpy(dataset.train_y[used])
@@ -119,19 +120,23 @@ def run_vote(ctx: Context) -> None:
     from . import ensemble
 
     run, config = ctx.run, ctx.config
-    run.begin("vote")
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
     device = resolve_device(ctx.device)
     modules = _load_parts(ctx, device)
+    run.begin("vote")
     num_classes = dataset.num_classes
     query_index = parts["query_index"]
     partial = run.file("votes.partial.npz")
     votes = np.zeros((0, num_classes), np.int64)
     if partial.exists():  # resume after the last finished chunk
-        with np.load(partial) as saved:
-            if np.array_equal(saved["query_index"], query_index[:len(saved["votes"])]):
-                votes = saved["votes"]
+        try:
+            with np.load(partial, allow_pickle=False) as saved:
+                if np.array_equal(saved["query_index"], query_index[:len(saved["votes"])]):
+                    votes = saved["votes"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise RunError(f"{partial} is damaged ({type(exc).__name__}); delete it to vote again from the "
+                           "first query") from None
     progress = Progress(len(query_index), "vote", ctx.quiet, start=len(votes))
     while len(votes) < len(query_index):
         chunk = query_index[len(votes):len(votes) + VOTE_CHUNK]

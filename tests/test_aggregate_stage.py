@@ -10,7 +10,8 @@ from pate import labeling
 from pate.cli import main
 from pate.privacy import ledger
 from pate.run import RunDir, RunError, atomic_save_npz
-from pate.stages import Context
+from pate.partition import make_partition
+from pate.stages import Context, partition_sizes
 
 K, M, Q = 30, 10, 700
 
@@ -18,7 +19,7 @@ K, M, Q = 30, 10, 700
 def make_run(tmp_path, name="r", **aggregator):
     agg = {"mechanism": "confident-gnmax", "max_queries": Q, "threshold": 20.0, "sigma1": 6.0, "sigma2": 4.0,
            "seed": 11, **aggregator}
-    cfg = config_mod.from_dict({"name": "agg", "data": {"private_size": 3000, "student_pool": 900, "test_size": 100},
+    cfg = config_mod.from_dict({"name": "agg", "data": {"private_size": 3000, "student_pool": Q, "test_size": 100},
                                 "teachers": {"count": K}, "aggregator": agg, "privacy": {"delta": 1e-5}})
     run = RunDir.open(tmp_path / name, cfg)
     rng = np.random.default_rng(0)
@@ -28,9 +29,11 @@ def make_run(tmp_path, name="r", **aggregator):
     for i in range(Q):  # a mix of confident and split votes, each row summing to K
         votes[i, top[i]] = consensus[i]
         votes[i] += np.bincount(rng.integers(0, M, K - consensus[i]), minlength=M)
-    for stage in ("partition", "train-teachers"):
-        run.update(stage, status="done", outputs={})
-    atomic_save_npz(run.file("votes.npz"), votes=votes, query_index=np.arange(Q) + 5)
+    parts = make_partition(seed=0, **partition_sizes(cfg))
+    atomic_save_npz(run.file("partition.npz"), **parts)
+    run.finish("partition", ["partition.npz"])
+    run.update("train-teachers", status="done", outputs={})
+    atomic_save_npz(run.file("votes.npz"), votes=votes, query_index=parts["query_index"])
     run.finish("vote", ["votes.npz"])
     return Context(run=run, quiet=True), votes
 

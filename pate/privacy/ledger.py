@@ -78,10 +78,17 @@ def append(path: str | Path, records: Sequence[QueryRecord]) -> None:
     payload = "".join(_line({"kind": "query", **asdict(r)}) for r in records).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        written = os.write(fd, payload)
-        if written != len(payload):
-            raise LedgerError(f"short write to {path} ({written} of {len(payload)} bytes); disk full?")
-        os.fsync(fd)
+        start = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, payload)
+            if written != len(payload):
+                raise LedgerError(f"short write to {path} ({written} of {len(payload)} bytes); disk full?")
+            os.fsync(fd)
+        except BaseException:
+            # Not durable, so not released: cut the file back to its last complete, synced record.
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+            raise
     finally:
         os.close(fd)
 
