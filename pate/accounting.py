@@ -85,7 +85,6 @@ def privacy_report(config: PipelineConfig, votes: np.ndarray, records: list[Quer
               "safe_to_publish": SAFE_TO_PUBLISH}
     if config.seeded:
         report["warning"] = "noise was SEEDED for reproducibility: not a production privacy guarantee"
-    data_ind = data_independent_rdp(config, asked, n_answered)
     report["epsilon_data_independent"] = data_independent_epsilon(config, asked, n_answered)
     if asked == 0:
         report.update(epsilon=0.0, order=None, epsilon_classic=0.0, epsilon_expected=0.0,

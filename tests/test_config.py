@@ -7,7 +7,6 @@ from click.testing import CliRunner
 from pate import config
 from pate.cli import main
 
-from .conftest import TINY_PIPELINE
 
 
 def test_tiny_pipeline_loads(tiny_pipeline):

@@ -88,9 +88,6 @@ OUTPUTS = {  # each stage's final artifacts, as recorded in the manifest
     "evaluate": ["metrics.json"],
 }
 
-BUG_CHECKPOINT = pytest.mark.xfail(strict=True, reason=(
-    "BUG: a damaged or foreign checkpoint (teachers/checkpoint-*.pt, student/checkpoint.pt) escapes "
-    "as a traceback (torch.load errors, CheckpointMismatch are not user errors)"))
 
 
 # ------------------------------------------------------------------------------ reference run
@@ -519,9 +516,9 @@ CASES = {
     "teachers-checkpoint-foreign": pytest.param(Case("partial:train-teachers", _on(
         "teachers/checkpoint-0-of-1.pt", retag_checkpoint), "train-teachers", "checkpoint")),
     "student-checkpoint-truncated": pytest.param(Case("partial:train-student", _on(
-        "student/checkpoint.pt", truncate), "train-student", "checkpoint"), marks=BUG_CHECKPOINT),
+        "student/checkpoint.pt", truncate), "train-student", "checkpoint")),
     "student-checkpoint-foreign": pytest.param(Case("partial:train-student", _on(
-        "student/checkpoint.pt", retag_checkpoint), "train-student", "checkpoint"), marks=BUG_CHECKPOINT),
+        "student/checkpoint.pt", retag_checkpoint), "train-student", "checkpoint")),
     "votes-partial-truncated": pytest.param(Case("partial:vote", _on("votes.partial.npz", truncate), "vote",
                                                  "votes.partial.npz")),
     "ledger-truncated-mid-line": Case("partial:aggregate", _on("ledger.jsonl", lambda p: truncate(p, 0.5)),
