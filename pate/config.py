@@ -127,9 +127,9 @@ class PrivacyConfig:
 class StudentConfig:
     arch: str = "cnn-small"
     method: str = "fixmatch"
-    steps: int = 2000
-    batch_size: int = 64
-    unlabeled_ratio: int = 3
+    steps: int = 4500
+    batch_size: int = 32
+    unlabeled_ratio: int = 4
     lr: float = 0.03
     weight_decay: float = 5e-4
     threshold: float = 0.95

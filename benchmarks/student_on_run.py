@@ -1,0 +1,46 @@
+"""Train a student on the labels an existing run released, with other student settings, and
+print its held-out accuracy: student tuning costs no privacy, so it can be tried on a finished
+aggregation without touching the run directory (nothing is written there).
+
+    python benchmarks/student_on_run.py runs/mnist --steps 12000 [--method fixmatch]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from pate import config as config_mod
+from pate import data, student
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--method", default="fixmatch")
+    parser.add_argument("--arch", default="cnn-small")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args()
+    cfg = config_mod.load(f"{args.run_dir}/config.toml")
+    parts = np.load(f"{args.run_dir}/partition.npz")
+    released = np.load(f"{args.run_dir}/labels.npz")
+    ds = data.load(cfg.data.dataset, args.data_root)
+    labeled = released["query_index"]
+    unlabeled = np.setdiff1d(parts["student_pool_index"], labeled)
+    test = parts["test_index"]
+    x = lambda idx: data.to_float(ds.test_x[idx], ds.name)  # noqa: E731
+    t0 = time.time()
+    model, _ = student.train_student(x(labeled), torch.from_numpy(released["label"]), x(unlabeled),
+                                     arch=args.arch, method=args.method, steps=args.steps, seed=args.seed)
+    acc = student.accuracy(model, x(test), torch.from_numpy(ds.test_y[test]))
+    label_acc = float((released["label"] == ds.test_y[labeled]).mean())
+    print(f"labels={len(labeled)} label_accuracy={label_acc:.4f} method={args.method} steps={args.steps} "
+          f"seconds={time.time() - t0:.0f} student_accuracy={acc:.4f}")
+
+
+if __name__ == "__main__":
+    main()
