@@ -154,6 +154,8 @@ def run_aggregate(ctx: Context) -> None:
         report["stopped_by_budget"] = stopped_by_budget
         accounting.write_report(run.file("privacy.json"), report)
     run.finish("aggregate", ["labels.npz", "privacy.json", "ledger.jsonl"])
+    for warning in report.get("warnings", []):
+        ctx.say(f"aggregate: warning: {warning}")
     ctx.say(f"aggregate: {len(records)} queries asked, {len(labels)} answered; "
             f"epsilon {report['smooth_sensitivity']['released_epsilon']:.3f} (smooth-sensitivity release, "
             f"safe to publish), data-independent {report['epsilon_data_independent']:.3f}, delta {report['delta']:g}")

@@ -16,11 +16,11 @@ from pate.stages import Context, partition_sizes
 K, M, Q = 30, 10, 700
 
 
-def make_run(tmp_path, name="r", **aggregator):
+def make_run(tmp_path, name="r", privacy=None, **aggregator):
     agg = {"mechanism": "confident-gnmax", "max_queries": Q, "threshold": 20.0, "sigma1": 6.0, "sigma2": 4.0,
            "seed": 11, **aggregator}
     cfg = config_mod.from_dict({"name": "agg", "data": {"private_size": 3000, "student_pool": Q, "test_size": 100},
-                                "teachers": {"count": K}, "aggregator": agg, "privacy": {"delta": 1e-5}})
+                                "teachers": {"count": K}, "aggregator": agg, "privacy": {"delta": 1e-5, **(privacy or {})}})
     run = RunDir.open(tmp_path / name, cfg)
     rng = np.random.default_rng(0)
     top = rng.integers(0, M, Q)
@@ -178,3 +178,12 @@ def test_audit_before_aggregation_is_a_clear_error(tmp_path):
     ctx, _ = make_run(tmp_path)
     result = CliRunner().invoke(main, ["audit", str(ctx.run.path)])
     assert result.exit_code == 2 and "no ledger" in result.output
+
+
+def test_best_order_at_the_edge_of_the_list_is_reported(tmp_path, capsys):
+    ctx, _ = make_run(tmp_path, privacy={"orders": [2.0, 3.0]})
+    ctx.quiet = False
+    labeling.run_aggregate(ctx)
+    report = json.loads(ctx.run.file("privacy.json").read_text())
+    assert any("edge of the order list" in w for w in report["warnings"])
+    assert "warning" in capsys.readouterr().err
