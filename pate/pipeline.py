@@ -95,9 +95,12 @@ def summary(ctx: stages.Context) -> str:
             rows.append(("noise", "SEEDED: reproducible, not a production privacy guarantee"))
     if metrics_path.exists():
         m = json.loads(metrics_path.read_text())
-        for key in ("teacher_accuracy_mean", "ensemble_accuracy", "label_accuracy", "student_accuracy"):
+        names = {"teacher_accuracy_mean": "teacher accuracy mean (not DP-protected)",
+                 "ensemble_accuracy": "plurality accuracy (not DP-protected)",
+                 "label_accuracy": "released-label accuracy", "student_accuracy": "student accuracy"}
+        for key, name in names.items():
             if m.get(key) is not None:
-                rows.append((key.replace("_", " "), f"{100 * m[key]:.2f}%"))
+                rows.append((name, f"{100 * m[key]:.2f}%"))
     for stage in STAGES:
         seconds = manifest["stages"].get(stage, {}).get("seconds")
         if seconds is not None:
