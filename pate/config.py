@@ -24,6 +24,7 @@ DATASETS = {
 }
 MECHANISMS = ("lnmax", "gnmax", "confident-gnmax")
 ARCHS = ("cnn-small", "cnn-deep")
+FEATURES = ("none", "simclr")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
 
 
@@ -71,9 +72,17 @@ class TeachersConfig:
     weight_decay: float = 0.0
     augment: bool = True
     seed: int = 0
+    # Public features (pate.features): "simclr" = a frozen contrastive extractor trained on the
+    # unlabelled public pool + one logistic head per teacher; "none" = CNN teachers from scratch.
+    features: str = "none"
+    feature_epochs: int = 30
+    feature_dim: int = 128
 
     def validate(self) -> None:
         _check("teachers", "count", self.count >= 1, "at least 1", self.count)
+        _check("teachers", "features", self.features in FEATURES, f"one of {list(FEATURES)}", self.features)
+        _check("teachers", "feature_epochs", self.feature_epochs >= 1, "at least 1", self.feature_epochs)
+        _check("teachers", "feature_dim", 2 <= self.feature_dim <= 4096, "between 2 and 4096", self.feature_dim)
         _check("teachers", "optimizer", self.optimizer in ("adam", "sgd"), "'adam' or 'sgd'", self.optimizer)
         _check("teachers", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
         _check("teachers", "epochs", self.epochs >= 1, "at least 1", self.epochs)

@@ -44,6 +44,10 @@ def part_name(rank: int, world: int) -> str:
     return f"teachers/part-{rank}-of-{world}.pt"
 
 
+EXTRACTOR = "teachers/extractor.pt"
+HEADS = "teachers/heads-0-of-1.pt"
+
+
 def run_train_teachers(ctx: Context) -> None:
     import torch
 
@@ -51,6 +55,8 @@ def run_train_teachers(ctx: Context) -> None:
     from . import ensemble
 
     run, config, tcfg = ctx.run, ctx.config, ctx.config.teachers
+    if tcfg.features != "none":
+        return _train_feature_teachers(ctx)
     rank, world = _distributed()
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
@@ -88,6 +94,68 @@ def run_train_teachers(ctx: Context) -> None:
                 + (f" on {world} ranks" if world > 1 else ""))
 
 
+def _train_feature_teachers(ctx: Context) -> None:
+    """Public features: a frozen extractor trained on the unlabelled public pool only, then one
+    logistic head per teacher on its own shard's features (pate.features)."""
+    import torch
+
+    from . import data as data_mod
+    from . import features
+    from .checkpoint import CheckpointError
+
+    run, config, tcfg = ctx.run, ctx.config, ctx.config.teachers
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RunError(f"[teachers] features = {tcfg.features!r} trains on one process; run it without torchrun")
+    parts = load_partition(ctx)
+    dataset = load_dataset(ctx)
+    run.begin("train-teachers")
+    device = resolve_device(ctx.device)
+    (run.path / "teachers").mkdir(exist_ok=True)
+    # The extractor sees public pool images only: never a private image, never a label.
+    pool = public_images(ctx, dataset, parts["student_pool_index"])
+    progress = Progress(tcfg.feature_epochs, "train-teachers[features]", ctx.quiet)
+
+    def report(epoch, epochs, loss):
+        progress.done = epoch
+        progress.update(0, status=f"contrastive loss {loss:.3f}")
+        run.progress("train-teachers", f"extractor epoch {epoch}/{epochs}")
+
+    try:
+        extractor = features.train_extractor(
+            pool, dim=tcfg.feature_dim, epochs=tcfg.feature_epochs, seed=tcfg.seed, device=device,
+            checkpoint_path=run.file(EXTRACTOR), fingerprint=config.fingerprint(), progress=report)
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    progress.close()
+    used = np.flatnonzero(parts["teacher_of"] >= 0)
+    feats = features.embed(extractor, data_mod.to_float(dataset.train_x[used], dataset.name), device=device)
+    run.progress("train-teachers", "heads")
+    heads = features.train_heads(feats, torch.from_numpy(dataset.train_y[used]).long(), parts["teacher_of"][used],
+                                 range(tcfg.count), dataset.num_classes, device=device)
+    save_state_dict(run.file(HEADS), heads)
+    run.finish("train-teachers", [EXTRACTOR, HEADS], world_size=1, features=tcfg.features)
+    ctx.say(f"train-teachers: {tcfg.count} logistic heads on {tcfg.features} public features "
+            f"(extractor: {tcfg.feature_epochs} epochs on {len(pool)} unlabelled public images)")
+
+
+def _feature_predictor(ctx: Context, device: str):
+    """(images -> (K, Q) predictions) for a public-features run."""
+    from . import checkpoint as checkpoint_io
+    from . import features
+
+    try:
+        blob = checkpoint_io.load(ctx.run.verified("train-teachers", EXTRACTOR))
+        heads = checkpoint_io.load(ctx.run.verified("train-teachers", HEADS))
+    except checkpoint_io.CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    if not blob.get("done") or heads.get("format") != features.HEADS_FORMAT:
+        raise RunError("the public-features teachers are incomplete; rerun `pate train-teachers`")
+    if list(heads["teacher_ids"]) != list(range(ctx.config.teachers.count)):
+        raise RunError("the trained teacher heads do not cover teachers 0..K-1 exactly once")
+    extractor = blob["extractor"]
+    return lambda images: features.predict_heads(heads, features.embed(extractor, images, device=device)).numpy()
+
+
 def _load_parts(ctx: Context, device: str):
     """Each trained part as an ensemble module, in teacher-id order."""
     import torch
@@ -123,7 +191,13 @@ def run_vote(ctx: Context) -> None:
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
     device = resolve_device(ctx.device)
-    modules = _load_parts(ctx, device)
+    if config.teachers.features != "none":
+        predict = _feature_predictor(ctx, device)
+    else:
+        modules = _load_parts(ctx, device)
+
+        def predict(images):
+            return _predictions(modules, images, device)
     run.begin("vote")
     num_classes = dataset.num_classes
     query_index = parts["query_index"]
@@ -140,7 +214,7 @@ def run_vote(ctx: Context) -> None:
     progress = Progress(len(query_index), "vote", ctx.quiet, start=len(votes))
     while len(votes) < len(query_index):
         chunk = query_index[len(votes):len(votes) + VOTE_CHUNK]
-        preds = _predictions(modules, public_images(ctx, dataset, chunk), device)  # (K, chunk)
+        preds = predict(public_images(ctx, dataset, chunk))  # (K, chunk)
         votes = np.concatenate([votes, ensemble.votes_from_predictions(preds, num_classes).numpy()])
         atomic_save_npz(partial, votes=votes, query_index=query_index[:len(votes)])
         run.progress("vote", f"{len(votes)}/{len(query_index)} queries")
@@ -151,7 +225,7 @@ def run_vote(ctx: Context) -> None:
     atomic_save_npz(run.file("votes.npz"), votes=votes, query_index=query_index)
     # Evaluation only: teacher and plurality accuracy on the held-out public test split.
     test_index = parts["test_index"]
-    test_preds = _predictions(modules, public_images(ctx, dataset, test_index), device)
+    test_preds = predict(public_images(ctx, dataset, test_index))
     truth = dataset.test_y[test_index]
     per_teacher = ensemble.teacher_accuracies(test_preds, truth).numpy()
     plurality = ensemble.votes_from_predictions(test_preds, num_classes).numpy().argmax(axis=1)

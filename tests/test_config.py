@@ -57,6 +57,9 @@ BAD = [
     ("teachers = 3\n", "[teachers] must be a table"),
     ("[data\n", "not valid TOML"),
     ("[aggregator]\nseed = 1.5\n", "[aggregator] seed must be of type int"),
+    ("[teachers]\nfeatures = 'byol'\n", "[teachers] features"),
+    ("[teachers]\nfeature_epochs = 0\n", "[teachers] feature_epochs"),
+    ("[teachers]\nfeature_dim = 1\n", "[teachers] feature_dim"),
 ]
 
 

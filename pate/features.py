@@ -1,0 +1,242 @@
+"""Public features: a frozen extractor learned from the public pool alone, shared by all teachers.
+
+``train_extractor`` fits a small conv encoder with a SimCLR-style contrastive loss (NT-Xent on two
+augmented views of each image; Chen et al. 2020) on the *unlabelled public* student-pool images.
+It never sees a private image nor a public label, so it costs no privacy. The encoder is then
+frozen; ``embed`` maps images to standardised d-dim features (mean/std taken from the public pool
+embeddings, again no private data).
+
+``train_heads`` fits K multinomial logistic-regression heads, teacher k on its own shard's
+features only, batched as one (K, d, m) weight tensor. The objective is a sum of per-teacher
+losses and Adam is element-wise, so teacher k's head is a function of shard k alone (no shared
+line search or statistics couple the teachers). Heads start at zero (the objective is convex), so
+training is deterministic. ``predict_heads`` gives exactly one class per teacher per image
+(argmax, first index on ties).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pate import checkpoint as checkpoint_io
+
+EXTRACTOR_FORMAT = "pate.features/1"
+HEADS_FORMAT = "pate.heads/1"
+_TAG_EXTRACTOR = 3
+
+# Fixed extractor / head hyperparameters (chosen before any private data is seen).
+BATCH_SIZE = 256
+LR = 1e-3
+WEIGHT_DECAY = 1e-6
+TEMPERATURE = 0.2
+PROJ_DIM = 64
+HEAD_STEPS = 300
+HEAD_LR = 0.05
+HEAD_L2 = 1e-3
+
+
+def _seed(*words: int) -> int:
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0]) >> 1
+
+
+class Encoder(nn.Module):
+    """Conv trunk -> global average pool -> d-dim representation; ``project`` is the SimCLR head."""
+
+    def __init__(self, in_channels: int, dim: int = 128):
+        super().__init__()
+        w = 32
+
+        def block(cin, cout, stride):
+            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.trunk = nn.Sequential(*block(in_channels, w, 1), *block(w, 2 * w, 2), *block(2 * w, 2 * w, 1),
+                                   *block(2 * w, 4 * w, 2), *block(4 * w, dim, 1),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.projection = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, PROJ_DIM))
+        self.in_channels, self.dim = in_channels, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random view of each image (batched): affine (rotation, scale, shift, shear), brightness /
+    contrast jitter, cutout and a little noise. ``x`` is normalised float (B, C, H, W) on CPU/GPU."""
+    b, _, h, w = x.shape
+    dev = x.device
+
+    def u(lo, hi, *shape):
+        return (torch.rand(shape or (b,), generator=gen) * (hi - lo) + lo).to(dev)
+
+    angle = u(-0.3, 0.3)  # ~ +-17 degrees
+    scale = u(0.8, 1.15)
+    shear = u(-0.15, 0.15)
+    tx, ty = u(-0.2, 0.2), u(-0.2, 0.2)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin + shear, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast, brightness = u(0.6, 1.4).view(b, 1, 1, 1), u(-0.4, 0.4).view(b, 1, 1, 1)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * contrast + mean + brightness
+    # Cutout: one square of side ~H/4 per image, for half of the images.
+    side = max(1, h // 4)
+    cy, cx = (torch.rand(b, generator=gen) * h).long().to(dev), (torch.rand(b, generator=gen) * w).long().to(dev)
+    on = (torch.rand(b, generator=gen) < 0.5).to(dev)
+    ys, xs = torch.arange(h, device=dev).view(1, h, 1), torch.arange(w, device=dev).view(1, 1, w)
+    hole = ((ys - cy.view(b, 1, 1)).abs() <= side // 2) & ((xs - cx.view(b, 1, 1)).abs() <= side // 2)
+    out = torch.where((hole & on.view(b, 1, 1)).unsqueeze(1), mean.expand_as(out), out)
+    noise = torch.randn(out.shape, generator=gen).to(dev)
+    return out + 0.1 * noise
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross entropy over the 2B views of a batch."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def train_extractor(images: torch.Tensor, *, dim: int = 128, epochs: int = 30, seed: int = 0,
+                    batch_size: int = BATCH_SIZE, device: str = "cpu",
+                    checkpoint_path: Optional[str | os.PathLike] = None, fingerprint: str = "",
+                    progress: Optional[Callable[[int, int, float], None]] = None) -> dict:
+    """Train the encoder on PUBLIC, unlabelled ``images`` (N, C, H, W); returns the frozen extractor
+    as a plain dict (``state``, ``dim``, ``in_channels``, ``mean``, ``std``) for ``load_extractor``.
+
+    With ``checkpoint_path`` the state is saved atomically after every epoch and a matching
+    checkpoint (same fingerprint) is resumed, or reused as is when finished.
+    """
+    device = torch.device(device)
+    in_channels = images.shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(seed, _TAG_EXTRACTOR, 0))
+        model = Encoder(in_channels, dim)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    gen = torch.Generator().manual_seed(_seed(seed, _TAG_EXTRACTOR, 1))
+    start = 0
+    config = {"dim": dim, "epochs": epochs, "seed": seed, "batch_size": batch_size, "n": int(len(images))}
+    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+        ckpt = checkpoint_io.load(checkpoint_path)
+        if (ckpt.get("format") == EXTRACTOR_FORMAT and ckpt.get("fingerprint") == fingerprint
+                and ckpt.get("config") == config):
+            if ckpt.get("done"):
+                return ckpt["extractor"]
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            gen.set_state(ckpt["generator"])
+            start = int(ckpt["epoch"])
+    n = len(images)
+    bs = max(2, min(batch_size, n))
+    steps = max(1, n // bs)
+    loss_value = float("nan")
+    for epoch in range(start, epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for s in range(steps):
+            x = images[order[s * bs:(s + 1) * bs]].to(device, torch.float32)
+            v1, v2 = augment(x, gen), augment(x, gen)
+            loss = nt_xent(model.projection(model(v1)), model.projection(model(v2)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        loss_value = total / steps
+        if checkpoint_path is not None and epoch + 1 < epochs:
+            checkpoint_io.save(checkpoint_path, {
+                "format": EXTRACTOR_FORMAT, "fingerprint": fingerprint, "config": config, "done": False,
+                "epoch": epoch + 1, "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "generator": gen.get_state()})
+        if progress is not None:
+            progress(epoch + 1, epochs, loss_value)
+    model.eval()
+    trunk_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    extractor = {"state": trunk_state, "dim": dim, "in_channels": in_channels,
+                 "mean": torch.zeros(dim), "std": torch.ones(dim)}
+    raw = embed(extractor, images, device=device, standardise=False)
+    extractor["mean"], extractor["std"] = raw.mean(0), raw.std(0).clamp_min(1e-6)
+    if checkpoint_path is not None:
+        checkpoint_io.save(checkpoint_path, {"format": EXTRACTOR_FORMAT, "fingerprint": fingerprint,
+                                             "config": config, "done": True, "epoch": epochs,
+                                             "extractor": extractor})
+    return extractor
+
+
+def load_extractor(extractor: dict, device: str | torch.device = "cpu") -> Encoder:
+    model = Encoder(int(extractor["in_channels"]), int(extractor["dim"]))
+    model.load_state_dict(extractor["state"])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def embed(extractor: dict, images: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "cpu",
+          standardise: bool = True) -> torch.Tensor:
+    """(N, C, H, W) images -> (N, d) float32 features on CPU, standardised with the public-pool
+    statistics stored in the extractor."""
+    model = load_extractor(extractor, device)
+    out = torch.cat([model(images[i:i + batch_size].to(device, torch.float32)).cpu()
+                     for i in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0, model.dim)
+    if standardise:
+        out = (out - extractor["mean"]) / extractor["std"]
+    return out
+
+
+def train_heads(features: torch.Tensor, labels: torch.Tensor, teacher_of: np.ndarray, teacher_ids,
+                num_classes: int, *, steps: int = HEAD_STEPS, lr: float = HEAD_LR, l2: float = HEAD_L2,
+                device: str | torch.device = "cpu") -> dict:
+    """K logistic-regression heads, teacher ``teacher_ids[k]`` on rows with ``teacher_of == id`` only.
+
+    Returns ``{"teacher_ids", "weight" (K, d, m), "bias" (K, m)}``. Full-batch Adam on the sum of
+    per-teacher mean cross-entropies + ``l2``·||W_k||²: each head's gradient, and so its update,
+    depends on its own shard alone.
+    """
+    ids = [int(t) for t in teacher_ids]
+    teacher_of = np.asarray(teacher_of)
+    shards = [np.flatnonzero(teacher_of == t) for t in ids]
+    k, d = len(ids), features.shape[1]
+    n_max = max(1, max(len(s) for s in shards))
+    index = torch.zeros((k, n_max), dtype=torch.long)
+    mask = torch.zeros((k, n_max))
+    for i, s in enumerate(shards):
+        index[i, :len(s)] = torch.from_numpy(s)
+        mask[i, :len(s)] = 1.0
+    x = features[index].to(device)  # (K, n, d): teacher k's own rows only (padding masked out)
+    y = labels[index].to(device)
+    mask = mask.to(device)
+    counts = mask.sum(1).clamp_min(1.0)
+    weight = torch.zeros((k, d, num_classes), device=device, requires_grad=True)
+    bias = torch.zeros((k, num_classes), device=device, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=lr)
+    for _ in range(steps):
+        logits = torch.bmm(x, weight) + bias.unsqueeze(1)
+        ce = F.cross_entropy(logits.reshape(-1, num_classes), y.reshape(-1), reduction="none").view(k, n_max)
+        loss = ((ce * mask).sum(1) / counts).sum() + l2 * weight.pow(2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {"format": HEADS_FORMAT, "teacher_ids": ids, "weight": weight.detach().cpu(),
+            "bias": bias.detach().cpu()}
+
+
+@torch.no_grad()
+def predict_heads(heads: dict, features: torch.Tensor, *, chunk_size: int = 4096) -> torch.Tensor:
+    """Each head's class (argmax, first index on ties) for each feature row: (K, Q) int64."""
+    w, b = heads["weight"].float(), heads["bias"].float()
+    out = torch.empty((w.shape[0], len(features)), dtype=torch.int64)
+    for i in range(0, len(features), chunk_size):
+        f = features[i:i + chunk_size].float()
+        out[:, i:i + chunk_size] = (torch.einsum("qd,kdm->kqm", f, w) + b.unsqueeze(1)).argmax(-1)
+    return out
