@@ -15,7 +15,6 @@ training is deterministic. ``predict_heads`` gives exactly one class per teacher
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable, Optional
 
