@@ -238,5 +238,5 @@ def run_vote(ctx: Context) -> None:
     run.finish("vote", ["votes.npz", "teachers_eval.json"])
     partial.unlink(missing_ok=True)
     ctx.say(f"vote: {len(query_index)} queries; teachers {100 * stats['teacher_accuracy_mean']:.1f}% mean "
-            f"(min {100 * stats['teacher_accuracy_min']:.1f}%), plurality {100 * stats['ensemble_accuracy']:.1f}% "
+            f"(min {100 * stats['teacher_accuracy_min']:.1f}%, max {100 * stats['teacher_accuracy_max']:.1f}%), plurality {100 * stats['ensemble_accuracy']:.1f}% "
             f"on the held-out test split")
