@@ -74,3 +74,17 @@ def tiny_pipeline(tmp_path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(textwrap.dedent(TINY_PIPELINE))
     return path
+
+
+def finish_votes_stage(run, votes: np.ndarray) -> None:
+    """Give ``run`` a real partition and the given vote matrix, as if train-teachers and vote had run."""
+    from pate.partition import make_partition
+    from pate.run import atomic_save_npz
+    from pate.stages import partition_sizes
+
+    parts = make_partition(seed=0, **partition_sizes(run.config))
+    atomic_save_npz(run.file("partition.npz"), **parts)
+    run.finish("partition", ["partition.npz"])
+    run.update("train-teachers", status="done", outputs={})
+    atomic_save_npz(run.file("votes.npz"), votes=votes, query_index=parts["query_index"])
+    run.finish("vote", ["votes.npz"])

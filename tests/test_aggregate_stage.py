@@ -9,9 +9,10 @@ from pate import config as config_mod
 from pate import labeling
 from pate.cli import main
 from pate.privacy import ledger
-from pate.run import RunDir, RunError, atomic_save_npz
-from pate.partition import make_partition
-from pate.stages import Context, partition_sizes
+from pate.run import RunDir, RunError
+from pate.stages import Context
+
+from .conftest import finish_votes_stage
 
 K, M, Q = 30, 10, 700
 
@@ -29,12 +30,7 @@ def make_run(tmp_path, name="r", privacy=None, **aggregator):
     for i in range(Q):  # a mix of confident and split votes, each row summing to K
         votes[i, top[i]] = consensus[i]
         votes[i] += np.bincount(rng.integers(0, M, K - consensus[i]), minlength=M)
-    parts = make_partition(seed=0, **partition_sizes(cfg))
-    atomic_save_npz(run.file("partition.npz"), **parts)
-    run.finish("partition", ["partition.npz"])
-    run.update("train-teachers", status="done", outputs={})
-    atomic_save_npz(run.file("votes.npz"), votes=votes, query_index=parts["query_index"])
-    run.finish("vote", ["votes.npz"])
+    finish_votes_stage(run, votes)
     return Context(run=run, quiet=True), votes
 
 

@@ -21,6 +21,8 @@ from pate.cli import main
 from pate.privacy import rdp
 from pate.run import RunDir
 
+from .conftest import finish_votes_stage
+
 from .conftest import TINY_PIPELINE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,9 +198,7 @@ def aggregated_only_run(tmp_path, mechanism: str, queries: int = 50) -> RunDir:
     """A run whose votes are synthetic and only aggregation has run (no teachers_eval.json, no student)."""
     from pate import config as config_mod
     from pate import labeling
-    from pate.partition import make_partition
-    from pate.run import atomic_save_npz
-    from pate.stages import Context, partition_sizes
+    from pate.stages import Context
 
     teachers, classes = 20, 10
     cfg = config_mod.from_dict({
@@ -212,12 +212,7 @@ def aggregated_only_run(tmp_path, mechanism: str, queries: int = 50) -> RunDir:
     for i, top in enumerate(rng.integers(4, teachers + 1, queries)):
         votes[i, i % classes] = top
         votes[i] += np.bincount(rng.integers(0, classes, teachers - top), minlength=classes)
-    parts = make_partition(seed=0, **partition_sizes(cfg))
-    atomic_save_npz(run.file("partition.npz"), **parts)
-    run.finish("partition", ["partition.npz"])
-    run.update("train-teachers", status="done", outputs={})
-    atomic_save_npz(run.file("votes.npz"), votes=votes, query_index=parts["query_index"])
-    run.finish("vote", ["votes.npz"])
+    finish_votes_stage(run, votes)
     labeling.run_aggregate(Context(run=run, quiet=True))
     return run
 
