@@ -30,11 +30,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     config_mod.ConfigError, RunError, data_mod.DataError, PartitionError, CheckpointError)
 
 
-def register_user_error(*errors: type[BaseException]) -> None:
-    global USER_ERRORS
-    USER_ERRORS = USER_ERRORS + errors
-
-
 def stage_function(stage: str):
     from . import labeling, teacher_stages
 

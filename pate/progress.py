@@ -18,7 +18,11 @@ class Progress:
         self._last_draw = 0.0
 
     def update(self, n: int = 1, status: str | None = None) -> None:
-        self.done = min(self.total, self.done + n)
+        self.update_to(self.done + n, status)
+
+    def update_to(self, done: int, status: str | None = None) -> None:
+        """Set the count (callbacks report absolute positions: epoch i of n, step t of T)."""
+        self.done = min(self.total, done)
         if status is not None:
             self.status = status
         now = time.monotonic()

@@ -111,8 +111,7 @@ def run_train_student(ctx: Context) -> None:
     progress = Progress(cfg.steps, "train-student", ctx.quiet)
 
     def report(step, steps, loss, info):
-        progress.done = step
-        progress.update(0, status=f"loss {loss:.3f}")
+        progress.update_to(step, status=f"loss {loss:.3f}")
         if step % 50 == 0 or step == steps:
             run.progress("train-student", f"step {step}/{steps}")
 

@@ -73,8 +73,7 @@ def run_train_teachers(ctx: Context) -> None:
 
     def report(epoch, epochs, step, steps, loss, images_per_s):
         if step == steps:
-            progress.done = epoch
-            progress.update(0, status=f"loss {loss:.3f} {images_per_s:.0f} img/s")
+            progress.update_to(epoch, status=f"loss {loss:.3f} {images_per_s:.0f} img/s")
             if rank == 0:
                 run.progress("train-teachers", f"epoch {epoch}/{epochs}")
 
@@ -116,8 +115,7 @@ def _train_feature_teachers(ctx: Context) -> None:
     progress = Progress(tcfg.feature_epochs, "train-teachers[features]", ctx.quiet)
 
     def report(epoch, epochs, loss):
-        progress.done = epoch
-        progress.update(0, status=f"contrastive loss {loss:.3f}")
+        progress.update_to(epoch, status=f"contrastive loss {loss:.3f}")
         run.progress("train-teachers", f"extractor epoch {epoch}/{epochs}")
 
     try:
