@@ -108,7 +108,10 @@ class RunDir:
                     f"{run.path} was started with a different config (see {run.path / 'config.toml'}); "
                     "use another --run-dir, or the config the run was started with")
             return run
-        if run.path.exists() and any(run.path.iterdir()):
+        # config.toml is written before manifest.json: a directory holding only it (and temporary
+        # files) is a creation a crash cut short, and is created again.
+        leftovers = [p.name for p in run.path.iterdir() if not p.name.startswith(".")] if run.path.exists() else []
+        if leftovers and leftovers != ["config.toml"]:
             raise RunError(f"{run.path} exists and is not a pate run directory (no manifest.json)")
         run.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.path / "config.toml", config_mod.to_toml(config))

@@ -75,3 +75,10 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
         run_mod.atomic_write_json(target, {"v": 2})
     monkeypatch.setattr(os, "replace", real_replace)
     assert json.loads(target.read_text()) == {"v": 1}
+
+
+def test_creation_cut_short_by_a_crash_is_redone(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.toml").write_text("half")  # killed before manifest.json was written
+    run = RunDir.open(tmp_path / "r", cfg())
+    assert config_mod.load(run.file("config.toml")) == cfg() and run.status("partition") == "pending"
