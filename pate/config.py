@@ -24,7 +24,7 @@ DATASETS = {
 }
 MECHANISMS = ("lnmax", "gnmax", "confident-gnmax")
 ARCHS = ("cnn-small", "cnn-deep")
-FEATURES = ("none", "simclr")
+FEATURES = ("none", "simclr", "scattering")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
 
 
@@ -73,7 +73,9 @@ class TeachersConfig:
     augment: bool = True
     seed: int = 0
     # Public features (pate.features): "simclr" = a frozen contrastive extractor trained on the
-    # unlabelled public pool + one logistic head per teacher; "none" = CNN teachers from scratch.
+    # unlabelled public pool + one logistic head per teacher; "scattering" = a fixed wavelet
+    # scattering transform (J=2, L=8; nothing trained, feature_epochs/feature_dim unused) + one
+    # logistic head per teacher; "none" = CNN teachers from scratch.
     features: str = "none"
     feature_epochs: int = 30
     feature_dim: int = 128

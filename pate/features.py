@@ -1,4 +1,8 @@
-"""Public features: a frozen extractor learned from the public pool alone, shared by all teachers.
+"""Public features: a frozen extractor, shared by all teachers, that no private record shapes.
+
+Two kinds: ``"simclr"`` (learned from the unlabelled public pool, below) and ``"scattering"``
+(``scattering_extractor``: fixed wavelet filters, only standardised with public-pool statistics;
+``pate.scattering``).
 
 ``train_extractor`` fits a small conv encoder with a SimCLR-style contrastive loss (NT-Xent on two
 augmented views of each image; Chen et al. 2020) on the *unlabelled public* student-pool images.
@@ -172,6 +176,16 @@ def train_extractor(images: torch.Tensor, *, dim: int = 128, epochs: int = 30, s
     return extractor
 
 
+def scattering_extractor(images: torch.Tensor, *, J: int = 2, L: int = 8) -> dict:
+    """The scattering feature map of PUBLIC ``images`` (N, C, H, W): nothing is trained, the public
+    images only give each coefficient's mean and std for standardising."""
+    from pate import scattering
+
+    raw = scattering.scatter(images, J=J, L=L).flatten(1)
+    return {"kind": "scattering", "J": J, "L": L, "in_channels": int(images.shape[1]), "dim": int(raw.shape[1]),
+            "mean": raw.mean(0), "std": raw.std(0).clamp_min(1e-6)}
+
+
 def load_extractor(extractor: dict, device: str | torch.device = "cpu") -> Encoder:
     model = Encoder(int(extractor["in_channels"]), int(extractor["dim"]))
     model.load_state_dict(extractor["state"])
@@ -185,6 +199,14 @@ def embed(extractor: dict, images: torch.Tensor, *, batch_size: int = 512, devic
           standardise: bool = True) -> torch.Tensor:
     """(N, C, H, W) images -> (N, d) float32 features on CPU, standardised with the public-pool
     statistics stored in the extractor."""
+    if extractor.get("kind") == "scattering":
+        from pate import scattering
+
+        out = torch.cat([scattering.scatter(images[i:i + batch_size].to(device, torch.float32),
+                                            J=int(extractor["J"]), L=int(extractor["L"])).flatten(1).cpu()
+                         for i in range(0, len(images), batch_size)]) if len(images) else \
+            torch.zeros(0, int(extractor["dim"]))
+        return (out - extractor["mean"]) / extractor["std"] if standardise else out
     model = load_extractor(extractor, device)
     out = torch.cat([model(images[i:i + batch_size].to(device, torch.float32)).cpu()
                      for i in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0, model.dim)

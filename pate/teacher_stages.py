@@ -98,9 +98,9 @@ def _train_feature_teachers(ctx: Context) -> None:
     logistic head per teacher on its own shard's features (pate.features)."""
     import torch
 
+    from . import checkpoint as checkpoint_io
     from . import data as data_mod
     from . import features
-    from .checkpoint import CheckpointError
 
     run, config, tcfg = ctx.run, ctx.config, ctx.config.teachers
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -112,19 +112,28 @@ def _train_feature_teachers(ctx: Context) -> None:
     (run.path / "teachers").mkdir(exist_ok=True)
     # The extractor sees public pool images only: never a private image, never a label.
     pool = public_images(ctx, dataset, parts["student_pool_index"])
-    progress = Progress(tcfg.feature_epochs, "train-teachers[features]", ctx.quiet)
+    if tcfg.features == "scattering":
+        run.progress("train-teachers", "scattering the public pool")
+        extractor = features.scattering_extractor(pool)
+        checkpoint_io.save(run.file(EXTRACTOR), {"format": features.EXTRACTOR_FORMAT, "done": True,
+                                                 "fingerprint": config.fingerprint(), "extractor": extractor})
+        about = f"fixed scattering transform, {extractor['dim']} coefficients standardised on {len(pool)} public images"
+    else:
+        progress = Progress(tcfg.feature_epochs, "train-teachers[features]", ctx.quiet)
 
-    def report(epoch, epochs, loss):
-        progress.update_to(epoch, status=f"contrastive loss {loss:.3f}")
-        run.progress("train-teachers", f"extractor epoch {epoch}/{epochs}")
+        def report(epoch, epochs, loss):
+            progress.update_to(epoch, status=f"contrastive loss {loss:.3f}")
+            run.progress("train-teachers", f"extractor epoch {epoch}/{epochs}")
 
-    try:
-        extractor = features.train_extractor(
-            pool, dim=tcfg.feature_dim, epochs=tcfg.feature_epochs, seed=tcfg.seed, device=device,
-            checkpoint_path=run.file(EXTRACTOR), fingerprint=config.fingerprint(), progress=report)
-    except CheckpointError as exc:
-        raise RunError(str(exc)) from None
-    progress.close()
+        try:
+            extractor = features.train_extractor(
+                pool, dim=tcfg.feature_dim, epochs=tcfg.feature_epochs, seed=tcfg.seed, device=device,
+                checkpoint_path=run.file(EXTRACTOR), fingerprint=config.fingerprint(), progress=report)
+        except checkpoint_io.CheckpointError as exc:
+            raise RunError(str(exc)) from None
+        progress.close()
+        about = f"extractor: {tcfg.feature_epochs} epochs on {len(pool)} unlabelled public images"
+    run.progress("train-teachers", "embedding the private shards")
     used = np.flatnonzero(parts["teacher_of"] >= 0)
     feats = features.embed(extractor, data_mod.to_float(dataset.train_x[used], dataset.name), device=device)
     run.progress("train-teachers", "heads")
@@ -132,8 +141,7 @@ def _train_feature_teachers(ctx: Context) -> None:
                                  range(tcfg.count), dataset.num_classes, device=device)
     save_state_dict(run.file(HEADS), heads)
     run.finish("train-teachers", [EXTRACTOR, HEADS], world_size=1, features=tcfg.features)
-    ctx.say(f"train-teachers: {tcfg.count} logistic heads on {tcfg.features} public features "
-            f"(extractor: {tcfg.feature_epochs} epochs on {len(pool)} unlabelled public images)")
+    ctx.say(f"train-teachers: {tcfg.count} logistic heads on {tcfg.features} public features ({about})")
 
 
 def _feature_predictor(ctx: Context, device: str):

@@ -127,16 +127,17 @@ def test_extractor_never_sees_private_images(tmp_path, fake_data_root, monkeypat
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
-def _tiny_features() -> str:
+def _tiny_features(kind: str = "simclr") -> str:
     return textwrap.dedent(TINY_PIPELINE).replace(
         'name = "tiny"', 'name = "tiny-features"').replace(
-        "batch_size = 16\n\n[aggregator]", 'batch_size = 16\nfeatures = "simclr"\nfeature_epochs = 1\n'
+        "batch_size = 16\n\n[aggregator]", f'batch_size = 16\nfeatures = "{kind}"\nfeature_epochs = 1\n'
                                           "feature_dim = 32\n\n[aggregator]")
 
 
-def test_tiny_pipeline_with_public_features(tmp_path, fake_data_root):
-    text = _tiny_features()
-    assert 'features = "simclr"' in text
+@pytest.mark.parametrize("kind", ["simclr", "scattering"])
+def test_tiny_pipeline_with_public_features(tmp_path, fake_data_root, kind):
+    text = _tiny_features(kind)
+    assert f'features = "{kind}"' in text
     pipeline = tmp_path / "tiny-features.toml"
     pipeline.write_text(text)
     run_dir = tmp_path / "run"
@@ -165,3 +166,31 @@ def test_features_refuse_torchrun(tmp_path, fake_data_root, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = CliRunner().invoke(main, ["train-teachers", str(pipeline), *base])
     assert result.exit_code == 2 and "torchrun" in result.output
+
+
+def test_scattering_statistics_come_from_the_public_pool_only(tmp_path, fake_data_root, monkeypatch):
+    """Scattering has no training; its standardisation uses public pool images only, so scrambling
+    every private image leaves the saved extractor bit-identical (and the heads do change)."""
+    from pate import data as data_mod
+
+    pipeline = tmp_path / "tiny.toml"
+    pipeline.write_text(_tiny_features("scattering"))
+    real_load = data_mod.load
+    blobs = []
+    for scramble in (False, True):
+        def load(name, root, _scramble=scramble, **kw):
+            ds = real_load(name, root, **kw)
+            return dataclasses.replace(ds, train_x=255 - ds.train_x) if _scramble else ds
+
+        monkeypatch.setattr(data_mod, "load", load)
+        run_dir = tmp_path / f"run{int(scramble)}"
+        base = ["--run-dir", str(run_dir), "--data-root", str(fake_data_root), "-q"]
+        assert CliRunner().invoke(main, ["partition", str(pipeline), *base]).exit_code == 0
+        result = CliRunner().invoke(main, ["train-teachers", str(pipeline), *base])
+        assert result.exit_code == 0, result.output
+        blobs.append([torch.load(run_dir / "teachers" / name, weights_only=True)
+                      for name in ("extractor.pt", "heads-0-of-1.pt")])
+    (ext0, heads0), (ext1, heads1) = blobs
+    assert ext0["extractor"]["kind"] == "scattering"
+    assert all(torch.equal(ext0["extractor"][k], ext1["extractor"][k]) for k in ("mean", "std"))
+    assert not torch.equal(heads0["weight"], heads1["weight"])
