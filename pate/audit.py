@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +37,8 @@ def _load(run: RunDir):
 
 
 def _cumulative_epsilon(costs: np.ndarray, orders: np.ndarray, delta: float, conversion: str) -> np.ndarray:
-    """ε after each query (conversion of the cumulative RDP curve), one conversion per query."""
-    cumulative = np.cumsum(costs, axis=0)
-    out = np.empty(len(costs))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rdp.OrderAtEdgeWarning)
-        for i, curve in enumerate(cumulative):
-            out[i] = rdp.eps_from_rdp(curve, orders, delta, conversion)[0]
-    return out
+    """ε after each query: the conversion of each prefix's cumulative RDP curve."""
+    return rdp.eps_from_rdp_rows(np.cumsum(costs, axis=0), orders, delta, conversion)
 
 
 def query_table(run: RunDir) -> tuple[list[dict], dict]:

@@ -176,14 +176,13 @@ def train_extractor(images: torch.Tensor, *, dim: int = 128, epochs: int = 30, s
     return extractor
 
 
-def scattering_extractor(images: torch.Tensor, *, J: int = 2, L: int = 8) -> dict:
+def scattering_extractor(images: torch.Tensor, *, J: int = 2, L: int = 8, device: str | torch.device = "cpu",
+                         progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """The scattering feature map of PUBLIC ``images`` (N, C, H, W): nothing is trained, the public
     images only give each coefficient's mean and std for standardising."""
-    from pate import scattering
-
-    raw = scattering.scatter(images, J=J, L=L).flatten(1)
-    return {"kind": "scattering", "J": J, "L": L, "in_channels": int(images.shape[1]), "dim": int(raw.shape[1]),
-            "mean": raw.mean(0), "std": raw.std(0).clamp_min(1e-6)}
+    extractor = {"kind": "scattering", "J": J, "L": L, "in_channels": int(images.shape[1])}
+    raw = embed(extractor, images, device=device, standardise=False, progress=progress)
+    return extractor | {"dim": int(raw.shape[1]), "mean": raw.mean(0), "std": raw.std(0).clamp_min(1e-6)}
 
 
 def load_extractor(extractor: dict, device: str | torch.device = "cpu") -> Encoder:
@@ -196,28 +195,30 @@ def load_extractor(extractor: dict, device: str | torch.device = "cpu") -> Encod
 
 @torch.no_grad()
 def embed(extractor: dict, images: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "cpu",
-          standardise: bool = True) -> torch.Tensor:
+          standardise: bool = True, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """(N, C, H, W) images -> (N, d) float32 features on CPU, standardised with the public-pool
-    statistics stored in the extractor."""
+    statistics stored in the extractor. ``progress(images done, total)`` after each batch."""
     if extractor.get("kind") == "scattering":
         from pate import scattering
 
-        out = torch.cat([scattering.scatter(images[i:i + batch_size].to(device, torch.float32),
-                                            J=int(extractor["J"]), L=int(extractor["L"])).flatten(1).cpu()
-                         for i in range(0, len(images), batch_size)]) if len(images) else \
-            torch.zeros(0, int(extractor["dim"]))
-        return (out - extractor["mean"]) / extractor["std"] if standardise else out
-    model = load_extractor(extractor, device)
-    out = torch.cat([model(images[i:i + batch_size].to(device, torch.float32)).cpu()
-                     for i in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0, model.dim)
-    if standardise:
-        out = (out - extractor["mean"]) / extractor["std"]
-    return out
+        def features_of(x):
+            return scattering.scatter(x, J=int(extractor["J"]), L=int(extractor["L"])).flatten(1)
+    else:
+        features_of = load_extractor(extractor, device)
+    parts = []
+    for i in range(0, len(images), batch_size):
+        parts.append(features_of(images[i:i + batch_size].to(device, torch.float32)).cpu())
+        if progress is not None:
+            progress(min(i + batch_size, len(images)), len(images))
+    if not parts:
+        return torch.zeros(0, int(extractor.get("dim", 0)))
+    out = torch.cat(parts)
+    return (out - extractor["mean"]) / extractor["std"] if standardise else out
 
 
 def train_heads(features: torch.Tensor, labels: torch.Tensor, teacher_of: np.ndarray, teacher_ids,
                 num_classes: int, *, steps: int = HEAD_STEPS, lr: float = HEAD_LR, l2: float = HEAD_L2,
-                device: str | torch.device = "cpu") -> dict:
+                device: str | torch.device = "cpu", progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """K logistic-regression heads, teacher ``teacher_ids[k]`` on rows with ``teacher_of == id`` only.
 
     Returns ``{"teacher_ids", "weight" (K, d, m), "bias" (K, m)}``. Full-batch Adam on the sum of
@@ -241,13 +242,15 @@ def train_heads(features: torch.Tensor, labels: torch.Tensor, teacher_of: np.nda
     weight = torch.zeros((k, d, num_classes), device=device, requires_grad=True)
     bias = torch.zeros((k, num_classes), device=device, requires_grad=True)
     opt = torch.optim.Adam([weight, bias], lr=lr)
-    for _ in range(steps):
+    for step in range(steps):
         logits = torch.bmm(x, weight) + bias.unsqueeze(1)
         ce = F.cross_entropy(logits.reshape(-1, num_classes), y.reshape(-1), reduction="none").view(k, n_max)
         loss = ((ce * mask).sum(1) / counts).sum() + l2 * weight.pow(2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if progress is not None:
+            progress(step + 1, steps)
     return {"format": HEADS_FORMAT, "teacher_ids": ids, "weight": weight.detach().cpu(),
             "bias": bias.detach().cpu()}
 

@@ -12,7 +12,6 @@ import datetime as _dt
 import html
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from .run import STAGES, RunDir, RunError, atomic_write_text
 HTML_NAME = "report.html"
 PRIVATE, PUBLIC, NOT_COVERED = "private", "public", "not-covered"
 BADGES = {PRIVATE: "PRIVATE", PUBLIC: "safe to publish", NOT_COVERED: "not covered by the DP guarantee"}
-CURVE_POINTS = 150  # ε conversions per prefix curve (each one is a dp_accounting call)
+CURVE_POINTS = 150  # prefixes at which each ε curve of the report is plotted
 
 
 @dataclass
@@ -77,11 +76,8 @@ def _prefix_points(n: int, max_points: int = CURVE_POINTS) -> np.ndarray:
     return np.unique(np.linspace(1, n, min(n, max_points)).round().astype(int))
 
 
-def _eps(curve: np.ndarray, config) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rdp.OrderAtEdgeWarning)
-        return float(rdp.eps_from_rdp(curve, accounting.orders(config), config.privacy.delta,
-                                      config.privacy.conversion)[0])
+def _eps(curves: np.ndarray, config) -> np.ndarray:
+    return rdp.eps_from_rdp_rows(curves, accounting.orders(config), config.privacy.delta, config.privacy.conversion)
 
 
 def epsilon_curves(config, votes: np.ndarray, answered: np.ndarray,
@@ -91,11 +87,11 @@ def epsilon_curves(config, votes: np.ndarray, answered: np.ndarray,
     answered = np.asarray(answered, dtype=bool)
     points = _prefix_points(len(answered), max_points)
     answered_so_far = np.cumsum(answered)
-    curves = {"data_independent": (points, np.array([
-        _eps(accounting.data_independent_rdp(config, int(k), int(answered_so_far[k - 1])), config) for k in points]))}
+    curves = {"data_independent": (points, _eps(np.array([
+        accounting.data_independent_rdp(config, int(k), int(answered_so_far[k - 1])) for k in points]), config))}
     if config.aggregator.mechanism == "confident-gnmax":
         cumulative = np.cumsum(expected_rdp_per_query(config, votes, answered), axis=0)
-        curves["expected"] = (points, np.array([_eps(cumulative[k - 1], config) for k in points]))
+        curves["expected"] = (points, _eps(cumulative[points - 1], config))
     return curves
 
 

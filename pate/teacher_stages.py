@@ -114,7 +114,8 @@ def _train_feature_teachers(ctx: Context) -> None:
     pool = public_images(ctx, dataset, parts["student_pool_index"])
     if tcfg.features == "scattering":
         run.progress("train-teachers", "scattering the public pool")
-        extractor = features.scattering_extractor(pool)
+        extractor = features.scattering_extractor(pool, device=device,
+                                                  progress=_bar(len(pool), "train-teachers[scatter public]", ctx))
         checkpoint_io.save(run.file(EXTRACTOR), {"format": features.EXTRACTOR_FORMAT, "done": True,
                                                  "fingerprint": config.fingerprint(), "extractor": extractor})
         about = f"fixed scattering transform, {extractor['dim']} coefficients standardised on {len(pool)} public images"
@@ -135,13 +136,21 @@ def _train_feature_teachers(ctx: Context) -> None:
         about = f"extractor: {tcfg.feature_epochs} epochs on {len(pool)} unlabelled public images"
     run.progress("train-teachers", "embedding the private shards")
     used = np.flatnonzero(parts["teacher_of"] >= 0)
-    feats = features.embed(extractor, data_mod.to_float(dataset.train_x[used], dataset.name), device=device)
+    feats = features.embed(extractor, data_mod.to_float(dataset.train_x[used], dataset.name), device=device,
+                           progress=_bar(len(used), "train-teachers[embed shards]", ctx))
     run.progress("train-teachers", "heads")
     heads = features.train_heads(feats, torch.from_numpy(dataset.train_y[used]).long(), parts["teacher_of"][used],
-                                 range(tcfg.count), dataset.num_classes, device=device)
+                                 range(tcfg.count), dataset.num_classes, device=device,
+                                 progress=_bar(features.HEAD_STEPS, "train-teachers[heads]", ctx))
     save_state_dict(run.file(HEADS), heads)
     run.finish("train-teachers", [EXTRACTOR, HEADS], world_size=1, features=tcfg.features)
     ctx.say(f"train-teachers: {tcfg.count} logistic heads on {tcfg.features} public features ({about})")
+
+
+def _bar(total: int, label: str, ctx: Context):
+    """A ``progress(done, total)`` callback drawing a bar (silent with --quiet)."""
+    bar = Progress(total, label, ctx.quiet)
+    return lambda done, _total: bar.update_to(done)
 
 
 def _feature_predictor(ctx: Context, device: str):

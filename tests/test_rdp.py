@@ -163,6 +163,26 @@ def test_edge_order_warns():
         rdp.eps_from_rdp(curve, ORDERS, 1e-5, "classic", warn_edge=False)
 
 
+@pytest.mark.parametrize("conversion", ["improved", "classic"])
+def test_row_conversion_equals_one_by_one(conversion):
+    """The vectorised conversion gives each row's eps_from_rdp exactly, over tiny (KL branch, ε = 0),
+    moderate and huge curves, and on an order list with orders ≤ 1.01."""
+    rng = np.random.default_rng(0)
+    scale = 10.0 ** rng.uniform(-9, 2, size=(200, 1))
+    curves = np.abs(rng.normal(size=(200, len(ORDERS)))) * scale * ORDERS
+    curves[0] = 0.0
+    for orders, rows in ((ORDERS, curves), (np.array([1.005, 1.5, 3.0, 20.0]), curves[:, :4])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rdp.OrderAtEdgeWarning)
+            one_by_one = np.array([rdp.eps_from_rdp(row, orders, 1e-5, conversion)[0] for row in rows])
+        np.testing.assert_allclose(rdp.eps_from_rdp_rows(rows, orders, 1e-5, conversion), one_by_one,
+                                   rtol=1e-12, atol=1e-15)
+    assert rdp.eps_from_rdp_rows(curves[:1], ORDERS, 1e-5, conversion)[0] == pytest.approx(
+        0.0 if conversion == "improved" else math.log(1e5) / (ORDERS.max() - 1))
+    with pytest.raises(ValueError, match="shape"):
+        rdp.eps_from_rdp_rows(np.ones((2, 3)), ORDERS, 1e-5, conversion)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(delta=0.0), "delta must be in"), (dict(conversion="best"), "conversion must be"),
 ])

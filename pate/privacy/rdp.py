@@ -411,6 +411,33 @@ def eps_from_rdp(rdp_curve, orders, delta, conversion: str = "improved", *,
     return eps, order
 
 
+def eps_from_rdp_rows(rdp_curves, orders, delta, conversion: str = "improved") -> np.ndarray:
+    """``eps_from_rdp``'s ε for each row of ``rdp_curves`` (N, L) at once, without edge warnings.
+
+    The same per-order terms as ``dp_accounting``'s ``compute_epsilon`` (0 where the KL bound
+    δ² > 1 − e^(−R) already gives ε = 0; ∞ at orders ≤ 1.01), minimised over the orders and
+    clipped at 0, vectorised so that ε after every query of a long run is one array operation.
+    """
+    orders = check_orders(orders)
+    curves = np.atleast_2d(np.asarray(rdp_curves, dtype=float))
+    if curves.shape[1:] != orders.shape:
+        raise ValueError(f"rdp_curves must have shape (N, {len(orders)}). Found {curves.shape}.")
+    if np.any(np.isnan(curves)) or np.any(curves < 0):
+        raise ValueError("rdp_curves must be non-negative and not NaN.")
+    delta = float(delta)
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1). Found {delta}.")
+    if conversion == "classic":
+        return (curves + math.log(1.0 / delta) / (orders - 1.0)).min(axis=1)
+    if conversion != "improved":
+        raise ValueError(f'conversion must be "improved" or "classic". Found {conversion!r}.')
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = curves + np.log1p(-1.0 / orders) - np.log(delta * orders) / (orders - 1.0)
+        terms = np.where(orders > 1.01, terms, np.inf)
+        terms = np.where(delta ** 2 + np.expm1(-curves) > 0, 0.0, terms)
+    return np.maximum(terms.min(axis=1), 0.0)
+
+
 def order_at_edge(order, orders) -> bool:
     """True when ``order`` is the smallest or largest of ``orders``."""
     orders = np.asarray(orders, dtype=float)
