@@ -213,7 +213,8 @@ def embed(extractor: dict, images: torch.Tensor, *, batch_size: int = 512, devic
     if not parts:
         return torch.zeros(0, int(extractor.get("dim", 0)))
     out = torch.cat(parts)
-    return (out - extractor["mean"]) / extractor["std"] if standardise else out
+    del parts
+    return out.sub_(extractor["mean"]).div_(extractor["std"]) if standardise else out  # in place: N·d can be GBs
 
 
 def train_heads(features: torch.Tensor, labels: torch.Tensor, teacher_of: np.ndarray, teacher_ids,

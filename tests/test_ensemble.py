@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pate import ensemble as E
-from pate.models import build_model
 
 torch.set_num_threads(1)
 
