@@ -698,8 +698,10 @@ def test_sigint_mid_stage_then_clean_resume(stage, reference, tmp_path):
     before, finished = tree_hashes(run_dir), done_stages(run_dir)
     args = [sys.executable, "-m", "pate", *map(str, reference.args(stage, run_dir))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # A shell without job control starts background jobs with SIGINT ignored, and a child inherits
+    # that; give the child the default disposition so Python installs its Ctrl-C handler.
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               cwd=tmp_path)
+                               cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_partial(run_dir, stage, process)
         time.sleep(0.3 * reference.seconds[stage])
