@@ -44,6 +44,16 @@ batch_size = 16
 """
 
 
+def edit_pipeline(text: str, *replacements: tuple[str, str]) -> str:
+    """``text`` with each (old, new) line replaced; an ``old`` that is not there is an error, so a
+    derived pipeline cannot silently drift from the one it is derived from."""
+    for old, new in replacements:
+        assert old in text, f"{old!r} is not in the pipeline"
+        text = text.replace(old, new)
+    return text
+
+
+
 def write_idx_mnist(root: Path, num_train: int = 60000, num_test: int = 10000, seed: int = 0) -> Path:
     """A fake MNIST cache in torchvision's layout: class-dependent blobs so models can learn."""
     from pate.data import _idx_bytes

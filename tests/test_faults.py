@@ -36,6 +36,7 @@ from pate.partition import verify_partition
 from pate.privacy import ledger
 from pate.run import STAGES, sha256_file
 
+from .conftest import TINY_PIPELINE, edit_pipeline
 from .faults_helpers import Stage, npz, read_json, run_stage, same_state, torch_state, tree_hashes
 
 pytestmark = pytest.mark.faults
@@ -46,38 +47,9 @@ SEED = int(os.environ.get("PATE_FAULT_SEED", "20240601"))
 # Heavier than TINY_PIPELINE so each stage has something to interrupt: 4 teacher epochs (a
 # checkpoint each), 2100 queries (3 vote chunks of 1024, 9 aggregation chunks of 256), 100 student
 # steps (a checkpoint every 20).
-PIPELINE = """
-name = "faults"
-
-[data]
-dataset = "mnist"
-private_size = 600
-student_pool = 2200
-test_size = 100
-split_seed = 0
-
-[teachers]
-count = 6
-arch = "cnn-small"
-epochs = 4
-batch_size = 16
-
-[aggregator]
-mechanism = "confident-gnmax"
-max_queries = 2100
-threshold = 4
-sigma1 = 1.0
-sigma2 = 1.0
-seed = 7
-
-[privacy]
-delta = 1e-4
-
-[student]
-method = "supervised"
-steps = 100
-batch_size = 16
-"""
+PIPELINE = edit_pipeline(
+    TINY_PIPELINE, ('name = "tiny"', 'name = "faults"'), ("student_pool = 300", "student_pool = 2200"),
+    ("epochs = 1", "epochs = 4"), ("max_queries = 40", "max_queries = 2100"), ("steps = 20", "steps = 100"))
 K, QUERIES, CLASSES = 6, 2100, 10
 OUTPUTS = {  # each stage's final artifacts, as recorded in the manifest
     "partition": ["partition.npz"],

@@ -372,6 +372,19 @@ def confident_gnmax_rdp(votes, threshold, sigma1, sigma2, answered,
 # ----------------------------------------------------------------------------- conversion
 
 
+def _check_conversion(curves: np.ndarray, delta, conversion: str) -> float:
+    """The inputs every conversion refuses: a NaN or negative RDP value, δ outside (0, 1), an
+    unknown conversion. Returns δ as a float."""
+    if np.any(np.isnan(curves)) or np.any(curves < 0):
+        raise ValueError("rdp_curve must be non-negative and not NaN.")
+    delta = float(delta)
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1). Found {delta}.")
+    if conversion not in ("improved", "classic"):
+        raise ValueError(f'conversion must be "improved" or "classic". Found {conversion!r}.')
+    return delta
+
+
 def eps_from_rdp(rdp_curve, orders, delta, conversion: str = "improved", *,
                  warn_edge: bool = True):
     """Convert a total RDP curve to (ε, δ)-DP; return (ε, optimal order).
@@ -387,22 +400,16 @@ def eps_from_rdp(rdp_curve, orders, delta, conversion: str = "improved", *,
     curve = np.asarray(rdp_curve, dtype=float)
     if curve.shape != orders.shape:
         raise ValueError(f"rdp_curve must have shape {orders.shape}. Found {curve.shape}.")
-    if np.any(np.isnan(curve)) or np.any(curve < 0):
-        raise ValueError("rdp_curve must be non-negative and not NaN.")
-    delta = float(delta)
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1). Found {delta}.")
+    delta = _check_conversion(curve, delta, conversion)
     if conversion == "classic":
         eps_all = curve + math.log(1.0 / delta) / (orders - 1.0)
         i = int(np.argmin(eps_all))
         eps, order = float(eps_all[i]), float(orders[i])
-    elif conversion == "improved":
+    else:  # "improved"
         from dp_accounting.rdp import rdp_privacy_accountant
 
         eps, order = rdp_privacy_accountant.compute_epsilon(orders, curve, delta)
         eps, order = float(eps), float(order)
-    else:
-        raise ValueError(f'conversion must be "improved" or "classic". Found {conversion!r}.')
     if warn_edge and order_at_edge(order, orders) and eps > 0:
         warnings.warn(
             f"optimal Rényi order {order:g} is at the edge of the order list "
@@ -422,15 +429,9 @@ def eps_from_rdp_rows(rdp_curves, orders, delta, conversion: str = "improved") -
     curves = np.atleast_2d(np.asarray(rdp_curves, dtype=float))
     if curves.shape[1:] != orders.shape:
         raise ValueError(f"rdp_curves must have shape (N, {len(orders)}). Found {curves.shape}.")
-    if np.any(np.isnan(curves)) or np.any(curves < 0):
-        raise ValueError("rdp_curves must be non-negative and not NaN.")
-    delta = float(delta)
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1). Found {delta}.")
+    delta = _check_conversion(curves, delta, conversion)
     if conversion == "classic":
         return (curves + math.log(1.0 / delta) / (orders - 1.0)).min(axis=1)
-    if conversion != "improved":
-        raise ValueError(f'conversion must be "improved" or "classic". Found {conversion!r}.')
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = curves + np.log1p(-1.0 / orders) - np.log(delta * orders) / (orders - 1.0)
         terms = np.where(orders > 1.01, terms, np.inf)
