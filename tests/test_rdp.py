@@ -151,6 +151,13 @@ def test_conversions_by_hand():
     assert order_i == 10.0 and improved <= classic
     assert rdp.eps_at_order(1.0, 10, 1e-5, "classic") == pytest.approx(classic)
     assert rdp.eps_at_order(1.0, 10, 1e-5) == pytest.approx(improved)
+    # The vectorised conversion against the same hand-derived values (a second row: the curve + 1).
+    rows = np.stack([curve, curve + 1.0])
+    np.testing.assert_allclose(rdp.eps_from_rdp_rows(rows, orders, 1e-5, "classic"),
+                               [1 + math.log(1e5) / 9, 2 + math.log(1e5) / 9], rtol=1e-12)
+    np.testing.assert_allclose(rdp.eps_from_rdp_rows(rows, orders, 1e-5),
+                               [1 + math.log(0.9) - math.log(1e-4) / 9, 2 + math.log(0.9) - math.log(1e-4) / 9],
+                               rtol=1e-12)
 
 
 def test_edge_order_warns():
