@@ -169,20 +169,42 @@ def train_extractor(images: torch.Tensor, *, dim: int = 128, epochs: int = 30, s
                  "mean": torch.zeros(dim), "std": torch.ones(dim)}
     raw = embed(extractor, images, device=device, standardise=False)
     extractor["mean"], extractor["std"] = raw.mean(0), raw.std(0).clamp_min(1e-6)
-    if checkpoint_path is not None:
-        checkpoint_io.save(checkpoint_path, {"format": EXTRACTOR_FORMAT, "fingerprint": fingerprint,
-                                             "config": config, "done": True, "epoch": epochs,
-                                             "extractor": extractor})
+    _save_finished(checkpoint_path, fingerprint, config, extractor)
     return extractor
 
 
 def scattering_extractor(images: torch.Tensor, *, J: int = 2, L: int = 8, device: str | torch.device = "cpu",
+                         checkpoint_path: Optional[str | os.PathLike] = None, fingerprint: str = "",
                          progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """The scattering feature map of PUBLIC ``images`` (N, C, H, W): nothing is trained, the public
-    images only give each coefficient's mean and std for standardising."""
+    images only give each coefficient's mean and std for standardising. With ``checkpoint_path``
+    it is saved like a finished ``train_extractor`` and a matching file is reused as is."""
+    config = {"kind": "scattering", "J": J, "L": L, "n": int(len(images))}
+    cached = _finished_extractor(checkpoint_path, fingerprint, config)
+    if cached is not None:
+        return cached
     extractor = {"kind": "scattering", "J": J, "L": L, "in_channels": int(images.shape[1])}
     raw = embed(extractor, images, device=device, standardise=False, progress=progress)
-    return extractor | {"dim": int(raw.shape[1]), "mean": raw.mean(0), "std": raw.std(0).clamp_min(1e-6)}
+    extractor |= {"dim": int(raw.shape[1]), "mean": raw.mean(0), "std": raw.std(0).clamp_min(1e-6)}
+    _save_finished(checkpoint_path, fingerprint, config, extractor)
+    return extractor
+
+
+def _finished_extractor(path, fingerprint: str, config: dict) -> Optional[dict]:
+    """The extractor of a finished checkpoint with this fingerprint and config, else None."""
+    if path is None or not os.path.exists(path):
+        return None
+    ckpt = checkpoint_io.load(path)
+    if (ckpt.get("format") == EXTRACTOR_FORMAT and ckpt.get("fingerprint") == fingerprint
+            and ckpt.get("config") == config and ckpt.get("done")):
+        return ckpt["extractor"]
+    return None
+
+
+def _save_finished(path, fingerprint: str, config: dict, extractor: dict) -> None:
+    if path is not None:
+        checkpoint_io.save(path, {"format": EXTRACTOR_FORMAT, "fingerprint": fingerprint, "config": config,
+                                  "done": True, "extractor": extractor})
 
 
 def load_extractor(extractor: dict, device: str | torch.device = "cpu") -> Encoder:

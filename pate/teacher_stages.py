@@ -102,7 +102,7 @@ def _train_feature_teachers(ctx: Context) -> None:
     from . import data as data_mod
     from . import features
 
-    run, config, tcfg = ctx.run, ctx.config, ctx.config.teachers
+    run, tcfg = ctx.run, ctx.config.teachers
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError(f"[teachers] features = {tcfg.features!r} trains on one process; run it without torchrun")
     parts = load_partition(ctx)
@@ -112,28 +112,10 @@ def _train_feature_teachers(ctx: Context) -> None:
     (run.path / "teachers").mkdir(exist_ok=True)
     # The extractor sees public pool images only: never a private image, never a label.
     pool = public_images(ctx, dataset, parts["student_pool_index"])
-    if tcfg.features == "scattering":
-        run.progress("train-teachers", "scattering the public pool")
-        extractor = features.scattering_extractor(pool, device=device,
-                                                  progress=_bar(len(pool), "train-teachers[scatter public]", ctx))
-        checkpoint_io.save(run.file(EXTRACTOR), {"format": features.EXTRACTOR_FORMAT, "done": True,
-                                                 "fingerprint": config.fingerprint(), "extractor": extractor})
-        about = f"fixed scattering transform, {extractor['dim']} coefficients standardised on {len(pool)} public images"
-    else:
-        progress = Progress(tcfg.feature_epochs, "train-teachers[features]", ctx.quiet)
-
-        def report(epoch, epochs, loss):
-            progress.update_to(epoch, status=f"contrastive loss {loss:.3f}")
-            run.progress("train-teachers", f"extractor epoch {epoch}/{epochs}")
-
-        try:
-            extractor = features.train_extractor(
-                pool, dim=tcfg.feature_dim, epochs=tcfg.feature_epochs, seed=tcfg.seed, device=device,
-                checkpoint_path=run.file(EXTRACTOR), fingerprint=config.fingerprint(), progress=report)
-        except checkpoint_io.CheckpointError as exc:
-            raise RunError(str(exc)) from None
-        progress.close()
-        about = f"extractor: {tcfg.feature_epochs} epochs on {len(pool)} unlabelled public images"
+    try:
+        extractor, about = _public_extractor(ctx, pool, device)
+    except checkpoint_io.CheckpointError as exc:
+        raise RunError(str(exc)) from None
     run.progress("train-teachers", "embedding the private shards")
     used = np.flatnonzero(parts["teacher_of"] >= 0)
     feats = features.embed(extractor, data_mod.to_float(dataset.train_x[used], dataset.name), device=device,
@@ -145,6 +127,32 @@ def _train_feature_teachers(ctx: Context) -> None:
     save_state_dict(run.file(HEADS), heads)
     run.finish("train-teachers", [EXTRACTOR, HEADS], world_size=1, features=tcfg.features)
     ctx.say(f"train-teachers: {tcfg.count} logistic heads on {tcfg.features} public features ({about})")
+
+
+def _public_extractor(ctx: Context, pool, device: str):
+    """The frozen feature map of ``[teachers] features``, from public pool images only, and a
+    phrase saying what it is."""
+    from . import features
+
+    run, tcfg, fingerprint = ctx.run, ctx.config.teachers, ctx.config.fingerprint()
+    if tcfg.features == "scattering":
+        run.progress("train-teachers", "scattering the public pool")
+        extractor = features.scattering_extractor(
+            pool, device=device, checkpoint_path=run.file(EXTRACTOR), fingerprint=fingerprint,
+            progress=_bar(len(pool), "train-teachers[scatter public]", ctx))
+        return extractor, (f"fixed scattering transform, {extractor['dim']} coefficients standardised "
+                           f"on {len(pool)} public images")
+    progress = Progress(tcfg.feature_epochs, "train-teachers[features]", ctx.quiet)
+
+    def report(epoch, epochs, loss):
+        progress.update_to(epoch, status=f"contrastive loss {loss:.3f}")
+        run.progress("train-teachers", f"extractor epoch {epoch}/{epochs}")
+
+    extractor = features.train_extractor(
+        pool, dim=tcfg.feature_dim, epochs=tcfg.feature_epochs, seed=tcfg.seed, device=device,
+        checkpoint_path=run.file(EXTRACTOR), fingerprint=fingerprint, progress=report)
+    progress.close()
+    return extractor, f"extractor: {tcfg.feature_epochs} epochs on {len(pool)} unlabelled public images"
 
 
 def _bar(total: int, label: str, ctx: Context):

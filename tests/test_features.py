@@ -194,3 +194,16 @@ def test_scattering_statistics_come_from_the_public_pool_only(tmp_path, fake_dat
     assert ext0["extractor"]["kind"] == "scattering"
     assert all(torch.equal(ext0["extractor"][k], ext1["extractor"][k]) for k in ("mean", "std"))
     assert not torch.equal(heads0["weight"], heads1["weight"])
+
+
+def test_scattering_extractor_is_saved_and_reused(tmp_path):
+    x, _ = _blobs(8)
+    path = tmp_path / "extractor.pt"
+    first = features.scattering_extractor(x, J=2, L=4, checkpoint_path=path, fingerprint="f")
+    assert first["dim"] == 9 * 7 * 7 and torch.isfinite(features.embed(first, x)).all()
+    cached = features.scattering_extractor(x, J=2, L=4, checkpoint_path=path, fingerprint="f",
+                                           progress=lambda *_: 1 / 0)
+    assert torch.equal(cached["mean"], first["mean"])
+    # Another run's file (other fingerprint) is not reused.
+    with pytest.raises(ZeroDivisionError):
+        features.scattering_extractor(x, J=2, L=4, checkpoint_path=path, fingerprint="g", progress=lambda *_: 1 / 0)
