@@ -200,7 +200,7 @@ def test_scattering_extractor_is_saved_and_reused(tmp_path):
     x, _ = _blobs(8)
     path = tmp_path / "extractor.pt"
     first = features.scattering_extractor(x, J=2, L=4, checkpoint_path=path, fingerprint="f")
-    assert first["dim"] == 9 * 7 * 7 and torch.isfinite(features.embed(first, x)).all()
+    assert first["dim"] == (1 + 2 * 4 + 4 * 4) * 7 * 7 and torch.isfinite(features.embed(first, x)).all()
     cached = features.scattering_extractor(x, J=2, L=4, checkpoint_path=path, fingerprint="f",
                                            progress=lambda *_: 1 / 0)
     assert torch.equal(cached["mean"], first["mean"])
