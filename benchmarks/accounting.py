@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pate.aggregate import noise_source  # noqa: E402
+from pate.privacy.mechanisms import ConfidentGNMax  # noqa: E402
+from pate.privacy.noise import noise_source  # noqa: E402
 from pate.privacy import rdp, smooth_sensitivity as ss  # noqa: E402
 
 TEACHERS, CLASSES = 250, 10
@@ -73,10 +74,10 @@ def bench_prefix_epsilon(votes: np.ndarray, loop_sample: int = 200):
 def bench_smooth_sensitivity(votes: np.ndarray, order: float):
     answered = np.ones(votes.shape[0], dtype=bool)
     start = time.perf_counter()
-    ls_total = ss.confident_gnmax_local_sensitivity(votes, THRESHOLD, SIGMA1, SIGMA2, answered,
-                                                    order)
-    cost = rdp.confident_gnmax_rdp(votes, THRESHOLD, SIGMA1, SIGMA2, answered, [order])
-    result = ss.release(ls_total, float(cost.realized[0]), order, DELTA, noise=noise_source(0))
+    mech = ConfidentGNMax(THRESHOLD, SIGMA1, SIGMA2)
+    ls_total = mech.local_sensitivity(votes, answered, order)
+    realized = mech.per_query_rdp(votes, answered, [order]).sum(axis=0)
+    result = ss.release(ls_total, float(realized[0]), order, DELTA, noise=noise_source(0))
     return time.perf_counter() - start, result
 
 

@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pate import ensemble as E
+from pate import teachers as E
 from pate.models import ConvStep, build_model, layer_plan
 
 

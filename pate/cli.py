@@ -1,15 +1,24 @@
-"""The `pate` command: one thin command per stage; known errors become one line and exit 2."""
+"""The `pate` command: one thin command per stage, generated from the stage registry, and the views.
+
+Commands only parse arguments, call, and print; every ``PateError`` becomes one line and exit 2.
+"""
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import click
 
 from . import config as config_mod
 from . import data as data_mod
-from . import pipeline
-from .run import STAGES, RunDir
+from . import stages
+from .errors import PateError
+from .views import audit as audit_view
+from .views import plan as plan_view
+from .views import report as report_view
+from .views import status as status_view
+from .views import summary
 
 
 class UserError(click.ClickException):
@@ -23,7 +32,7 @@ def user_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except pipeline.USER_ERRORS as exc:
+        except PateError as exc:
             raise UserError(str(exc)) from None
         except KeyboardInterrupt:
             raise UserError("interrupted; rerun the same command to resume") from None
@@ -80,28 +89,27 @@ def stage_options(func):
 
 @main.command("run")
 @stage_options
-@click.option("--until", type=click.Choice(STAGES), default=None, help="Stop after this stage.")
+@click.option("--until", type=click.Choice(stages.NAMES), default=None, help="Stop after this stage.")
 @user_errors
 def run_all(pipeline_file, run_dir, data_root, device, quiet, until) -> None:
     """Run every stage of PIPELINE.toml in order, then print a summary."""
-    ctx = pipeline.context(pipeline_file, run_dir, data_root, device, quiet)
-    pipeline.run_stages(ctx, until=until)
-    if until is None or until == STAGES[-1]:
-        click.echo(pipeline.summary(ctx))
+    ctx = stages.open_context(pipeline_file, run_dir, data_root, device, quiet)
+    stages.run_stages(ctx, until=until)
+    if until is None or until == stages.NAMES[-1]:
+        click.echo(summary.render_text(ctx.run))
 
 
-def _stage_command(stage: str):
+def _stage_command(stage: stages.Stage):
     @stage_options
     @user_errors
     def command(pipeline_file, run_dir, data_root, device, quiet) -> None:
-        ctx = pipeline.context(pipeline_file, run_dir, data_root, device, quiet)
-        pipeline.run_stage(ctx, stage, force=True)
+        stages.run_stage(stages.open_context(pipeline_file, run_dir, data_root, device, quiet), stage.name)
 
-    command.__doc__ = pipeline.STAGE_HELP[stage]
-    return main.command(stage)(command)
+    command.__doc__ = stage.help
+    return main.command(stage.name)(command)
 
 
-for _stage in STAGES:
+for _stage in stages.STAGES:
     _stage_command(_stage)
 
 
@@ -110,11 +118,7 @@ for _stage in STAGES:
 @user_errors
 def status(run_dir: Path) -> None:
     """Each stage of RUN_DIR: pending / partial (how far) / done."""
-    run = RunDir.existing(run_dir)
-    click.echo(f"run {run.path} (pipeline {run.config.name}, config {run.config.fingerprint()[:12]})")
-    for stage, state, progress in run.stage_rows():
-        detail = f"  ({progress})" if state == "partial" and progress else ""
-        click.echo(f"  {stage:<14} {state}{detail}")
+    click.echo(status_view.render(stages.existing_run(run_dir)), nl=False)
 
 
 @main.command("audit")
@@ -126,9 +130,7 @@ def status(run_dir: Path) -> None:
 @user_errors
 def audit(run_dir: Path, query: int | None, fmt: str, plot: Path | None) -> None:
     """The per-query privacy ledger of RUN_DIR (PRIVATE: derived from the private data)."""
-    from . import audit as audit_mod
-
-    click.echo(audit_mod.render(RunDir.existing(run_dir), query=query, fmt=fmt, plot=plot), nl=False)
+    click.echo(audit_view.render(stages.existing_run(run_dir), query=query, fmt=fmt, plot=plot), nl=False)
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -143,7 +145,7 @@ def _floats(text: str | None) -> list[float] | None:
 @main.command("plan")
 @click.argument("pipeline_file", metavar="[PIPELINE.toml]", required=False,
                 type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--mechanism", type=click.Choice(["gnmax", "confident-gnmax"]), default=None,
+@click.option("--mechanism", type=click.Choice(plan_view.MECHANISMS), default=None,
               help="Default: the pipeline's; without one, confident-gnmax if --threshold/--sigma1 are given.")
 @click.option("--teachers", type=int, default=None, help="K, the number of teachers.")
 @click.option("--classes", type=int, default=None, help="m [default: the dataset's, else 10].")
@@ -163,21 +165,14 @@ def _floats(text: str | None) -> list[float] | None:
 def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1, sigma2, delta, consensus,
          consensus_weights, target_epsilon, fmt, plot) -> None:
     """Plan the privacy of PIPELINE.toml (or of explicit options) from public settings only."""
-    import json
-
-    from . import plan as plan_mod
-
-    try:
-        config = config_mod.load(pipeline_file) if pipeline_file is not None else None
-        params = plan_mod.params_from(config, mechanism=mechanism, teachers=teachers, classes=classes,
-                                      queries=queries, threshold=threshold, sigma1=sigma1, sigma2=sigma2, delta=delta)
-        profile = plan_mod.Profile.of(_floats(consensus), _floats(consensus_weights))
-        result = plan_mod.make_plan(params, profile, target_epsilon)
-        if plot is not None:
-            plan_mod.plot(params, profile, plot)
-    except plan_mod.PlanError as exc:
-        raise UserError(str(exc)) from None
-    click.echo(json.dumps(result, indent=2) if fmt == "json" else plan_mod.render_table(result), nl=fmt == "json")
+    config = config_mod.load(pipeline_file) if pipeline_file is not None else None
+    params = plan_view.params_from(config, mechanism=mechanism, teachers=teachers, classes=classes,
+                                   queries=queries, threshold=threshold, sigma1=sigma1, sigma2=sigma2, delta=delta)
+    profile = plan_view.Profile.of(_floats(consensus), _floats(consensus_weights))
+    result = plan_view.make_plan(params, profile, target_epsilon)
+    if plot is not None:
+        plan_view.plot(params, profile, plot)
+    click.echo(json.dumps(result, indent=2) if fmt == "json" else plan_view.render_table(result), nl=fmt == "json")
 
 
 @main.command("report")
@@ -189,9 +184,7 @@ def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1
 @user_errors
 def report(run_dir: Path, out: Path | None, data_root: Path) -> None:
     """PNG figures and one self-contained HTML page of RUN_DIR (needs the plot extra; PRIVATE views marked)."""
-    from . import report as report_mod
-
-    result = report_mod.build(RunDir.existing(run_dir), out=out, data_root=data_root)
+    result = report_view.build(stages.existing_run(run_dir), out=out, data_root=data_root)
     click.echo(f"wrote {result.html} and {len(result.figures)} figures in {result.out}")
     for section in result.skipped:
         click.echo(f"skipped {section.title.lower()}: {section.skipped}")

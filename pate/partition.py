@@ -1,16 +1,19 @@
 """Disjoint teacher shards of the private set, and the split of the public set.
 
-Privacy invariant 1 (DESIGN §5): each private record belongs to exactly one teacher, fixed once
-and stored. A record changes at most one teacher's training set, hence at most one vote per
-query, which is what the sensitivity of every aggregator assumes. The split is checked again
+Each private record belongs to exactly one teacher, fixed once and stored (Papernot et al. 2017,
+arXiv:1610.05755v4, Section 2.1: teachers train on disjoint data). A record changes at most one
+teacher's training set, hence at most one vote per query, which is what the sensitivity of every
+aggregator assumes. The split is checked again
 whenever it is loaded, so a damaged or foreign partition is never used.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .errors import PateError
 
-class PartitionError(Exception):
+
+class PartitionError(PateError):
     """A stored partition breaks an invariant."""
 
 

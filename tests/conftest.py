@@ -88,9 +88,9 @@ def tiny_pipeline(tmp_path) -> Path:
 
 def finish_votes_stage(run, votes: np.ndarray) -> None:
     """Give ``run`` a real partition and the given vote matrix, as if train-teachers and vote had run."""
+    from pate.io import atomic_save_npz
     from pate.partition import make_partition
-    from pate.run import atomic_save_npz
-    from pate.stages import partition_sizes
+    from pate.stages.context import partition_sizes
 
     parts = make_partition(seed=0, **partition_sizes(run.config))
     atomic_save_npz(run.file("partition.npz"), **parts)

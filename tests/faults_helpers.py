@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-PRELOAD = ["torch", "torchvision", "pate.cli", "pate.ensemble", "pate.student", "pate.labeling",
-           "pate.teacher_stages", "pate.accounting", "pate.audit", "tests.faults_helpers"]
+PRELOAD = ["torch", "torchvision", "pate.cli", "pate.stages.train_teachers", "pate.stages.vote",
+           "pate.stages.aggregate", "pate.stages.train_student", "pate.stages.evaluate", "tests.faults_helpers"]
 
 _context = None
 

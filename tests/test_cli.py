@@ -2,7 +2,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from pate.cli import main
-from pate.run import STAGES
+from pate.stages import NAMES as STAGES
 
 
 def invoke(*args):

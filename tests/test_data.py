@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pate import data
-from pate.run import sha256_file
+from pate.io import sha256_file
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,11 @@ import numpy as np
 import pytest
 
 from pate import config as config_mod
+from pate.io import sha256_file
 from pate.partition import verify_partition
 from pate.privacy import ledger
-from pate.run import STAGES, sha256_file
+from pate.stages import BY_NAME
+from pate.stages import NAMES as STAGES
 
 from .conftest import TINY_PIPELINE, edit_pipeline
 from .faults_helpers import Stage, npz, read_json, run_stage, same_state, torch_state, tree_hashes
@@ -51,14 +54,8 @@ PIPELINE = edit_pipeline(
     TINY_PIPELINE, ('name = "tiny"', 'name = "faults"'), ("student_pool = 300", "student_pool = 2200"),
     ("epochs = 1", "epochs = 4"), ("max_queries = 40", "max_queries = 2100"), ("steps = 20", "steps = 100"))
 K, QUERIES, CLASSES = 6, 2100, 10
-OUTPUTS = {  # each stage's final artifacts, as recorded in the manifest
-    "partition": ["partition.npz"],
-    "train-teachers": ["teachers/part-0-of-1.pt"],
-    "vote": ["votes.npz", "teachers_eval.json"],
-    "aggregate": ["labels.npz", "privacy.json", "ledger.jsonl"],
-    "train-student": ["student/model.pt", "student/history.json"],
-    "evaluate": ["metrics.json"],
-}
+# each stage's final artifacts, as recorded in the manifest (from the stage registry)
+OUTPUTS = {name: list(BY_NAME[name].outputs(config_mod.from_dict(tomllib.loads(PIPELINE)))) for name in STAGES}
 
 
 
@@ -145,7 +142,7 @@ def validate(run_dir: Path) -> None:
     if "aggregate" in done:
         check_ledger(run_dir, complete=True)
         privacy = read_json(run_dir / "privacy.json")
-        _, records = ledger.read(run_dir / "ledger.jsonl")
+        _, records = read_ledger(run_dir)
         assert privacy["queries_asked"] == len(records) == QUERIES
         assert privacy["queries_answered"] == sum(r.answered for r in records)
         assert privacy["seeded"] is True
@@ -157,10 +154,14 @@ def validate(run_dir: Path) -> None:
                 "test_size"} <= set(metrics)
 
 
+def read_ledger(run_dir: Path):
+    return ledger.parse((run_dir / "ledger.jsonl").read_text(), "ledger.jsonl")
+
+
 def check_ledger(run_dir: Path, complete: bool) -> list:
     """The ledger parses, matches the votes, holds each query once; labels.npz is what it released."""
     votes = npz(run_dir / "votes.npz")
-    header, records = ledger.read(run_dir / "ledger.jsonl")
+    header, records = read_ledger(run_dir)
     ledger.check_against_votes(header, records, config_sha256=manifest(run_dir)["config_sha256"],
                                votes_sha256=sha256_file(run_dir / "votes.npz"), votes=votes["votes"],
                                query_index=votes["query_index"])
@@ -635,11 +636,13 @@ def test_disk_full_then_resume(stage, nth, reference, tmp_path):
     compare_with_reference(run_dir, reference.after(stage), stage)
 
 
-def test_short_ledger_write_is_one_line_error_and_resumable(reference, tmp_path):
-    """A disk that fills during a ledger append (short write): one line, exit 2, a rerun resumes."""
+@pytest.mark.parametrize("nth", [1, 2], ids=["header", "first-chunk"])
+def test_short_ledger_write_is_one_line_error_and_resumable(reference, tmp_path, nth):
+    """A disk that fills while the ledger is created or appended to (short write): one line, exit 2,
+    nothing half-written left, and a rerun resumes."""
     run_dir = reference.restore("vote", tmp_path / "run")
-    # regular-file writes: ledger header, then the first chunk's append (through os.write)
-    code, out = run_stage(reference.args("aggregate", run_dir), tmp_path / "log", fault=("short-write", 1))
+    # os.write calls on regular files: the ledger header, then the first chunk's append
+    code, out = run_stage(reference.args("aggregate", run_dir), tmp_path / "log", fault=("short-write", nth))
     lines = out.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), out
     code, out = run_stage(reference.args("aggregate", run_dir), tmp_path / "resume.log")

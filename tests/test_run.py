@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from pate import config as config_mod
-from pate import run as run_mod
-from pate.run import RunDir, RunError
+from pate import io as run_mod
+from pate.run import RunError
+from pate.stages import NAMES, open_run
 
 
 def cfg(**aggregator):
@@ -14,44 +15,45 @@ def cfg(**aggregator):
 
 
 def test_new_run_writes_frozen_config_and_manifest(tmp_path):
-    run = RunDir.open(tmp_path / "r", cfg())
+    run = open_run(tmp_path / "r", cfg())
     manifest = run.manifest()
     assert manifest["config_sha256"] == cfg().fingerprint()
     assert all(s["status"] == "pending" for s in manifest["stages"].values())
+    assert set(manifest["stages"]) == set(NAMES)
     assert config_mod.load(run.file("config.toml")) == cfg()
 
 
 def test_reopen_with_same_config_and_refuse_another(tmp_path):
-    RunDir.open(tmp_path / "r", cfg())
-    RunDir.open(tmp_path / "r", cfg())
+    open_run(tmp_path / "r", cfg())
+    open_run(tmp_path / "r", cfg())
     with pytest.raises(RunError, match="different config"):
-        RunDir.open(tmp_path / "r", cfg(sigma2=39.0))
+        open_run(tmp_path / "r", cfg(sigma2=39.0))
 
 
 def test_refuse_non_run_directory(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "stuff").write_text("x")
     with pytest.raises(RunError, match="not a pate run directory"):
-        RunDir.open(tmp_path / "r", cfg())
+        open_run(tmp_path / "r", cfg())
 
 
 def test_stage_lifecycle_and_hash_check(tmp_path):
-    run = RunDir.open(tmp_path / "r", cfg())
+    run = open_run(tmp_path / "r", cfg())
     with pytest.raises(RunError, match="run `pate partition"):
         run.require("partition")
     run.begin("partition")
     assert run.status("partition") == "partial"
     run_mod.atomic_save_npz(run.file("partition.npz"), a=np.arange(3))
     run.finish("partition", ["partition.npz"])
-    assert run.load_npz("partition", "partition.npz")["a"].tolist() == [0, 1, 2]
+    assert run.load_npz("partition.npz")["a"].tolist() == [0, 1, 2]
     with open(run.file("partition.npz"), "ab") as f:
         f.write(b"tampered")
     with pytest.raises(RunError, match="does not match the hash"):
-        run.load_npz("partition", "partition.npz")
+        run.load_npz("partition.npz")
 
 
 def test_manifest_survives_crash_mid_write(tmp_path, monkeypatch):
-    run = RunDir.open(tmp_path / "r", cfg())
+    run = open_run(tmp_path / "r", cfg())
     before = run.file("manifest.json").read_text()
 
     def crash(fd):
@@ -80,5 +82,5 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
 def test_creation_cut_short_by_a_crash_is_redone(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.toml").write_text("half")  # killed before manifest.json was written
-    run = RunDir.open(tmp_path / "r", cfg())
+    run = open_run(tmp_path / "r", cfg())
     assert config_mod.load(run.file("config.toml")) == cfg() and run.status("partition") == "pending"

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pate import student
-from pate.student import CheckpointMismatch, accuracy, load_checkpoint, predict, train_student
+
+from pate.io import CheckpointMismatch, load_checkpoint
+from pate.student import accuracy, predict, train_student
 
 K = 4  # classes of the toy task
 
@@ -179,36 +180,6 @@ def test_checkpoint_is_plain_and_refuses_other_settings(tmp_path):
     y2[3] = (y2[3] + 1) % K
     with pytest.raises(CheckpointMismatch):
         train(x, y2, steps=4, checkpoint_path=ck, fingerprint="abc")
-
-
-def test_atomic_checkpoint_keeps_old_file_on_crash(tmp_path, monkeypatch):
-    path = tmp_path / "ck.pt"
-    student.atomic_torch_save({"step": 1}, path)
-    old = path.read_bytes()
-
-    def crash_midway(obj, fh):
-        fh.write(b"half a checkpoint")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(student.torch, "save", crash_midway)
-    with pytest.raises(OSError):
-        student.atomic_torch_save({"step": 2}, path)
-    assert path.read_bytes() == old
-    assert os.listdir(tmp_path) == ["ck.pt"]
-
-    monkeypatch.undo()
-
-    def no_rename(src, dst):
-        raise OSError("killed before rename")
-
-    monkeypatch.setattr(student.os, "replace", no_rename)
-    with pytest.raises(OSError):
-        student.atomic_torch_save({"step": 3}, path)
-    assert path.read_bytes() == old
-    assert os.listdir(tmp_path) == ["ck.pt"]
-    monkeypatch.undo()
-    student.atomic_torch_save({"step": 4}, path)
-    assert load_checkpoint(path) == {"step": 4}
 
 
 # ------------------------------------------------------------------ semi-supervised learning helps

@@ -1,9 +1,11 @@
-"""Privacy accounting for PATE (Papernot et al. 2018, "Scalable Private Learning with PATE").
+"""The privacy core of PATE (Papernot et al. 2017, arXiv:1610.05755; 2018, arXiv:1802.08908).
 
-``rdp``: data-dependent and data-independent Rényi-DP of GNMax and of the Confident-GNMax
-threshold step, and the conversion of an RDP curve to (ε, δ).
-``smooth_sensitivity``: local sensitivity of the data-dependent cost and its release through the
-Gaussian-noise smooth-sensitivity (GNSS) mechanism (Appendix B of the paper).
+``mechanisms``: the noisy aggregators as functions and as mechanism objects (decide, cost);
+``noise``: the one generator of aggregation noise, OS-secure unless seeded;
+``rdp``: data-dependent and data-independent Rényi-DP, and conversion to (ε, δ);
+``smooth_sensitivity``: local sensitivity of the data-dependent cost and its GNSS release;
+``ledger``: the per-query audit records and their checks; ``accounting``: privacy.json's figures.
 
-Pure numpy/scipy (and ``dp_accounting`` for the improved conversion): no torch, no I/O.
+Pure numpy/scipy (and ``dp_accounting``): no torch, no file I/O, and nothing imported from the
+rest of pate, so every formula can be read and tested on its own.
 """

@@ -1,9 +1,9 @@
-"""The per-query audit ledger: an append-only JSON-lines file, PRIVATE to the data holder.
+"""The per-query audit ledger: records, their JSON-lines encoding and their checks (no I/O).
 
-Privacy invariant 5 (DESIGN §5): the line recording a query's decision is on disk (written,
-flushed, fsynced) before its label can leave the aggregator, and a resumed aggregation starts
-after the last line, so no query is ever answered twice and no noise is re-drawn for a released
-answer. Each batch of lines goes out in a single ``write`` call on a file opened for appending.
+The ledger is PRIVATE to the data holder. Its lines are written to disk (by the aggregate stage,
+through ``pate.io.append_durable``) before a label can leave the aggregator, and a resumed
+aggregation starts after the last line, so no query is ever answered twice and no noise is
+re-drawn for a released answer (Papernot et al. 2018 assume each answer is drawn once).
 
 The first line is a header binding the ledger to one run (config fingerprint) and one vote
 matrix (sha256 of votes.npz); every record repeats the facts of its vote row that the audit
@@ -12,9 +12,7 @@ relies on, so a ledger that does not match the votes is detected on load.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -63,49 +61,22 @@ def _line(obj: dict) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n"
 
 
-def create(path: str | Path, header: LedgerHeader) -> None:
-    """Start a ledger holding only its header (fails if one exists: never overwrite decisions)."""
-    with open(path, "x", encoding="utf-8") as f:
-        f.write(_line({"kind": "header", **asdict(header)}))
-        f.flush()
-        os.fsync(f.fileno())
+def encode_header(header: LedgerHeader) -> bytes:
+    return _line({"kind": "header", **asdict(header)}).encode()
 
 
-def append(path: str | Path, records: Sequence[QueryRecord]) -> None:
-    """Append records in one write, then flush and fsync; only then may their labels be released."""
-    if not records:
-        return
-    payload = "".join(_line({"kind": "query", **asdict(r)}) for r in records).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        start = os.fstat(fd).st_size
-        try:
-            written = os.write(fd, payload)
-            if written != len(payload):
-                raise LedgerError(f"short write to {path} ({written} of {len(payload)} bytes); disk full?")
-            os.fsync(fd)
-        except BaseException:
-            # Not durable, so not released: cut the file back to its last complete, synced record.
-            os.ftruncate(fd, start)
-            os.fsync(fd)
-            raise
-    finally:
-        os.close(fd)
+def encode(records: Sequence[QueryRecord]) -> bytes:
+    """The lines of ``records``, to be appended in one write."""
+    return "".join(_line({"kind": "query", **asdict(r)}) for r in records).encode()
 
 
 _RECORD_FIELDS = {f.name for f in fields(QueryRecord)}
 _HEADER_FIELDS = {f.name for f in fields(LedgerHeader)}
 
 
-def read(path: str | Path) -> tuple[LedgerHeader, list[QueryRecord]]:
-    """Parse a ledger strictly: any damaged, missing or out-of-order line is an error."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LedgerError(f"no ledger at {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LedgerError(f"{path} is unreadable: {exc}") from None
+def parse(text: str, path: str = "the ledger") -> tuple[LedgerHeader, list[QueryRecord]]:
+    """Parse a ledger's text strictly: any damaged, missing or out-of-order line is an error
+    (``path`` only names the file in messages)."""
     if text and not text.endswith("\n"):
         raise LedgerError(f"{path} ends in the middle of a line (truncated or damaged); it cannot be "
                           "trusted, and the queries it recorded must not be answered again")

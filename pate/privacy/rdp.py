@@ -1,10 +1,10 @@
-"""Rényi-DP accounting of the PATE aggregators (Papernot et al. 2018, arXiv:1802.08908).
+"""Rényi-DP accounting of the PATE aggregators (Papernot et al. 2018, arXiv:1802.08908v1).
 
 Every function is vectorized over queries (rows) and Rényi orders (columns) and works in log
 space, so unanimous votes (q̃ → 0), exact ties and very small or very large σ stay finite.
 
-Notation (DESIGN §6): m classes, n teachers, votes v (one row per query), order λ,
-Φ̄ the standard normal upper tail. All RDP values are in nats.
+Notation (Papernot et al. 2018, arXiv:1802.08908v1): m classes, n teachers, votes v (one row per
+query), order λ, Φ̄ the standard normal upper tail. All RDP values are in nats.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import log_ndtr
 
+from .numerics import check_finite, check_orders, check_positive, check_votes, log1mexp, logsumexp_rows
+
 DEFAULT_ORDERS = np.unique(
     np.concatenate([np.arange(2, 101, 0.5), np.logspace(2, np.log10(500), 100)])
 )
 """The paper's order list: arange(2, 101, 0.5) ∪ logspace(2, log10 500, 100), sorted, unique."""
-
 
 
 class OrderAtEdgeWarning(UserWarning):
@@ -28,71 +29,6 @@ class OrderAtEdgeWarning(UserWarning):
 
     ε would likely be smaller with a wider order list; the figure is still a valid bound.
     """
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_positive(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number > 0. Found {value!r}.") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be > 0. Found {value}.")
-    return value
-
-
-def _check_finite(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number. Found {value!r}.") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number. Found {value}.")
-    return value
-
-
-def check_votes(votes) -> np.ndarray:
-    """Return ``votes`` as an int64 (N, m) array; raise ValueError unless non-negative integers."""
-    arr = np.asarray(votes)
-    if arr.ndim != 2:
-        raise ValueError(f"votes must be a 2-D array (queries × classes). Found shape {arr.shape}.")
-    if arr.shape[1] < 2:
-        raise ValueError(f"votes must have at least 2 classes. Found {arr.shape[1]}.")
-    if arr.dtype.kind not in "iub":
-        if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError(f"votes must be integer counts. Found dtype {arr.dtype} with "
-                             f"non-integer values.")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"votes must be non-negative. Found {arr.min()}.")
-    return arr
-
-
-def check_orders(orders) -> np.ndarray:
-    """Return ``orders`` as a 1-D float array; raise ValueError unless every order is > 1."""
-    arr = np.atleast_1d(np.asarray(orders, dtype=float))
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"orders must be a non-empty 1-D array. Found shape {arr.shape}.")
-    if not np.all(np.isfinite(arr)) or arr.min() <= 1:
-        raise ValueError(f"orders must all be finite and > 1. Found {arr.min()}.")
-    return arr
-
-
-def _log1mexp(x: np.ndarray) -> np.ndarray:
-    """log(1 − eˣ) for x ≤ 0, accurate near both ends (Mächler 2012)."""
-    x = np.asarray(x, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(x > -math.log(2), np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
-
-
-def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
-    """logsumexp over the last axis; rows of all −inf give −inf (no warnings)."""
-    top = np.max(a, axis=-1)
-    safe = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.sum(np.exp(a - safe[..., None]), axis=-1)) + safe
 
 
 # ----------------------------------------------------------------------------- GNMax
@@ -111,7 +47,7 @@ def logq_gnmax(votes, sigma) -> np.ndarray:
     Returns: (N,) float array, log q̃ ∈ [−inf, log(1 − 1/m)].
     """
     votes = check_votes(votes)
-    sigma = _check_positive("sigma", sigma)
+    sigma = check_positive("sigma", sigma)
     n_rows, m = votes.shape
     if n_rows == 0:
         return np.zeros(0)
@@ -121,7 +57,7 @@ def logq_gnmax(votes, sigma) -> np.ndarray:
     table = log_ndtr(-np.arange(int(gaps.max()) + 1) / (math.sqrt(2.0) * sigma))
     terms = table[gaps]
     terms[np.arange(n_rows), top_idx] = -np.inf
-    return np.minimum(_logsumexp_rows(terms), math.log1p(-1.0 / m))
+    return np.minimum(logsumexp_rows(terms), math.log1p(-1.0 / m))
 
 
 class _Prop10(NamedTuple):
@@ -148,8 +84,8 @@ def _prop10(logq: np.ndarray, sigma: float) -> _Prop10:
         lq_a = np.where(applies, lq, -1.0)
         mu2_a = np.where(applies, mu2, 2.0)
         eps2_a = np.where(applies, eps2, 0.0)
-        log1q = _log1mexp(lq_a)
-        log_a = log1q - _log1mexp((lq_a + eps2_a) * (1.0 - 1.0 / mu2_a))
+        log1q = log1mexp(lq_a)
+        log_a = log1q - log1mexp((lq_a + eps2_a) * (1.0 - 1.0 / mu2_a))
         log_b = eps1 - lq_a / np.where(applies, mu1 - 1.0, 1.0)
     return _Prop10(applies, mu1, log1q, log_a, log_b)
 
@@ -202,7 +138,7 @@ def rdp_gnmax(logq, sigma, orders, *, return_used: bool = False):
         hold and D(λ) < λ/σ²) — the per-query explanation an audit needs.
     Returns: (N, L) RDP in nats [, (N, L) bool].
     """
-    sigma = _check_positive("sigma", sigma)
+    sigma = check_positive("sigma", sigma)
     orders = check_orders(orders)
     logq = _check_logq(logq)
     ind = orders / sigma**2
@@ -230,11 +166,11 @@ def _check_logq(logq) -> np.ndarray:
 def rdp_gnmax_curve(logq, sigma, orders=DEFAULT_ORDERS, weights=None) -> np.ndarray:
     """(L,) Σᵢ wᵢ·rdp_gnmax(logqᵢ): the composed cost of many GNMax answers, without the (N, L) array.
 
-    Sequential composition adds RDP at each order (Mironov 2017, Prop. 1). Equal q̃ are costed
+    Sequential composition adds RDP at each order (Mironov 2017, arXiv:1702.07476v3, Prop. 1). Equal q̃ are costed
     once (weighted); rows are sorted by μ1 so each block only evaluates orders λ < max μ1.
     Same values as ``(weights @ rdp_gnmax(logq, sigma, orders))`` up to float rounding.
     """
-    sigma = _check_positive("sigma", sigma)
+    sigma = check_positive("sigma", sigma)
     orders = check_orders(orders)
     logq = _check_logq(logq)
     weights = np.ones(logq.size) if weights is None else np.asarray(weights, dtype=float)
@@ -270,7 +206,7 @@ def rdp_gnmax_data_independent(sigma, orders) -> np.ndarray:
     (Mironov 2017, Prop. 7: D_λ(N(0,σ²) ‖ N(Δ,σ²)) = λΔ²/(2σ²); Δ² = 2.) Post-processing by
     argmax keeps the bound (used in the 2018 paper, Section 4.1).
     """
-    sigma = _check_positive("sigma", sigma)
+    sigma = check_positive("sigma", sigma)
     return check_orders(orders) / sigma**2
 
 
@@ -291,8 +227,8 @@ def logpr_answered(votes, threshold, sigma1) -> np.ndarray:
     The query is answered iff max_j v_j + N(0, σ1²) ≥ T (``aggregate.confident_gnmax``).
     """
     votes = check_votes(votes)
-    threshold = _check_finite("threshold", threshold)
-    sigma1 = _check_positive("sigma1", sigma1)
+    threshold = check_finite("threshold", threshold)
+    sigma1 = check_positive("sigma1", sigma1)
     return log_ndtr((votes.max(axis=1) - threshold) / sigma1)
 
 
@@ -308,7 +244,7 @@ def rdp_threshold(logpr, sigma1, orders, *, return_used: bool = False):
     Args: logpr (N,) from ``logpr_answered``; sigma1 > 0; orders (L,).
     Returns: (N, L) RDP in nats [, (N, L) bool "data-dependent bound used"].
     """
-    sigma1 = _check_positive("sigma1", sigma1)
+    sigma1 = check_positive("sigma1", sigma1)
     return rdp_gnmax(_threshold_logq(logpr), math.sqrt(2.0) * sigma1, orders, return_used=return_used)
 
 
@@ -317,7 +253,7 @@ def _threshold_logq(logpr) -> np.ndarray:
     logpr = np.atleast_1d(np.asarray(logpr, dtype=float))
     if logpr.ndim != 1 or np.any(np.isnan(logpr)) or np.any(logpr > 0):
         raise ValueError("logpr must be a 1-D array of values ≤ 0 (not NaN).")
-    return np.minimum(logpr, _log1mexp(logpr))
+    return np.minimum(logpr, log1mexp(logpr))
 
 
 def logq_threshold(votes, threshold, sigma1) -> np.ndarray:
@@ -327,46 +263,16 @@ def logq_threshold(votes, threshold, sigma1) -> np.ndarray:
     (there log(1 − Pr) cannot be recovered from log Pr). Feed it to ``rdp_gnmax`` at √2·σ1.
     """
     votes = check_votes(votes)
-    threshold = _check_finite("threshold", threshold)
-    sigma1 = _check_positive("sigma1", sigma1)
+    threshold = check_finite("threshold", threshold)
+    sigma1 = check_positive("sigma1", sigma1)
     z = (votes.max(axis=1) - threshold) / sigma1
     return np.minimum(log_ndtr(z), log_ndtr(-z))
 
 
 def rdp_threshold_data_independent(sigma1, orders) -> np.ndarray:
     """λ/(2σ1²): Gaussian mechanism on max_j v_j, whose sensitivity is 1 (Mironov 2017, Prop. 7)."""
-    sigma1 = _check_positive("sigma1", sigma1)
+    sigma1 = check_positive("sigma1", sigma1)
     return check_orders(orders) / (2.0 * sigma1**2)
-
-
-class ConfidentGNMaxCost(NamedTuple):
-    """Total RDP curves (L,) of a Confident-GNMax run."""
-    realized: np.ndarray  # Σ_i thr_i + Σ_{i answered} gnmax_i: the run that happened
-    expected: np.ndarray  # Σ_i [thr_i + Pr_i·gnmax_i]: the paper's Table 1 figure
-    data_independent: np.ndarray  # N·λ/(2σ1²) + answered·λ/σ2²
-
-
-def confident_gnmax_rdp(votes, threshold, sigma1, sigma2, answered,
-                        orders=DEFAULT_ORDERS) -> ConfidentGNMaxCost:
-    """Total RDP of Confident-GNMax (Algorithm 1, 2018 paper) by composition (Mironov 2017, Prop. 1).
-
-    Each query pays the threshold step (``rdp_threshold`` at σ1); an answered query also pays
-    GNMax at σ2 (``rdp_gnmax``). ``answered`` (N,) bool is the mask of queries that were answered.
-    """
-    votes = check_votes(votes)
-    orders = check_orders(orders)
-    answered = np.asarray(answered, dtype=bool)
-    if answered.shape != (votes.shape[0],):
-        raise ValueError(f"answered must have shape ({votes.shape[0]},). Found {answered.shape}.")
-    logpr = logpr_answered(votes, threshold, sigma1)
-    thr_total = rdp_gnmax_curve(logq_threshold(votes, threshold, sigma1),
-                                math.sqrt(2.0) * sigma1, orders)
-    logq = logq_gnmax(votes, sigma2)
-    realized = thr_total + rdp_gnmax_curve(logq, sigma2, orders, weights=answered.astype(float))
-    expected = thr_total + rdp_gnmax_curve(logq, sigma2, orders, weights=np.exp(logpr))
-    data_ind = (votes.shape[0] * rdp_threshold_data_independent(sigma1, orders)
-                + answered.sum() * rdp_gnmax_data_independent(sigma2, orders))
-    return ConfidentGNMaxCost(realized, expected, data_ind)
 
 
 # ----------------------------------------------------------------------------- conversion

@@ -1,6 +1,6 @@
 """Smooth sensitivity of the data-dependent PATE cost and its private release.
 
-Appendix B of Papernot et al. 2018 (arXiv:1802.08908). The data-dependent RDP β(x) at a fixed
+Appendix B of Papernot et al. 2018 (arXiv:1802.08908v1). The data-dependent RDP β(x) at a fixed
 order λ is a function of the private votes x, so publishing it needs its own privacy analysis:
 
 * local sensitivity at distance d, A⁽ᵈ⁾(x) ≥ max_{y: dist(x,y) ≤ d} LS(y), LS(y) the largest change
@@ -27,7 +27,9 @@ from typing import Optional
 import numpy as np
 from scipy.special import log_ndtr, ndtri_exp
 
-from pate.privacy import rdp
+from . import rdp
+from .noise import noise_source
+from .numerics import check_finite, check_orders, check_positive, check_votes, logsumexp_rows
 
 _BLOCK_ROWS = 1024  # queries per block in the (queries × n × m) walks
 _GRID = 4000  # points of the log(−log q̃) grid used to locate q0 and check C5/C6
@@ -152,7 +154,7 @@ def _num_teachers(votes: np.ndarray) -> int:
 
 
 def _logq_from_gaps(log_terms: np.ndarray, m: int) -> np.ndarray:
-    return np.minimum(rdp._logsumexp_rows(log_terms), math.log1p(-1.0 / m))
+    return np.minimum(logsumexp_rows(log_terms), math.log1p(-1.0 / m))
 
 
 def _walk_right(s: np.ndarray, table: np.ndarray, n: int, m: int):
@@ -220,9 +222,9 @@ def local_sensitivity_gnmax(votes, sigma, order) -> np.ndarray:
 
     Args: votes (N, m), each row summing to n; sigma > 0 (GNMax noise); order > 1.
     """
-    votes = rdp.check_votes(votes)
-    sigma = rdp._check_positive("sigma", sigma)
-    order = float(rdp.check_orders([order])[0])
+    votes = check_votes(votes)
+    sigma = check_positive("sigma", sigma)
+    order = float(check_orders([order])[0])
     n = _num_teachers(votes)
     n_rows, m = votes.shape
     logq = rdp.logq_gnmax(votes, sigma)
@@ -266,10 +268,10 @@ def local_sensitivity_threshold(votes, threshold, sigma1, order) -> np.ndarray:
 
     Args: votes (N, m), rows summing to n; threshold T; sigma1 > 0; order > 1.
     """
-    votes = rdp.check_votes(votes)
-    threshold = rdp._check_finite("threshold", threshold)
-    sigma1 = rdp._check_positive("sigma1", sigma1)
-    order = float(rdp.check_orders([order])[0])
+    votes = check_votes(votes)
+    threshold = check_finite("threshold", threshold)
+    sigma1 = check_positive("sigma1", sigma1)
+    order = float(check_orders([order])[0])
     n = _num_teachers(votes)
     r = _threshold_rdp_table(n, threshold, sigma1, order)
     step = np.abs(np.diff(r))  # |r(v+1) − r(v)|, v = 0..n−1
@@ -289,23 +291,6 @@ def _threshold_rdp_table(n: int, threshold: float, sigma1: float, order: float) 
     z = (np.arange(n + 1) - threshold) / sigma1
     logq = np.minimum(log_ndtr(z), log_ndtr(-z))  # = rdp.logq_threshold for max vote v
     return rdp.rdp_gnmax(logq, math.sqrt(2.0) * sigma1, [order])[:, 0]
-
-
-def confident_gnmax_local_sensitivity(votes, threshold, sigma1, sigma2, answered,
-                                      order) -> np.ndarray:
-    """(n,) A⁽ᵈ⁾ of a Confident-GNMax run's realized cost at ``order``.
-
-    The realized cost is Σ_i thr_i + Σ_{answered} gnmax_i (``rdp.confident_gnmax_rdp``); a sum
-    changes by at most the sum of the changes, so its A⁽ᵈ⁾ is the sum of the per-query arrays.
-    """
-    votes = rdp.check_votes(votes)
-    answered = np.asarray(answered, dtype=bool)
-    if answered.shape != (votes.shape[0],):
-        raise ValueError(f"answered must have shape ({votes.shape[0]},). Found {answered.shape}.")
-    total = local_sensitivity_threshold(votes, threshold, sigma1, order).sum(axis=0)
-    if answered.any():
-        total = total + local_sensitivity_gnmax(votes[answered], sigma2, order).sum(axis=0)
-    return total
 
 
 # ----------------------------------------------------------------------------- release
@@ -382,7 +367,7 @@ def release(ls_total, rdp_at_order, order, delta, betas=None, noise=None, *,
     ls = np.asarray(ls_total, dtype=float)
     if ls.ndim != 1 or ls.size == 0 or np.any(np.isnan(ls)) or ls.min() < 0:
         raise ValueError("ls_total must be a non-empty 1-D array of values ≥ 0.")
-    order = float(rdp.check_orders([order])[0])
+    order = float(check_orders([order])[0])
     delta = float(delta)
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1). Found {delta}.")
@@ -390,11 +375,9 @@ def release(ls_total, rdp_at_order, order, delta, betas=None, noise=None, *,
     if grid.size == 0 or np.any(grid <= 0) or np.any(2 * order * grid >= 1):
         raise ValueError(f"betas must lie in (0, 1/(2·order)) = (0, {0.5 / order:.4g}).")
     if sigma_ss is not None:
-        sigma_ss = rdp._check_positive("sigma_ss", sigma_ss)
+        sigma_ss = check_positive("sigma_ss", sigma_ss)
     if noise is None:
-        from pate.aggregate import noise_source  # OS-secure by default
-
-        noise = noise_source()
+        noise = noise_source()  # OS-secure by default
     ss = np.atleast_1d(smooth_sensitivity(ls, grid))
     if np.all(ss == 0):  # β is constant on every dataset: publish it as is.
         eps = rdp.eps_at_order(rdp_at_order, order, delta, conversion)

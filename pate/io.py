@@ -1,0 +1,185 @@
+"""Durable files: atomic writes, append-only logs, hashes and checkpoints.
+
+A crash at any instant must leave either the old or the new version of every file, so a write
+goes to a temporary file in the same directory, is fsynced, then renamed over the target. An
+append-only log (the ledger) is extended by one ``write`` call and fsynced, and cut back to its
+previous length when that fails. Checkpoints are plain dicts of tensors and Python values, read
+with ``weights_only=True`` (no pickled code), so a damaged or foreign one is one clear error.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+
+from .errors import PateError
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class CheckpointError(PateError, ValueError):
+    """A checkpoint is damaged, or is not the kind of checkpoint expected."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint was written by a run with another configuration, settings or data."""
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, private: bool = False) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
+
+    ``private`` makes the file mode 0600 (votes, ledger: functions of the private data);
+    otherwise it follows the umask like any other file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600 if private else 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, private: bool = False) -> None:
+    atomic_write(path, lambda f: f.write(data), private=private)
+
+
+def atomic_write_text(path: str | Path, text: str, *, private: bool = False) -> None:
+    atomic_write_bytes(path, text.encode(), private=private)
+
+
+def atomic_write_json(path: str | Path, obj: object, *, private: bool = False) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", private=private)
+
+
+def atomic_save_npz(path: str | Path, *, private: bool = False, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue(), private=private)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- append-only logs
+
+
+class ShortWrite(OSError):
+    """A write wrote fewer bytes than asked (disk full, quota); the file was cut back or removed."""
+
+
+def create_exclusive(path: str | Path, data: bytes, *, private: bool = True) -> None:
+    """Create ``path`` holding ``data``, fsynced; fails if it exists (never overwrite a log)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    fd = os.open(path, flags, 0o600 if private else 0o666 & ~_UMASK)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise ShortWrite(f"short write creating {path} ({written} of {len(data)} bytes); disk full?")
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # a half-created log is no log: the next attempt creates it whole
+        raise
+    os.close(fd)
+    fsync_dir(Path(path).parent)
+
+
+def append_durable(path: str | Path, data: bytes) -> None:
+    """Append ``data`` in one ``write`` call, then fsync; on any failure cut the file back to its
+    previous length, so what is on disk is always a sequence of whole, synced appends."""
+    if not data:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise ShortWrite(f"short write to {path} ({written} of {len(data)} bytes); disk full?")
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+            raise
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
+    """Write a checkpoint dict atomically: a crash leaves the previous file (or none), never half."""
+    import torch
+
+    buffer = io.BytesIO()  # serialise first: a full disk then raises OSError from our write, not torch's
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
+    """Read a checkpoint with ``weights_only=True``; damage becomes a ``CheckpointError`` and a
+    ``format`` other than ``fmt`` (when given) a ``CheckpointMismatch``."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path} is damaged ({type(exc).__name__}); delete it to restart this stage "
+                              "from its beginning") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a pate checkpoint")
+    if fmt is not None and checkpoint.get("format") != fmt:
+        raise CheckpointMismatch(f"{path} is not a {fmt} checkpoint")
+    return checkpoint
+
+
+def check_resumable(checkpoint: dict, path: str | Path, *, fingerprint: str, settings: dict) -> None:
+    """Refuse to resume from a checkpoint of another run (config fingerprint) or other settings,
+    naming what differs."""
+    if checkpoint.get("fingerprint") != fingerprint:
+        theirs = str(checkpoint.get("fingerprint"))[:12]
+        raise CheckpointMismatch(f"{path} was written by a run with a different configuration (fingerprint "
+                                 f"{theirs!r}, this run {fingerprint[:12]!r}); delete it or use the original settings")
+    saved = checkpoint.get("settings") or {}
+    differ = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
+    if differ:
+        raise CheckpointMismatch(f"{path} was written with different settings or data ({', '.join(differ)}); "
+                                 "delete it or use the original settings")

@@ -1,0 +1,318 @@
+"""The noisy-argmax aggregators of PATE, as functions and as mechanism objects.
+
+LNMax (Papernot et al. 2017, arXiv:1610.05755v4, Eq. 1), GNMax and Confident-GNMax (Papernot
+et al. 2018, arXiv:1802.08908v1, Section 4.1 and Algorithm 1). Each function takes a
+``NoiseSource`` (``noise_source()``): OS-secure by default, seeded only when a seed is given. Each
+draws the same amount of noise whatever the votes are (noise for every query, then masks), so
+neither timing nor the stream position of a seeded run depends on the private data.
+
+A mechanism object (``LNMax``, ``GNMax``, ``ConfidentGNMax``) is a frozen value holding the
+mechanism's settings; it decides queries and knows its own privacy cost: per query
+(data-dependent), data-independent, expected (the paper's Table 1) and the local sensitivity of
+its realized cost. Everything that depends on which mechanism a run uses asks the object
+(``build(name, **settings)``); nothing else compares mechanism names.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import numpy as np
+
+from . import rdp
+from . import smooth_sensitivity as ss
+from .noise import NoiseSource, check_noise, noise_source
+from .numerics import check_finite, check_positive, check_votes
+
+# ----------------------------------------------------------------------------- the aggregators
+
+
+def lnmax(votes, gamma, noise) -> np.ndarray:
+    """LNMax (Papernot et al. 2017, Eq. 1): argmax_j (v_j + Lap(1/γ)); first index on ties.
+
+    Args: votes (N, m) counts; gamma > 0 (Laplace scale 1/γ); noise: ``noise_source()``.
+    Returns: (N,) int64 labels.
+    """
+    votes = check_votes(votes)
+    gamma = check_positive("gamma", gamma)
+    noise = check_noise(noise)
+    return np.argmax(votes + noise.laplace(votes.shape, scale=1.0 / gamma), axis=1)
+
+
+def gnmax(votes, sigma, noise) -> np.ndarray:
+    """GNMax (Papernot et al. 2018, Section 4.1): argmax_j (v_j + N(0, σ²)).
+
+    Args: votes (N, m) counts; sigma > 0; noise: ``noise_source()``. Returns: (N,) int64 labels.
+    """
+    votes = check_votes(votes)
+    sigma = check_positive("sigma", sigma)
+    noise = check_noise(noise)
+    return np.argmax(votes + noise.normal(votes.shape, scale=sigma), axis=1)
+
+
+def confident_gnmax(votes, threshold, sigma1, sigma2, noise) -> np.ndarray:
+    """Confident-GNMax (Algorithm 1 of Papernot et al. 2018); −1 marks a query not answered.
+
+    Answered iff max_j v_j + N(0, σ1²) ≥ T (the event whose log-probability is
+    ``rdp.logpr_answered``); an answered query gets fresh, independent N(0, σ2²) on every count,
+    then argmax. Noise of both steps is drawn for every query, in this order: the (N,) threshold
+    noise, then the (N, m) answer noise; unanswered rows' answer noise is discarded unused.
+
+    Args: votes (N, m); threshold T; sigma1, sigma2 > 0; noise: ``noise_source()``.
+    Returns: (N,) int64 labels in {−1, 0, …, m − 1}.
+    """
+    votes = check_votes(votes)
+    threshold = check_finite("threshold", threshold)
+    sigma1 = check_positive("sigma1", sigma1)
+    sigma2 = check_positive("sigma2", sigma2)
+    noise = check_noise(noise)
+    n_rows = votes.shape[0]
+    z1 = noise.normal((n_rows,), scale=sigma1)
+    z2 = noise.normal(votes.shape, scale=sigma2)
+    answered = votes.max(axis=1) + z1 >= threshold
+    return np.where(answered, np.argmax(votes + z2, axis=1), -1)
+
+
+# ----------------------------------------------------------------------------- mechanism objects
+
+
+def lnmax_rdp(gamma: float, orders: np.ndarray) -> np.ndarray:
+    """Per-answer RDP of LNMax: 2γ-DP (L1 sensitivity 2, Laplace 1/γ), so RDP ≤ min(2γ, λ(2γ)²/2)
+    (pure ε-DP implies ε²/2-zCDP: Bun & Steinke 2016, arXiv:1605.02065v1, Prop. 1.4)."""
+    eps = 2.0 * gamma
+    return np.minimum(eps, np.asarray(orders, dtype=float) * eps**2 / 2.0)
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """A noisy aggregator with fixed settings. Subclasses set ``name`` and implement ``decide``
+    and ``query_rdp``; everything else is derived here."""
+
+    name: ClassVar[str]
+    thresholded: ClassVar[bool] = False  # may leave queries unanswered (a threshold step)
+    data_dependent: ClassVar[bool] = True  # has a data-dependent (smooth-sensitivity) analysis
+
+    @classmethod
+    def from_settings(cls, settings) -> "Mechanism":
+        """The mechanism built from the fields of ``settings`` (a config section or a mapping)."""
+        get = settings.get if isinstance(settings, dict) else (lambda k: getattr(settings, k))
+        return cls(**{f.name: get(f.name) for f in fields(cls)})
+
+    def settings(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def describe(self) -> str:
+        """The settings in one phrase, e.g. ``T 200, sigma1 150, sigma2 40``."""
+        short = {"threshold": "T"}
+        return ", ".join(f"{short.get(k, k)} {v:g}" for k, v in self.settings().items())
+
+    def decide(self, votes, noise: NoiseSource) -> np.ndarray:
+        """(N,) labels, −1 for a query not answered."""
+        raise NotImplementedError
+
+    def query_rdp(self, votes, orders) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per query: Pr[answered] (N,), threshold-step RDP (N, L), answer RDP (N, L), data-dependent."""
+        raise NotImplementedError
+
+    def answer_probability(self, votes) -> np.ndarray:
+        """(N,) Pr[answered] per query (1 for a mechanism that answers every query)."""
+        return np.ones(check_votes(votes).shape[0])
+
+    def query_facts(self, votes) -> tuple[np.ndarray, np.ndarray]:
+        """(log q̃ of GNMax, log Pr[answered]) per query for the ledger; NaN where not defined."""
+        nan = np.full(len(votes), np.nan)
+        return nan, nan
+
+    def per_query_rdp(self, votes, answered, orders) -> np.ndarray:
+        """(N, L) realized cost of each decided query: the threshold step, plus the answer if answered."""
+        _, thr, answer = self.query_rdp(votes, orders)
+        return thr + np.where(np.asarray(answered, dtype=bool)[:, None], answer, 0.0)
+
+    def expected_rdp(self, votes, orders, weights=None) -> np.ndarray:
+        """(L,) the expected cost Σ_i w_i·(thr_i + Pr_i·answer_i) (the 2018 paper's Table 1)."""
+        pr, thr, answer = self.query_rdp(votes, orders)
+        w = np.ones(len(pr)) if weights is None else np.asarray(weights, dtype=float)
+        return w @ (thr + pr[:, None] * answer)
+
+    def data_independent_rdp(self, asked, answered, orders) -> np.ndarray:
+        """(L,) cost of ``asked`` queries with ``answered`` answers, whatever the votes."""
+        raise NotImplementedError
+
+    def local_sensitivity(self, votes, answered, order) -> np.ndarray:
+        """(n,) A⁽ᵈ⁾ of the run's realized cost at ``order`` (2018 paper, App. B)."""
+        raise NotImplementedError(f"{self.name} has no smooth-sensitivity analysis")
+
+    @property
+    def release_sigma(self) -> float:
+        """σ of the GNMax step, whose conditions C5/C6 decide where smooth sensitivity applies."""
+        raise NotImplementedError(f"{self.name} has no smooth-sensitivity analysis")
+
+    def explain(self, row, answered: bool, orders) -> dict:
+        """Why one query cost what it did: per-order costs and the bound used (for ``pate audit``)."""
+        return {"explanation": f"{self.name} is accounted data-independently: every answered query costs the same"}
+
+
+@dataclass(frozen=True)
+class LNMax(Mechanism):
+    gamma: float
+    name: ClassVar[str] = "lnmax"
+    data_dependent: ClassVar[bool] = False
+
+    def decide(self, votes, noise):
+        return lnmax(votes, self.gamma, noise)
+
+    def query_rdp(self, votes, orders):
+        n, orders = len(votes), rdp.check_orders(orders)
+        answer = np.broadcast_to(lnmax_rdp(self.gamma, orders), (n, orders.size))
+        return np.ones(n), np.zeros((n, orders.size)), answer
+
+    def per_query_rdp(self, votes, answered, orders):
+        orders = rdp.check_orders(orders)
+        return np.where(np.asarray(answered, dtype=bool)[:, None], lnmax_rdp(self.gamma, orders)[None, :], 0.0)
+
+    def data_independent_rdp(self, asked, answered, orders):
+        return answered * lnmax_rdp(self.gamma, rdp.check_orders(orders))
+
+
+@dataclass(frozen=True)
+class GNMax(Mechanism):
+    sigma2: float
+    name: ClassVar[str] = "gnmax"
+
+    def decide(self, votes, noise):
+        return gnmax(votes, self.sigma2, noise)
+
+    def query_facts(self, votes):
+        return rdp.logq_gnmax(votes, self.sigma2), np.full(len(votes), np.nan)
+
+    def query_rdp(self, votes, orders):
+        answer = rdp.rdp_gnmax(rdp.logq_gnmax(votes, self.sigma2), self.sigma2, orders)
+        return np.ones(len(answer)), np.zeros_like(answer), answer
+
+    def per_query_rdp(self, votes, answered, orders):
+        answer = rdp.rdp_gnmax(rdp.logq_gnmax(votes, self.sigma2), self.sigma2, orders)
+        return np.where(np.asarray(answered, dtype=bool)[:, None], answer, 0.0)
+
+    def expected_rdp(self, votes, orders, weights=None):
+        return rdp.rdp_gnmax_curve(rdp.logq_gnmax(votes, self.sigma2), self.sigma2, orders, weights=weights)
+
+    def data_independent_rdp(self, asked, answered, orders):
+        return answered * rdp.rdp_gnmax_data_independent(self.sigma2, orders)
+
+    def local_sensitivity(self, votes, answered, order):
+        votes, answered = check_votes(votes), np.asarray(answered, dtype=bool)
+        if not answered.any():
+            return np.zeros(int(votes.sum(axis=1).max(initial=1)))
+        return ss.local_sensitivity_gnmax(votes[answered], self.sigma2, order).sum(axis=0)
+
+    @property
+    def release_sigma(self) -> float:
+        return self.sigma2
+
+    def explain(self, row, answered, orders):
+        return _explain_gnmax(self, row, answered, orders, threshold_cost=None)
+
+
+@dataclass(frozen=True)
+class ConfidentGNMax(Mechanism):
+    threshold: float
+    sigma1: float
+    sigma2: float
+    name: ClassVar[str] = "confident-gnmax"
+    thresholded: ClassVar[bool] = True
+
+    def decide(self, votes, noise):
+        return confident_gnmax(votes, self.threshold, self.sigma1, self.sigma2, noise)
+
+    def answer_probability(self, votes):
+        return np.exp(rdp.logpr_answered(votes, self.threshold, self.sigma1))
+
+    def query_facts(self, votes):
+        return (rdp.logq_gnmax(votes, self.sigma2),
+                rdp.logpr_answered(votes, self.threshold, self.sigma1))
+
+    def query_rdp(self, votes, orders):
+        logpr = rdp.logpr_answered(votes, self.threshold, self.sigma1)
+        answer = rdp.rdp_gnmax(rdp.logq_gnmax(votes, self.sigma2), self.sigma2, orders)
+        return np.exp(logpr), rdp.rdp_threshold(logpr, self.sigma1, orders), answer
+
+    def expected_rdp(self, votes, orders, weights=None):
+        """Σ_i w_i·[thr_i + Pr_i·gnmax_i] composed with ``rdp.rdp_gnmax_curve`` (equal rows costed
+        once), the threshold step from ``rdp.logq_threshold`` (exact when Pr is within 1e-16 of 1)."""
+        votes = check_votes(votes)
+        w = np.ones(len(votes)) if weights is None else np.asarray(weights, dtype=float)
+        logpr = rdp.logpr_answered(votes, self.threshold, self.sigma1)
+        thr = rdp.rdp_gnmax_curve(rdp.logq_threshold(votes, self.threshold, self.sigma1),
+                                  math.sqrt(2.0) * self.sigma1, orders, weights=w)
+        return thr + rdp.rdp_gnmax_curve(rdp.logq_gnmax(votes, self.sigma2), self.sigma2, orders,
+                                         weights=w * np.exp(logpr))
+
+    def data_independent_rdp(self, asked, answered, orders):
+        return (asked * rdp.rdp_threshold_data_independent(self.sigma1, orders)
+                + answered * rdp.rdp_gnmax_data_independent(self.sigma2, orders))
+
+    def local_sensitivity(self, votes, answered, order):
+        """Sum of the per-query A⁽ᵈ⁾: the threshold step of every query, GNMax of the answered
+        ones (a sum changes by at most the sum of the changes)."""
+        votes, answered = check_votes(votes), np.asarray(answered, dtype=bool)
+        if answered.shape != (votes.shape[0],):
+            raise ValueError(f"answered must have shape ({votes.shape[0]},). Found {answered.shape}.")
+        total = ss.local_sensitivity_threshold(votes, self.threshold, self.sigma1, order).sum(axis=0)
+        if answered.any():
+            total = total + ss.local_sensitivity_gnmax(votes[answered], self.sigma2, order).sum(axis=0)
+        return total
+
+    @property
+    def release_sigma(self) -> float:
+        return self.sigma2
+
+    def explain(self, row, answered, orders):
+        logpr = rdp.logpr_answered(row, self.threshold, self.sigma1)
+        detail = _explain_gnmax(self, row, answered, orders,
+                                threshold_cost=rdp.rdp_threshold(logpr, self.sigma1, orders)[0])
+        return {"log_pr_answered": float(logpr[0]), "pr_answered": float(np.exp(logpr[0])), **detail}
+
+
+def _explain_gnmax(mech: Mechanism, row, answered: bool, orders, threshold_cost) -> dict:
+    sigma = mech.release_sigma
+    logq = rdp.logq_gnmax(row, sigma)
+    cost, used = rdp.rdp_gnmax(logq, sigma, orders, return_used=True)
+    mu1 = sigma * math.sqrt(-logq[0]) + 1 if logq[0] < 0 else float("inf")
+    per_order = []
+    for j, order in enumerate(orders):
+        entry = {"order": float(order), "gnmax_cost": float(cost[0, j]), "gnmax_data_dependent": bool(used[0, j]),
+                 "gnmax_data_independent": float(order / sigma ** 2)}
+        charged = float(cost[0, j]) if answered else 0.0
+        if threshold_cost is not None:
+            entry["threshold_cost"] = float(threshold_cost[j])
+            charged += float(threshold_cost[j])
+        per_order.append({**entry, "charged": charged})
+    if not answered:
+        why = "not answered: only the threshold step was paid"
+    elif used[0].any():
+        lo, hi = np.asarray(orders)[used[0]].min(), np.asarray(orders)[used[0]].max()
+        why = (f"data-dependent bound (Thm 6 + Prop 10) used at orders {lo:g}..{hi:g}: q~ = {np.exp(logq[0]):.3g} "
+               f"is small enough and the order is below mu1 = {mu1:.3g}; elsewhere lambda/sigma^2")
+    else:
+        why = (f"data-independent lambda/sigma^2 at every order: q~ = {np.exp(logq[0]):.3g} is too large for "
+               "Theorem 6's conditions (or every order is at least mu1), so the vote margin buys nothing")
+    return {"log_q": float(logq[0]), "q": float(np.exp(logq[0])), "gnmax_mu1": mu1, "per_order": per_order,
+            "explanation": why}
+
+
+MECHANISMS: dict[str, type[Mechanism]] = {cls.name: cls for cls in (LNMax, GNMax, ConfidentGNMax)}
+NAMES = tuple(MECHANISMS)
+
+
+def build(name: str, settings) -> Mechanism:
+    """The mechanism ``name`` with its fields read from ``settings`` (config section or mapping)."""
+    try:
+        cls = MECHANISMS[name]
+    except KeyError:
+        raise ValueError(f"mechanism must be one of {list(NAMES)}. Found {name!r}.") from None
+    return cls.from_settings(settings)
+
+
+__all__ = ["NoiseSource", "noise_source", "lnmax", "gnmax", "confident_gnmax", "Mechanism", "LNMax", "GNMax",
+           "ConfidentGNMax", "MECHANISMS", "NAMES", "build", "lnmax_rdp"]

@@ -1,0 +1,127 @@
+"""What every stage reads: the run directory, the partition, the dataset, the ledger, the device.
+
+A stage is a plain function of a ``Context``. It reads earlier stages' artifacts through the
+loaders here, which check each artifact (recorded hash, invariants) before it is trusted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import data as data_mod
+from ..config import PipelineConfig
+from ..io import sha256_file
+from ..partition import PartitionError, verify_partition
+from ..privacy import ledger
+from ..privacy.accounting import resolve_orders
+from ..privacy.mechanisms import Mechanism, build
+from ..progress import say
+from ..run import RunDir, RunError
+
+# The run directory's artifacts (the stage registry says which stage writes each).
+PARTITION = "partition.npz"
+TEACHERS_DIR = "teachers"
+EXTRACTOR = "teachers/extractor.pt"
+HEADS = "teachers/heads-0-of-1.pt"
+VOTES = "votes.npz"
+TEACHERS_EVAL = "teachers_eval.json"
+LEDGER = "ledger.jsonl"
+LABELS = "labels.npz"
+PRIVACY = "privacy.json"
+STUDENT_MODEL = "student/model.pt"
+STUDENT_HISTORY = "student/history.json"
+METRICS = "metrics.json"
+
+
+TEACHER_PART_PREFIX = "teachers/part-"
+
+
+def teacher_part(rank: int, world: int) -> str:
+    """The file of the teachers trained by torchrun rank ``rank`` of ``world``."""
+    return f"{TEACHER_PART_PREFIX}{rank}-of-{world}.pt"
+
+
+@dataclass
+class Context:
+    run: RunDir
+    data_root: Path = data_mod.DEFAULT_ROOT
+    device: str = "auto"
+    quiet: bool = False
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.run.config
+
+    def say(self, message: str) -> None:
+        say(message, self.quiet)
+
+
+def partition_sizes(config: PipelineConfig) -> dict[str, int]:
+    spec = config.data.spec
+    return dict(num_train=spec.num_private, num_private=config.data.num_private, num_public=spec.num_public,
+                num_teachers=config.teachers.count, student_pool=config.data.student_pool,
+                test_size=config.data.test_size, num_queries=config.aggregator.max_queries)
+
+
+def load_partition(ctx: Context) -> dict[str, np.ndarray]:
+    arrays = ctx.run.load_npz(PARTITION)
+    try:
+        verify_partition(arrays, **partition_sizes(ctx.config))
+    except PartitionError as exc:
+        raise RunError(f"{ctx.run.file(PARTITION)} is invalid: {exc}") from None
+    return arrays
+
+
+def load_dataset(ctx: Context) -> data_mod.Dataset:
+    return data_mod.load(ctx.config.data.dataset, ctx.data_root)
+
+
+def public_images(dataset: data_mod.Dataset, index: np.ndarray):
+    """Normalised float images of the public set at ``index``."""
+    return data_mod.to_float(dataset.test_x[index], dataset.name)
+
+
+def resolve_device(name: str) -> str:
+    import torch  # not at import time: `pate --help` and the privacy views never need torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was asked for, but no CUDA device is available")
+    return name
+
+
+def mechanism(config: PipelineConfig) -> Mechanism:
+    """The configured aggregator as a mechanism object (``pate.privacy.mechanisms``)."""
+    return build(config.aggregator.mechanism, config.aggregator)
+
+
+def orders(config: PipelineConfig) -> np.ndarray:
+    return resolve_orders(config.privacy.orders)
+
+
+def expected_ledger_header(run: RunDir, votes: np.ndarray) -> ledger.LedgerHeader:
+    config = run.config
+    return ledger.LedgerHeader(config_sha256=config.fingerprint(), votes_sha256=sha256_file(run.verified(VOTES)),
+                               mechanism=config.aggregator.mechanism, seeded=config.seeded, num_queries=len(votes))
+
+
+def load_ledger(run: RunDir, votes: np.ndarray, query_index: np.ndarray) -> list[ledger.QueryRecord]:
+    """The ledger's records, after checking it belongs to this run and agrees with the votes."""
+    path = run.file(LEDGER)
+    try:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ledger.LedgerError(f"no ledger at {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ledger.LedgerError(f"{path} is unreadable: {exc}") from None
+        header, records = ledger.parse(text, str(path))
+        expected = expected_ledger_header(run, votes)
+        ledger.check_against_votes(header, records, config_sha256=expected.config_sha256,
+                                   votes_sha256=expected.votes_sha256, votes=votes, query_index=query_index)
+    except ledger.LedgerError as exc:
+        raise RunError(f"{path}: {exc}") from None
+    return records

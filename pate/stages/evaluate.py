@@ -1,0 +1,48 @@
+"""Evaluate the student on the held-out public test split -> metrics.json.
+
+The true public labels are read here for evaluation only: the accuracy of the student and of the
+released labels. Nothing in pate reads metrics.json to choose a setting.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..io import CheckpointError, atomic_write_json, load_checkpoint
+from ..models import build_model
+from ..run import RunError
+from ..student import accuracy
+from . import finish
+from .context import (LABELS, METRICS, STUDENT_MODEL, TEACHERS_EVAL, Context, load_dataset, load_partition,
+                      public_images, resolve_device)
+
+NAME = "evaluate"
+
+
+def run(ctx: Context) -> None:
+    run_dir, config = ctx.run, ctx.config
+    parts = load_partition(ctx)
+    dataset = load_dataset(ctx)
+    spec = config.data.spec
+    model = build_model(config.student.arch, spec.channels, spec.num_classes, spec.image_size)
+    try:
+        model.load_state_dict(load_checkpoint(run_dir.verified(STUDENT_MODEL)))
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    run_dir.begin(NAME)
+    test_index = parts["test_index"]
+    device = resolve_device(ctx.device)
+    student_accuracy = accuracy(model.to(device), public_images(dataset, test_index),
+                                torch.from_numpy(dataset.test_y[test_index].astype(np.int64)), device=device)
+    released = run_dir.load_npz(LABELS)
+    # Evaluation only: compares released labels with the true public labels, which PATE never uses.
+    label_accuracy = (float((released["label"] == dataset.test_y[released["query_index"]]).mean())
+                      if len(released["label"]) else None)
+    teacher_stats = run_dir.read_json(TEACHERS_EVAL)
+    metrics = {"student_accuracy": student_accuracy, "label_accuracy": label_accuracy,
+               "label_accuracy_note": "evaluation only: uses the true public labels, never used in training",
+               "teacher_accuracy_mean": teacher_stats["teacher_accuracy_mean"],
+               "ensemble_accuracy": teacher_stats["ensemble_accuracy"], "test_size": int(len(test_index))}
+    atomic_write_json(run_dir.file(METRICS), metrics)
+    finish(ctx, NAME)
+    ctx.say(f"{NAME}: student accuracy {100 * student_accuracy:.2f}% on {len(test_index)} held-out images")

@@ -1,0 +1,116 @@
+"""Each teacher votes once on each query -> votes.npz.
+
+Voting runs in chunks of queries, each chunk's votes saved before the next, so an interrupted
+vote resumes after its last chunk. It reads every teacher part, whatever number of torchrun ranks
+trained them. Teacher and plurality accuracy on the held-out public test split are written for
+evaluation only; nothing reads them to choose anything.
+"""
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+
+from ..io import CheckpointError, atomic_save_npz, atomic_write_json, load_checkpoint
+from ..progress import Progress
+from ..run import RunError
+from ..teachers import ensemble, features
+from . import finish
+from .context import (EXTRACTOR, HEADS, TEACHER_PART_PREFIX, TEACHERS_EVAL, VOTES, Context, load_dataset,
+                      load_partition, public_images, resolve_device)
+
+NAME = "vote"
+VOTE_CHUNK = 1024
+PARTIAL = "votes.partial.npz"
+
+
+def _feature_predictor(ctx: Context, device: str):
+    """(images -> (K, Q) predictions) for a public-features run."""
+    try:
+        blob = load_checkpoint(ctx.run.verified(EXTRACTOR))
+        heads = load_checkpoint(ctx.run.verified(HEADS))
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    if not blob.get("done") or heads.get("format") != features.HEADS_FORMAT:
+        raise RunError("the public-features teachers are incomplete; rerun `pate train-teachers`")
+    if list(heads["teacher_ids"]) != list(range(ctx.config.teachers.count)):
+        raise RunError("the trained teacher heads do not cover teachers 0..K-1 exactly once")
+    extractor = blob["extractor"]
+    return lambda images: features.predict_heads(heads, features.embed(extractor, images, device=device)).numpy()
+
+
+def _ensemble_predictor(ctx: Context, device: str):
+    """(images -> (K, Q) predictions) from every trained part, in teacher-id order."""
+    config, spec = ctx.config, ctx.config.data.spec
+    modules = []
+    for name in sorted(n for n in ctx.run.recorded() if n.startswith(TEACHER_PART_PREFIX)):
+        try:
+            blob = load_checkpoint(ctx.run.verified(name))
+        except CheckpointError as exc:
+            raise RunError(str(exc)) from None
+        module = ensemble.TeacherEnsemble(config.teachers.arch, spec.channels, spec.num_classes, spec.image_size,
+                                          blob["teacher_ids"])
+        module.load_state_dict(blob["state"])
+        modules.append(module.to(device))
+    modules.sort(key=lambda m: m.teacher_ids[0])
+    if [t for m in modules for t in m.teacher_ids] != list(range(config.teachers.count)):
+        raise RunError("the trained teacher parts do not cover teachers 0..K-1 exactly once")
+    return lambda images: np.concatenate([ensemble.predict(m, images, device=device).numpy() for m in modules])
+
+
+def _saved_votes(ctx: Context, query_index: np.ndarray, num_classes: int) -> np.ndarray:
+    """Votes of the chunks an interrupted run finished (none when there are none)."""
+    partial = ctx.run.file(PARTIAL)
+    votes = np.zeros((0, num_classes), np.int64)
+    if partial.exists():
+        try:
+            with np.load(partial, allow_pickle=False) as saved:
+                if np.array_equal(saved["query_index"], query_index[:len(saved["votes"])]):
+                    votes = saved["votes"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise RunError(f"{partial} is damaged ({type(exc).__name__}); delete it to vote again from the "
+                           "first query") from None
+    return votes
+
+
+def run(ctx: Context) -> None:
+    run_dir, config = ctx.run, ctx.config
+    parts = load_partition(ctx)
+    dataset = load_dataset(ctx)
+    device = resolve_device(ctx.device)
+    predict = (_feature_predictor if config.teachers.features != "none" else _ensemble_predictor)(ctx, device)
+    run_dir.begin(NAME)
+    num_classes, query_index = dataset.num_classes, parts["query_index"]
+    votes = _saved_votes(ctx, query_index, num_classes)
+    progress = Progress(len(query_index), NAME, ctx.quiet, start=len(votes))
+    while len(votes) < len(query_index):
+        chunk = query_index[len(votes):len(votes) + VOTE_CHUNK]
+        preds = predict(public_images(dataset, chunk))  # (K, chunk)
+        votes = np.concatenate([votes, ensemble.votes_from_predictions(preds, num_classes).numpy()])
+        atomic_save_npz(run_dir.file(PARTIAL), votes=votes, query_index=query_index[:len(votes)])
+        run_dir.progress(NAME, f"{len(votes)}/{len(query_index)} queries")
+        progress.update(len(chunk))
+    progress.close()
+    if not (votes.sum(axis=1) == config.teachers.count).all():
+        raise RunError("vote rows do not sum to K; the teachers are inconsistent")
+    atomic_save_npz(run_dir.file(VOTES), votes=votes, query_index=query_index)
+    stats = _teacher_stats(predict, dataset, parts["test_index"], votes, query_index)
+    atomic_write_json(run_dir.file(TEACHERS_EVAL), stats)
+    finish(ctx, NAME)
+    run_dir.file(PARTIAL).unlink(missing_ok=True)
+    ctx.say(f"vote: {len(query_index)} queries; teachers {100 * stats['teacher_accuracy_mean']:.1f}% mean "
+            f"(min {100 * stats['teacher_accuracy_min']:.1f}%, max {100 * stats['teacher_accuracy_max']:.1f}%), "
+            f"plurality {100 * stats['ensemble_accuracy']:.1f}% on the held-out test split")
+
+
+def _teacher_stats(predict, dataset, test_index: np.ndarray, votes: np.ndarray, query_index: np.ndarray) -> dict:
+    """Evaluation only: teacher and plurality accuracy on the held-out public test split."""
+    test_preds = predict(public_images(dataset, test_index))
+    truth = dataset.test_y[test_index]
+    per_teacher = ensemble.teacher_accuracies(test_preds, truth).numpy()
+    plurality = ensemble.votes_from_predictions(test_preds, dataset.num_classes).numpy().argmax(axis=1)
+    return {"teacher_accuracy_mean": float(np.mean(per_teacher)), "teacher_accuracy_min": float(np.min(per_teacher)),
+            "teacher_accuracy_max": float(np.max(per_teacher)), "teacher_accuracy": [float(a) for a in per_teacher],
+            "ensemble_accuracy": float((plurality == truth).mean()),
+            "query_plurality_accuracy": float((votes.argmax(axis=1) == dataset.test_y[query_index]).mean()),
+            "note": "evaluation only, on the held-out public test split; never used for training or queries"}

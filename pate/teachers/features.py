@@ -1,0 +1,251 @@
+"""Public features: a frozen extractor, shared by all teachers, that no private record shapes.
+
+Two kinds: ``"simclr"`` (learned from the unlabelled public pool, below) and ``"scattering"``
+(``scattering_extractor``: fixed wavelet filters, only standardised with public-pool statistics;
+``pate.scattering``).
+
+``train_extractor`` fits a small conv encoder with a SimCLR-style contrastive loss (NT-Xent on two
+augmented views of each image; Chen et al. 2020) on the *unlabelled public* student-pool images.
+It never sees a private image nor a public label, so it costs no privacy. The encoder is then
+frozen; ``embed`` maps images to standardised d-dim features (mean/std taken from the public pool
+embeddings, again no private data).
+
+``train_heads`` fits K multinomial logistic-regression heads, teacher k on its own shard's
+features only, batched as one (K, d, m) weight tensor. The objective is a sum of per-teacher
+losses and Adam is element-wise, so teacher k's head is a function of shard k alone (no shared
+line search or statistics couple the teachers). Heads start at zero (the objective is convex), so
+training is deterministic. ``predict_heads`` gives exactly one class per teacher per image
+(argmax, first index on ties).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import contrastive_view
+from ..io import check_resumable, load_checkpoint, save_checkpoint
+from ..seeds import TAG_EXTRACTOR, derive_seed
+from . import scattering
+
+EXTRACTOR_FORMAT = "pate.features/1"
+HEADS_FORMAT = "pate.heads/1"
+
+# Fixed extractor / head hyperparameters (chosen before any private data is seen).
+BATCH_SIZE = 256
+LR = 1e-3
+WEIGHT_DECAY = 1e-6
+TEMPERATURE = 0.2
+PROJ_DIM = 64
+HEAD_STEPS = 300
+HEAD_LR = 0.05
+HEAD_L2 = 1e-3
+
+
+class Encoder(nn.Module):
+    """Conv trunk -> global average pool -> d-dim representation; ``project`` is the SimCLR head."""
+
+    def __init__(self, in_channels: int, dim: int = 128):
+        super().__init__()
+        w = 32
+
+        def block(cin, cout, stride):
+            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.trunk = nn.Sequential(*block(in_channels, w, 1), *block(w, 2 * w, 2), *block(2 * w, 2 * w, 1),
+                                   *block(2 * w, 4 * w, 2), *block(4 * w, dim, 1),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.projection = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, PROJ_DIM))
+        self.in_channels, self.dim = in_channels, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross entropy over the 2B views of a batch."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def train_extractor(images: torch.Tensor, *, dim: int = 128, epochs: int = 30, seed: int = 0,
+                    batch_size: int = BATCH_SIZE, device: str = "cpu",
+                    checkpoint_path: Optional[str | os.PathLike] = None, fingerprint: str = "",
+                    progress: Optional[Callable[[int, int, float], None]] = None) -> dict:
+    """Train the encoder on PUBLIC, unlabelled ``images`` (N, C, H, W); returns the frozen extractor
+    as a plain dict (``state``, ``dim``, ``in_channels``, ``mean``, ``std``) for ``load_extractor``.
+
+    With ``checkpoint_path`` the state is saved atomically after every epoch and a matching
+    checkpoint (same fingerprint) is resumed, or reused as is when finished.
+    """
+    device = torch.device(device)
+    in_channels = images.shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, TAG_EXTRACTOR, 0))
+        model = Encoder(in_channels, dim)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    gen = torch.Generator().manual_seed(derive_seed(seed, TAG_EXTRACTOR, 1))
+    start = 0
+    settings = {"dim": dim, "epochs": epochs, "seed": seed, "batch_size": batch_size, "n": int(len(images))}
+    ckpt = _saved(checkpoint_path, fingerprint, settings)
+    if ckpt is not None:
+        if ckpt.get("done"):
+            return ckpt["extractor"]
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["generator"])
+        start = int(ckpt["epoch"])
+    n = len(images)
+    bs = max(2, min(batch_size, n))
+    steps = max(1, n // bs)
+    loss_value = float("nan")
+    for epoch in range(start, epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for s in range(steps):
+            x = images[order[s * bs:(s + 1) * bs]].to(device, torch.float32)
+            v1, v2 = contrastive_view(x, gen), contrastive_view(x, gen)
+            loss = nt_xent(model.projection(model(v1)), model.projection(model(v2)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        loss_value = total / steps
+        if checkpoint_path is not None and epoch + 1 < epochs:
+            save_checkpoint(checkpoint_path, {
+                "format": EXTRACTOR_FORMAT, "fingerprint": fingerprint, "settings": settings, "done": False,
+                "epoch": epoch + 1, "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "generator": gen.get_state()})
+        if progress is not None:
+            progress(epoch + 1, epochs, loss_value)
+    model.eval()
+    trunk_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    extractor = {"state": trunk_state, "dim": dim, "in_channels": in_channels,
+                 "mean": torch.zeros(dim), "std": torch.ones(dim)}
+    raw = embed(extractor, images, device=device, standardise=False)
+    extractor["mean"], extractor["std"] = raw.mean(0), raw.std(0).clamp_min(1e-6)
+    _save_finished(checkpoint_path, fingerprint, settings, extractor)
+    return extractor
+
+
+def scattering_extractor(images: torch.Tensor, *, J: int = 2, L: int = 8, device: str | torch.device = "cpu",
+                         checkpoint_path: Optional[str | os.PathLike] = None, fingerprint: str = "",
+                         progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """The scattering feature map of PUBLIC ``images`` (N, C, H, W): nothing is trained, the public
+    images only give each coefficient's mean and std for standardising. With ``checkpoint_path``
+    it is saved like a finished ``train_extractor`` and a matching file is reused as is."""
+    settings = {"kind": "scattering", "J": J, "L": L, "n": int(len(images))}
+    cached = _saved(checkpoint_path, fingerprint, settings)
+    if cached is not None and cached.get("done"):
+        return cached["extractor"]
+    extractor = {"kind": "scattering", "J": J, "L": L, "in_channels": int(images.shape[1])}
+    raw = embed(extractor, images, device=device, standardise=False, progress=progress)
+    extractor |= {"dim": int(raw.shape[1]), "mean": raw.mean(0), "std": raw.std(0).clamp_min(1e-6)}
+    _save_finished(checkpoint_path, fingerprint, settings, extractor)
+    return extractor
+
+
+def _saved(path, fingerprint: str, settings: dict) -> Optional[dict]:
+    """The extractor checkpoint at ``path`` when there is one (it must be this run's, with these
+    settings: ``CheckpointMismatch`` otherwise), else None."""
+    if path is None or not os.path.exists(path):
+        return None
+    ckpt = load_checkpoint(path, EXTRACTOR_FORMAT)
+    check_resumable(ckpt, path, fingerprint=fingerprint, settings=settings)
+    return ckpt
+
+
+def _save_finished(path, fingerprint: str, settings: dict, extractor: dict) -> None:
+    if path is not None:
+        save_checkpoint(path, {"format": EXTRACTOR_FORMAT, "fingerprint": fingerprint, "settings": settings,
+                               "done": True, "extractor": extractor})
+
+
+def load_extractor(extractor: dict, device: str | torch.device = "cpu") -> Encoder:
+    model = Encoder(int(extractor["in_channels"]), int(extractor["dim"]))
+    model.load_state_dict(extractor["state"])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def embed(extractor: dict, images: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "cpu",
+          standardise: bool = True, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """(N, C, H, W) images -> (N, d) float32 features on CPU, standardised with the public-pool
+    statistics stored in the extractor. ``progress(images done, total)`` after each batch."""
+    if extractor.get("kind") == "scattering":
+        def features_of(x):
+            return scattering.scatter(x, J=int(extractor["J"]), L=int(extractor["L"])).flatten(1)
+    else:
+        features_of = load_extractor(extractor, device)
+    parts = []
+    for i in range(0, len(images), batch_size):
+        parts.append(features_of(images[i:i + batch_size].to(device, torch.float32)).cpu())
+        if progress is not None:
+            progress(min(i + batch_size, len(images)), len(images))
+    if not parts:
+        return torch.zeros(0, int(extractor.get("dim", 0)))
+    out = torch.cat(parts)
+    del parts
+    return out.sub_(extractor["mean"]).div_(extractor["std"]) if standardise else out  # in place: N·d can be GBs
+
+
+def train_heads(features: torch.Tensor, labels: torch.Tensor, teacher_of: np.ndarray, teacher_ids,
+                num_classes: int, *, steps: int = HEAD_STEPS, lr: float = HEAD_LR, l2: float = HEAD_L2,
+                device: str | torch.device = "cpu", progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """K logistic-regression heads, teacher ``teacher_ids[k]`` on rows with ``teacher_of == id`` only.
+
+    Returns ``{"teacher_ids", "weight" (K, d, m), "bias" (K, m)}``. Full-batch Adam on the sum of
+    per-teacher mean cross-entropies + ``l2``·||W_k||²: each head's gradient, and so its update,
+    depends on its own shard alone.
+    """
+    ids = [int(t) for t in teacher_ids]
+    teacher_of = np.asarray(teacher_of)
+    shards = [np.flatnonzero(teacher_of == t) for t in ids]
+    k, d = len(ids), features.shape[1]
+    n_max = max(1, max(len(s) for s in shards))
+    index = torch.zeros((k, n_max), dtype=torch.long)
+    mask = torch.zeros((k, n_max))
+    for i, s in enumerate(shards):
+        index[i, :len(s)] = torch.from_numpy(s)
+        mask[i, :len(s)] = 1.0
+    x = features[index].to(device)  # (K, n, d): teacher k's own rows only (padding masked out)
+    y = labels[index].to(device)
+    mask = mask.to(device)
+    counts = mask.sum(1).clamp_min(1.0)
+    weight = torch.zeros((k, d, num_classes), device=device, requires_grad=True)
+    bias = torch.zeros((k, num_classes), device=device, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=lr)
+    for step in range(steps):
+        logits = torch.bmm(x, weight) + bias.unsqueeze(1)
+        ce = F.cross_entropy(logits.reshape(-1, num_classes), y.reshape(-1), reduction="none").view(k, n_max)
+        loss = ((ce * mask).sum(1) / counts).sum() + l2 * weight.pow(2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress is not None:
+            progress(step + 1, steps)
+    return {"format": HEADS_FORMAT, "teacher_ids": ids, "weight": weight.detach().cpu(),
+            "bias": bias.detach().cpu()}
+
+
+@torch.no_grad()
+def predict_heads(heads: dict, features: torch.Tensor, *, chunk_size: int = 4096) -> torch.Tensor:
+    """Each head's class (argmax, first index on ties) for each feature row: (K, Q) int64."""
+    w, b = heads["weight"].float(), heads["bias"].float()
+    out = torch.empty((w.shape[0], len(features)), dtype=torch.int64)
+    for i in range(0, len(features), chunk_size):
+        f = features[i:i + chunk_size].float()
+        out[:, i:i + chunk_size] = (torch.einsum("qd,kdm->kqm", f, w) + b.unsqueeze(1)).argmax(-1)
+    return out

@@ -1,0 +1,115 @@
+"""`pate audit`: what each query cost, read from the ledger and the votes. PRIVATE output.
+
+Everything here except the data-independent figure and the smooth-sensitivity release is a
+function of the private data; the header of every format says so.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..privacy import rdp
+from ..run import RunDir, RunError
+from ..stages.context import PRIVACY, VOTES, load_ledger, mechanism, orders
+from . import figures
+
+PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not publish. "
+           "Safe to publish: the smooth-sensitivity released epsilon or the data-independent epsilon.")
+
+
+def _load(run: RunDir):
+    votes_data = run.load_npz(VOTES)
+    records = load_ledger(run, votes_data["votes"], votes_data["query_index"])
+    if not records:
+        raise RunError(f"{run.path} records no query yet; run `pate aggregate` first")
+    return votes_data["votes"][:len(records)], records
+
+
+def _cumulative_epsilon(costs: np.ndarray, orders: np.ndarray, delta: float, conversion: str) -> np.ndarray:
+    """ε after each query: the conversion of each prefix's cumulative RDP curve."""
+    return rdp.eps_from_rdp_rows(np.cumsum(costs, axis=0), orders, delta, conversion)
+
+
+def query_table(run: RunDir) -> tuple[list[dict], dict]:
+    """Per-query rows and the run's totals."""
+    config = run.config
+    votes, records = _load(run)
+    answered = np.array([r.answered for r in records])
+    order_list = orders(config)
+    costs = mechanism(config).per_query_rdp(votes, answered, order_list)
+    report = run.read_json(PRIVACY)
+    order = report.get("order") or float(order_list[0])
+    at = int(np.argmin(np.abs(order_list - order)))
+    cum = _cumulative_epsilon(costs, order_list, config.privacy.delta, config.privacy.conversion)
+    rows = [{"query": r.query, "public_index": r.public_index, "answered": r.answered, "label": r.label,
+             "top_label": r.top_label, "top_count": r.top_count, "gap": r.gap,
+             "cost_at_order": float(costs[i, at]), "cumulative_epsilon": float(cum[i])}
+            for i, r in enumerate(records)]
+    return rows, report
+
+
+def query_detail(run: RunDir, index: int) -> dict:
+    config = run.config
+    votes, records = _load(run)
+    if not 0 <= index < len(records):
+        raise RunError(f"--query must be between 0 and {len(records) - 1}")
+    record, row = records[index], votes[index:index + 1]
+    order_list = orders(config)
+    picks = np.unique(np.linspace(0, len(order_list) - 1, 12).astype(int))
+    detail = {"query": index, "public_index": record.public_index, "votes": row[0].tolist(),
+              "answered": record.answered, "label": record.label, "top_label": record.top_label,
+              "gap": record.gap}
+    explained = mechanism(config).explain(row, record.answered, order_list)
+    if "per_order" in explained:  # twelve orders across the list are enough to read
+        explained["per_order"] = [explained["per_order"][j] for j in picks]
+    return {**detail, **explained}
+
+
+def _totals_lines(report: dict) -> list[str]:
+    ss = report["smooth_sensitivity"]
+    lines = [f"queries asked {report['queries_asked']}, answered {report['queries_answered']}, "
+             f"delta {report['delta']:g}, mechanism {report['mechanism']}",
+             f"epsilon data-dependent (PRIVATE): {report['epsilon']:.4f} at order {report.get('order')} "
+             f"[{report['conversion']}; classic {report['epsilon_classic']:.4f}; expected "
+             f"{report['epsilon_expected']:.4f}]",
+             f"epsilon smooth-sensitivity released (SAFE TO PUBLISH): {ss['released_epsilon']:.4f} "
+             f"(noise std {ss['noise_std']:.4f}, beta {ss['beta']})",
+             f"epsilon data-independent (SAFE TO PUBLISH): {report['epsilon_data_independent']:.4f}"]
+    if report.get("seeded"):
+        lines.append("noise was SEEDED: reproducible, not a production privacy guarantee")
+    return lines
+
+
+def render(run: RunDir, *, query: int | None = None, fmt: str = "table", plot: Path | None = None) -> str:
+    if query is not None:
+        detail = query_detail(run, query)
+        if fmt == "json":
+            return json.dumps({"private": PRIVATE, **detail}, indent=2) + "\n"
+        lines = [f"# {PRIVATE}"] + [f"{k}: {v}" for k, v in detail.items() if k != "per_order"]
+        if "per_order" in detail:
+            keys = list(detail["per_order"][0])
+            lines.append("  ".join(f"{k:>22}" for k in keys))
+            lines += ["  ".join(f"{v:>22.6g}" if isinstance(v, float) else f"{str(v):>22}" for v in d.values())
+                      for d in detail["per_order"]]
+        return "\n".join(lines) + "\n"
+    rows, report = query_table(run)
+    if plot is not None:
+        figures.cumulative_epsilon_png(rows, report, plot)
+    if fmt == "json":
+        return json.dumps({"private": PRIVATE, "totals": report, "queries": rows}, indent=2) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        buffer.write(f"# {PRIVATE}\n")
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+    head = f"{'query':>6} {'public':>7} {'answered':>8} {'label':>5} {'top':>4} {'gap':>4} {'cost@order':>11} {'cum_eps':>8}"
+    lines = [f"# {PRIVATE}", head]
+    lines += [f"{r['query']:>6} {r['public_index']:>7} {str(r['answered']):>8} {r['label']:>5} {r['top_count']:>4} "
+              f"{r['gap']:>4} {r['cost_at_order']:>11.5f} {r['cumulative_epsilon']:>8.4f}" for r in rows]
+    return "\n".join(lines + [""] + _totals_lines(report)) + "\n"

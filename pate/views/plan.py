@@ -1,0 +1,475 @@
+"""Privacy planning before any private data is touched: `pate plan`.
+
+Everything here is a function of public information only — the mechanism's settings (K, m, T, σ1,
+σ2, Q, δ) and *hypothetical* vote rows that the user states — never of real votes. All privacy
+figures come from ``pate.privacy.rdp``; this module only composes them (Mironov 2017, Prop. 1:
+RDP adds up at each order) and converts with ``rdp.eps_from_rdp``.
+
+Figures (Papernot et al. 2018, "Scalable Private Learning with PATE"):
+- data-independent ε of the threshold step over Q queries (Q·λ/(2σ1²)), of GNMax over the
+  answered ones (n·λ/σ2²), worst case (all Q answered) and at the expected answer rate;
+- Pr[answered] = Φ̄((T − top)/σ1) (Algorithm 1) and the data-dependent cost (Thm 6 + Prop. 10)
+  of one hypothetical query with a given top count and gap;
+- the best case: every vote unanimous (the paper's Table 1 expected cost Σ thr + Pr·gnmax).
+
+Consensus profile: a level c puts round(c·K) votes on the top class and gives the rest to the
+runner-ups greedily (the runner-up takes as many as it can, never more than the top, then the
+next). Pr[answered] depends only on the top count; for GNMax this concentration is the worst
+case at that top count, since Φ̄ is convex on [0, ∞) so the union bound q̃ of Prop. 7 is largest
+when the remaining votes sit on as few classes as possible.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..config import PipelineConfig
+from ..errors import PateError
+from ..privacy import mechanisms, rdp
+from . import figures
+
+MECHANISMS = ("gnmax", "confident-gnmax")
+DEFAULT_CONSENSUS = (0.9,)
+
+# The --target-epsilon grid, fixed before any data is seen, as fractions of K. The paper's MNIST
+# setting (T, σ1, σ2) = (200, 150, 40) at K = 250 is (0.8, 0.6, 0.16). Q: every integer up to the
+# planned query count (the largest that fits is found in closed form, see ``search``).
+GRID_THRESHOLD = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+GRID_SIGMA1 = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
+GRID_SIGMA2 = (0.02, 0.04, 0.08, 0.12, 0.16, 0.24, 0.32)
+TABLE_TOPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # top-count fractions of K in the per-query table
+
+
+class PlanError(PateError, ValueError):
+    """Planning parameters a user gave are unusable; the message names the value."""
+
+
+@dataclass(frozen=True)
+class PlanParams:
+    """The public settings a plan depends on (threshold and sigma1 only for confident-gnmax)."""
+    mechanism: str
+    teachers: int
+    classes: int
+    queries: int
+    sigma2: float
+    delta: float
+    threshold: Optional[float] = None
+    sigma1: Optional[float] = None
+    orders: tuple[float, ...] = ()  # empty = rdp.DEFAULT_ORDERS
+    conversion: str = "improved"
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise PlanError(f"mechanism must be one of {list(MECHANISMS)}. Found {self.mechanism!r}.")
+        _require(isinstance(self.teachers, int) and self.teachers >= 1, "teachers", "an integer >= 1", self.teachers)
+        _require(isinstance(self.classes, int) and self.classes >= 2, "classes", "an integer >= 2", self.classes)
+        _require(isinstance(self.queries, int) and self.queries >= 1, "queries", "an integer >= 1", self.queries)
+        _require(_positive(self.sigma2), "sigma2", "> 0", self.sigma2)
+        _require(_finite(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)", self.delta)
+        _require(self.conversion in ("improved", "classic"), "conversion", "'improved' or 'classic'",
+                 self.conversion)
+        _require(all(_finite(o) and o > 1 for o in self.orders), "orders", "all > 1", list(self.orders))
+        if self.thresholded:
+            _require(self.sigma1 is not None and _positive(self.sigma1), "sigma1", "> 0", self.sigma1)
+            _require(self.threshold is not None and _finite(self.threshold) and 0 <= self.threshold <= self.teachers,
+                     "threshold", f"in [0, teachers = {self.teachers}]", self.threshold)
+
+    @property
+    def thresholded(self) -> bool:
+        return mechanisms.MECHANISMS[self.mechanism].thresholded
+
+    @property
+    def mechanism_object(self) -> mechanisms.Mechanism:
+        """The planned aggregator (``pate.privacy.mechanisms``), which computes every cost here."""
+        return mechanisms.build(self.mechanism, {"threshold": self.threshold, "sigma1": self.sigma1,
+                                                 "sigma2": self.sigma2})
+
+    @property
+    def order_array(self) -> np.ndarray:
+        return np.asarray(self.orders, dtype=float) if self.orders else rdp.DEFAULT_ORDERS
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive(x) -> bool:
+    return _finite(x) and x > 0
+
+
+def _require(ok: bool, name: str, must: str, value) -> None:
+    if not ok:
+        raise PlanError(f"{name} must be {must}. Found {value!r}.")
+
+
+def params_from(config: PipelineConfig | None = None, **overrides) -> PlanParams:
+    """PlanParams from a ``PipelineConfig`` (or None) with explicit values (not None) overriding it.
+
+    Keys: mechanism, teachers, classes, queries, threshold, sigma1, sigma2, delta. Without a config,
+    mechanism defaults to confident-gnmax when threshold or sigma1 is given, else gnmax; classes to 10.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if config is not None:
+        agg = config.aggregator
+        if given.get("mechanism", agg.mechanism) not in MECHANISMS:
+            raise PlanError(f"mechanism {agg.mechanism} is not planned here (its cost is data-independent); "
+                            f"use --mechanism with one of {', '.join(MECHANISMS)}")
+        base = dict(mechanism=agg.mechanism, teachers=config.teachers.count,
+                    classes=config.data.spec.num_classes, queries=agg.max_queries, threshold=agg.threshold,
+                    sigma1=agg.sigma1, sigma2=agg.sigma2, delta=config.privacy.delta,
+                    orders=tuple(config.privacy.orders), conversion=config.privacy.conversion)
+    else:
+        thresholded = "threshold" in given or "sigma1" in given
+        base = dict(mechanism="confident-gnmax" if thresholded else "gnmax", classes=10)
+    values = {**base, **given}
+    if values.get("mechanism") not in MECHANISMS:
+        raise PlanError(f"mechanism must be one of {list(MECHANISMS)}. Found {values.get('mechanism')!r}.")
+    thresholded = mechanisms.MECHANISMS[values["mechanism"]].thresholded
+    needed = ["teachers", "queries", "sigma2", "delta"] + (["threshold", "sigma1"] if thresholded else [])
+    missing = [k for k in needed if values.get(k) is None]
+    if missing:
+        raise PlanError(f"missing {', '.join('--' + k for k in missing)} (give a PIPELINE.toml or every option)")
+    if not thresholded:
+        extra = [k for k in ("threshold", "sigma1") if k in given]
+        if extra:
+            raise PlanError(f"{', '.join('--' + k for k in extra)} apply to confident-gnmax only; "
+                            "add --mechanism confident-gnmax")
+        values.update(threshold=None, sigma1=None)
+    return PlanParams(**values)
+
+
+# ----------------------------------------------------------------------------- hypothetical votes
+
+
+def vote_row(teachers: int, classes: int, top: int, gap: int) -> np.ndarray:
+    """(m,) counts: top on class 0, top − gap on class 1, the rest spread evenly on the others."""
+    runner = top - gap
+    rest = teachers - top - runner
+    if not (0 <= gap <= top <= teachers) or rest < 0 or rest > (classes - 2) * runner:
+        raise PlanError(f"no vote row of {teachers} votes over {classes} classes has top {top} and gap {gap}")
+    row = np.zeros(classes, dtype=np.int64)
+    row[:2] = top, runner
+    if classes > 2:
+        row[2:] = rest // (classes - 2)
+        row[2:2 + rest % (classes - 2)] += 1
+    return row
+
+
+def consensus_row(teachers: int, classes: int, level: float) -> np.ndarray:
+    """(m,) counts for consensus level c: round(c·K) on class 0, the rest greedily on runner-ups."""
+    if not (_finite(level) and 1.0 / classes <= level <= 1.0):
+        raise PlanError(f"consensus must be in [1/classes = {1 / classes:.3g}, 1]. Found {level!r}.")
+    top = max(int(round(level * teachers)), -(-teachers // classes))
+    row = np.zeros(classes, dtype=np.int64)
+    row[0], rest = top, teachers - top
+    for j in range(1, classes):
+        row[j] = min(top, rest)
+        rest -= row[j]
+    return row
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Consensus levels and their weights (normalised to sum 1)."""
+    levels: tuple[float, ...] = DEFAULT_CONSENSUS
+    weights: tuple[float, ...] = (1.0,)
+
+    @classmethod
+    def of(cls, levels=None, weights=None) -> "Profile":
+        levels = tuple(float(x) for x in (levels or DEFAULT_CONSENSUS))
+        weights = tuple(float(x) for x in weights) if weights else (1.0,) * len(levels)
+        if len(weights) != len(levels):
+            raise PlanError(f"consensus weights must be {len(levels)} numbers, one per level. Found {len(weights)}.")
+        if not all(_finite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            raise PlanError(f"consensus weights must be >= 0 with a positive sum. Found {list(weights)}.")
+        total = sum(weights)
+        return cls(levels, tuple(w / total for w in weights))
+
+    def rows(self, params: PlanParams) -> np.ndarray:
+        return np.stack([consensus_row(params.teachers, params.classes, c) for c in self.levels])
+
+
+# ----------------------------------------------------------------------------- privacy figures
+
+
+def eps(params: PlanParams, curve: np.ndarray) -> tuple[float, float]:
+    """(ε, order) of a total RDP curve at the plan's δ (``rdp.eps_from_rdp``; edge warnings off)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rdp.OrderAtEdgeWarning)
+        e, order = rdp.eps_from_rdp(curve, params.order_array, params.delta, params.conversion)
+    return float(e), float(order)
+
+
+def data_independent_rdp(params: PlanParams, asked: float, answered: float) -> np.ndarray:
+    """(L,) asked·λ/(2σ1²) + answered·λ/σ2² (the threshold term only for confident-gnmax)."""
+    return params.mechanism_object.data_independent_rdp(asked, answered, params.order_array)
+
+
+def data_independent_epsilon(params: PlanParams, asked: float | None = None, answered: float | None = None) -> float:
+    """Data-independent ε of ``asked`` queries with ``answered`` answers (default: all Q, all answered)."""
+    asked = params.queries if asked is None else asked
+    return eps(params, data_independent_rdp(params, asked, asked if answered is None else answered))[0]
+
+
+def answer_probability(params: PlanParams, votes) -> np.ndarray:
+    """(N,) Pr[answered] = Φ̄((T − top)/σ1) (``rdp.logpr_answered``); 1 for plain GNMax."""
+    return params.mechanism_object.answer_probability(votes)
+
+
+def query_rdp(params: PlanParams, votes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per hypothetical query: Pr[answered] (N,), threshold RDP (N, L), GNMax RDP (N, L), data-dependent."""
+    return params.mechanism_object.query_rdp(votes, params.order_array)
+
+
+def expected_rdp(params: PlanParams, votes, weights=None) -> np.ndarray:
+    """(L,) Q·Σ wᵢ(thrᵢ + Prᵢ·gnmaxᵢ): the paper's expected cost (Table 1) of Q queries like ``votes``."""
+    n = rdp.check_votes(votes).shape[0]
+    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=float)
+    return params.mechanism_object.expected_rdp(votes, params.order_array, weights=params.queries * w)
+
+
+def unanimous_row(params: PlanParams) -> np.ndarray:
+    return vote_row(params.teachers, params.classes, params.teachers, params.teachers)
+
+
+def calibrate(target_eps: float, cost_fn: Callable[[float], float], lo: float, hi: float, *,
+              rel_tol: float = 1e-6, digits: int = 4, max_iter: int = 200) -> float:
+    """Smallest σ in [lo, hi] (to ``rel_tol``) with cost_fn(σ) ≤ target_eps, on the private side.
+
+    ``cost_fn`` must decrease in σ (more noise, less ε: every bound here does). Geometric
+    bisection keeps cost_fn(hi) ≤ target_eps and returns such an ``hi``, first rounded *up* to
+    ``digits`` significant digits when that rounding still meets the target: the result never
+    overshoots the target, whatever the rounding.
+    """
+    _require(_positive(target_eps), "target epsilon", "> 0", target_eps)
+    _require(_positive(lo) and _positive(hi) and lo < hi, "calibration range", "0 < lo < hi", (lo, hi))
+    top = cost_fn(hi)
+    if top > target_eps:
+        raise PlanError(f"epsilon {target_eps:g} is out of reach: even sigma = {hi:g} costs epsilon {top:.4g}")
+    if cost_fn(lo) <= target_eps:
+        return lo
+    for _ in range(max_iter):
+        if hi - lo <= rel_tol * hi:
+            break
+        mid = math.sqrt(lo * hi)
+        if cost_fn(mid) <= target_eps:
+            hi = mid
+        else:
+            lo = mid
+    scale = 10.0 ** (math.floor(math.log10(hi)) - digits + 1)
+    rounded = math.ceil(hi / scale) * scale
+    return rounded if cost_fn(rounded) <= target_eps else hi
+
+
+def calibrate_sigma2(params: PlanParams, target_eps: float) -> float:
+    """σ2 for a data-independent ε ≤ target over Q queries, all answered, the plan's T and σ1 kept."""
+    return calibrate(target_eps, lambda s: data_independent_epsilon(replace(params, sigma2=s)),
+                     1e-3 * params.teachers, 1e4 * params.teachers)
+
+
+def _max_rho(params: PlanParams, target_eps: float) -> float:
+    """Largest ρ (on the private side) with ε(ρ·λ) ≤ target: the data-independent curves are linear in λ."""
+    orders = params.order_array
+    s = calibrate(target_eps, lambda s: eps(params, orders / s**2)[0], 1e-4, 1e8, rel_tol=1e-9, digits=12)
+    return 1.0 / s**2
+
+
+def search(params: PlanParams, target_eps: float, profile: Profile, *, keep: int = 5) -> list[dict]:
+    """Best (T, σ1, σ2, Q) on the fixed grid for a data-independent ε ≤ target, best first.
+
+    Bound: Q·λ/(2σ1²) + Q·λ/σ2², every query answered (the worst case, public). It is ρ·λ with
+    ρ = Q·(1/(2σ1²) + 1/σ2²) and ε grows with ρ, so for each grid point the largest Q ≤ the planned
+    one is floor(ρ*/(1/(2σ1²) + 1/σ2²)), ρ* from ``calibrate``. Objective: expected released
+    labels that agree with the teachers' plurality, Q·Σ w_c·Pr_c·(1 − q̃_c) (1 − q̃ of Prop. 7 bounds
+    Pr[GNMax = plurality] from below); without the (1 − q̃) factor σ2 would always go to the top of
+    its grid. Each returned ε is recomputed with ``rdp.eps_from_rdp``.
+    """
+    rho = _max_rho(params, target_eps)
+    rows, w, k = profile.rows(params), np.asarray(profile.weights), params.teachers
+    sigma2 = np.asarray(GRID_SIGMA2) * k
+    agree = np.stack([1.0 - np.exp(rdp.logq_gnmax(rows, s)) for s in sigma2])  # (S2, C)
+    if params.thresholded:
+        grid = [(t * k, s1 * k) for t in GRID_THRESHOLD for s1 in GRID_SIGMA1]
+    else:
+        grid = [(None, None)]
+    candidates = []
+    for t, s1 in grid:
+        pr = answer_probability(replace(params, threshold=t, sigma1=s1), rows)  # (C,)
+        per_query = 1.0 / sigma2**2 + (0.5 / s1**2 if s1 else 0.0)
+        queries = np.minimum(params.queries, np.floor(rho / per_query)).astype(int)
+        labels, agreeing = queries * (w @ pr), queries * ((pr * agree) @ w)
+        for j in np.nonzero(queries > 0)[0]:
+            candidates.append((agreeing[j], labels[j], t, s1, sigma2[j], int(queries[j])))
+    if not candidates:
+        cheapest = replace(params, queries=1, sigma2=float(sigma2[-1]),
+                           sigma1=GRID_SIGMA1[-1] * k if params.thresholded else None)
+        raise PlanError(f"no grid point answers even one query within epsilon {target_eps:g} (one query at the "
+                        f"grid's largest noise costs {data_independent_epsilon(cheapest):.3g})")
+    candidates.sort(key=lambda c: (-c[0], -c[1], c[5]))
+    out = []
+    for agreeing, labels, t, s1, s2, q in candidates[:keep]:
+        p = replace(params, threshold=t, sigma1=s1, sigma2=float(s2), queries=q)
+        out.append(dict(threshold=t, sigma1=s1, sigma2=float(s2), queries=q,
+                        epsilon_data_independent=data_independent_epsilon(p),
+                        expected_labels=float(labels), expected_agreeing_labels=float(agreeing)))
+    return out
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def make_plan(params: PlanParams, profile: Profile | None = None, target_eps: float | None = None) -> dict:
+    """Every figure of ``pate plan`` as a JSON-ready dict (public: no real votes are read)."""
+    profile = profile or Profile.of()
+    q, orders = params.queries, params.order_array
+    rows = profile.rows(params)
+    pr = answer_probability(params, rows)
+    rate = float(np.asarray(profile.weights) @ pr)
+    worst, order_ref = eps(params, data_independent_rdp(params, q, q))
+    di = {"all_answered": worst, "order": order_ref,
+          "gnmax_all_answered": eps(params, q * rdp.rdp_gnmax_data_independent(params.sigma2, orders))[0],
+          "threshold_step": (eps(params, q * rdp.rdp_threshold_data_independent(params.sigma1, orders))[0]
+                             if params.thresholded else None),
+          "at_expected_answer_rate": data_independent_epsilon(params, q, q * rate)}
+    levels = [{"consensus": c, "weight": w, "votes": row.tolist(), "answer_probability": float(p),
+               "expected_labels": q * float(p), "epsilon_data_independent": data_independent_epsilon(params, q, q * p),
+               "epsilon_expected_data_dependent": eps(params, expected_rdp(params, row[None]))[0]}
+              for c, w, row, p in zip(profile.levels, profile.weights, rows, pr)]
+    unanimous = unanimous_row(params)[None]
+    pr_u, thr_u, gn_u = query_rdp(params, unanimous)
+    best = {"answer_probability": float(pr_u[0]),
+            "epsilon_expected": eps(params, expected_rdp(params, unanimous))[0],
+            "epsilon_all_answered": eps(params, q * (thr_u[0] + gn_u[0]))[0],
+            "threshold_step": eps(params, q * thr_u[0])[0] if params.thresholded else None}
+    plan = {"public": "computed from the settings and hypothetical votes only: no private data was read",
+            "parameters": {k: v for k, v in asdict(params).items() if k != "orders"},
+            "consensus_profile": {"rule": "top class gets round(c*K) votes; the runner-ups take the rest greedily "
+                                          "(worst case for GNMax's data-dependent cost)",
+                                  "levels": levels, "expected_answer_rate": rate, "expected_labels": q * rate,
+                                  "epsilon_expected_data_dependent":
+                                      eps(params, expected_rdp(params, rows, profile.weights))[0]},
+            "data_independent": di, "best_case_unanimous": best,
+            "per_query": cost_table(params, order_ref)}
+    if target_eps is not None:
+        plan["search"] = {"target_epsilon": target_eps, "best": search(params, target_eps, profile),
+                          "calibrated_sigma2": _calibrated_or_none(params, target_eps)}
+    return plan
+
+
+def _calibrated_or_none(params: PlanParams, target_eps: float) -> float | None:
+    try:
+        return calibrate_sigma2(params, target_eps)
+    except PlanError:
+        return None  # the threshold step alone is over the target
+
+
+def cost_table(params: PlanParams, order: float) -> list[dict]:
+    """Pr[answered] and data-dependent RDP at ``order`` of one hypothetical query per (top, gap).
+
+    For each top count in ``TABLE_TOPS``·K two gaps: runner-up takes all the rest ("concentrated",
+    the worst case) and the rest spread evenly over the m − 1 other classes. ``epsilon_q`` is the
+    expected ε of Q queries all like this one (threshold on each, GNMax weighted by Pr[answered]).
+    """
+    k, m = params.teachers, params.classes
+    cells = []
+    for frac in TABLE_TOPS:
+        top = max(int(round(frac * k)), -(-k // m))
+        for runner in (min(top, k - top), -(-(k - top) // (m - 1))):
+            gap = top - runner
+            if (top, gap) not in cells and top + runner <= k and k - top - runner <= (m - 2) * runner:
+                cells.append((top, gap))
+    votes = np.stack([vote_row(k, m, top, gap) for top, gap in cells])
+    pr, thr, gn = query_rdp(params, votes)
+    j = int(np.argmin(np.abs(params.order_array - order)))
+    return [{"top": top, "gap": gap, "answer_probability": float(pr[i]), "order": float(params.order_array[j]),
+             "rdp_threshold": float(thr[i, j]), "rdp_gnmax": float(gn[i, j]),
+             "epsilon_q": eps(params, params.queries * (thr[i] + pr[i] * gn[i]))[0]}
+            for i, (top, gap) in enumerate(cells)]
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _f(x, spec: str = ".4f", width: int = 0) -> str:
+    return ("-" if x is None else format(x, spec)).rjust(width)
+
+
+def render_table(plan: dict) -> str:
+    p, di, best = plan["parameters"], plan["data_independent"], plan["best_case_unanimous"]
+    prof = plan["consensus_profile"]
+    thr = p["mechanism"] == "confident-gnmax"
+    lines = [f"# {plan['public']}",
+             f"{p['mechanism']}: K={p['teachers']} teachers, m={p['classes']} classes, Q={p['queries']} queries, "
+             + (f"T={p['threshold']:g}, sigma1={p['sigma1']:g}, " if thr else "")
+             + f"sigma2={p['sigma2']:g}, delta={p['delta']:g} ({p['conversion']} conversion)", "",
+             "data-independent epsilon (safe to publish)"]
+    if thr:
+        lines.append(f"  threshold step, {p['queries']} queries            {_f(di['threshold_step'])}")
+    lines += [f"  GNMax, all {p['queries']} answered               {_f(di['gnmax_all_answered'])}",
+              f"  total, all answered (worst case)      {_f(di['all_answered'])}  (order {di['order']:g})",
+              f"  total at the expected answer rate     {_f(di['at_expected_answer_rate'])}  "
+              f"({prof['expected_answer_rate']:.3f} -> {prof['expected_labels']:.1f} labels expected)", "",
+              "consensus profile (" + prof["rule"] + ")",
+              f"  {'consensus':>9} {'weight':>6} {'Pr[answer]':>10} {'labels':>8} {'eps DI':>8} {'eps DD exp':>10}"]
+    lines += [f"  {lv['consensus']:>9.3g} {lv['weight']:>6.3g} {lv['answer_probability']:>10.4f} "
+              f"{lv['expected_labels']:>8.1f} {lv['epsilon_data_independent']:>8.4f} "
+              f"{lv['epsilon_expected_data_dependent']:>10.4f}" for lv in prof["levels"]]
+    lines += ["", f"one hypothetical query (RDP at order {plan['per_query'][0]['order']:g}; eps_Q = expected "
+                  f"epsilon if all {p['queries']} queries were like it)",
+              f"  {'top':>5} {'gap':>5} {'Pr[answer]':>10} {'rdp thr':>10} {'rdp gnmax':>10} {'eps_Q':>8}"]
+    lines += [f"  {r['top']:>5} {r['gap']:>5} {r['answer_probability']:>10.4f} "
+              f"{_f(r['rdp_threshold'] if thr else None, '.3g', 10)} "
+              f"{r['rdp_gnmax']:>10.3g} {r['epsilon_q']:>8.4f}" for r in plan["per_query"]]
+    lines += ["", f"best case, every vote unanimous: Pr[answer] {best['answer_probability']:.4f}, epsilon expected "
+                  f"{best['epsilon_expected']:.4f}, all answered {best['epsilon_all_answered']:.4f}"
+                  + (f", threshold step {best['threshold_step']:.4f}" if thr else "")]
+    if "search" in plan:
+        lines += _search_lines(plan["search"], thr)
+    return "\n".join(lines) + "\n"
+
+
+def _search_lines(s: dict, thr: bool) -> list[str]:
+    lines = ["", f"grid search, data-independent epsilon <= {s['target_epsilon']:g} with every query answered "
+                 "(ranked by expected labels agreeing with the plurality)",
+             f"  {'T':>7} {'sigma1':>7} {'sigma2':>7} {'Q':>6} {'eps DI':>7} {'labels':>8} {'agreeing':>8}"]
+    lines += [f"  {_f(r['threshold'], 'g', 7)} {_f(r['sigma1'], 'g', 7)} {r['sigma2']:>7g} {r['queries']:>6} "
+              f"{r['epsilon_data_independent']:>7.4f} {r['expected_labels']:>8.1f} "
+              f"{r['expected_agreeing_labels']:>8.1f}"
+              for r in s["best"]]
+    cal = s["calibrated_sigma2"]
+    lines.append(f"  calibrated: sigma2 >= {cal:g} keeps the planned settings within the target" if cal else
+                 "  calibrated: no sigma2 reaches the target with the planned settings"
+                 + (" (the threshold step alone is over it)" if thr else ""))
+    return lines
+
+
+def plot(params: PlanParams, profile: Profile, path: Path, points: int = 40) -> None:
+    """PNG: Pr[answered] against the top count, and ε against the number of queries."""
+    plt = figures.pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    tops = np.arange(-(-params.teachers // params.classes), params.teachers + 1)
+    votes = np.stack([consensus_row(params.teachers, params.classes, t / params.teachers) for t in tops])
+    left.plot(tops, answer_probability(params, votes))
+    if params.thresholded:
+        left.axvline(params.threshold, color="tab:red", ls="--", label=f"T = {params.threshold:g}")
+        left.legend(loc="upper left", fontsize=8)
+    left.set(xlabel="top vote count", ylabel="Pr[answered]", title="Answer probability (public)")
+    qs = np.unique(np.linspace(1, params.queries, points).astype(int))
+    rate = float(np.asarray(profile.weights) @ answer_probability(params, profile.rows(params)))
+    unanimous = unanimous_row(params)[None]
+    curves = {"data-independent, all answered": [data_independent_epsilon(params, q) for q in qs],
+              f"data-independent, answer rate {rate:.2f}": [data_independent_epsilon(params, q, q * rate) for q in qs],
+              "best case (unanimous), expected": [eps(replace(params, queries=int(q)), expected_rdp(
+                  replace(params, queries=int(q)), unanimous))[0] for q in qs]}
+    if params.thresholded:
+        curves["threshold step alone"] = [data_independent_epsilon(params, q, 0) for q in qs]
+    for label, ys in curves.items():
+        right.plot(qs, ys, label=label)
+    right.set(xlabel="queries", ylabel=f"epsilon (delta = {params.delta:g})", title="Privacy against queries")
+    right.legend(loc="upper left", fontsize=8)
+    figures.save(fig, plt, path)

@@ -1,0 +1,69 @@
+"""The one summary of a run: what it produced, and who may see each figure.
+
+``rows`` gives (name, value, privacy class) rows from the run directory's verified artifacts; the
+CLI prints them as text after ``pate run`` and ``pate report`` puts them in its HTML table.
+"""
+from __future__ import annotations
+
+from ..run import RunDir
+from ..stages import NAMES
+from ..stages.context import METRICS, PRIVACY, TEACHERS_EVAL, mechanism
+
+PRIVATE, PUBLIC, NOT_COVERED = "private", "public", "not-covered"
+LABELS = {PRIVATE: "PRIVATE", PUBLIC: "safe to publish", NOT_COVERED: "not covered by the DP guarantee"}
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _optional(run: RunDir, name: str) -> dict | None:
+    return run.read_json(name) if run.has(name) else None
+
+
+def rows(run: RunDir) -> list[tuple[str, str, str]]:
+    """(name, value, privacy class or '') rows of ``run``, for whatever stages have finished."""
+    config, manifest = run.config, run.manifest()
+    privacy, metrics, teachers_eval = (_optional(run, n) for n in (PRIVACY, METRICS, TEACHERS_EVAL))
+    mech = mechanism(config)
+    out = [("pipeline", config.name, ""), ("run directory", str(run.path), ""),
+           ("config sha256", config.fingerprint()[:16], ""),
+           ("dataset", config.data.dataset, ""), ("teachers", str(config.teachers.count), ""),
+           ("mechanism", f"{mech.name} ({mech.describe()})", "")]
+    if privacy:
+        ss = privacy["smooth_sensitivity"]
+        out += [("queries asked / answered", f"{privacy['queries_asked']} / {privacy['queries_answered']}", PUBLIC),
+                ("ε, smooth-sensitivity released", f"{ss['released_epsilon']:.3f}", PUBLIC),
+                ("ε, data-independent", f"{privacy['epsilon_data_independent']:.3f}", PUBLIC),
+                ("ε, data-dependent realized", f"{privacy['epsilon']:.3f} (order {privacy.get('order')})", PRIVATE),
+                ("ε, data-dependent expected", f"{privacy['epsilon_expected']:.3f}", PRIVATE),
+                ("δ", f"{privacy['delta']:g} ({privacy.get('conversion', config.privacy.conversion)} conversion)",
+                 PUBLIC)]
+        if privacy.get("seeded"):
+            out.append(("noise", "SEEDED: reproducible, not a production privacy guarantee", ""))
+    if teachers_eval:
+        spread = ""
+        if teachers_eval.get("teacher_accuracy_min") is not None:
+            spread = (f" (min {_pct(teachers_eval['teacher_accuracy_min'])}, "
+                      f"max {_pct(teachers_eval.get('teacher_accuracy_max'))})")
+        out += [("teacher accuracy mean", _pct(teachers_eval.get("teacher_accuracy_mean")) + spread, NOT_COVERED),
+                ("ensemble (plurality) accuracy", _pct(teachers_eval.get("ensemble_accuracy")), NOT_COVERED)]
+    if metrics:
+        out += [("label accuracy (released labels)", _pct(metrics.get("label_accuracy")), PUBLIC),
+                ("student accuracy", f"{_pct(metrics.get('student_accuracy'))} on {metrics.get('test_size')} "
+                                     "held-out public images", PUBLIC)]
+    stages = []
+    for stage in NAMES:
+        record = manifest["stages"].get(stage, {})
+        seconds = record.get("seconds")
+        stages.append(f"{stage} {record.get('status', 'pending')}" + (f" {seconds:.1f} s" if seconds is not None else ""))
+    out.append(("stages", " · ".join(stages), ""))
+    return out
+
+
+def render_text(run: RunDir) -> str:
+    """The summary as aligned text, each figure followed by who may see it."""
+    table = rows(run)
+    width = max(len(name) for name, _, _ in table)
+    return "\n".join(f"{name:<{width}}  {value}" + (f"  [{LABELS[kind]}]" if kind else "")
+                     for name, value, kind in table)

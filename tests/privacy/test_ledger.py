@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+
+from pate.io import append_durable, create_exclusive
+from pate.privacy import ledger
+
+VOTES = np.array([[5, 1, 0], [2, 2, 2], [0, 6, 0], [3, 0, 3]])
+QUERY_INDEX = np.array([40, 11, 7, 23])
+HEADER = ledger.LedgerHeader(config_sha256="c" * 64, votes_sha256="v" * 64, mechanism="confident-gnmax",
+                             seeded=True, num_queries=4)
+
+
+def records(n, answered=(True, False, True, True)):
+    top_label, top, gap = ledger.vote_facts(VOTES)
+    return [ledger.QueryRecord(query=i, public_index=int(QUERY_INDEX[i]), answered=answered[i],
+                               label=int(top_label[i]) if answered[i] else -1, top_label=int(top_label[i]),
+                               top_count=int(top[i]), gap=int(gap[i]), logq=-3.0, logpr_answered=-0.1)
+            for i in range(n)]
+
+
+def read(path):
+    return ledger.parse(path.read_text(), str(path))
+
+
+def check(path, **overrides):
+    header, recs = read(path)
+    kwargs = dict(config_sha256="c" * 64, votes_sha256="v" * 64, votes=VOTES, query_index=QUERY_INDEX)
+    kwargs.update(overrides)
+    ledger.check_against_votes(header, recs, **kwargs)
+    return recs
+
+
+@pytest.fixture
+def path(tmp_path):
+    p = tmp_path / "ledger.jsonl"
+    create_exclusive(p, ledger.encode_header(HEADER))
+    append_durable(p, ledger.encode(records(2)))
+    append_durable(p, ledger.encode(records(4)[2:]))
+    return p
+
+
+def test_vote_facts_ties_take_first_index():
+    top_label, top, gap = ledger.vote_facts(VOTES)
+    assert top_label.tolist() == [0, 0, 1, 0] and top.tolist() == [5, 2, 6, 3] and gap.tolist() == [4, 0, 6, 0]
+
+
+def test_round_trip_and_released_labels(path):
+    recs = check(path)
+    assert [r.query for r in recs] == [0, 1, 2, 3]
+    positions, public, labels = ledger.released_labels(recs)
+    assert positions.tolist() == [0, 2, 3] and public.tolist() == [40, 7, 23] and labels.tolist() == [0, 1, 0]
+
+
+def test_create_never_overwrites(path):
+    with pytest.raises(FileExistsError):
+        create_exclusive(path, ledger.encode_header(HEADER))
+
+
+def test_truncated_mid_line_is_detected(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    with pytest.raises(ledger.LedgerError, match="middle of a line"):
+        read(path)
+
+
+def test_missing_line_is_detected(path):
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2] + lines[3:]))
+    with pytest.raises(ledger.LedgerError, match="expected 1"):
+        read(path)
+
+
+def test_repeated_query_is_detected(path):
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines + lines[-1:]))
+    with pytest.raises(ledger.LedgerError, match="expected 4"):
+        read(path)
+
+
+def test_garbage_line_is_detected(path):
+    with open(path, "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(ledger.LedgerError, match="not JSON"):
+        read(path)
+
+
+def test_tampered_label_or_votes_detected(path):
+    text = path.read_text().replace('"top_count":6', '"top_count":5')
+    path.write_text(text)
+    with pytest.raises(ledger.LedgerError, match="query 2 does not match"):
+        check(path)
+
+
+def test_other_run_or_other_votes_refused(path):
+    with pytest.raises(ledger.LedgerError, match="another config"):
+        check(path, config_sha256="d" * 64)
+    with pytest.raises(ledger.LedgerError, match="other votes"):
+        check(path, votes_sha256="w" * 64)
+    shuffled = VOTES[[1, 0, 2, 3]]
+    with pytest.raises(ledger.LedgerError, match="does not match"):
+        check(path, votes=shuffled)

@@ -1,0 +1,161 @@
+"""Aggregators against their closed-form output distributions; the noise source's guarantees."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.stats import norm
+
+from pate.privacy import mechanisms, rdp
+from pate.privacy.noise import noise_source
+
+N = 20_000  # draws per distribution test; chi-square / binomial tests at fixed α = 1e-4
+ALPHA = 1e-4
+
+
+def _binomial_ok(successes, trials, p):
+    return stats.binomtest(int(successes), trials, p).pvalue > ALPHA
+
+
+@pytest.mark.parametrize("v1, v2, gamma", [(10, 8, 0.5), (5, 5, 1.0), (3, 7, 0.25)])
+def test_lnmax_two_classes_closed_form(v1, v2, gamma):
+    # L2 − L1 of two iid Laplace(b): Pr[L2 − L1 < g] = 1 − ½e^{−g/b}(1 + g/(2b)) for g ≥ 0.
+    b, g = 1 / gamma, abs(v1 - v2)
+    p_top = 1 - 0.5 * math.exp(-g / b) * (1 + g / (2 * b))
+    p0 = p_top if v1 >= v2 else 1 - p_top
+    labels = mechanisms.lnmax(np.tile([v1, v2], (N, 1)), gamma, noise_source(11))
+    assert _binomial_ok(np.sum(labels == 0), N, p0)
+
+
+@pytest.mark.parametrize("v1, v2, sigma", [(10, 8, 2.0), (6, 6, 1.0), (2, 9, 5.0)])
+def test_gnmax_two_classes_closed_form(v1, v2, sigma):
+    p0 = norm.cdf((v1 - v2) / (math.sqrt(2) * sigma))
+    labels = mechanisms.gnmax(np.tile([v1, v2], (N, 1)), sigma, noise_source(12))
+    assert _binomial_ok(np.sum(labels == 0), N, p0)
+
+
+def test_gnmax_three_classes_chi_square():
+    votes, sigma = np.array([12, 10, 6]), 3.0
+    # Pr[i wins] = ∫ φ(z) Π_{j≠i} Φ((v_i − v_j)/σ + z) dz on a fine grid
+    z = np.linspace(-10, 10, 20001)
+    probs = np.array([np.trapz(norm.pdf(z) * np.prod(
+        norm.cdf((votes[i] - np.delete(votes, i))[:, None] / sigma + z), axis=0), z)
+        for i in range(3)])
+    labels = mechanisms.gnmax(np.tile(votes, (N, 1)), sigma, noise_source(13))
+    observed = np.bincount(labels, minlength=3)
+    assert stats.chisquare(observed, probs / probs.sum() * N).pvalue > ALPHA
+
+
+def test_confident_gnmax_answer_rate_and_labels():
+    votes = np.tile([30, 25, 5], (N, 1))
+    threshold, sigma1, sigma2 = 32.0, 4.0, 3.0
+    labels = mechanisms.confident_gnmax(votes, threshold, sigma1, sigma2, noise_source(14))
+    answered = labels >= 0
+    assert _binomial_ok(answered.sum(), N, norm.sf((threshold - 30) / sigma1))
+    # fresh N(0, σ2²) on every count: label 0 vs 1 as GNMax(σ2) (class 2 is ~never chosen)
+    p0 = norm.cdf(5 / (math.sqrt(2) * sigma2))
+    assert _binomial_ok(np.sum(labels[answered] == 0), answered.sum(), p0)
+    assert set(np.unique(labels)) <= {-1, 0, 1, 2}
+
+
+def test_draw_count_does_not_depend_on_votes():
+    a, b = noise_source(5), noise_source(5)
+    mechanisms.confident_gnmax(np.array([[9, 1], [0, 10]]), 5, 1, 1, a)
+    mechanisms.confident_gnmax(np.array([[0, 10], [5, 5]]), 500, 1, 1, b)
+    assert a.normal(4).tolist() == b.normal(4).tolist()
+
+
+# ----------------------------------------------------------------------------- noise source
+
+
+def test_secure_source_normal_and_laplace():
+    src = noise_source()
+    assert not src.seeded and "secure" in repr(src)
+    x = src.normal(N, scale=2.0)
+    assert stats.kstest(x / 2.0, "norm").pvalue > 1e-6
+    assert abs(x.mean()) < 5 * 2 / math.sqrt(N) and abs(x.std() - 2) < 0.05
+    y = src.laplace(N, scale=0.5)
+    assert stats.kstest(y, "laplace", args=(0, 0.5)).pvalue > 1e-6
+    assert abs(np.mean(np.abs(y)) - 0.5) < 0.02
+    u = src.uniform((100, 3))
+    assert u.shape == (100, 3) and np.all((u > 0) & (u < 1))
+
+
+def test_seeded_reproducible_and_streams_independent():
+    a = noise_source(42, stream=0)
+    assert a.seeded and a.seed == 42 and a.stream == 0
+    x = a.normal(1000)
+    np.testing.assert_array_equal(x, noise_source(42, 0).normal(1000))
+    y = noise_source(42, 1).normal(1000)
+    assert not np.array_equal(x, y) and abs(np.corrcoef(x, y)[0, 1]) < 0.15
+    assert not np.array_equal(x, noise_source(43, 0).normal(1000))
+    assert stats.kstest(noise_source(42, 2).laplace(N), "laplace").pvalue > ALPHA
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: mechanisms.gnmax([[1, 2]], -1, noise_source(0)), "sigma must be > 0. Found -1"),
+    (lambda: mechanisms.lnmax([[1, 2]], 0, noise_source(0)), "gamma must be > 0. Found 0"),
+    (lambda: mechanisms.gnmax([[1, -2]], 1, noise_source(0)), "non-negative"),
+    (lambda: mechanisms.gnmax([1, 2], 1, noise_source(0)), "2-D"),
+    (lambda: mechanisms.confident_gnmax([[1, 2]], float("nan"), 1, 1, noise_source(0)),
+     "threshold must be a finite number"),
+    (lambda: mechanisms.gnmax([[1, 2]], 1, np.random.default_rng()), "noise must be"),
+    (lambda: noise_source(-3), "seed must be a non-negative integer"),
+])
+def test_validation_messages(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# ----------------------------------------------------------------------------- mechanism objects
+
+ORDERS = np.array([2.0, 5.0, 10.0, 32.0, 100.0])
+
+
+def _votes(n=400, seed=3):
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(250, rng.dirichlet(np.full(10, 0.2), size=n))
+
+
+def test_confident_gnmax_costs_match_per_query_sums():
+    votes, mech = _votes(), mechanisms.ConfidentGNMax(threshold=200, sigma1=150, sigma2=40)
+    answered = np.random.default_rng(4).random(len(votes)) < 0.6
+    logpr = rdp.logpr_answered(votes, 200, 150)
+    thr = rdp.rdp_threshold(logpr, 150, ORDERS)
+    gn = rdp.rdp_gnmax(rdp.logq_gnmax(votes, 40), 40, ORDERS)
+    realized = mech.per_query_rdp(votes, answered, ORDERS).sum(0)
+    np.testing.assert_allclose(realized, thr.sum(0) + gn[answered].sum(0), rtol=1e-10)
+    # The expected cost (the paper's Table 1): the curve composition equals the per-row sum.
+    np.testing.assert_allclose(mech.expected_rdp(votes, ORDERS), thr.sum(0) + np.exp(logpr) @ gn, rtol=1e-9)
+    independent = mech.data_independent_rdp(len(votes), answered.sum(), ORDERS)
+    np.testing.assert_allclose(independent, len(votes) * ORDERS / (2 * 150**2) + answered.sum() * ORDERS / 40**2)
+    assert np.all(realized <= independent * (1 + 1e-12))
+
+
+def test_gnmax_and_lnmax_costs():
+    votes = _votes(50)
+    answered = np.ones(50, bool)
+    gn = mechanisms.GNMax(sigma2=40)
+    np.testing.assert_allclose(gn.per_query_rdp(votes, answered, ORDERS).sum(0), gn.expected_rdp(votes, ORDERS),
+                               rtol=1e-10)
+    np.testing.assert_allclose(gn.data_independent_rdp(50, 50, ORDERS), 50 * ORDERS / 1600)
+    ln = mechanisms.LNMax(gamma=0.05)
+    # 2γ-DP per answer, and ε²/2-zCDP from pure DP (Bun & Steinke 2016): min(0.1, λ·0.01/2).
+    np.testing.assert_allclose(ln.data_independent_rdp(7, 7, ORDERS), 7 * np.minimum(0.1, ORDERS * 0.005))
+    np.testing.assert_allclose(ln.per_query_rdp(votes[:3], [True, False, True], ORDERS).sum(0),
+                               2 * np.minimum(0.1, ORDERS * 0.005))
+    assert not ln.data_dependent and not ln.thresholded
+
+
+def test_registry_builds_each_mechanism_from_settings():
+    settings = {"threshold": 200.0, "sigma1": 150.0, "sigma2": 40.0, "gamma": 0.05, "unrelated": 1}
+    built = {name: mechanisms.build(name, settings) for name in mechanisms.NAMES}
+    assert built["confident-gnmax"] == mechanisms.ConfidentGNMax(200.0, 150.0, 40.0)
+    assert built["gnmax"] == mechanisms.GNMax(40.0) and built["lnmax"] == mechanisms.LNMax(0.05)
+    assert built["confident-gnmax"].describe() == "T 200, sigma1 150, sigma2 40"
+    with pytest.raises(ValueError, match="mechanism must be one of"):
+        mechanisms.build("laplace", settings)
+    votes = np.array([[240, 10] + [0] * 8, [0, 125, 125] + [0] * 7])
+    for mech in built.values():  # same noise stream, same number of draws: decide is deterministic given it
+        assert np.array_equal(mech.decide(votes, noise_source(1)), mech.decide(votes, noise_source(1)))

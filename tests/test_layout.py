@@ -1,0 +1,90 @@
+"""The folder tree is the architecture: these checks keep the import arrows pointing one way.
+
+- ``pate/privacy`` (the math) imports nothing from the rest of pate;
+- a stage module never imports another stage module;
+- no in-package import hides in a function body (the import graph is the module headers);
+- only ``pate/privacy/mechanisms.py`` tells mechanisms apart by name;
+- ``pate --help`` and the stage registry never import torch.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pate import stages
+
+PATE = Path(__file__).resolve().parents[1] / "pate"
+
+
+def modules():
+    return sorted(PATE.rglob("*.py"))
+
+
+def imported(path: Path, *, only_nested: bool = False) -> list[str]:
+    """Absolute names of the pate modules ``path`` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ".".join(("pate", *path.relative_to(PATE).with_suffix("").parts[:-1]))
+    nested = set()
+    if only_nested:
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                nested |= {id(n) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    names = []
+    for node in ast.walk(tree):
+        if only_nested and id(node) not in nested:
+            continue
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names if a.name.split(".")[0] == "pate"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+                names += [module] + [f"{module}.{a.name}" for a in node.names]
+            elif node.module and node.module.split(".")[0] == "pate":
+                names.append(node.module)
+    return names
+
+
+def test_privacy_imports_nothing_above_it():
+    for path in (PATE / "privacy").glob("*.py"):
+        outside = [n for n in imported(path) if not n.startswith("pate.privacy")]
+        assert not outside, f"{path.name} imports {outside}"
+
+
+def test_no_stage_imports_another_stage():
+    names = {s.module for s in stages.STAGES}
+    for stage in stages.STAGES:
+        path = PATE / "stages" / f"{stage.module.rsplit('.', 1)[1]}.py"
+        others = {n for n in imported(path) if any(n == m or n.startswith(m + ".") for m in names - {stage.module})}
+        assert not others, f"{path.name} imports {others}"
+
+
+def test_no_in_package_import_inside_a_function():
+    for path in modules():
+        assert not imported(path, only_nested=True), f"{path.relative_to(PATE)} imports pate inside a function"
+
+
+def test_only_mechanisms_compare_mechanism_names():
+    pattern = re.compile(r"mechanism\s*[!=]=")
+    for path in modules():
+        if path != PATE / "privacy" / "mechanisms.py":
+            assert not pattern.search(path.read_text(encoding="utf-8")), path.relative_to(PATE)
+
+
+def test_registry_matches_the_stage_modules():
+    for stage in stages.STAGES:
+        module = importlib.import_module(stage.module)
+        assert module.NAME == stage.name and callable(module.run)
+        assert stage.help == module.__doc__.strip()  # the docstring is the command's --help
+
+
+@pytest.mark.parametrize("code", ["import pate.cli", "from pate import stages; stages.STAGES[0].help"])
+def test_cli_and_registry_do_not_import_torch(code):
+    check = f"import sys; {code}; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
