@@ -16,6 +16,7 @@ from . import stages
 from .errors import PateError
 from .views import audit as audit_view
 from .views import plan as plan_view
+from .views import release as release_view
 from .views import report as report_view
 from .views import status as status_view
 from .views import summary
@@ -96,7 +97,9 @@ def run_all(pipeline_file, run_dir, data_root, device, quiet, until) -> None:
     ctx = stages.open_context(pipeline_file, run_dir, data_root, device, quiet)
     stages.run_stages(ctx, until=until)
     if until is None or until == stages.NAMES[-1]:
+        out = release_view.build(ctx.run)
         click.echo(summary.render_text(ctx.run))
+        click.echo(f"public release (labels, student, privacy statement): {out}")
 
 
 def _stage_command(stage: stages.Stage):
@@ -119,6 +122,18 @@ for _stage in stages.STAGES:
 def status(run_dir: Path) -> None:
     """Each stage of RUN_DIR: pending / partial (how far) / done."""
     click.echo(status_view.render(stages.existing_run(run_dir)), nl=False)
+
+
+@main.command("release")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: RUN_DIR-release, beside the run directory].")
+@user_errors
+def release(run_dir: Path, out: Path | None) -> None:
+    """The public folder of RUN_DIR: released labels, student weights, the privacy statement."""
+    folder = release_view.build(stages.existing_run(run_dir), out)
+    click.echo((folder / release_view.STATEMENT_TEXT).read_text(encoding="utf-8"), nl=False)
+    click.echo(f"wrote {folder}")
 
 
 @main.command("audit")
@@ -157,7 +172,7 @@ def _floats(text: str | None) -> list[float] | None:
 @click.option("--consensus", default=None, help="Top-class vote fractions, e.g. 0.9,0.7,0.5 [default: 0.9].")
 @click.option("--consensus-weights", default=None, help="Weights of the --consensus levels [default: equal].")
 @click.option("--target-epsilon", type=float, default=None,
-              help="Search the fixed grid (T, sigma1, sigma2, Q) for a data-independent epsilon within this.")
+              help="Search the fixed grid (T, sigma1, sigma2, Q) for a worst-case guarantee within this.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write answer probability and epsilon against queries to this PNG (plot extra).")

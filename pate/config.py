@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import PateError
+from .privacy.mechanisms import MECHANISMS as MECHANISM_CLASSES
 from .privacy.mechanisms import NAMES as MECHANISMS
+from .privacy.smooth_sensitivity import check_conditions
 
 
 class DatasetSpec(NamedTuple):
@@ -37,6 +39,10 @@ DATASETS = {
     "cifar10": DatasetSpec(50000, 10000, 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 ARCHS = ("cnn-small", "cnn-deep")
+# Bounds where every computation stays in memory and finishes in seconds: the worst-case guarantee
+# looks at every possible top vote count (0..K), planning at every class.
+MAX_TEACHERS = 100_000
+MAX_CLASSES = 10_000
 FEATURES = ("none", "simclr", "scattering")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
 
@@ -99,7 +105,7 @@ class TeachersConfig:
     feature_dim: int = 128
 
     def validate(self) -> None:
-        _check("teachers", "count", self.count >= 1, "at least 1", self.count)
+        _check("teachers", "count", 1 <= self.count <= MAX_TEACHERS, f"between 1 and {MAX_TEACHERS}", self.count)
         _check("teachers", "features", self.features in FEATURES, f"one of {list(FEATURES)}", self.features)
         _check("teachers", "feature_epochs", self.feature_epochs >= 1, "at least 1", self.feature_epochs)
         _check("teachers", "feature_dim", 2 <= self.feature_dim <= 4096, "between 2 and 4096", self.feature_dim)
@@ -140,7 +146,14 @@ class PrivacyConfig:
     delta: float = 1e-5
     orders: tuple[float, ...] = ()  # empty = the paper's default list (pate.privacy.rdp.DEFAULT_ORDERS)
     conversion: str = "improved"
-    betas: tuple[float, ...] = ()  # empty = the default smooth-sensitivity beta grid
+    # Release the data-dependent cost through smooth sensitivity (the papers' convention; it costs
+    # its own, data-independent epsilon, added to the guarantee). Order, beta and sigma_ss are fixed
+    # here, before any vote is seen; 0 = the values `pate plan` proposes from the settings alone.
+    data_dependent_release: bool = False
+    ss_order: float = 0.0
+    ss_beta: float = 0.0
+    ss_sigma: float = 0.0
+    total_budget: float = 0.0  # epsilon over every release on this private data (spend log); 0 = none
 
     def validate(self) -> None:
         _check("privacy", "delta", 0 < self.delta < 1, "in (0, 1)", self.delta)
@@ -148,8 +161,15 @@ class PrivacyConfig:
                list(self.orders))
         _check("privacy", "conversion", self.conversion in ("improved", "classic"),
                "'improved' or 'classic'", self.conversion)
-        _check("privacy", "betas", all(b > 0 for b in self.betas), "a list of values > 0",
-               list(self.betas))
+        given = [v for v in (self.ss_order, self.ss_beta, self.ss_sigma) if v != 0]
+        _check("privacy", "ss_order, ss_beta, ss_sigma", len(given) in (0, 3),
+               "all three given, or all 0 (proposed from the settings)", [self.ss_order, self.ss_beta, self.ss_sigma])
+        if given:
+            _check("privacy", "ss_order", self.ss_order > 1, "> 1", self.ss_order)
+            _check("privacy", "ss_beta", 0 < self.ss_beta < 1 / (2 * self.ss_order),
+                   f"in (0, 1/(2*ss_order)) = (0, {1 / (2 * self.ss_order):.4g})", self.ss_beta)
+            _check("privacy", "ss_sigma", self.ss_sigma > 0, "> 0", self.ss_sigma)
+        _check("privacy", "total_budget", self.total_budget >= 0, ">= 0 (0 = none)", self.total_budget)
 
 
 @dataclass(frozen=True)
@@ -198,6 +218,22 @@ class PipelineConfig:
                self.teachers.count)
         _check("aggregator", "max_queries", self.aggregator.max_queries <= self.data.student_pool,
                f"at most the student pool ({self.data.student_pool})", self.aggregator.max_queries)
+        self._validate_release()
+
+    def _validate_release(self) -> None:
+        """The smooth-sensitivity release needs a data-dependent analysis, and fixed parameters
+        where conditions C5/C6 hold (Papernot et al. 2018, App. B.4)."""
+        priv = self.privacy
+        if not priv.data_dependent_release:
+            return
+        mechanism = MECHANISM_CLASSES[self.aggregator.mechanism]
+        _check("privacy", "data_dependent_release", mechanism.data_dependent,
+               f"false with mechanism {self.aggregator.mechanism!r} (no data-dependent analysis)", True)
+        if priv.ss_order:
+            _check("privacy", "ss_order", check_conditions(self.aggregator.sigma2, self.data.spec.num_classes,
+                                                           priv.ss_order),
+                   f"an order where the smooth-sensitivity conditions C5/C6 hold for sigma2 = "
+                   f"{self.aggregator.sigma2:g} (see `pate plan`)", priv.ss_order)
 
     @property
     def seeded(self) -> bool:

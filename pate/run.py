@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import secrets
 from pathlib import Path
 from typing import Sequence
 
@@ -53,10 +54,11 @@ class RunDir:
         leftovers = [p.name for p in run.path.iterdir() if not p.name.startswith(".")] if run.path.exists() else []
         if leftovers and leftovers != [CONFIG]:
             raise RunError(f"{run.path} exists and is not a pate run directory (no {MANIFEST})")
-        run.path.mkdir(parents=True, exist_ok=True)
+        run.path.mkdir(parents=True, exist_ok=True, mode=0o700)  # the run directory is private as a whole
         atomic_write_text(run.path / CONFIG, config_mod.to_toml(config))
         atomic_write_json(manifest_path, {
             "config_sha256": config.fingerprint(),
+            "run_id": secrets.token_hex(16),
             "pipeline": config.name,
             "created": now(),
             "stages": {s: {"status": "pending"} for s in stages},
@@ -81,6 +83,15 @@ class RunDir:
         if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
             raise RunError(f"{path} is not a pate manifest")
         return manifest
+
+    @property
+    def run_id(self) -> str:
+        """A random id naming this run in the spend log (given to older runs on first use)."""
+        manifest = self.manifest()
+        if not manifest.get("run_id"):
+            manifest["run_id"] = secrets.token_hex(16)
+            atomic_write_json(self.path / MANIFEST, manifest)
+        return manifest["run_id"]
 
     def record(self, stage: str) -> dict:
         return self.manifest()["stages"].get(stage, {})

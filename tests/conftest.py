@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Spend logs of test runs go to a folder of this test session, never to the user's own (set before
+# any stage process starts, so the fault tests' forked processes inherit it).
+os.environ["PATE_SPEND_DIR"] = tempfile.mkdtemp(prefix="pate-test-spend-")
 
 TINY_PIPELINE = """
 name = "tiny"
@@ -86,15 +90,20 @@ def tiny_pipeline(tmp_path) -> Path:
     return path
 
 
-def finish_votes_stage(run, votes: np.ndarray) -> None:
-    """Give ``run`` a real partition and the given vote matrix, as if train-teachers and vote had run."""
+def finish_votes_stage(run, votes: np.ndarray, private_data: str | None = None) -> None:
+    """Give ``run`` a real partition and the given vote matrix, as if train-teachers and vote had run.
+
+    ``private_data`` is the fingerprint naming the spend log (default: one of its own, so tests
+    that do not share private data do not share a spend log)."""
+    import uuid
+
     from pate.io import atomic_save_npz
     from pate.partition import make_partition
     from pate.stages.context import partition_sizes
 
     parts = make_partition(seed=0, **partition_sizes(run.config))
     atomic_save_npz(run.file("partition.npz"), **parts)
-    run.finish("partition", ["partition.npz"])
+    run.finish("partition", ["partition.npz"], private_data=private_data or uuid.uuid4().hex)
     run.update("train-teachers", status="done", outputs={})
-    atomic_save_npz(run.file("votes.npz"), votes=votes, query_index=parts["query_index"])
+    atomic_save_npz(run.file("votes.npz"), private=True, votes=votes, query_index=parts["query_index"])
     run.finish("vote", ["votes.npz"])

@@ -20,7 +20,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, tiny_pipeline, fake_data_root):
     with np.load(run_dir / "votes.npz") as v:
         assert v["votes"].shape == (40, 10) and (v["votes"].sum(1) == 6).all()
     privacy = json.loads((run_dir / "privacy.json").read_text())
-    assert privacy["queries_asked"] == 40 and np.isfinite(privacy["epsilon"])
+    assert privacy["public"]["queries_asked"] == 40 and np.isfinite(privacy["private"]["epsilon"])
     status = CliRunner().invoke(main, ["status", str(run_dir)])
     assert status.output.count(" done") == 6
     again = CliRunner().invoke(main, args)  # everything done: nothing reruns, same summary

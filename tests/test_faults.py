@@ -141,7 +141,7 @@ def validate(run_dir: Path) -> None:
         assert np.array_equal(votes["query_index"], parts["query_index"])
     if "aggregate" in done:
         check_ledger(run_dir, complete=True)
-        privacy = read_json(run_dir / "privacy.json")
+        privacy = read_json(run_dir / "privacy.json")["public"]
         _, records = read_ledger(run_dir)
         assert privacy["queries_asked"] == len(records) == QUERIES
         assert privacy["queries_answered"] == sum(r.answered for r in records)

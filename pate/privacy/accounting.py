@@ -1,27 +1,43 @@
-"""The privacy cost of an aggregation, from its votes and decisions: the figures of privacy.json.
+"""What a run may publish and what it must keep: the worst-case guarantee, the Rényi filter, the
+optional smooth-sensitivity release, and the private data-dependent figures of privacy.json.
 
-Three figures, each labelled with who may see it:
-- data-dependent ε (realized, and the paper's expected cost; Papernot et al. 2018,
-  arXiv:1802.08908v1, Thm 6 and Table 1): a function of the private data, PRIVATE;
-- smooth-sensitivity released ε: the data-dependent ε plus GNSS noise (App. B of the same paper);
-- data-independent ε: the mechanism's settings and the numbers of queries only.
+The guarantee is computed from the settings alone (mechanism, teachers, classes, queries, δ,
+orders, and the release parameters when the data-dependent cost is released), so it is the same
+number whatever the votes were. It is the least of two valid bounds: Rényi-DP composition of each
+mechanism's per-query worst case (``Mechanism.worst_case_rdp``), and ``dp_accounting``'s PLD
+accountant on the same queries with every one answered, where the mechanism is one it models
+(Gaussian and Laplace compositions). The data-dependent cost of Papernot et al. 2018
+(arXiv:1802.08908v1, Thm 6, Table 1) is a function of the votes: it stays PRIVATE, or is released
+through smooth sensitivity (App. B) with λ, β and σ_ss fixed before any vote is seen, and then
+only as the papers' per-instance figure, never as the guarantee.
 
-Pure: the caller passes the mechanism, the decided votes and a noise source, and writes the dict.
+Pure: the caller passes the settings, the decided votes and a noise source, and writes the dict.
 """
 from __future__ import annotations
 
+import functools
+import math
 import warnings
-from typing import Sequence
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
 
 import numpy as np
+from dp_accounting import get_epsilon_gaussian
+from dp_accounting.pld import pld_privacy_accountant
 
-from . import rdp, smooth_sensitivity
+from . import profiles, rdp, smooth_sensitivity
 from .mechanisms import Mechanism
 from .noise import NoiseSource
 
-SAFE_TO_PUBLISH = ("smooth_sensitivity.released_epsilon (data-dependent, released with smooth-sensitivity "
-                   "noise) or epsilon_data_independent. 'epsilon' and 'epsilon_expected' are computed "
-                   "from the private votes: do not publish them.")
+PUBLIC_NOTE = ("Computed from the settings alone (and mechanism outputs: labels, answered count, the noisy "
+               "data-dependent release): the same whatever the private data. Safe to publish.")
+PRIVATE_NOTE = ("Computed from the private votes: do not publish. The data-dependent epsilon is the convention "
+                "of the PATE papers; it is not a differential-privacy guarantee.")
+RELEASE_NOTE = ("Data-dependent cost (per-instance), released with smooth-sensitivity noise (Papernot et al. 2018, "
+                "App. B), with order, beta and sigma_ss fixed before the votes were seen. The papers' convention "
+                "for comparison, not the guarantee.")
+DEFAULT_CONSENSUS = 0.9
+PLD_MAX_POINTS = 2_000_000  # support of a composed privacy-loss distribution, at most  # the hypothetical consensus from which release parameters are proposed
 
 
 def resolve_orders(orders: Sequence[float]) -> np.ndarray:
@@ -29,89 +45,297 @@ def resolve_orders(orders: Sequence[float]) -> np.ndarray:
     return np.asarray(orders, dtype=float) if len(orders) else rdp.DEFAULT_ORDERS
 
 
-def epsilon(curve: np.ndarray, orders: np.ndarray, delta: float, conversion: str) -> float:
-    """ε of an RDP curve, without edge-of-order-list warnings (callers that want them convert themselves)."""
+def epsilon(curve: np.ndarray, orders: np.ndarray, delta: float, conversion: str) -> tuple[float, float]:
+    """(ε, order) of an RDP curve, without edge-of-order-list warnings; +inf entries are skipped."""
+    finite = np.isfinite(curve)
+    if not finite.any():
+        return math.inf, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rdp.OrderAtEdgeWarning)
-        return float(rdp.eps_from_rdp(curve, orders, delta, conversion)[0])
+        eps, order = rdp.eps_from_rdp(np.asarray(curve)[finite], np.asarray(orders)[finite], delta, conversion)
+    return float(eps), float(order)
 
 
-def data_independent_epsilon(mechanism: Mechanism, asked: int, answered: int, *, orders: np.ndarray,
-                             delta: float, conversion: str) -> float:
-    return epsilon(mechanism.data_independent_rdp(asked, answered, orders), orders, delta, conversion)
+# ----------------------------------------------------------------------------- settings
 
 
-def privacy_report(mechanism: Mechanism, votes: np.ndarray, answered: np.ndarray, *, orders: np.ndarray,
-                   delta: float, conversion: str, betas: Sequence[float], seeded: bool,
-                   noise: NoiseSource) -> dict:
-    """Everything privacy.json holds, for the decided queries ``votes`` (answered mask ``answered``).
+@dataclass(frozen=True)
+class ReleaseParameters:
+    """Smooth-sensitivity release parameters, fixed before any vote is seen."""
+    order: float
+    beta: float
+    sigma_ss: float
 
-    ``noise`` draws the smooth-sensitivity release, once.
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the public statement is computed from: no votes, no private data."""
+    mechanism: Mechanism
+    num_teachers: int
+    num_classes: int
+    max_queries: int
+    delta: float
+    orders: tuple[float, ...]
+    conversion: str = "improved"
+    epsilon_budget: float = 0.0  # 0 = no Rényi filter
+    release: Optional[ReleaseParameters] = None
+
+    @property
+    def order_array(self) -> np.ndarray:
+        return np.asarray(self.orders, dtype=float)
+
+    def per_query_worst_case(self) -> np.ndarray:
+        return self.mechanism.worst_case_rdp(1, self.order_array, num_teachers=self.num_teachers,
+                                             num_classes=self.num_classes)
+
+    def release_rdp(self) -> np.ndarray:
+        """(L,) data-independent cost of one smooth-sensitivity release (zero without one)."""
+        if self.release is None:
+            return np.zeros(len(self.orders))
+        return smooth_sensitivity.rdp_gnss_curve(self.release.beta, self.release.sigma_ss, self.order_array)
+
+
+# ----------------------------------------------------------------------------- the Rényi filter
+
+
+@dataclass(frozen=True)
+class FilterPlan:
+    """A Rényi filter at one order (Feldman & Zrnic 2021, arXiv:2008.11193v4, Thm 3.2).
+
+    Each query is charged its worst-case RDP at ``order`` before it is decided; the run stops
+    before the charges would pass ``budget_rdp``. A filter is valid for charges chosen adaptively
+    from earlier outputs, so it would stay valid if the charges varied; with the per-query worst
+    cases of these mechanisms every query costs the same, so the filter admits ``max_queries``
+    queries, a number fixed by the settings. The order is the one admitting the most queries,
+    chosen from the settings alone. ``budget_rdp`` is the RDP at that order whose fixed-order
+    conversion is the ε budget, less the cost of the smooth-sensitivity release if there is one.
     """
+    order: float
+    budget_rdp: float
+    charge: float
+    max_queries: int
+
+
+def _rdp_budget(eps: float, order: float, delta: float, conversion: str) -> float:
+    """The RDP at ``order`` that the fixed-order conversion ``rdp.eps_at_order`` maps to ``eps``."""
+    return eps - rdp.eps_at_order(0.0, order, delta, conversion)
+
+
+def plan_filter(settings: Settings) -> Optional[FilterPlan]:
+    if settings.epsilon_budget <= 0:
+        return None
+    orders, charge = settings.order_array, settings.per_query_worst_case()
+    budget = np.array([_rdp_budget(settings.epsilon_budget, o, settings.delta, settings.conversion)
+                       for o in orders]) - settings.release_rdp()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        admitted = np.where((budget > 0) & (charge > 0), np.floor(budget / charge), 0.0)
+    admitted = np.where((budget > 0) & (charge == 0), settings.max_queries, admitted)
+    admitted = np.minimum(admitted, settings.max_queries)
+    j = int(np.argmax(admitted))
+    return FilterPlan(order=float(orders[j]), budget_rdp=float(budget[j]), charge=float(charge[j]),
+                      max_queries=int(admitted[j]))
+
+
+class RenyiFilter:
+    """Running RDP spend at one order; admits a query only while its charge still fits."""
+
+    def __init__(self, budget_rdp: float, spent: float = 0.0):
+        self.budget, self.spent = float(budget_rdp), float(spent)
+
+    def admit(self, charges: np.ndarray) -> int:
+        """How many of the next queries, charged ``charges`` in order, fit the budget (a prefix)."""
+        total = self.spent + np.cumsum(np.asarray(charges, dtype=float))
+        over = np.flatnonzero(total > self.budget * (1 + 1e-12))
+        return int(over[0]) if over.size else len(total)
+
+    def charge(self, amount: float) -> None:
+        self.spent += float(amount)
+
+
+# ----------------------------------------------------------------------------- the guarantee
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    """(ε, δ)-DP for every dataset, from the settings alone."""
+    epsilon: float
+    delta: float
+    accountant: str  # "rdp", "pld" or "renyi-filter"
+    order: Optional[float]  # RDP order of the conversion (a function of the settings), if RDP
+    queries: int  # queries it covers (the most the run may ask)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def worst_case_curve(settings: Settings, queries: Optional[int] = None) -> np.ndarray:
+    """(L,) RDP of a whole run: ``queries`` (default: the most it may ask) at their worst, plus one
+    smooth-sensitivity release when configured. Composed across runs by the spend log."""
+    queries = max_queries(settings) if queries is None else queries
+    return settings.mechanism.worst_case_rdp(queries, settings.order_array, num_teachers=settings.num_teachers,
+                                             num_classes=settings.num_classes) + settings.release_rdp()
+
+
+def max_queries(settings: Settings) -> int:
+    """The most queries the run may ask: the configured number, or fewer if the filter stops it."""
+    plan = plan_filter(settings)
+    return settings.max_queries if plan is None else min(settings.max_queries, plan.max_queries)
+
+
+def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
+    """ε of ``queries`` queries, every one answered, from the privacy-loss distribution: exact for
+    compositions of Gaussians (the analytic Gaussian conversion, Balle & Wang 2018,
+    arXiv:1805.06530v2, as ``dp_accounting.get_epsilon_gaussian``), otherwise ``dp_accounting``'s
+    PLD accountant (a pessimistic discretisation, so an upper bound); +inf where neither applies."""
+    if queries == 0:
+        return 0.0
+    multiplier = mechanism.gaussian_multiplier(queries)
+    if multiplier is not None:
+        with np.errstate(divide="ignore"):  # log of 0 for a negligible tail, inside dp_accounting
+            return float(get_epsilon_gaussian(multiplier, delta)) + 1e-9  # root-finding tolerance, rounded up
+    try:
+        event = mechanism.dp_event(queries)
+    except NotImplementedError:
+        return math.inf
+    # The discretised loss distribution spans about (total pure-DP ε)/interval points: widen the
+    # interval (more pessimistic, still an upper bound) rather than let it outgrow memory.
+    interval = max(1e-4, mechanism.pure_epsilon(queries) / PLD_MAX_POINTS)
+    accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=interval)
+    if not accountant.supports(event):
+        return math.inf
+    return float(accountant.compose(event).get_epsilon(delta))
+
+
+@functools.lru_cache(maxsize=64)
+def guarantee(settings: Settings) -> Guarantee:
+    """The guarantee users publish: the least of the valid worst-case bounds for this run."""
+    queries = max_queries(settings)
+    eps, order = epsilon(worst_case_curve(settings, queries), settings.order_array, settings.delta,
+                         settings.conversion)
+    best = Guarantee(eps, settings.delta, "rdp", order, queries)
+    if settings.release is None:  # PLD cannot compose the smooth-sensitivity release's RDP bound
+        pld = pld_epsilon(settings.mechanism, queries, settings.delta)
+        if pld < best.epsilon:
+            best = Guarantee(pld, settings.delta, "pld", None, queries)
+    if settings.epsilon_budget > 0 and settings.epsilon_budget < best.epsilon:
+        best = Guarantee(settings.epsilon_budget, settings.delta, "renyi-filter", plan_filter(settings).order, queries)
+    return best
+
+
+# ----------------------------------------------------------------------------- release parameters
+
+
+@functools.lru_cache(maxsize=64)
+def propose_release(mechanism: Mechanism, num_teachers: int, num_classes: int, queries: int,
+                    orders: tuple[float, ...], delta: float, conversion: str,
+                    consensus: float = DEFAULT_CONSENSUS, max_tries: int = 24) -> Optional[ReleaseParameters]:
+    """λ, β and σ_ss for the smooth-sensitivity release, from public information only.
+
+    The run is imagined as ``queries`` queries whose votes all have top-vote fraction
+    ``consensus`` (``profiles.consensus_row``), answered at their expected rate. Among the orders
+    where the smooth-sensitivity analysis applies (conditions C5/C6 at the mechanism's GNMax σ), the
+    one with the least expected upper bound ε(R + rdp_ss) + 2·SS·σ_ss is kept, with the β and σ_ss
+    that minimise it (``smooth_sensitivity.choose_parameters``). None when no order qualifies.
+    """
+    if not mechanism.data_dependent:
+        return None
+    order_list = np.asarray(orders, dtype=float)
+    row = profiles.consensus_row(num_teachers, num_classes, consensus)[None]
+    answered = int(round(float(mechanism.answer_probability(row)[0]) * queries))
+    realized = (answered * mechanism.per_query_rdp(row, [True], order_list)[0]
+                + (queries - answered) * mechanism.per_query_rdp(row, [False], order_list)[0])
+    eps = np.array([rdp.eps_at_order(r, o, delta, conversion) for r, o in zip(realized, order_list)])
+    best = None
+    for j in np.argsort(eps, kind="stable")[:max_tries]:
+        order = float(order_list[j])
+        if not smooth_sensitivity.check_conditions(mechanism.release_sigma, num_classes, order):
+            continue
+        ls = (answered * mechanism.local_sensitivity(row, [True], order)
+              + (queries - answered) * mechanism.local_sensitivity(row, [False], order))
+        beta, sigma_ss = smooth_sensitivity.choose_parameters(ls, realized[j], order, delta, conversion=conversion)
+        ss = float(smooth_sensitivity.smooth_sensitivity(ls, beta))
+        cost = rdp.eps_at_order(realized[j] + smooth_sensitivity.rdp_gnss(beta, sigma_ss, order), order, delta,
+                                conversion) + 2 * ss * sigma_ss
+        if best is None or cost < best[0]:
+            best = (cost, ReleaseParameters(order, round_sig(beta), round_sig(sigma_ss)))
+    return None if best is None else best[1]
+
+
+def round_sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits, so proposed parameters read well in a config."""
+    return float(f"{x:.{digits}g}")
+
+
+# ----------------------------------------------------------------------------- privacy.json
+
+
+def privacy_report(settings: Settings, votes: np.ndarray, answered: np.ndarray, *, seeded: bool,
+                   stopped_by_budget: bool, noise: NoiseSource) -> dict:
+    """privacy.json: ``public`` (the statement) and ``private`` (data-dependent) sections.
+
+    ``votes`` are the decided queries' vote rows, ``answered`` their mask. ``noise`` draws the
+    smooth-sensitivity release once, when the settings ask for one.
+    """
+    mech, orders = settings.mechanism, settings.order_array
     answered = np.asarray(answered, dtype=bool)
-    asked, n_answered = len(answered), int(answered.sum())
-    report = {"mechanism": mechanism.name, "delta": delta, "conversion": conversion,
-              "queries_asked": asked, "queries_answered": n_answered, "seeded": seeded,
-              "safe_to_publish": SAFE_TO_PUBLISH}
+    realized = mech.per_query_rdp(votes, answered, orders).sum(axis=0) if len(answered) else np.zeros(orders.size)
+    private = {"note": PRIVATE_NOTE, **_data_dependent(settings, votes, realized)}
+    release = None
+    if settings.release is not None and len(answered):
+        release = _release(settings, votes, answered, noise)
+        private["smooth_sensitivity"] = {"epsilon": release.epsilon, "rdp": release.rdp,
+                                         "smooth_sensitivity": release.smooth_sensitivity,
+                                         "noise_std": release.noise_std}
+    public = public_statement(settings, asked=len(answered), answered=int(answered.sum()), release=release,
+                              seeded=seeded, stopped_by_budget=stopped_by_budget)
+    return {"public": public, "private": private}
+
+
+def public_statement(settings: Settings, *, asked: int, answered: int, release, seeded: bool,
+                     stopped_by_budget: bool) -> dict:
+    """The statement a user may publish: nothing in it is a function of the votes except through
+    a mechanism's noise (labels → answered count, the noisy data-dependent release)."""
+    g = guarantee(settings)
+    statement = {
+        "note": PUBLIC_NOTE,
+        "guarantee": {**g.to_dict(), "holds_for": "every private dataset: computed from the settings alone"},
+        "mechanism": settings.mechanism.name,
+        "settings": {**settings.mechanism.settings(), "teachers": settings.num_teachers,
+                     "classes": settings.num_classes, "max_queries": settings.max_queries,
+                     "epsilon_budget": settings.epsilon_budget or None},
+        "delta": settings.delta, "conversion": settings.conversion,
+        "orders": "default" if np.array_equal(settings.order_array, rdp.DEFAULT_ORDERS) else list(settings.orders),
+        "queries_asked": asked, "queries_answered": answered, "stopped_by_budget": stopped_by_budget,
+        "seeded": seeded,
+        "data_dependent_release": None if release is None else {
+            "epsilon": release.released_epsilon, "delta": release.delta, "order": release.order,
+            "beta": release.beta, "sigma_ss": release.sigma_ss, "release_rdp": release.rdp_ss,
+            "note": RELEASE_NOTE},
+    }
     if seeded:
-        report["warning"] = "noise was SEEDED for reproducibility: not a production privacy guarantee"
-    report["epsilon_data_independent"] = data_independent_epsilon(
-        mechanism, asked, n_answered, orders=orders, delta=delta, conversion=conversion)
-    if asked == 0:
-        report.update(epsilon=0.0, order=None, epsilon_classic=0.0, epsilon_expected=0.0,
-                      smooth_sensitivity={"epsilon": 0.0, "noise_std": 0.0, "beta": None, "released_epsilon": 0.0})
-        return report
-    realized = mechanism.per_query_rdp(votes, answered, orders).sum(axis=0)
-    report.update(_realized_epsilon(realized, orders, delta, conversion))
-    report["epsilon_expected"] = (epsilon(mechanism.expected_rdp(votes, orders), orders, delta, conversion)
-                                  if mechanism.thresholded else report["epsilon"])
-    report["smooth_sensitivity"] = _smooth_sensitivity_release(
-        mechanism, votes, answered, realized, report, orders=orders, delta=delta, conversion=conversion,
-        betas=betas, noise=noise)
-    return report
+        statement["warning"] = "noise was SEEDED for reproducibility: not a production privacy guarantee"
+    return statement
 
 
-def _realized_epsilon(realized: np.ndarray, orders: np.ndarray, delta: float, conversion: str) -> dict:
+def _data_dependent(settings: Settings, votes: np.ndarray, realized: np.ndarray) -> dict:
+    """The papers' data-dependent figures (PRIVATE): realized and expected ε."""
+    mech, orders = settings.mechanism, settings.order_array
+    if len(votes) == 0:
+        return {"epsilon": 0.0, "order": None, "epsilon_classic": 0.0, "epsilon_expected": 0.0, "warnings": []}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", rdp.OrderAtEdgeWarning)
-        eps, order = rdp.eps_from_rdp(realized, orders, delta, conversion)
-        eps_classic, _ = rdp.eps_from_rdp(realized, orders, delta, "classic")
-    return {"warnings": sorted({str(w.message) for w in caught}), "epsilon": float(eps), "order": float(order),
-            "epsilon_classic": float(eps_classic)}
+        eps, order = rdp.eps_from_rdp(realized, orders, settings.delta, settings.conversion)
+        eps_classic, _ = rdp.eps_from_rdp(realized, orders, settings.delta, "classic")
+    expected = (epsilon(mech.expected_rdp(votes, orders), orders, settings.delta, settings.conversion)[0]
+                if mech.thresholded else float(eps))
+    return {"epsilon": float(eps), "order": float(order), "epsilon_classic": float(eps_classic),
+            "epsilon_expected": expected, "warnings": sorted({str(w.message) for w in caught})}
 
 
-def _smooth_sensitivity_release(mechanism, votes, answered, realized, report, *, orders, delta, conversion,
-                                betas, noise) -> dict:
-    if not mechanism.data_dependent:
-        eps = report["epsilon"]
-        return {"epsilon": eps, "noise_std": 0.0, "beta": None, "released_epsilon": eps,
-                "note": f"{mechanism.name} is accounted data-independently; nothing to smooth"}
-    order_index = _release_order(mechanism, realized, orders, delta, conversion, votes.shape[1])
-    if order_index is None:
-        # Without a valid smooth-sensitivity bound no data-dependent figure may be published.
-        return {"epsilon": None, "noise_std": None, "beta": None, "order": None,
-                "released_epsilon": report["epsilon_data_independent"],
-                "note": (f"conditions C5/C6 of the smooth-sensitivity analysis fail at sigma2 = "
-                         f"{mechanism.release_sigma} for every order tried; the publishable figure is the "
-                         "data-independent epsilon")}
-    release_order = float(orders[order_index])
-    ls_total = mechanism.local_sensitivity(votes, answered, release_order)
-    release = smooth_sensitivity.release(ls_total, float(realized[order_index]), release_order, delta,
-                                         betas=list(betas) or None, conversion=conversion, noise=noise)
-    return {
-        "epsilon": float(release.epsilon), "noise_std": float(release.noise_std), "beta": float(release.beta),
-        "released_epsilon": float(release.released_epsilon), "order": release_order,
-        "smooth_sensitivity": float(release.smooth_sensitivity), "sigma_ss": float(release.sigma_ss),
-        "data_dependent_parameters": bool(release.data_dependent_parameters),
-        "note": ("epsilon includes the cost of this release (Thm 23); released_epsilon = epsilon + noise_std * Z. "
-                 "As in the paper, the order and beta were chosen to minimise the bound, which reads private data")}
-
-
-def _release_order(mechanism, realized, orders, delta, conversion, num_classes, max_tries: int = 24) -> int | None:
-    """Index of the order with the least data-dependent ε among those where the smooth-sensitivity
-    analysis applies (conditions C5/C6 for GNMax at σ2), or None."""
-    eps = np.array([rdp.eps_at_order(r, o, delta, conversion) for r, o in zip(realized, orders)])
-    for j in np.argsort(eps, kind="stable")[:max_tries]:
-        if smooth_sensitivity.check_conditions(mechanism.release_sigma, num_classes, orders[j]):
-            return int(j)
-    return None
+def _release(settings: Settings, votes, answered, noise) -> smooth_sensitivity.SmoothSensitivityRelease:
+    """Release the run's data-dependent RDP at the fixed order through GNSS, with the fixed β and σ_ss."""
+    params, mech = settings.release, settings.mechanism
+    rdp_at_order = float(mech.per_query_rdp(votes, answered, [params.order]).sum())
+    ls = mech.local_sensitivity(votes, answered, params.order)
+    return smooth_sensitivity.release(ls, rdp_at_order, params.order, settings.delta, params.beta, params.sigma_ss,
+                                      noise, conversion=settings.conversion)

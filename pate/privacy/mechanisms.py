@@ -9,8 +9,10 @@ neither timing nor the stream position of a seeded run depends on the private da
 A mechanism object (``LNMax``, ``GNMax``, ``ConfidentGNMax``) is a frozen value holding the
 mechanism's settings; it decides queries and knows its own privacy cost: per query
 (data-dependent), data-independent, expected (the paper's Table 1) and the local sensitivity of
-its realized cost. Everything that depends on which mechanism a run uses asks the object
-(``build(name, **settings)``); nothing else compares mechanism names.
+its realized cost, and its worst case: the RDP of one query that holds for every dataset (what
+the published guarantee is made of) and the ``dp_accounting`` event that PLD accounting composes.
+Everything that depends on which mechanism a run uses asks the object
+(``build(name, settings)``); nothing else compares mechanism names.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
+from dp_accounting import dp_event
 
 from . import rdp
 from . import smooth_sensitivity as ss
@@ -78,10 +81,10 @@ def confident_gnmax(votes, threshold, sigma1, sigma2, noise) -> np.ndarray:
 
 
 def lnmax_rdp(gamma: float, orders: np.ndarray) -> np.ndarray:
-    """Per-answer RDP of LNMax: 2γ-DP (L1 sensitivity 2, Laplace 1/γ), so RDP ≤ min(2γ, λ(2γ)²/2)
-    (pure ε-DP implies ε²/2-zCDP: Bun & Steinke 2016, arXiv:1605.02065v1, Prop. 1.4)."""
-    eps = 2.0 * gamma
-    return np.minimum(eps, np.asarray(orders, dtype=float) * eps**2 / 2.0)
+    """Per-answer RDP of LNMax, exact: one vote moving changes two counts by 1, each carrying
+    independent Laplace(1/γ) noise, so the cost is twice that of a sensitivity-1 Laplace mechanism
+    (``rdp.rdp_laplace``; RDP of independent mechanisms adds). At most 2γ, its pure-DP value."""
+    return 2.0 * rdp.rdp_laplace(1.0 / gamma, orders)
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,32 @@ class Mechanism:
         return w @ (thr + pr[:, None] * answer)
 
     def data_independent_rdp(self, asked, answered, orders) -> np.ndarray:
-        """(L,) cost of ``asked`` queries with ``answered`` answers, whatever the votes."""
+        """(L,) cost of ``asked`` queries with ``answered`` answers, whatever the votes.
+
+        An odometer: ``answered`` is an output of the mechanism, so this is NOT a guarantee
+        fixed in advance (that is ``worst_case_rdp``); the Rényi filter charges with it.
+        """
         raise NotImplementedError
+
+    def worst_case_rdp(self, queries: int, orders, *, num_teachers: int, num_classes: int) -> np.ndarray:
+        """(L,) RDP of ``queries`` queries asked, valid for every dataset and every outcome
+        (``num_teachers`` n and ``num_classes`` m bound the vote histograms that can occur)."""
+        raise NotImplementedError
+
+    def dp_event(self, queries: int) -> dp_event.DpEvent:
+        """The same ``queries`` queries as a ``dp_accounting`` event, every asked query answered
+        (for the PLD accountant, which is tighter on Gaussian and Laplace compositions)."""
+        raise NotImplementedError
+
+    def pure_epsilon(self, queries: int) -> float:
+        """ε of pure DP of ``queries`` answers (+inf when there is none): sizes PLD computations."""
+        return math.inf
+
+    def gaussian_multiplier(self, queries: int) -> float | None:
+        """When every asked query answered is a composition of Gaussian mechanisms only: the noise
+        multiplier of the one Gaussian mechanism it equals (Gaussians compose exactly:
+        1/s² = Σ 1/s_i²), for the exact analytic conversion; None otherwise."""
+        return None
 
     def local_sensitivity(self, votes, answered, order) -> np.ndarray:
         """(n,) A⁽ᵈ⁾ of the run's realized cost at ``order`` (2018 paper, App. B)."""
@@ -174,6 +201,16 @@ class LNMax(Mechanism):
     def data_independent_rdp(self, asked, answered, orders):
         return answered * lnmax_rdp(self.gamma, rdp.check_orders(orders))
 
+    def worst_case_rdp(self, queries, orders, *, num_teachers, num_classes):
+        return queries * lnmax_rdp(self.gamma, rdp.check_orders(orders))
+
+    def dp_event(self, queries):
+        # Two sensitivity-1 Laplace mechanisms per query (the two counts a moved vote changes).
+        return dp_event.SelfComposedDpEvent(dp_event.LaplaceDpEvent(1.0 / self.gamma), 2 * queries)
+
+    def pure_epsilon(self, queries):
+        return 2.0 * self.gamma * queries
+
 
 @dataclass(frozen=True)
 class GNMax(Mechanism):
@@ -199,6 +236,16 @@ class GNMax(Mechanism):
 
     def data_independent_rdp(self, asked, answered, orders):
         return answered * rdp.rdp_gnmax_data_independent(self.sigma2, orders)
+
+    def worst_case_rdp(self, queries, orders, *, num_teachers, num_classes):
+        return queries * rdp.rdp_gnmax_data_independent(self.sigma2, orders)
+
+    def dp_event(self, queries):
+        # The Gaussian mechanism on the histogram, L2 sensitivity √2: noise multiplier σ/√2.
+        return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(2.0)), queries)
+
+    def gaussian_multiplier(self, queries):
+        return self.sigma2 / math.sqrt(2.0 * queries)
 
     def local_sensitivity(self, votes, answered, order):
         votes, answered = check_votes(votes), np.asarray(answered, dtype=bool)
@@ -251,6 +298,21 @@ class ConfidentGNMax(Mechanism):
     def data_independent_rdp(self, asked, answered, orders):
         return (asked * rdp.rdp_threshold_data_independent(self.sigma1, orders)
                 + answered * rdp.rdp_gnmax_data_independent(self.sigma2, orders))
+
+    def worst_case_rdp(self, queries, orders, *, num_teachers: int, num_classes: int):
+        """Each query as one mechanism with outputs {not answered} ∪ {labels}, worst case over the
+        max count (``rdp.rdp_confident_gnmax_worst_case``), composed over every query asked."""
+        return queries * rdp.rdp_confident_gnmax_worst_case(self.threshold, self.sigma1, self.sigma2,
+                                                            num_teachers, num_classes, orders)
+
+    def dp_event(self, queries):
+        # Every asked query answered: the threshold's Gaussian (sensitivity 1) and GNMax's (√2).
+        one = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(self.sigma1),
+                                        dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(2.0))])
+        return dp_event.SelfComposedDpEvent(one, queries)
+
+    def gaussian_multiplier(self, queries):
+        return 1.0 / math.sqrt(queries * (1.0 / self.sigma1**2 + 2.0 / self.sigma2**2))
 
     def local_sensitivity(self, votes, answered, order):
         """Sum of the per-query A⁽ᵈ⁾: the threshold step of every query, GNMax of the answered

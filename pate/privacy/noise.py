@@ -15,13 +15,31 @@ from scipy.special import ndtri
 from .numerics import check_positive
 
 _TWO_53 = float(2**53)
+_MAX_REDRAWS = 8
+
+
+def _secure_bits(count: int) -> np.ndarray:
+    """``count`` integers uniform on [1, 2⁵³ − 1] from the OS CSPRNG (53 bits each, zeros redrawn).
+
+    k/2⁵³ with k < 2⁵³ is exactly representable and below 1, and k ≥ 1 keeps it above 0, so
+    neither tail of the inverse CDF can return ±inf. Zero has probability 2⁻⁵³ per draw; a source
+    that keeps returning it is broken, and is refused rather than trusted.
+    """
+    k = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) >> np.uint64(11)
+    for _ in range(_MAX_REDRAWS):
+        zero = np.flatnonzero(k == 0)
+        if zero.size == 0:
+            return k
+        k = k.copy()
+        k[zero] = np.frombuffer(os.urandom(8 * zero.size), dtype=np.uint64) >> np.uint64(11)
+    raise RuntimeError("the OS random source (os.urandom) returned only zero bits; it cannot be trusted for noise")
 
 
 class NoiseSource:
     """One generator of all aggregation noise.
 
     Secure (``seed is None``): 53 random bits per draw from the OS CSPRNG (``os.urandom``)
-    give u = (k + ½)/2⁵³ ∈ (0, 1), uniform on a grid of spacing 2⁻⁵³ that avoids 0 and 1; then
+    give u = k/2⁵³ with k uniform on [1, 2⁵³ − 1], so 0 < u < 1 exactly (``_secure_bits``); then
         normal:  Φ⁻¹(u) (``scipy.special.ndtri``), so |Z| ≤ 8.3 (the tail beyond has mass < 1e-16);
         Laplace: b·log(2u) for u < ½, −b·log(2(1 − u)) otherwise (inverse CDF, exact 1 − u).
     Seeded: ``numpy.random.Generator(PCG64(SeedSequence([seed, stream])))``, so a (seed, stream)
@@ -54,14 +72,14 @@ class NoiseSource:
         return self._stream
 
     def uniform(self, size=None) -> np.ndarray:
-        """Uniform draws in the open interval (0, 1), 53 random bits each."""
+        """Uniform draws k/2⁵³, k uniform in [1, 2⁵³ − 1]: in the open interval (0, 1), exactly."""
         shape = () if size is None else tuple(np.atleast_1d(size).astype(int))
         count = int(np.prod(shape, dtype=np.int64))
         if self._rng is None:
-            bits = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) >> np.uint64(11)
+            k = _secure_bits(count)
         else:
-            bits = self._rng.integers(0, 2**53, size=count, dtype=np.uint64)
-        return ((bits.astype(np.float64) + 0.5) / _TWO_53).reshape(shape)
+            k = self._rng.integers(1, 2**53, size=count, dtype=np.uint64)
+        return (k.astype(np.float64) / _TWO_53).reshape(shape)
 
     def normal(self, size=None, scale: float = 1.0) -> np.ndarray:
         """N(0, scale²) draws."""

@@ -275,6 +275,74 @@ def rdp_threshold_data_independent(sigma1, orders) -> np.ndarray:
     return check_orders(orders) / (2.0 * sigma1**2)
 
 
+# ----------------------------------------------------------------------------- worst case (the guarantee)
+
+
+def rdp_laplace(scale, orders) -> np.ndarray:
+    """(L,) RDP of the Laplace mechanism with L1 sensitivity 1 and scale b (Mironov 2017,
+    arXiv:1702.07476v3, Prop. 6; exact):
+
+        D_λ = log( λ/(2λ−1)·e^{(λ−1)/b} + (λ−1)/(2λ−1)·e^{−λ/b} ) / (λ−1).
+
+    One teacher's vote moving changes two counts by 1 each, so LNMax's noisy histogram is two such
+    mechanisms at once: its per-answer cost is twice this.
+    """
+    b = check_positive("scale", scale)
+    lam = check_orders(orders)
+    with np.errstate(over="ignore"):
+        log_terms = np.logaddexp(np.log(lam / (2 * lam - 1)) + (lam - 1) / b,
+                                 np.log((lam - 1) / (2 * lam - 1)) - lam / b)
+    return np.minimum(log_terms / (lam - 1), 1.0 / b)  # pure 1/b-DP caps every order (rounding only)
+
+
+_WORST_BLOCK = 4096  # max counts per block in the worst-case search
+
+
+def rdp_confident_gnmax_worst_case(threshold, sigma1, sigma2, num_teachers, num_classes, orders) -> np.ndarray:
+    """(L,) per-query RDP of Confident-GNMax that holds for every dataset: the guarantee's building block.
+
+    One query on votes x with max count v is one mechanism with outputs {⊥} ∪ {labels}:
+    Pr[⊥] = P0 = Φ̄((v − T)/σ1) and Pr[j] = P1·G_x(j), P1 = 1 − P0, where G_x is the law of
+    argmax(x + N(0, σ2²I)) drawn with fresh noise (Algorithm 1 of Papernot et al. 2018,
+    arXiv:1802.08908v1). For a neighbour x' (one teacher's vote moved), with Q0, Q1, G_x' its
+    probabilities, and v' ∈ {v − 1, v, v + 1} its max count (the max moves by at most 1):
+
+        e^{(λ−1)·D_λ(M(x) ‖ M(x'))} = P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ} · Σ_j G_x(j)^λ G_x'(j)^{1−λ}
+                                    = P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ} · e^{(λ−1)·D_λ(G_x ‖ G_x')}
+                                    ≤ P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ} · e^{(λ−1)·λ/σ2²},
+
+    because G_x is post-processing of the Gaussian mechanism x + N(0, σ2²I), whose L2 sensitivity
+    is √2 (D_λ ≤ λ·2/(2σ2²); Mironov 2017, Prop. 7), and λ − 1 > 0. The right side depends on x
+    only through (v, v'); its maximum over every realisable max count v ∈ [⌈n/m⌉, n] and
+    neighbour v' in that range is returned, evaluated in log space. Composition over the queries
+    asked is a sum (Mironov 2017, Prop. 1), whatever was answered.
+    """
+    threshold = check_finite("threshold", threshold)
+    sigma1, sigma2 = check_positive("sigma1", sigma1), check_positive("sigma2", sigma2)
+    lam = check_orders(orders)
+    n, m = int(num_teachers), int(num_classes)
+    if n < 1 or m < 2:
+        raise ValueError(f"need at least 1 teacher and 2 classes. Found {n} and {m}.")
+    lo = -(-n // m)
+    counts = np.arange(lo, n + 1)
+    z = (counts - threshold) / sigma1
+    log_p1, log_p0 = log_ndtr(z), log_ndtr(-z)
+    gnmax = (lam - 1.0) * lam / sigma2**2
+    worst = np.zeros(lam.size)
+    for start in range(0, counts.size, _WORST_BLOCK):
+        i = np.arange(start, min(start + _WORST_BLOCK, counts.size))
+        for shift in (-1, 0, 1):
+            j = i + shift
+            ok = (j >= 0) & (j < counts.size)
+            a, b = i[ok], j[ok]
+            if a.size == 0:
+                continue
+            t0 = np.multiply.outer(log_p0[a], lam) + np.multiply.outer(log_p0[b], 1.0 - lam)
+            t1 = np.multiply.outer(log_p1[a], lam) + np.multiply.outer(log_p1[b], 1.0 - lam) + gnmax
+            worst = np.maximum(worst, (np.logaddexp(t0, t1) / (lam - 1.0)).max(axis=0))
+    return worst
+
+
 # ----------------------------------------------------------------------------- conversion
 
 

@@ -22,13 +22,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 from scipy.special import log_ndtr, ndtri_exp
 
 from . import rdp
-from .noise import noise_source
 from .numerics import check_finite, check_orders, check_positive, check_votes, logsumexp_rows
 
 _BLOCK_ROWS = 1024  # queries per block in the (queries × n × m) walks
@@ -308,7 +306,8 @@ def rdp_gnss(beta, sigma_ss, order) -> float:
     """RDP of the GNSS mechanism f(x) + SS_β(x)·N(0, σ_ss²) (Theorem 23 of the 2018 paper).
 
     ε(λ) = λ·e^{2β}/σ_ss² + (βλ − ½·log(1 − 2λβ))/(λ − 1), valid for β-smooth SS_β and
-    1 < λ < 1/(2β).
+    1 < λ < 1/(2β). The order λ of this analysis is free: it need not be the order at which f
+    (the run's data-dependent RDP) was evaluated.
     """
     if not (beta >= 0 and 1 < order and 2 * order * beta < 1):
         raise ValueError(f"GNSS needs 1 < order < 1/(2·beta). Found order={order}, beta={beta}.")
@@ -316,84 +315,96 @@ def rdp_gnss(beta, sigma_ss, order) -> float:
             + (beta * order - 0.5 * math.log1p(-2 * order * beta)) / (order - 1))
 
 
-@dataclass(frozen=True)
-class SmoothSensitivityResult:
-    """Private release of a data-dependent ε through GNSS (fields in nats, ε for ``delta``).
+def rdp_gnss_curve(beta, sigma_ss, orders) -> np.ndarray:
+    """(L,) ``rdp_gnss`` at each order, +inf where the analysis does not apply (λ ≥ 1/(2β)).
 
-    ``epsilon`` (PRIVATE: a function of the votes): ε of training plus the GNSS release itself,
-    ε(R(λ) + rdp_ss) at the fixed ``order``. ``released_epsilon`` = epsilon + noise_std·Z is the
-    figure safe to publish; ``upper_bound`` = epsilon + 2·noise_std is the cost the β choice
-    minimised (PRIVATE).
+    A data-independent bound: added to the worst-case curve of the queries, it gives the
+    guarantee of a run that also releases its data-dependent cost.
     """
-    epsilon: float
-    noise_std: float
-    beta: float
-    released_epsilon: float
-    smooth_sensitivity: float
-    order: float
-    delta: float
-    rdp: float  # R(λ): data-dependent RDP of the run at ``order`` (PRIVATE)
-    rdp_ss: float  # Theorem 23 cost of the GNSS release at ``order``
-    sigma_ss: float
-    upper_bound: float
-    conversion: str
-    data_dependent_parameters: bool  # β and σ_ss were tuned on SS_β (see ``release``)
+    orders = check_orders(orders)
+    return np.array([rdp_gnss(beta, sigma_ss, o) if 2 * o * beta < 1 else math.inf for o in orders])
 
 
 def default_betas(order) -> np.ndarray:
-    """The β grid, fixed in advance from the order alone: (0.30, 0.31, …, 0.49)/λ (< 1/(2λ))."""
+    """The β grid of ``choose_parameters``, from the order alone: (0.30, 0.31, …, 0.49)/λ (< 1/(2λ))."""
     return np.arange(0.30, 0.495, 0.01) / float(order)
 
 
-def release(ls_total, rdp_at_order, order, delta, betas=None, noise=None, *,
-            conversion: str = "improved", sigma_ss: Optional[float] = None
-            ) -> SmoothSensitivityResult:
-    """Release the data-dependent ε of a run with the GNSS mechanism (Theorem 23, §B.3).
-
-    For each β of the grid: SS_β = max_d e^{−βd}·ls_total[d];
-    σ_ss = (λ·e^{2β}/SS_β)^{1/3} (minimises λe^{2β}/σ_ss² + 2·SS_β·σ_ss), unless given;
-    cost = R(λ) + rdp_gnss(β, σ_ss, λ) + 2·SS_β·σ_ss. The β of least cost is kept and
-        epsilon = ε(R(λ) + rdp_gnss),  noise_std = σ_ss·SS_β,
-        released_epsilon = epsilon + noise_std·Z,  Z ~ N(0, 1) from ``noise``,
-    where ε(·) is the fixed-order conversion ``rdp.eps_at_order`` (affine with slope 1 in R, so
-    its sensitivity is that of R). As in the authors' analysis, picking β and σ_ss by minimising
-    the cost reads SS_β, which is private; ``data_dependent_parameters`` records it. Pass a
-    single β and a ``sigma_ss`` fixed in advance for a release that follows Theorem 23 exactly.
-
-    Args: ls_total (n,) A⁽ᵈ⁾ of the total cost at ``order`` (sum of the per-query arrays);
-        rdp_at_order R(λ); order λ; delta; betas (grid, default ``default_betas(order)``);
-        noise: an ``aggregate.noise_source`` object (default: a new OS-secure one).
-    """
+def _check_ls(ls_total) -> np.ndarray:
     ls = np.asarray(ls_total, dtype=float)
     if ls.ndim != 1 or ls.size == 0 or np.any(np.isnan(ls)) or ls.min() < 0:
         raise ValueError("ls_total must be a non-empty 1-D array of values ≥ 0.")
+    return ls
+
+
+def choose_parameters(ls_total, rdp_at_order, order, delta, *, conversion: str = "improved",
+                      betas=None) -> tuple[float, float]:
+    """(β, σ_ss) minimising the expected upper bound ε(R(λ) + rdp_gnss) + 2·SS_β·σ_ss (App. B.3).
+
+    For each β of the grid: SS_β = max_d e^{−βd}·ls_total[d] and σ_ss = (λ·e^{2β}/SS_β)^{1/3}
+    (which minimises λe^{2β}/σ_ss² + 2·SS_β·σ_ss). Called on the votes of a run, the choice would
+    be a function of the private data (the authors' script says of its search: "the results
+    cannot be released"), so pate calls it only on HYPOTHETICAL votes, from public settings.
+    """
+    ls = _check_ls(ls_total)
+    order = float(check_orders([order])[0])
+    grid = default_betas(order) if betas is None else np.atleast_1d(np.asarray(betas, float))
+    ss = np.maximum(np.atleast_1d(smooth_sensitivity(ls, grid)), 1e-300)
+    sig = (order * np.exp(2 * grid) / ss) ** (1 / 3)
+    cost_ss = np.array([rdp_gnss(b, s, order) for b, s in zip(grid, sig)])
+    cost = np.array([rdp.eps_at_order(rdp_at_order + c, order, delta, conversion) for c in cost_ss]) + 2 * ss * sig
+    i = int(np.argmin(cost))
+    return float(grid[i]), float(sig[i])
+
+
+@dataclass(frozen=True)
+class SmoothSensitivityRelease:
+    """A data-dependent ε released through GNSS with β and σ_ss fixed in advance (Theorem 23).
+
+    PUBLIC: ``released_epsilon`` (a noisy output of the mechanism), and the fixed ``order``,
+    ``beta``, ``sigma_ss``, ``delta`` and ``rdp_ss`` (the release's own, data-independent cost).
+    PRIVATE (functions of the votes): ``epsilon`` = ε(R(λ) + rdp_ss), ``rdp`` = R(λ),
+    ``smooth_sensitivity`` = SS_β and ``noise_std`` = σ_ss·SS_β.
+    """
+    released_epsilon: float
+    order: float
+    beta: float
+    sigma_ss: float
+    delta: float
+    rdp_ss: float
+    conversion: str
+    epsilon: float
+    rdp: float
+    smooth_sensitivity: float
+    noise_std: float
+
+
+def release(ls_total, rdp_at_order, order, delta, beta, sigma_ss, noise, *,
+            conversion: str = "improved") -> SmoothSensitivityRelease:
+    """Release ε(R(λ) + rdp_ss) + σ_ss·SS_β(x)·Z, Z ~ N(0, 1) from ``noise`` (GNSS, §B.3).
+
+    ε(·) is the fixed-order conversion ``rdp.eps_at_order``, affine with slope 1 in R, so its
+    smooth sensitivity is that of R. λ, β and σ_ss must be fixed before the votes are seen: this
+    function reads the votes' ``ls_total`` only through SS_β, as Theorem 23 allows.
+
+    Args: ls_total (n,) A⁽ᵈ⁾ of the total cost at ``order`` (sum of the per-query arrays);
+        rdp_at_order R(λ); order λ; delta; beta in (0, 1/(2λ)); sigma_ss > 0; noise: a
+        ``noise_source()`` object (drawn from once).
+    """
+    ls = _check_ls(ls_total)
     order = float(check_orders([order])[0])
     delta = float(delta)
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1). Found {delta}.")
-    grid = default_betas(order) if betas is None else np.atleast_1d(np.asarray(betas, float))
-    if grid.size == 0 or np.any(grid <= 0) or np.any(2 * order * grid >= 1):
-        raise ValueError(f"betas must lie in (0, 1/(2·order)) = (0, {0.5 / order:.4g}).")
-    if sigma_ss is not None:
-        sigma_ss = check_positive("sigma_ss", sigma_ss)
-    if noise is None:
-        noise = noise_source()  # OS-secure by default
-    ss = np.atleast_1d(smooth_sensitivity(ls, grid))
-    if np.all(ss == 0):  # β is constant on every dataset: publish it as is.
-        eps = rdp.eps_at_order(rdp_at_order, order, delta, conversion)
-        return SmoothSensitivityResult(eps, 0.0, 0.0, eps, 0.0, order, delta, float(rdp_at_order),
-                                       0.0, math.inf, eps, conversion, False)
-    with np.errstate(divide="ignore"):
-        sig = (order * np.exp(2 * grid) / ss) ** (1 / 3) if sigma_ss is None \
-            else np.full(grid.shape, sigma_ss)
-    cost_ss = np.array([rdp_gnss(b, s, order) for b, s in zip(grid, sig)])
-    i = int(np.argmin(rdp_at_order + cost_ss + 2 * ss * sig))
-    eps = rdp.eps_at_order(rdp_at_order + cost_ss[i], order, delta, conversion)
-    noise_std = float(sig[i] * ss[i])
+    beta, sigma_ss = check_positive("beta", beta), check_positive("sigma_ss", sigma_ss)
+    if 2 * order * beta >= 1:
+        raise ValueError(f"beta must be below 1/(2·order) = {0.5 / order:.4g}. Found {beta}.")
+    ss = float(smooth_sensitivity(ls, beta))
+    cost_ss = rdp_gnss(beta, sigma_ss, order)
+    eps = rdp.eps_at_order(rdp_at_order + cost_ss, order, delta, conversion)
+    noise_std = sigma_ss * ss
     z = float(np.asarray(noise.normal(size=1)).ravel()[0])
-    return SmoothSensitivityResult(
-        epsilon=eps, noise_std=noise_std, beta=float(grid[i]),
-        released_epsilon=eps + noise_std * z, smooth_sensitivity=float(ss[i]), order=order,
-        delta=delta, rdp=float(rdp_at_order), rdp_ss=float(cost_ss[i]), sigma_ss=float(sig[i]),
-        upper_bound=eps + 2 * noise_std, conversion=conversion,
-        data_dependent_parameters=bool(grid.size > 1 or sigma_ss is None))
+    return SmoothSensitivityRelease(
+        released_epsilon=eps + noise_std * z, order=order, beta=beta, sigma_ss=sigma_ss, delta=delta,
+        rdp_ss=cost_ss, conversion=conversion, epsilon=eps, rdp=float(rdp_at_order), smooth_sensitivity=ss,
+        noise_std=noise_std)

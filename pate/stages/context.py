@@ -14,7 +14,7 @@ from .. import data as data_mod
 from ..config import PipelineConfig
 from ..io import sha256_file
 from ..partition import PartitionError, verify_partition
-from ..privacy import ledger
+from ..privacy import accounting, ledger
 from ..privacy.accounting import resolve_orders
 from ..privacy.mechanisms import Mechanism, build
 from ..progress import say
@@ -101,6 +101,34 @@ def mechanism(config: PipelineConfig) -> Mechanism:
 def orders(config: PipelineConfig) -> np.ndarray:
     return resolve_orders(config.privacy.orders)
 
+
+def release_parameters(config: PipelineConfig) -> accounting.ReleaseParameters | None:
+    """The smooth-sensitivity release's λ, β, σ_ss: as configured, or proposed from the settings
+    alone (``accounting.propose_release``); None when the run releases no data-dependent figure."""
+    priv = config.privacy
+    if not priv.data_dependent_release:
+        return None
+    if priv.ss_order:
+        return accounting.ReleaseParameters(priv.ss_order, priv.ss_beta, priv.ss_sigma)
+    return accounting.propose_release(mechanism(config), config.teachers.count, config.data.spec.num_classes,
+                                      config.aggregator.max_queries, tuple(orders(config)), priv.delta,
+                                      priv.conversion)
+
+
+def privacy_settings(config: PipelineConfig, order_list: np.ndarray | None = None) -> accounting.Settings:
+    """Everything the run's public statement is computed from (``order_list`` overrides the orders)."""
+    return accounting.Settings(
+        mechanism=mechanism(config), num_teachers=config.teachers.count, num_classes=config.data.spec.num_classes,
+        max_queries=config.aggregator.max_queries, delta=config.privacy.delta,
+        orders=tuple(orders(config) if order_list is None else order_list), conversion=config.privacy.conversion,
+        epsilon_budget=config.aggregator.epsilon_budget, release=release_parameters(config))
+
+
+def private_fingerprint(ctx: "Context") -> str:
+    """The fingerprint of the private data (names its spend log), recorded when the partition
+    was made; computed from the dataset for runs that predate it."""
+    recorded = ctx.run.record("partition").get("private_data")
+    return recorded or load_dataset(ctx).private_fingerprint()
 
 def expected_ledger_header(run: RunDir, votes: np.ndarray) -> ledger.LedgerHeader:
     config = run.config

@@ -28,7 +28,7 @@ def run(ctx: Context) -> None:
     arrays = make_partition(seed=config.data.split_seed, **sizes)
     verify_partition(arrays, **sizes)
     atomic_save_npz(ctx.run.file(PARTITION), **arrays)
-    finish(ctx, NAME)
+    finish(ctx, NAME, private_data=dataset.private_fingerprint())
     shard = np.bincount(arrays["teacher_of"][arrays["teacher_of"] >= 0])
     ctx.say(f"partition: {sizes['num_private']} private records -> {config.teachers.count} shards of "
             f"{shard.min()}-{shard.max()}; {sizes['num_queries']} queries, pool {sizes['student_pool']}, "

@@ -87,13 +87,13 @@ def run(ctx: Context) -> None:
         chunk = query_index[len(votes):len(votes) + VOTE_CHUNK]
         preds = predict(public_images(dataset, chunk))  # (K, chunk)
         votes = np.concatenate([votes, ensemble.votes_from_predictions(preds, num_classes).numpy()])
-        atomic_save_npz(run_dir.file(PARTIAL), votes=votes, query_index=query_index[:len(votes)])
+        atomic_save_npz(run_dir.file(PARTIAL), private=True, votes=votes, query_index=query_index[:len(votes)])
         run_dir.progress(NAME, f"{len(votes)}/{len(query_index)} queries")
         progress.update(len(chunk))
     progress.close()
     if not (votes.sum(axis=1) == config.teachers.count).all():
         raise RunError("vote rows do not sum to K; the teachers are inconsistent")
-    atomic_save_npz(run_dir.file(VOTES), votes=votes, query_index=query_index)
+    atomic_save_npz(run_dir.file(VOTES), private=True, votes=votes, query_index=query_index)  # 0600: private
     stats = _teacher_stats(predict, dataset, parts["test_index"], votes, query_index)
     atomic_write_json(run_dir.file(TEACHERS_EVAL), stats)
     finish(ctx, NAME)

@@ -18,7 +18,7 @@ from ..stages.context import PRIVACY, VOTES, load_ledger, mechanism, orders
 from . import figures
 
 PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not publish. "
-           "Safe to publish: the smooth-sensitivity released epsilon or the data-independent epsilon.")
+           "What may be published is the statement of `pate release` (the worst-case guarantee).")
 
 
 def _load(run: RunDir):
@@ -42,7 +42,7 @@ def query_table(run: RunDir) -> tuple[list[dict], dict]:
     order_list = orders(config)
     costs = mechanism(config).per_query_rdp(votes, answered, order_list)
     report = run.read_json(PRIVACY)
-    order = report.get("order") or float(order_list[0])
+    order = report["private"].get("order") or float(order_list[0])
     at = int(np.argmin(np.abs(order_list - order)))
     cum = _cumulative_epsilon(costs, order_list, config.privacy.delta, config.privacy.conversion)
     rows = [{"query": r.query, "public_index": r.public_index, "answered": r.answered, "label": r.label,
@@ -70,16 +70,20 @@ def query_detail(run: RunDir, index: int) -> dict:
 
 
 def _totals_lines(report: dict) -> list[str]:
-    ss = report["smooth_sensitivity"]
-    lines = [f"queries asked {report['queries_asked']}, answered {report['queries_answered']}, "
-             f"delta {report['delta']:g}, mechanism {report['mechanism']}",
-             f"epsilon data-dependent (PRIVATE): {report['epsilon']:.4f} at order {report.get('order')} "
-             f"[{report['conversion']}; classic {report['epsilon_classic']:.4f}; expected "
-             f"{report['epsilon_expected']:.4f}]",
-             f"epsilon smooth-sensitivity released (SAFE TO PUBLISH): {ss['released_epsilon']:.4f} "
-             f"(noise std {ss['noise_std']:.4f}, beta {ss['beta']})",
-             f"epsilon data-independent (SAFE TO PUBLISH): {report['epsilon_data_independent']:.4f}"]
-    if report.get("seeded"):
+    public, private = report["public"], report["private"]
+    g = public["guarantee"]
+    lines = [f"queries asked {public['queries_asked']}, answered {public['queries_answered']}, "
+             f"mechanism {public['mechanism']}",
+             f"GUARANTEE (safe to publish, from the settings alone): epsilon {g['epsilon']:.4f} at delta "
+             f"{g['delta']:g} ({g['accountant']} accountant, {g['queries']} queries at most)",
+             f"epsilon data-dependent (PRIVATE, the papers' convention): {private['epsilon']:.4f} at order "
+             f"{private.get('order')} [{public['conversion']}; classic {private['epsilon_classic']:.4f}; expected "
+             f"{private['epsilon_expected']:.4f}]"]
+    release = public.get("data_dependent_release")
+    if release:
+        lines.append(f"epsilon data-dependent, released with smooth-sensitivity noise (publishable as the papers' "
+                     f"convention, not a guarantee): {release['epsilon']:.4f} at order {release['order']:g}")
+    if public.get("seeded"):
         lines.append("noise was SEEDED: reproducible, not a production privacy guarantee")
     return lines
 

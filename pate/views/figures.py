@@ -57,38 +57,34 @@ def _integer_ticks(ax) -> None:
 
 
 def cumulative_epsilon_png(rows: list[dict], report: dict, path: Path, *,
-                           expected: tuple[Sequence[float], Sequence[float]] | None = None,
-                           data_independent: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
-    """Cumulative ε against queries asked, answered queries marked.
+                           expected: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
+    """Cumulative data-dependent ε against queries asked (PRIVATE), answered queries marked, with
+    the run's worst-case guarantee (safe to publish) as a horizontal line.
 
-    ``rows`` are ``audit.query_table`` rows (realized data-dependent ε after each query, PRIVATE).
-    ``expected`` and ``data_independent`` are optional (queries asked, ε) curves; without the
-    data-independent curve its run total is drawn as a horizontal line. The smooth-sensitivity
-    released ε (safe to publish) is drawn as a horizontal line when the report has one.
+    ``rows`` are ``audit.query_table`` rows (realized data-dependent ε after each query);
+    ``expected`` is an optional (queries asked, ε) curve of the expected cost; ``report`` is privacy.json.
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     queries = [r["query"] + 1 for r in rows]
     ax.plot(queries, [r["cumulative_epsilon"] for r in rows], color=PRIVATE_COLOR,
-            label="data-dependent, realized (PRIVATE)")
+            label="data-dependent, realized (PRIVATE; papers' convention)")
     answered = [r for r in rows if r["answered"]]
     ax.scatter([r["query"] + 1 for r in answered], [r["cumulative_epsilon"] for r in answered], s=6,
                color="tab:green", zorder=3, label="answered query")
     if expected is not None:
         ax.plot(*expected, color=PRIVATE_COLOR, ls=":", label="data-dependent, expected (PRIVATE)")
-    if data_independent is not None:
-        ax.plot(*data_independent, color=PUBLIC_COLOR, ls="--", label="data-independent (safe to publish)")
-    else:
-        ax.axhline(report["epsilon_data_independent"], color=PUBLIC_COLOR, ls="--",
-                   label="data-independent total (safe to publish)")
-    released = (report.get("smooth_sensitivity") or {}).get("released_epsilon")
-    if released is not None:
-        ax.axhline(released, color="tab:blue", ls="-.", lw=1,
-                   label="smooth-sensitivity released total (safe to publish)")
+    public = report["public"]
+    ax.axhline(public["guarantee"]["epsilon"], color=PUBLIC_COLOR, ls="--",
+               label="worst-case guarantee of the run (safe to publish)")
+    release = public.get("data_dependent_release")
+    if release:
+        ax.axhline(release["epsilon"], color="tab:blue", ls="-.", lw=1,
+                   label="data-dependent, smooth-sensitivity release (papers' convention)")
     ax.set_xlabel("queries asked")
-    ax.set_ylabel(f"epsilon (delta = {report['delta']:g})")
+    ax.set_ylabel(f"epsilon (delta = {public['delta']:g})")
     ax.set_ylim(bottom=0)
-    ax.set_title("Privacy spent against queries (solid/dotted: PRIVATE, derived from the votes)")
+    ax.set_title("Privacy against queries (solid/dotted: PRIVATE, derived from the votes)")
     ax.legend(loc="upper left", fontsize=8)
     save(fig, plt, path)
 

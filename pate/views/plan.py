@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from dp_accounting import get_sigma_gaussian
 
-from ..config import PipelineConfig
+from ..config import MAX_CLASSES, MAX_TEACHERS, PipelineConfig
 from ..errors import PateError
-from ..privacy import mechanisms, rdp
+from ..privacy import accounting, mechanisms, profiles, rdp
+from ..privacy.smooth_sensitivity import rdp_gnss
 from . import figures
 
 MECHANISMS = ("gnmax", "confident-gnmax")
@@ -66,8 +68,10 @@ class PlanParams:
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
             raise PlanError(f"mechanism must be one of {list(MECHANISMS)}. Found {self.mechanism!r}.")
-        _require(isinstance(self.teachers, int) and self.teachers >= 1, "teachers", "an integer >= 1", self.teachers)
-        _require(isinstance(self.classes, int) and self.classes >= 2, "classes", "an integer >= 2", self.classes)
+        _require(isinstance(self.teachers, int) and 1 <= self.teachers <= MAX_TEACHERS, "teachers",
+                 f"an integer in [1, {MAX_TEACHERS}]", self.teachers)
+        _require(isinstance(self.classes, int) and 2 <= self.classes <= MAX_CLASSES, "classes",
+                 f"an integer in [2, {MAX_CLASSES}]", self.classes)
         _require(isinstance(self.queries, int) and self.queries >= 1, "queries", "an integer >= 1", self.queries)
         _require(_positive(self.sigma2), "sigma2", "> 0", self.sigma2)
         _require(_finite(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)", self.delta)
@@ -147,30 +151,17 @@ def params_from(config: PipelineConfig | None = None, **overrides) -> PlanParams
 
 
 def vote_row(teachers: int, classes: int, top: int, gap: int) -> np.ndarray:
-    """(m,) counts: top on class 0, top − gap on class 1, the rest spread evenly on the others."""
-    runner = top - gap
-    rest = teachers - top - runner
-    if not (0 <= gap <= top <= teachers) or rest < 0 or rest > (classes - 2) * runner:
-        raise PlanError(f"no vote row of {teachers} votes over {classes} classes has top {top} and gap {gap}")
-    row = np.zeros(classes, dtype=np.int64)
-    row[:2] = top, runner
-    if classes > 2:
-        row[2:] = rest // (classes - 2)
-        row[2:2 + rest % (classes - 2)] += 1
-    return row
+    try:
+        return profiles.vote_row(teachers, classes, top, gap)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def consensus_row(teachers: int, classes: int, level: float) -> np.ndarray:
-    """(m,) counts for consensus level c: round(c·K) on class 0, the rest greedily on runner-ups."""
-    if not (_finite(level) and 1.0 / classes <= level <= 1.0):
-        raise PlanError(f"consensus must be in [1/classes = {1 / classes:.3g}, 1]. Found {level!r}.")
-    top = max(int(round(level * teachers)), -(-teachers // classes))
-    row = np.zeros(classes, dtype=np.int64)
-    row[0], rest = top, teachers - top
-    for j in range(1, classes):
-        row[j] = min(top, rest)
-        rest -= row[j]
-    return row
+    try:
+        return profiles.consensus_row(teachers, classes, level)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -214,6 +205,23 @@ def data_independent_epsilon(params: PlanParams, asked: float | None = None, ans
     """Data-independent ε of ``asked`` queries with ``answered`` answers (default: all Q, all answered)."""
     asked = params.queries if asked is None else asked
     return eps(params, data_independent_rdp(params, asked, asked if answered is None else answered))[0]
+
+
+def settings_of(params: PlanParams) -> accounting.Settings:
+    """The planned run's privacy settings (no release, no budget): what its guarantee is computed from."""
+    return accounting.Settings(params.mechanism_object, params.teachers, params.classes, params.queries, params.delta,
+                               tuple(params.order_array), params.conversion)
+
+
+def guarantee(params: PlanParams) -> accounting.Guarantee:
+    """The worst-case guarantee of the planned settings (``accounting.guarantee``)."""
+    return accounting.guarantee(settings_of(params))
+
+
+def propose_release(params: PlanParams) -> accounting.ReleaseParameters | None:
+    """Smooth-sensitivity release parameters from the planned settings alone (``accounting.propose_release``)."""
+    return accounting.propose_release(params.mechanism_object, params.teachers, params.classes, params.queries,
+                                      tuple(params.order_array), params.delta, params.conversion)
 
 
 def answer_probability(params: PlanParams, votes) -> np.ndarray:
@@ -267,56 +275,64 @@ def calibrate(target_eps: float, cost_fn: Callable[[float], float], lo: float, h
 
 
 def calibrate_sigma2(params: PlanParams, target_eps: float) -> float:
-    """σ2 for a data-independent ε ≤ target over Q queries, all answered, the plan's T and σ1 kept."""
-    return calibrate(target_eps, lambda s: data_independent_epsilon(replace(params, sigma2=s)),
-                     1e-3 * params.teachers, 1e4 * params.teachers)
+    """σ2 for a guarantee ≤ target over Q queries, the plan's T and σ1 kept. GNMax is one Gaussian
+    mechanism, so ``dp_accounting``'s analytic calibration (``get_sigma_gaussian``) gives its σ2
+    exactly; either way the never-overshooting bisection (``calibrate``) settles σ2 on ``guarantee``."""
+    lo = 1e-3 * params.teachers
+    if not params.thresholded:
+        lo = 0.5 * get_sigma_gaussian(target_eps, params.delta) * math.sqrt(2.0 * params.queries)
+    return calibrate(target_eps, lambda s: guarantee(replace(params, sigma2=s)).epsilon, lo, 1e4 * params.teachers)
 
 
-def _max_rho(params: PlanParams, target_eps: float) -> float:
-    """Largest ρ (on the private side) with ε(ρ·λ) ≤ target: the data-independent curves are linear in λ."""
-    orders = params.order_array
-    s = calibrate(target_eps, lambda s: eps(params, orders / s**2)[0], 1e-4, 1e8, rel_tol=1e-9, digits=12)
-    return 1.0 / s**2
+def max_queries_within(params: PlanParams, target_eps: float) -> int:
+    """The most queries (≤ the planned number) whose guarantee is within ``target_eps``.
+
+    The RDP worst case grows linearly in Q, so every Q is converted at once; the exact Gaussian
+    bound (where the mechanism is a composition of Gaussians) gives Q in closed form; the larger
+    count is checked against ``guarantee`` itself, which is what a run would publish.
+    """
+    rho = settings_of(replace(params, queries=1)).per_query_worst_case()
+    q = np.arange(1, params.queries + 1)
+    fits = rdp.eps_from_rdp_rows(q[:, None] * rho[None, :], params.order_array, params.delta, params.conversion)
+    best = int(np.count_nonzero(fits <= target_eps))
+    multiplier = params.mechanism_object.gaussian_multiplier(1)
+    if multiplier is not None:
+        needed = get_sigma_gaussian(target_eps, params.delta)
+        best = max(best, min(params.queries, int((multiplier / needed) ** 2)))
+    while best > 0 and guarantee(replace(params, queries=best)).epsilon > target_eps:
+        best -= 1
+    return best
 
 
 def search(params: PlanParams, target_eps: float, profile: Profile, *, keep: int = 5) -> list[dict]:
-    """Best (T, σ1, σ2, Q) on the fixed grid for a data-independent ε ≤ target, best first.
+    """Best (T, σ1, σ2, Q) on the fixed grid for a guarantee ≤ target, best first.
 
-    Bound: Q·λ/(2σ1²) + Q·λ/σ2², every query answered (the worst case, public). It is ρ·λ with
-    ρ = Q·(1/(2σ1²) + 1/σ2²) and ε grows with ρ, so for each grid point the largest Q ≤ the planned
-    one is floor(ρ*/(1/(2σ1²) + 1/σ2²)), ρ* from ``calibrate``. Objective: expected released
-    labels that agree with the teachers' plurality, Q·Σ w_c·Pr_c·(1 − q̃_c) (1 − q̃ of Prop. 7 bounds
-    Pr[GNMax = plurality] from below); without the (1 − q̃) factor σ2 would always go to the top of
-    its grid. Each returned ε is recomputed with ``rdp.eps_from_rdp``.
+    For each grid point the largest Q ≤ the planned one within the target (``max_queries_within``).
+    Objective: expected released labels that agree with the teachers' plurality,
+    Q·Σ w_c·Pr_c·(1 − q̃_c) (1 − q̃ of Prop. 7 bounds Pr[GNMax = plurality] from below); without the
+    (1 − q̃) factor σ2 would always go to the top of its grid.
     """
-    rho = _max_rho(params, target_eps)
     rows, w, k = profile.rows(params), np.asarray(profile.weights), params.teachers
     sigma2 = np.asarray(GRID_SIGMA2) * k
     agree = np.stack([1.0 - np.exp(rdp.logq_gnmax(rows, s)) for s in sigma2])  # (S2, C)
-    if params.thresholded:
-        grid = [(t * k, s1 * k) for t in GRID_THRESHOLD for s1 in GRID_SIGMA1]
-    else:
-        grid = [(None, None)]
+    grid = [(t * k, s1 * k) for t in GRID_THRESHOLD for s1 in GRID_SIGMA1] if params.thresholded else [(None, None)]
     candidates = []
     for t, s1 in grid:
-        pr = answer_probability(replace(params, threshold=t, sigma1=s1), rows)  # (C,)
-        per_query = 1.0 / sigma2**2 + (0.5 / s1**2 if s1 else 0.0)
-        queries = np.minimum(params.queries, np.floor(rho / per_query)).astype(int)
-        labels, agreeing = queries * (w @ pr), queries * ((pr * agree) @ w)
-        for j in np.nonzero(queries > 0)[0]:
-            candidates.append((agreeing[j], labels[j], t, s1, sigma2[j], int(queries[j])))
+        point = replace(params, threshold=t, sigma1=s1)
+        pr = answer_probability(point, rows)  # (C,)
+        for j, s2 in enumerate(sigma2):
+            queries = max_queries_within(replace(point, sigma2=float(s2)), target_eps)
+            if queries > 0:
+                candidates.append((queries * float((pr * agree[j]) @ w), queries * float(w @ pr), t, s1,
+                                   float(s2), queries))
     if not candidates:
-        cheapest = replace(params, queries=1, sigma2=float(sigma2[-1]),
-                           sigma1=GRID_SIGMA1[-1] * k if params.thresholded else None)
-        raise PlanError(f"no grid point answers even one query within epsilon {target_eps:g} (one query at the "
-                        f"grid's largest noise costs {data_independent_epsilon(cheapest):.3g})")
+        raise PlanError(f"no grid point answers even one query within a guarantee of epsilon {target_eps:g}")
     candidates.sort(key=lambda c: (-c[0], -c[1], c[5]))
     out = []
     for agreeing, labels, t, s1, s2, q in candidates[:keep]:
-        p = replace(params, threshold=t, sigma1=s1, sigma2=float(s2), queries=q)
-        out.append(dict(threshold=t, sigma1=s1, sigma2=float(s2), queries=q,
-                        epsilon_data_independent=data_independent_epsilon(p),
-                        expected_labels=float(labels), expected_agreeing_labels=float(agreeing)))
+        p = replace(params, threshold=t, sigma1=s1, sigma2=s2, queries=q)
+        out.append(dict(threshold=t, sigma1=s1, sigma2=s2, queries=q, guarantee=guarantee(p).epsilon,
+                        expected_labels=labels, expected_agreeing_labels=agreeing))
     return out
 
 
@@ -346,8 +362,17 @@ def make_plan(params: PlanParams, profile: Profile | None = None, target_eps: fl
             "epsilon_expected": eps(params, expected_rdp(params, unanimous))[0],
             "epsilon_all_answered": eps(params, q * (thr_u[0] + gn_u[0]))[0],
             "threshold_step": eps(params, q * thr_u[0])[0] if params.thresholded else None}
+    proposal = propose_release(params)
     plan = {"public": "computed from the settings and hypothetical votes only: no private data was read",
             "parameters": {k: v for k, v in asdict(params).items() if k != "orders"},
+            "guarantee": guarantee(params).to_dict(),
+            "smooth_sensitivity_release": None if proposal is None else {
+                **asdict(proposal), "release_rdp_at_order": float(rdp_gnss(proposal.beta, proposal.sigma_ss,
+                                                                           proposal.order)),
+                "config": (f"[privacy] data_dependent_release = true; ss_order = {proposal.order:g}; "
+                           f"ss_beta = {proposal.beta:g}; ss_sigma = {proposal.sigma_ss:g}"),
+                "how": (f"from {q} hypothetical queries at consensus {accounting.DEFAULT_CONSENSUS:g} (public): "
+                        "the order and beta with the least expected bound where conditions C5/C6 hold")},
             "consensus_profile": {"rule": "top class gets round(c*K) votes; the runner-ups take the rest greedily "
                                           "(worst case for GNMax's data-dependent cost)",
                                   "levels": levels, "expected_answer_rate": rate, "expected_labels": q * rate,
@@ -402,18 +427,27 @@ def _f(x, spec: str = ".4f", width: int = 0) -> str:
 def render_table(plan: dict) -> str:
     p, di, best = plan["parameters"], plan["data_independent"], plan["best_case_unanimous"]
     prof = plan["consensus_profile"]
-    thr = p["mechanism"] == "confident-gnmax"
+    thr = p["threshold"] is not None
+    g, ss = plan["guarantee"], plan["smooth_sensitivity_release"]
     lines = [f"# {plan['public']}",
              f"{p['mechanism']}: K={p['teachers']} teachers, m={p['classes']} classes, Q={p['queries']} queries, "
              + (f"T={p['threshold']:g}, sigma1={p['sigma1']:g}, " if thr else "")
              + f"sigma2={p['sigma2']:g}, delta={p['delta']:g} ({p['conversion']} conversion)", "",
-             "data-independent epsilon (safe to publish)"]
+             f"GUARANTEE (safe to publish; worst case over every dataset, from these settings alone): "
+             f"epsilon {g['epsilon']:.4f} at delta {g['delta']:g} ({g['accountant']} accountant"
+             + (f", order {g['order']:g}" if g["order"] else "") + ")"]
+    if ss:
+        lines.append(f"smooth-sensitivity release parameters, proposed from public settings: order {ss['order']:g}, "
+                     f"beta {ss['beta']:g}, sigma_ss {ss['sigma_ss']:g} (the release itself costs RDP "
+                     f"{ss['release_rdp_at_order']:.4g} at that order, added to the guarantee)")
+    lines += ["", "for comparison: composition with every query answered (valid, looser than the guarantee)"]
     if thr:
         lines.append(f"  threshold step, {p['queries']} queries            {_f(di['threshold_step'])}")
     lines += [f"  GNMax, all {p['queries']} answered               {_f(di['gnmax_all_answered'])}",
-              f"  total, all answered (worst case)      {_f(di['all_answered'])}  (order {di['order']:g})",
-              f"  total at the expected answer rate     {_f(di['at_expected_answer_rate'])}  "
-              f"({prof['expected_answer_rate']:.3f} -> {prof['expected_labels']:.1f} labels expected)", "",
+              f"  total, all answered                   {_f(di['all_answered'])}  (order {di['order']:g})",
+              f"  odometer at the expected answer rate  {_f(di['at_expected_answer_rate'])}  "
+              f"({prof['expected_answer_rate']:.3f} -> {prof['expected_labels']:.1f} labels expected; an output of "
+              "the mechanism, not a bound fixed in advance)", "",
               "consensus profile (" + prof["rule"] + ")",
               f"  {'consensus':>9} {'weight':>6} {'Pr[answer]':>10} {'labels':>8} {'eps DI':>8} {'eps DD exp':>10}"]
     lines += [f"  {lv['consensus']:>9.3g} {lv['weight']:>6.3g} {lv['answer_probability']:>10.4f} "
@@ -434,11 +468,11 @@ def render_table(plan: dict) -> str:
 
 
 def _search_lines(s: dict, thr: bool) -> list[str]:
-    lines = ["", f"grid search, data-independent epsilon <= {s['target_epsilon']:g} with every query answered "
+    lines = ["", f"grid search, guarantee epsilon <= {s['target_epsilon']:g} "
                  "(ranked by expected labels agreeing with the plurality)",
-             f"  {'T':>7} {'sigma1':>7} {'sigma2':>7} {'Q':>6} {'eps DI':>7} {'labels':>8} {'agreeing':>8}"]
+             f"  {'T':>7} {'sigma1':>7} {'sigma2':>7} {'Q':>6} {'eps':>7} {'labels':>8} {'agreeing':>8}"]
     lines += [f"  {_f(r['threshold'], 'g', 7)} {_f(r['sigma1'], 'g', 7)} {r['sigma2']:>7g} {r['queries']:>6} "
-              f"{r['epsilon_data_independent']:>7.4f} {r['expected_labels']:>8.1f} "
+              f"{r['guarantee']:>7.4f} {r['expected_labels']:>8.1f} "
               f"{r['expected_agreeing_labels']:>8.1f}"
               for r in s["best"]]
     cal = s["calibrated_sigma2"]

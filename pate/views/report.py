@@ -67,19 +67,14 @@ def _eps(curves: np.ndarray, config) -> np.ndarray:
 
 def epsilon_curves(config, votes: np.ndarray, answered: np.ndarray,
                    max_points: int = CURVE_POINTS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(queries asked, ε) curves: ``expected`` (data-dependent, PRIVATE; mechanisms with a threshold
-    step only, the others' expected cost is the realized one) and ``data_independent`` (safe to
-    publish), each converted at up to ``max_points`` prefixes."""
-    answered = np.asarray(answered, dtype=bool)
-    points = _prefix_points(len(answered), max_points)
-    answered_so_far = np.cumsum(answered)
+    """(queries asked, ε) curves of the expected data-dependent cost (PRIVATE), for mechanisms with a
+    threshold step (the others' expected cost is the realized one), at up to ``max_points`` prefixes."""
     mech, order_list = mechanism(config), orders(config)
-    curves = {"data_independent": (points, _eps(np.array([
-        mech.data_independent_rdp(int(k), int(answered_so_far[k - 1]), order_list) for k in points]), config))}
-    if mech.thresholded:
-        curves["expected"] = (points, _eps(np.array([mech.expected_rdp(votes[:k], order_list) for k in points]),
-                                           config))
-    return curves
+    if not mech.thresholded:
+        return {}
+    points = _prefix_points(len(answered), max_points)
+    return {"expected": (points, _eps(np.array([mech.expected_rdp(votes[:k], order_list) for k in points]),
+                                      config))}
 
 
 def consensus_bins(rows: list[dict], num_teachers: int, truth: np.ndarray, edges=None) -> list[dict]:
@@ -145,16 +140,15 @@ def build(run: RunDir, out: Path | None = None, data_root: Path = data_mod.DEFAU
 def _epsilon_section(run, rows, privacy, votes, answered, out) -> Section:
     config = run.config
     curves = epsilon_curves(config, votes, answered)
-    figures.cumulative_epsilon_png(rows, privacy, out / "cumulative_epsilon.png",
-                                   expected=curves.get("expected"), data_independent=curves["data_independent"])
+    figures.cumulative_epsilon_png(rows, privacy, out / "cumulative_epsilon.png", expected=curves.get("expected"))
     expected_note = ("The dotted curve is the paper's expected cost Σ[thr + Pr(answered)·GNMax] (PRIVATE)."
                      if "expected" in curves else
                      f"With {config.aggregator.mechanism} the expected cost equals the realized one.")
     return Section("cumulative_epsilon", "Cumulative ε against queries", PRIVATE, file="cumulative_epsilon.png",
                    caption=("Solid: data-dependent ε after each query, from the ledger (PRIVATE); green dots mark "
-                            f"answered queries. {expected_note} Dashed: data-independent ε of the queries asked "
-                            "and answered so far (safe to publish). Dash-dotted: the smooth-sensitivity released ε "
-                            "of the whole run (safe to publish)."))
+                            f"answered queries. {expected_note} Dashed: the run's worst-case guarantee, from the "
+                            "settings alone (safe to publish). Dash-dotted, when released: the data-dependent cost "
+                            "with smooth-sensitivity noise, the papers' convention (not a guarantee)."))
 
 
 def _gap_section(run, rows, answered, out) -> Section:
@@ -258,15 +252,35 @@ def _figure_html(out: Path, section: Section, wide: bool) -> str:
             "</figure>")
 
 
+def publishable_html(privacy: dict, total=None) -> str:
+    """The statement box: the guarantee first; the papers' data-dependent figure, if released, beside it."""
+    public, esc = privacy["public"], html.escape
+    g, release = public["guarantee"], public.get("data_dependent_release")
+    parts = [f"<p><b>The guarantee (safe to publish).</b> ε = {g['epsilon']:.3f} at δ = {g['delta']:g}, "
+             f"({esc(g['accountant'])} accountant), for at most {g['queries']} queries, computed from the settings "
+             "alone: it holds for every private dataset, whatever the votes were.</p>",
+             f'<p class="eps">ε = {g["epsilon"]:.3f} · δ = {g["delta"]:g}</p>']
+    if release:
+        parts.append(f"<p>Data-dependent cost released with smooth-sensitivity noise (Papernot et al. 2018, App. B; "
+                     f"order {release['order']:g}, β {release['beta']:g}, σ_ss {release['sigma_ss']:g}, fixed in "
+                     f"advance): ε = {release['epsilon']:.3f}. This is the convention of the PATE papers, for "
+                     "comparison with them; it is not a guarantee.</p>")
+    if total is not None:
+        parts.append(f"<p>Privacy spent on this private data by every run so far, composed: ε = {total.epsilon:.3f} "
+                     f"at δ = {total.delta:g} over {total.releases} release(s).</p>")
+    if public.get("seeded"):
+        parts.append('<p class="seeded">Noise was SEEDED: the run is reproducible, which is not a production '
+                     "privacy guarantee.</p>")
+    return "\n".join(parts)
+
+
 def render_html(run: RunDir, report: Report, privacy: dict) -> str:
-    config, ss = run.config, privacy["smooth_sensitivity"]
+    config = run.config
     esc = html.escape
     generated = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td><td>{_badge(kind)}</td></tr>"
                     for k, v, kind in summary.rows(run))
-    seeded = (f'<p class="seeded">Noise was SEEDED (seed {config.aggregator.seed}): the run is reproducible, '
-              "which is not a production privacy guarantee.</p>") if privacy.get("seeded") else ""
-    ss_note = f"<p>Note: {esc(ss['note'])}.</p>" if ss.get("note") else ""
+    private = privacy["private"]
     figs = "".join(_figure_html(report.out, s, wide=(s.key == "cumulative_epsilon"))
                    for s in report.sections)
     return f"""<!DOCTYPE html>
@@ -279,19 +293,15 @@ def render_html(run: RunDir, report: Report, privacy: dict) -> str:
 <p class="meta">Run directory {esc(str(run.path))} · config {esc(config.fingerprint()[:16])} · {esc(config.data.dataset)},
 {config.teachers.count} teachers, {esc(config.aggregator.mechanism)} · generated {esc(generated)} by <code>pate report</code></p>
 <div class="publish">
-<p><b>Which ε is safe to publish.</b> Publish one of these two figures, with δ = {privacy['delta']:g}:</p>
-<p class="eps">ε = {ss['released_epsilon']:.3f} smooth-sensitivity released &nbsp;·&nbsp;
-ε = {privacy['epsilon_data_independent']:.3f} data-independent</p>
-<p>The released ε is the data-dependent ε with smooth-sensitivity noise added (Papernot et al. 2018, App. B);
-the data-independent ε depends only on the mechanism's settings and the numbers of queries asked and answered.</p>
-{ss_note}{seeded}
+{publishable_html(privacy, summary.spent(run, config.privacy.delta))}
 </div>
 <div class="privacy">
 <p><b>PRIVATE page: do not publish it as a whole.</b> Views marked {_badge(PRIVATE)} are derived from the ledger
 (<code>ledger.jsonl</code>) and the teachers' votes, which are functions of the private data. That includes the
-data-dependent ε ({privacy['epsilon']:.3f} realized, {privacy['epsilon_expected']:.3f} expected): it must not be published
-itself. {_badge(NOT_COVERED)} marks figures about the teachers, which saw the private data directly.
-{_badge(PUBLIC)} marks what the DP guarantee covers: the two ε above and post-processing of the released labels.</p>
+data-dependent ε ({private['epsilon']:.3f} realized, {private['epsilon_expected']:.3f} expected), the convention of the
+PATE papers: it must not be published itself. {_badge(NOT_COVERED)} marks figures about the teachers, which saw the
+private data directly. {_badge(PUBLIC)} marks what the guarantee covers: the statement above and post-processing of
+the released labels. <code>pate release</code> writes the public statement on its own.</p>
 </div>
 <h2>Summary</h2>
 <table>{table}</table>

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..run import RunDir
 from ..stages import NAMES
+from . import summary
 
 
 def render(run: RunDir) -> str:
@@ -13,4 +14,8 @@ def render(run: RunDir) -> str:
         state, progress = record.get("status", "pending"), record.get("progress") or ""
         detail = f"  ({progress})" if state == "partial" and progress else ""
         lines.append(f"  {stage:<14} {state}{detail}")
+    total = summary.spent(run, run.config.privacy.delta)
+    if total is not None:
+        lines.append(f"privacy spent on this private data by every run, composed: epsilon {total.epsilon:.3f} at "
+                     f"delta {total.delta:g} over {total.releases} release(s)")
     return "\n".join(lines) + "\n"

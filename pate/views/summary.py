@@ -5,6 +5,7 @@ CLI prints them as text after ``pate run`` and ``pate report`` puts them in its 
 """
 from __future__ import annotations
 
+from .. import spend_log
 from ..run import RunDir
 from ..stages import NAMES
 from ..stages.context import METRICS, PRIVACY, TEACHERS_EVAL, mechanism
@@ -31,16 +32,7 @@ def rows(run: RunDir) -> list[tuple[str, str, str]]:
            ("dataset", config.data.dataset, ""), ("teachers", str(config.teachers.count), ""),
            ("mechanism", f"{mech.name} ({mech.describe()})", "")]
     if privacy:
-        ss = privacy["smooth_sensitivity"]
-        out += [("queries asked / answered", f"{privacy['queries_asked']} / {privacy['queries_answered']}", PUBLIC),
-                ("ε, smooth-sensitivity released", f"{ss['released_epsilon']:.3f}", PUBLIC),
-                ("ε, data-independent", f"{privacy['epsilon_data_independent']:.3f}", PUBLIC),
-                ("ε, data-dependent realized", f"{privacy['epsilon']:.3f} (order {privacy.get('order')})", PRIVATE),
-                ("ε, data-dependent expected", f"{privacy['epsilon_expected']:.3f}", PRIVATE),
-                ("δ", f"{privacy['delta']:g} ({privacy.get('conversion', config.privacy.conversion)} conversion)",
-                 PUBLIC)]
-        if privacy.get("seeded"):
-            out.append(("noise", "SEEDED: reproducible, not a production privacy guarantee", ""))
+        out += privacy_rows(run, privacy)
     if teachers_eval:
         spread = ""
         if teachers_eval.get("teacher_accuracy_min") is not None:
@@ -59,6 +51,35 @@ def rows(run: RunDir) -> list[tuple[str, str, str]]:
         stages.append(f"{stage} {record.get('status', 'pending')}" + (f" {seconds:.1f} s" if seconds is not None else ""))
     out.append(("stages", " · ".join(stages), ""))
     return out
+
+
+def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
+    """The guarantee first; the papers' data-dependent figures after it, each with who may see it."""
+    public, private = privacy["public"], privacy["private"]
+    g = public["guarantee"]
+    out = [("queries asked / answered", f"{public['queries_asked']} / {public['queries_answered']}", PUBLIC),
+           ("ε guarantee (worst case, settings alone)",
+            f"{g['epsilon']:.3f} at δ {g['delta']:g} ({g['accountant']} accountant)", PUBLIC)]
+    release = public.get("data_dependent_release")
+    if release:
+        out.append(("ε data-dependent, smooth-sensitivity release (papers' convention, not a guarantee)",
+                    f"{release['epsilon']:.3f} at order {release['order']:g}", PUBLIC))
+    out += [("ε data-dependent realized (papers' convention)",
+             f"{private['epsilon']:.3f} (order {private.get('order')})", PRIVATE),
+            ("ε data-dependent expected (papers' convention)", f"{private['epsilon_expected']:.3f}", PRIVATE)]
+    total = spent(run, g["delta"])
+    if total is not None:
+        out.append(("ε spent on this private data, all runs composed",
+                    f"{total.epsilon:.3f} at δ {total.delta:g} over {total.releases} release(s)", PUBLIC))
+    if public.get("seeded"):
+        out.append(("noise", "SEEDED: reproducible, not a production privacy guarantee", ""))
+    return out
+
+
+def spent(run: RunDir, delta: float):
+    """The composed spend on this run's private data (``pate.spend_log``), or None before partition."""
+    fingerprint = run.record("partition").get("private_data")
+    return None if not fingerprint else spend_log.total(fingerprint, delta, run.config.privacy.conversion)
 
 
 def render_text(run: RunDir) -> str:

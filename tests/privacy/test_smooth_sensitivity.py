@@ -116,45 +116,43 @@ def test_unequal_row_sums_are_refused():
 
 
 def test_release_by_hand():
-    ls, beta, order, delta = np.array([1.0, 2.0, 3.0]), 0.1, 2.0, 1e-5
-    res = ss.release(ls, 0.5, order, delta, betas=[beta], noise=noise_source(7))
+    ls, beta, order, delta, sigma_ss = np.array([1.0, 2.0, 3.0]), 0.1, 2.0, 1e-5, 1.7
+    res = ss.release(ls, 0.5, order, delta, beta, sigma_ss, noise_source(7))
     smooth = max(1.0, 2 * math.exp(-0.1), 3 * math.exp(-0.2))
-    sigma_ss = (order * math.exp(2 * beta) / smooth) ** (1 / 3)
     rdp_ss = order * math.exp(2 * beta) / sigma_ss**2 + (beta * order - 0.5 * math.log(1 - 2 * order * beta)) / (order - 1)
     eps = 0.5 + rdp_ss + math.log(1 - 1 / order) - math.log(delta * order) / (order - 1)
     z = noise_source(7).normal(size=1)[0]
     assert res.smooth_sensitivity == pytest.approx(smooth)
-    assert res.sigma_ss == pytest.approx(sigma_ss) and res.rdp_ss == pytest.approx(rdp_ss)
+    assert res.sigma_ss == sigma_ss and res.beta == beta and res.rdp_ss == pytest.approx(rdp_ss)
     assert res.epsilon == pytest.approx(eps)
     assert res.noise_std == pytest.approx(sigma_ss * smooth)
     assert res.released_epsilon == pytest.approx(eps + sigma_ss * smooth * z)
-    assert res.upper_bound == pytest.approx(eps + 2 * sigma_ss * smooth)
-    assert res.data_dependent_parameters  # σ_ss was tuned on SS
-    fixed = ss.release(ls, 0.5, order, delta, betas=[beta], noise=noise_source(7), sigma_ss=2.0)
-    assert not fixed.data_dependent_parameters and fixed.noise_std == pytest.approx(2 * smooth)
+    # the release's own cost at every order below 1/(2β), +inf above
+    curve = ss.rdp_gnss_curve(beta, sigma_ss, [2.0, 4.0, 5.0, 6.0])
+    assert curve[0] == pytest.approx(rdp_ss) and np.isfinite(curve[1]) and np.isinf(curve[2:]).all()
 
 
-def test_release_picks_least_cost_beta_and_handles_zero():
+def test_choose_parameters_picks_the_least_expected_bound():
     ls = np.linspace(0.001, 0.05, 250)
-    res = ss.release(ls, 1.0, 10.0, 1e-5, noise=noise_source(1))
+    beta, sigma = ss.choose_parameters(ls, 1.0, 10.0, 1e-5)
     costs = []
     for b in ss.default_betas(10.0):
         s = ss.smooth_sensitivity(ls, b)
         sig = (10 * math.exp(2 * b) / s) ** (1 / 3)
         costs.append(1.0 + ss.rdp_gnss(b, sig, 10.0) + 2 * s * sig)
-    assert res.beta == pytest.approx(ss.default_betas(10.0)[int(np.argmin(costs))])
-    zero = ss.release(np.zeros(250), 1.0, 10.0, 1e-5, noise=noise_source(1))
+    best = int(np.argmin(costs))
+    assert beta == pytest.approx(ss.default_betas(10.0)[best])
+    assert sigma == pytest.approx((10 * math.exp(2 * beta) / ss.smooth_sensitivity(ls, beta)) ** (1 / 3))
+    zero = ss.release(np.zeros(250), 1.0, 10.0, 1e-5, beta, sigma, noise_source(1))
     assert zero.noise_std == 0 and zero.released_epsilon == zero.epsilon
-    secure = ss.release(ls, 1.0, 10.0, 1e-5)  # default: OS-secure noise
-    assert secure.epsilon == res.epsilon
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(betas=[0.06]), "betas must lie in"), (dict(delta=2.0), "delta must be in"),
-    (dict(ls_total=[-1.0]), "ls_total must be"),
+    (dict(beta=0.06), "beta must be below"), (dict(delta=2.0), "delta must be in"),
+    (dict(ls_total=[-1.0]), "ls_total must be"), (dict(sigma_ss=0.0), "sigma_ss must be > 0"),
 ])
 def test_release_validation(kwargs, message):
-    args = dict(ls_total=[1.0, 2.0], rdp_at_order=1.0, order=10.0, delta=1e-5,
+    args = dict(ls_total=[1.0, 2.0], rdp_at_order=1.0, order=10.0, delta=1e-5, beta=0.04, sigma_ss=1.0,
                 noise=noise_source(0)) | kwargs
     with pytest.raises(ValueError, match=message):
         ss.release(**args)

@@ -7,12 +7,13 @@ from click.testing import CliRunner
 
 from pate import config as config_mod
 from pate.cli import main
+from pate.errors import PateError
 from pate.privacy import ledger
-from pate.privacy.accounting import data_independent_epsilon
+from pate.privacy import accounting
 from pate.run import RunError
 from pate.stages import aggregate as stage
 from pate.stages import open_run
-from pate.stages.context import Context, mechanism, orders
+from pate.stages.context import Context, privacy_settings
 
 from ..conftest import finish_votes_stage
 
@@ -50,14 +51,18 @@ def test_labels_equal_what_the_ledger_released(tmp_path):
         assert labels["query_index"].tolist() == [r.public_index for r in answered]
         assert labels["label"].tolist() == [r.label for r in answered]
     report = json.loads(ctx.run.file("privacy.json").read_text())
-    for key in ("mechanism", "delta", "epsilon", "order", "epsilon_classic", "epsilon_data_independent",
-                "smooth_sensitivity", "queries_asked", "queries_answered", "seeded"):
-        assert key in report
-    assert report["seeded"] is True and "SEEDED" in report["warning"]
-    assert report["queries_asked"] == Q and report["queries_answered"] == len(answered)
-    assert 0 < report["epsilon"] <= report["epsilon_classic"] + 1e-9
-    assert report["epsilon"] <= report["epsilon_data_independent"] + 1e-9
-    assert set(report["smooth_sensitivity"]) >= {"epsilon", "noise_std", "beta", "released_epsilon"}
+    public, private = report["public"], report["private"]
+    assert set(public) >= {"guarantee", "mechanism", "settings", "delta", "queries_asked", "queries_answered",
+                           "seeded", "data_dependent_release"}
+    assert set(private) >= {"epsilon", "order", "epsilon_classic", "epsilon_expected"}
+    assert public["seeded"] is True and "SEEDED" in public["warning"]
+    assert public["queries_asked"] == Q and public["queries_answered"] == len(answered)
+    assert 0 < private["epsilon"] <= private["epsilon_classic"] + 1e-9
+    # the data-dependent figure never exceeds the worst case the guarantee is made of
+    assert private["epsilon"] <= public["guarantee"]["epsilon"] + 1e-9
+    assert public["data_dependent_release"] is None  # not configured
+    for path in ("ledger.jsonl", "votes.npz", "privacy.json"):
+        assert ctx.run.file(path).stat().st_mode & 0o777 == 0o600, path
 
 
 def test_crash_after_a_chunk_resumes_without_repeating(tmp_path, monkeypatch):
@@ -100,22 +105,22 @@ def test_secure_noise_is_the_default_and_differs(tmp_path):
     b, _ = make_run(tmp_path, "b", seed=None)
     stage.run(a)
     stage.run(b)
-    report = json.loads(a.run.file("privacy.json").read_text())
+    report = json.loads(a.run.file("privacy.json").read_text())["public"]
     assert report["seeded"] is False and "warning" not in report
     assert [r.label for r in ledger_records(a.run)] != [r.label for r in ledger_records(b.run)]
 
 
-def test_epsilon_budget_stops_answering(tmp_path):
+def test_epsilon_budget_is_a_renyi_filter(tmp_path):
     ctx, _ = make_run(tmp_path, epsilon_budget=3.0)
     stage.run(ctx)
-    report = json.loads(ctx.run.file("privacy.json").read_text())
-    assert report["stopped_by_budget"] and report["queries_asked"] < Q
-    assert report["epsilon_data_independent"] <= 3.0
-    # one more query, answered, would have broken the budget
-    more = data_independent_epsilon(mechanism(ctx.config), report["queries_asked"] + 1,
-                                    report["queries_answered"] + 1, orders=orders(ctx.config),
-                                    delta=ctx.config.privacy.delta, conversion=ctx.config.privacy.conversion)
-    assert more > 3.0
+    public = json.loads(ctx.run.file("privacy.json").read_text())["public"]
+    settings = privacy_settings(ctx.config)
+    plan = accounting.plan_filter(settings)
+    assert public["stopped_by_budget"] and public["queries_asked"] == plan.max_queries < Q
+    assert public["guarantee"]["epsilon"] <= 3.0 and public["guarantee"]["queries"] == plan.max_queries
+    # the filter's order: the asked queries' worst case fits the budget, one more would not
+    rho = settings.per_query_worst_case()[settings.order_array == plan.order][0]
+    assert plan.max_queries * rho <= plan.budget_rdp < (plan.max_queries + 1) * rho
 
 
 @pytest.mark.parametrize("mechanism", ["gnmax", "lnmax"])
@@ -149,12 +154,12 @@ def test_audit_views(tmp_path):
     runner = CliRunner()
     table = runner.invoke(main, ["audit", str(ctx.run.path)])
     assert table.exit_code == 0, table.output
-    assert table.output.startswith("# PRIVATE") and "SAFE TO PUBLISH" in table.output
+    assert table.output.startswith("# PRIVATE") and "GUARANTEE (safe to publish" in table.output
     assert len([l for l in table.output.splitlines() if l[:6].strip().isdigit()]) == Q
     as_json = json.loads(runner.invoke(main, ["audit", str(ctx.run.path), "--format", "json"]).output)
     cums = [q["cumulative_epsilon"] for q in as_json["queries"]]
     assert all(b >= a - 1e-9 for a, b in zip(cums, cums[1:]))  # epsilon never decreases
-    assert cums[-1] == pytest.approx(as_json["totals"]["epsilon"], rel=1e-6)
+    assert cums[-1] == pytest.approx(as_json["totals"]["private"]["epsilon"], rel=1e-6)
     csv_out = runner.invoke(main, ["audit", str(ctx.run.path), "--format", "csv"]).output
     assert csv_out.splitlines()[1].startswith("query,public_index,answered")
     one = json.loads(runner.invoke(main, ["audit", str(ctx.run.path), "--query", "3", "--format", "json"]).output)
@@ -183,6 +188,122 @@ def test_best_order_at_the_edge_of_the_list_is_reported(tmp_path, capsys):
     ctx, _ = make_run(tmp_path, privacy={"orders": [2.0, 3.0]})
     ctx.quiet = False
     stage.run(ctx)
-    report = json.loads(ctx.run.file("privacy.json").read_text())
+    report = json.loads(ctx.run.file("privacy.json").read_text())["private"]
     assert any("edge of the order list" in w for w in report["warnings"])
     assert "warning" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- publish only guarantees
+
+
+def one_teacher_moved(votes: np.ndarray) -> np.ndarray:
+    """The votes of a neighbouring dataset on every query: one teacher moves from the top class."""
+    moved = votes.copy()
+    top = moved.argmax(axis=1)
+    rows = np.arange(len(moved))
+    moved[rows, top] -= 1
+    moved[rows, (top + 1) % moved.shape[1]] += 1
+    return moved
+
+
+def rerun_with_votes(tmp_path, name, votes, **aggregator):
+    ctx, _ = make_run(tmp_path, name, **aggregator)
+    from pate.io import atomic_save_npz
+
+    atomic_save_npz(ctx.run.file("votes.npz"), private=True, votes=votes,
+                    query_index=ctx.run.load_npz("partition.npz")["query_index"])
+    ctx.run.finish("vote", ["votes.npz"])
+    stage.run(ctx)
+    return json.loads(ctx.run.file("privacy.json").read_text())["public"]
+
+
+def test_the_guarantee_is_the_same_whatever_the_votes(tmp_path):
+    ctx, votes = make_run(tmp_path, "a")
+    stage.run(ctx)
+    a = json.loads(ctx.run.file("privacy.json").read_text())["public"]
+    rng = np.random.default_rng(99)
+    other = np.stack([np.bincount(rng.integers(0, M, K), minlength=M) for _ in range(Q)])  # no consensus at all
+    b = rerun_with_votes(tmp_path, "b", other)
+    assert a["guarantee"] == b["guarantee"] and a["settings"] == b["settings"]
+    assert a["queries_answered"] != b["queries_answered"]  # the votes did differ
+    settings = privacy_settings(ctx.config)
+    worst = accounting.worst_case_curve(settings)
+    valid_rdp = accounting.epsilon(worst, settings.order_array, 1e-5, "improved")[0]
+    assert a["guarantee"]["epsilon"] <= valid_rdp  # never above a valid bound, and it is one
+    assert a["guarantee"]["epsilon"] == min(valid_rdp, accounting.pld_epsilon(settings.mechanism, Q, 1e-5))
+
+
+def test_a_neighbour_changes_only_what_noise_released(tmp_path):
+    """One teacher's vote changed on every query, same seed: every public field is unchanged except
+    the noisy data-dependent release and the count of answered queries (outputs of a mechanism)."""
+    ctx, votes = make_run(tmp_path, "a", privacy={"data_dependent_release": True})
+    stage.run(ctx)
+    report = json.loads(ctx.run.file("privacy.json").read_text())
+    a, private = report["public"], report["private"]
+    b = rerun_with_votes(tmp_path, "b", one_teacher_moved(votes), privacy={"data_dependent_release": True})
+    assert a["data_dependent_release"]["epsilon"] != b["data_dependent_release"]["epsilon"]
+    for key in set(a) | set(b):
+        if key == "data_dependent_release":
+            fixed = {k: v for k, v in a[key].items() if k != "epsilon"}
+            assert fixed == {k: v for k, v in b[key].items() if k != "epsilon"}
+        elif key != "queries_answered":
+            assert a[key] == b[key], key
+    # the private side does read the votes: the realized cost and the smooth sensitivity
+    assert set(private["smooth_sensitivity"]) >= {"smooth_sensitivity", "noise_std", "epsilon"}
+    assert not {"smooth_sensitivity", "noise_std", "beta_search"} & set(a["data_dependent_release"])
+
+
+def test_the_spend_log_composes_every_aggregation_of_the_same_private_data(tmp_path, monkeypatch):
+    from pate.views import summary
+
+    monkeypatch.setenv("PATE_SPEND_DIR", str(tmp_path / "spend"))
+    runs = []
+    for name in ("first", "second"):
+        ctx, votes = make_run(tmp_path, name)
+        finish_votes_stage(ctx.run, votes, private_data="same-private-data")
+        stage.run(ctx)
+        runs.append(ctx)
+    own = json.loads(runs[0].run.file("privacy.json").read_text())["public"]["guarantee"]["epsilon"]
+    total = summary.spent(runs[1].run, 1e-5)
+    assert total.releases == 2 and own < total.epsilon < 2 * own + 1e-9
+    status = CliRunner().invoke(main, ["status", str(runs[0].run.path)])
+    assert f"epsilon {total.epsilon:.3f}" in status.output and "2 release(s)" in status.output
+    stage.run(runs[1])  # a rerun of a finished aggregation adds nothing
+    assert summary.spent(runs[1].run, 1e-5).releases == 2
+    # a third aggregation past the total budget is refused before anything is decided
+    ctx, votes = make_run(tmp_path, "third", privacy={"total_budget": total.epsilon + 1.0})
+    finish_votes_stage(ctx.run, votes, private_data="same-private-data")
+    before = ctx.run.file("manifest.json").read_text()
+    with pytest.raises(PateError, match="total_budget"):
+        stage.run(ctx)
+    assert not ctx.run.file("ledger.jsonl").exists() and ctx.run.file("manifest.json").read_text() == before
+
+
+def test_a_deleted_privacy_json_buys_no_fresh_draw_unseen(tmp_path, monkeypatch):
+    from pate import spend_log
+
+    monkeypatch.setenv("PATE_SPEND_DIR", str(tmp_path / "spend"))
+    ctx, votes = make_run(tmp_path, privacy={"data_dependent_release": True})
+    finish_votes_stage(ctx.run, votes, private_data="fp")
+    stage.run(ctx)
+    ctx.run.file("privacy.json").unlink()
+    ctx.run.update("aggregate", status="partial")
+    stage.run(ctx)
+    kinds = [e.kind for e in spend_log.entries("fp")]
+    assert kinds == ["aggregation", "smooth-sensitivity", "smooth-sensitivity"]
+
+
+def test_a_damaged_spend_log_releases_nothing(tmp_path, monkeypatch):
+    from pate import spend_log
+
+    monkeypatch.setenv("PATE_SPEND_DIR", str(tmp_path / "spend"))
+    ctx, votes = make_run(tmp_path, "a")
+    finish_votes_stage(ctx.run, votes, private_data="fp")
+    stage.run(ctx)
+    log = spend_log.path_for("fp")
+    log.write_bytes(log.read_bytes()[:-7])
+    ctx, votes = make_run(tmp_path, "b")
+    finish_votes_stage(ctx.run, votes, private_data="fp")
+    with pytest.raises(PateError, match="middle of a line"):
+        stage.run(ctx)
+    assert not ctx.run.file("labels.npz").exists() and not ctx.run.file("ledger.jsonl").exists()

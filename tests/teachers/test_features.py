@@ -149,7 +149,7 @@ def test_tiny_pipeline_with_public_features(tmp_path, fake_data_root, kind):
     with np.load(run_dir / "votes.npz") as v:
         assert v["votes"].shape == (40, 10) and (v["votes"].sum(1) == 6).all()
     privacy = json.loads((run_dir / "privacy.json").read_text())
-    assert np.isfinite(privacy["epsilon"])
+    assert np.isfinite(privacy["private"]["epsilon"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["student_accuracy"] <= 1 and (run_dir / "student" / "model.pt").exists()
     teachers = json.loads((run_dir / "teachers_eval.json").read_text())

@@ -169,9 +169,9 @@ def test_epsilon_and_labels_increase_in_queries(q_a, q_b, s2, s1, level):
 def test_calibrated_sigma2_never_overshoots(target, q, delta):
     p = plan.params_from(None, teachers=250, queries=q, sigma2=1.0, delta=delta)
     sigma = plan.calibrate_sigma2(p, target)
-    assert plan.data_independent_epsilon(replace(p, sigma2=sigma)) <= target
+    assert plan.guarantee(replace(p, sigma2=sigma)).epsilon <= target
     # and it is tight: 1% less noise is over the target
-    assert plan.data_independent_epsilon(replace(p, sigma2=0.99 * sigma)) > target
+    assert plan.guarantee(replace(p, sigma2=0.99 * sigma)).epsilon > target
 
 
 @given(target=st.floats(1e-3, 1e3), c=st.floats(0.01, 100.0), power=st.floats(0.2, 3.0))
@@ -197,10 +197,10 @@ def test_search_respects_the_target_and_uses_all_the_budget():
     assert keys == sorted(keys, reverse=True)
     for r in best:
         p = replace(params, threshold=r["threshold"], sigma1=r["sigma1"], sigma2=r["sigma2"], queries=r["queries"])
-        assert r["epsilon_data_independent"] == plan.data_independent_epsilon(p) <= 2.0
+        assert r["guarantee"] == plan.guarantee(p).epsilon <= 2.0
         assert r["threshold"] / 250 in plan.GRID_THRESHOLD and r["sigma2"] / 250 in plan.GRID_SIGMA2
         if r["queries"] < params.queries:  # the largest Q that fits
-            assert plan.data_independent_epsilon(replace(p, queries=r["queries"] + 1)) > 2.0
+            assert plan.guarantee(replace(p, queries=r["queries"] + 1)).epsilon > 2.0
     with pytest.raises(plan.PlanError):
         plan.search(params, 1e-3, profile)
 
@@ -211,10 +211,15 @@ def test_search_respects_the_target_and_uses_all_the_budget():
 def test_cli_table_and_json():
     result = invoke(MNIST, "--consensus", "0.9,0.6", "--consensus-weights", "3,1")
     assert result.exit_code == 0, result.output
-    assert "data-independent epsilon" in result.output and "best case" in result.output
+    assert "GUARANTEE (safe to publish" in result.output and "best case" in result.output
+    assert "epsilon 3.3167 at delta 1e-05" in result.output  # the paper's setting, worst case
     data = json.loads(invoke(MNIST, "--format", "json", "--target-epsilon", "3").output)
     assert data["parameters"]["teachers"] == 250 and len(data["search"]["best"]) == 5
+    assert data["guarantee"]["epsilon"] == pytest.approx(3.3167, abs=1e-4) and data["guarantee"]["accountant"] == "rdp"
     assert data["search"]["calibrated_sigma2"] > 40
+    proposal = data["smooth_sensitivity_release"]
+    assert proposal["order"] > 1 and 0 < proposal["beta"] < 1 / (2 * proposal["order"]) and proposal["sigma_ss"] > 0
+    assert f"ss_order = {proposal['order']:g}" in proposal["config"]
 
 
 def test_cli_explicit_options_override_and_replace_the_file():
@@ -235,6 +240,7 @@ def test_cli_explicit_options_override_and_replace_the_file():
     (["--consensus", "0.05"], "consensus must be in"),
     (["--consensus", "x"], "comma-separated"),
     (["--target-epsilon", "0.001"], "no grid point answers even one query"),
+    (["--teachers", "100000000"], "teachers must be"),
 ])
 def test_cli_bad_parameters_are_one_line_errors(args, message):
     result = invoke(MNIST, *args)

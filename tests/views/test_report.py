@@ -92,37 +92,35 @@ def test_page_says_which_epsilon_to_publish_and_what_is_private(report_out, run_
     out, _ = report_out
     page = (out / "report.html").read_text()
     privacy = json.loads((run_dir / "privacy.json").read_text())
-    released = f"{privacy['smooth_sensitivity']['released_epsilon']:.3f}"
-    independent = f"{privacy['epsilon_data_independent']:.3f}"
-    assert f"ε = {released} smooth-sensitivity released" in page
-    assert f"ε = {independent} data-independent" in page
-    assert "Which ε is safe to publish" in page and "PRIVATE page: do not publish it as a whole" in page
+    g = privacy["public"]["guarantee"]
+    assert f'<p class="eps">ε = {g["epsilon"]:.3f} · δ = {g["delta"]:g}</p>' in page
+    assert "The guarantee (safe to publish)" in page and "PRIVATE page: do not publish it as a whole" in page
+    assert "Privacy spent on this private data by every run so far" in page
     assert "ledger.jsonl" in page and "SEEDED" in page
     for section in ("cumulative_epsilon", "vote_gaps", "label_accuracy_consensus"):
         figure = re.search(rf'<figure id="{section}".*?</figure>', page, re.S).group(0)
         assert '<span class="badge private">PRIVATE</span>' in figure
     student = re.search(r'<figure id="student_learning_curve".*?</figure>', page, re.S).group(0)
     assert "safe to publish" in student
-    # The summary table: each epsilon with who may see it.
-    assert re.search(r"ε, data-dependent realized</th><td>[^<]*</td><td><span class=\"badge private\"", page)
-    assert re.search(r"ε, data-independent</th><td>[^<]*</td><td><span class=\"badge public\"", page)
+    # The summary table: the guarantee first, the papers' data-dependent figures marked private.
+    assert re.search(r"ε guarantee \(worst case, settings alone\)</th><td>[^<]*</td><td><span class=\"badge public\"",
+                     page)
+    assert re.search(r"ε data-dependent realized \(papers&#x27; convention\)</th><td>[^<]*</td><td>"
+                     r"<span class=\"badge private\"", page)
     for key in ("student accuracy", "label accuracy", "teacher accuracy mean", "queries asked / answered"):
         assert f"<th>{key}" in page
 
 
-def test_epsilon_curves_end_at_the_run_totals(run_dir):
+def test_expected_curve_ends_at_the_run_total(run_dir):
     run = existing_run(run_dir)
     rows, privacy = audit.query_table(run)
     votes = run.load_npz("votes.npz")["votes"]
     answered = np.array([r["answered"] for r in rows])
-    curves = report_mod.epsilon_curves(run.config, votes, answered)
-    (x_e, expected), (x_d, independent) = curves["expected"], curves["data_independent"]
-    assert x_e[-1] == x_d[-1] == len(rows)
-    assert expected[-1] == pytest.approx(privacy["epsilon_expected"], rel=1e-6)
-    assert independent[-1] == pytest.approx(privacy["epsilon_data_independent"], rel=1e-6)
-    assert np.all(np.diff(expected) >= -1e-9) and np.all(np.diff(independent) >= -1e-9)
-    realized = np.array([r["cumulative_epsilon"] for r in rows])[x_d - 1]
-    assert np.all(realized <= independent + 1e-9)  # data-dependent never exceeds data-independent
+    x, expected = report_mod.epsilon_curves(run.config, votes, answered)["expected"]
+    assert x[-1] == len(rows) and expected[-1] == pytest.approx(privacy["private"]["epsilon_expected"], rel=1e-6)
+    assert np.all(np.diff(expected) >= -1e-9)
+    realized = np.array([r["cumulative_epsilon"] for r in rows])
+    assert np.all(realized <= privacy["public"]["guarantee"]["epsilon"] + 1e-9)  # never above the worst case
     mech, order_list = mechanism(run.config), orders(run.config)
     pr, thr, gnmax = mech.query_rdp(votes, order_list)  # the expected curve is the per-query sum
     np.testing.assert_allclose(mech.expected_rdp(votes, order_list), (thr + pr[:, None] * gnmax).sum(0), rtol=1e-9)

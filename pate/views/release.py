@@ -1,0 +1,117 @@
+"""`pate release`: the public folder, apart from the private run directory.
+
+It holds exactly what may be shared: the released labels, the student's weights, and the public
+privacy statement (JSON and text): the worst-case guarantee and δ, the accountant, the mechanism
+and every fixed setting, queries asked and answered, the smooth-sensitivity figure if one was
+released, whether noise was seeded, and the privacy spent on the same private data by every run.
+Nothing in it is computed from the votes except through a mechanism's noise (the labels, what was
+answered, the noisy release) and post-processing of those on public data (the student, its
+accuracy on the public test split).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..run import RunDir, RunError, now
+from ..stages import NAMES
+from ..stages.context import LABELS, METRICS, PRIVACY, STUDENT_MODEL
+from . import summary
+
+STATEMENT_JSON, STATEMENT_TEXT = "statement.json", "statement.txt"
+
+
+def default_out(run: RunDir) -> Path:
+    """Beside the run directory, never inside it: ``runs/NAME`` -> ``runs/NAME-release``."""
+    return run.path.parent / f"{run.path.name}-release"
+
+
+def statement(run: RunDir) -> dict:
+    """The public statement of a finished run (JSON-ready)."""
+    config = run.config
+    public = run.read_json(PRIVACY)["public"]
+    metrics = run.read_json(METRICS)
+    total = summary.spent(run, public["delta"])
+    spec = config.data.spec
+    return {
+        "pipeline": config.name, "dataset": config.data.dataset, "generated": now(), "pate_version": __version__,
+        "privacy": public,
+        "spent_on_this_private_data": None if total is None else {
+            "epsilon": total.epsilon, "delta": total.delta, "releases": total.releases,
+            "note": "every aggregation and smooth-sensitivity release over the same private data, composed (RDP)"},
+        "student": {"arch": config.student.arch, "method": config.student.method, "classes": spec.num_classes,
+                    "input": [spec.channels, spec.image_size, spec.image_size], "mean": list(spec.mean),
+                    "std": list(spec.std), "accuracy": metrics.get("student_accuracy"),
+                    "test_size": metrics.get("test_size"),
+                    "accuracy_note": "on held-out PUBLIC images; the student saw only public images and released "
+                                     "labels, so it is covered by the guarantee"},
+        "label_accuracy": metrics.get("label_accuracy"),
+        "files": ["labels.csv", "labels.npz", "student.pt", STATEMENT_JSON, STATEMENT_TEXT],
+    }
+
+
+def statement_text(doc: dict) -> str:
+    p = doc["privacy"]
+    g, release, total = p["guarantee"], p.get("data_dependent_release"), doc["spent_on_this_private_data"]
+    settings = ", ".join(f"{k} {v}" for k, v in p["settings"].items() if v is not None)
+    lines = [f"Privacy statement: {doc['pipeline']} ({doc['dataset']}), pate {doc['pate_version']}",
+             "",
+             f"Guarantee: ({g['epsilon']:.3f}, {g['delta']:g})-differential privacy for every private record, "
+             f"computed from the settings alone ({g['accountant']} accountant, at most {g['queries']} queries).",
+             f"Mechanism: {p['mechanism']} ({settings}).",
+             f"Queries asked {p['queries_asked']}, answered {p['queries_answered']}"
+             + (" (stopped by the epsilon budget)." if p.get("stopped_by_budget") else ".")]
+    if release:
+        lines.append(f"Data-dependent cost, released with smooth-sensitivity noise (the PATE papers' convention, "
+                     f"not a guarantee): epsilon {release['epsilon']:.3f} at order {release['order']:g} "
+                     f"(beta {release['beta']:g}, sigma_ss {release['sigma_ss']:g}, fixed in advance).")
+    if total:
+        lines.append(f"Privacy spent on the same private data by every run so far: epsilon {total['epsilon']:.3f} "
+                     f"at delta {total['delta']:g} over {total['releases']} release(s).")
+    if p.get("seeded"):
+        lines.append("Noise was SEEDED for reproducibility: this is not a production privacy guarantee.")
+    student = doc["student"]
+    if student.get("accuracy") is not None:
+        lines.append(f"Student ({student['arch']}, {student['method']}): {100 * student['accuracy']:.2f}% accuracy "
+                     f"on {student['test_size']} held-out public images.")
+    lines += ["", "Files: " + ", ".join(doc["files"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def build(run: RunDir, out: Path | None = None) -> Path:
+    """Write the public folder of a finished run; returns its path."""
+    run.require(*NAMES)
+    out = Path(out) if out is not None else default_out(run)
+    if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
+        raise RunError(f"{out} is inside the private run directory; give the release a folder of its own")
+    out.mkdir(parents=True, exist_ok=True)
+    labels = run.load_npz(LABELS)
+    atomic_write_bytes(out / "labels.npz", _npz(public_index=labels["query_index"], label=labels["label"]))
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["public_index", "label"])
+    writer.writerows(zip(labels["query_index"].tolist(), labels["label"].tolist()))
+    atomic_write_text(out / "labels.csv", rows.getvalue())
+    shutil.copyfile(run.verified(STUDENT_MODEL), out / ".student.pt.tmp")
+    (out / ".student.pt.tmp").replace(out / "student.pt")
+    doc = statement(run)
+    atomic_write_json(out / STATEMENT_JSON, doc)
+    atomic_write_text(out / STATEMENT_TEXT, statement_text(doc))
+    return out
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def load_statement(folder: Path) -> dict:
+    return json.loads((Path(folder) / STATEMENT_JSON).read_text(encoding="utf-8"))
