@@ -44,7 +44,15 @@ def user_errors(func):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class PipelineOrder(click.Group):
+    """Lists commands as a user meets them: set-up, the stages in pipeline order, then the views."""
+
+    def list_commands(self, ctx) -> list[str]:
+        first = ["data", "plan", "run", *stages.NAMES, "status", "audit", "report", "release"]
+        return [c for c in first if c in self.commands] + sorted(set(self.commands) - set(first))
+
+
+@click.group(cls=PipelineOrder, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pate")
 def main() -> None:
     """PATE: label public data privately with a teacher ensemble.
@@ -94,19 +102,20 @@ def stage_options(func):
 @user_errors
 def run_all(pipeline_file, run_dir, data_root, device, quiet, until) -> None:
     """Run every stage of PIPELINE.toml in order, then print a summary."""
-    ctx = stages.open_context(pipeline_file, run_dir, data_root, device, quiet)
-    stages.run_stages(ctx, until=until)
-    if until is None or until == stages.NAMES[-1]:
-        out = release_view.build(ctx.run)
-        click.echo(summary.render_text(ctx.run))
-        click.echo(f"public release (labels, student, privacy statement): {out}")
+    with stages.session(pipeline_file, run_dir, data_root, device, quiet) as ctx:
+        stages.run_stages(ctx, until=until)
+        if until is None or until == stages.NAMES[-1]:
+            out = release_view.build(ctx.run)
+            click.echo(summary.render_text(ctx.run))
+            click.echo(f"public release (labels, student, privacy statement): {out}")
 
 
 def _stage_command(stage: stages.Stage):
     @stage_options
     @user_errors
     def command(pipeline_file, run_dir, data_root, device, quiet) -> None:
-        stages.run_stage(stages.open_context(pipeline_file, run_dir, data_root, device, quiet), stage.name)
+        with stages.session(pipeline_file, run_dir, data_root, device, quiet) as ctx:
+            stages.run_stage(ctx, stage.name)
 
     command.__doc__ = stage.help
     return main.command(stage.name)(command)

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,10 @@ ARCHS = ("cnn-small", "cnn-deep")
 # looks at every possible top vote count (0..K), planning at every class.
 MAX_TEACHERS = 100_000
 MAX_CLASSES = 10_000
+MAX_SEED = 2**63 - 1
+MAX_ORDER, MAX_ORDERS = 1e4, 1000  # Rényi orders: beyond these every conversion is uninformative or overflows
+NOISE_RANGE = (1e-6, 1e9)  # noise scales where every bound is finite and representable
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 FEATURES = ("none", "simclr", "scattering")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
 
@@ -72,6 +77,7 @@ class DataConfig:
                f"between 0 (all) and {n_private}", self.private_size)
         _check("data", "student_pool", self.student_pool >= 1, "at least 1", self.student_pool)
         _check("data", "test_size", self.test_size >= 1, "at least 1", self.test_size)
+        _check("data", "split_seed", 0 <= self.split_seed <= MAX_SEED, f"in [0, {MAX_SEED}]", self.split_seed)
         _check("data", "student_pool + test_size", self.student_pool + self.test_size <= n_public,
                f"at most the {n_public} public images", self.student_pool + self.test_size)
 
@@ -116,6 +122,7 @@ class TeachersConfig:
         _check("teachers", "lr", self.lr > 0, "> 0", self.lr)
         _check("teachers", "momentum", 0 <= self.momentum < 1, "in [0, 1)", self.momentum)
         _check("teachers", "weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay)
+        _check("teachers", "seed", 0 <= self.seed <= MAX_SEED, f"in [0, {MAX_SEED}]", self.seed)
 
 
 @dataclass(frozen=True)
@@ -134,9 +141,12 @@ class AggregatorConfig:
                self.mechanism)
         _check("aggregator", "max_queries", self.max_queries >= 1, "at least 1", self.max_queries)
         _check("aggregator", "threshold", self.threshold >= 0, ">= 0", self.threshold)
-        _check("aggregator", "sigma1", self.sigma1 > 0, "> 0", self.sigma1)
-        _check("aggregator", "sigma2", self.sigma2 > 0, "> 0", self.sigma2)
-        _check("aggregator", "gamma", self.gamma > 0, "> 0", self.gamma)
+        lo, hi = NOISE_RANGE
+        _check("aggregator", "sigma1", lo <= self.sigma1 <= hi, f"in [{lo:g}, {hi:g}]", self.sigma1)
+        _check("aggregator", "sigma2", lo <= self.sigma2 <= hi, f"in [{lo:g}, {hi:g}]", self.sigma2)
+        _check("aggregator", "gamma", 1 / hi <= self.gamma <= 1 / lo, f"in [{1 / hi:g}, {1 / lo:g}]", self.gamma)
+        _check("aggregator", "seed", self.seed is None or 0 <= self.seed <= MAX_SEED,
+               f"absent (OS noise) or in [0, {MAX_SEED}]", self.seed)
         _check("aggregator", "epsilon_budget", self.epsilon_budget >= 0, ">= 0 (0 = none)",
                self.epsilon_budget)
 
@@ -157,8 +167,8 @@ class PrivacyConfig:
 
     def validate(self) -> None:
         _check("privacy", "delta", 0 < self.delta < 1, "in (0, 1)", self.delta)
-        _check("privacy", "orders", all(o > 1 for o in self.orders), "a list of orders > 1",
-               list(self.orders))
+        _check("privacy", "orders", all(1 < o <= MAX_ORDER for o in self.orders) and len(self.orders) <= MAX_ORDERS,
+               f"a list of at most {MAX_ORDERS} orders in (1, {MAX_ORDER:g}]", list(self.orders))
         _check("privacy", "conversion", self.conversion in ("improved", "classic"),
                "'improved' or 'classic'", self.conversion)
         given = [v for v in (self.ss_order, self.ss_beta, self.ss_sigma) if v != 0]
@@ -168,7 +178,9 @@ class PrivacyConfig:
             _check("privacy", "ss_order", self.ss_order > 1, "> 1", self.ss_order)
             _check("privacy", "ss_beta", 0 < self.ss_beta < 1 / (2 * self.ss_order),
                    f"in (0, 1/(2*ss_order)) = (0, {1 / (2 * self.ss_order):.4g})", self.ss_beta)
-            _check("privacy", "ss_sigma", self.ss_sigma > 0, "> 0", self.ss_sigma)
+            _check("privacy", "ss_order", self.ss_order <= MAX_ORDER, f"at most {MAX_ORDER:g}", self.ss_order)
+            _check("privacy", "ss_sigma", NOISE_RANGE[0] <= self.ss_sigma <= NOISE_RANGE[1],
+                   f"in [{NOISE_RANGE[0]:g}, {NOISE_RANGE[1]:g}]", self.ss_sigma)
         _check("privacy", "total_budget", self.total_budget >= 0, ">= 0 (0 = none)", self.total_budget)
 
 
@@ -194,6 +206,7 @@ class StudentConfig:
         _check("student", "lr", self.lr > 0, "> 0", self.lr)
         _check("student", "weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay)
         _check("student", "threshold", 0 < self.threshold <= 1, "in (0, 1]", self.threshold)
+        _check("student", "seed", 0 <= self.seed <= MAX_SEED, f"in [0, {MAX_SEED}]", self.seed)
 
 
 @dataclass(frozen=True)
@@ -206,8 +219,9 @@ class PipelineConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
 
     def validate(self) -> None:
-        _check("top level", "name", bool(self.name) and "/" not in self.name and self.name.strip() == self.name,
-               "a non-empty name without '/'", self.name)
+        _check("top level", "name", NAME_PATTERN.fullmatch(self.name) is not None,
+               "a safe directory name: letters, digits, '.', '_', '-', starting with a letter or digit, "
+               "at most 100 characters", self.name)
         for section in (self.data, self.teachers, self.aggregator, self.privacy, self.student):
             section.validate()
         n = self.data.num_private
@@ -218,6 +232,9 @@ class PipelineConfig:
                self.teachers.count)
         _check("aggregator", "max_queries", self.aggregator.max_queries <= self.data.student_pool,
                f"at most the student pool ({self.data.student_pool})", self.aggregator.max_queries)
+        if MECHANISM_CLASSES[self.aggregator.mechanism].thresholded:
+            _check("aggregator", "threshold", self.aggregator.threshold <= self.teachers.count,
+                   f"in [0, {self.teachers.count}] (the number of teachers)", self.aggregator.threshold)
         self._validate_release()
 
     def _validate_release(self) -> None:
@@ -242,9 +259,31 @@ class PipelineConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+    def fingerprint(self, exclude: tuple[str, ...] = ()) -> str:
+        """sha256 of the canonical JSON of the config, without the sections in ``exclude``."""
+        data = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def upstream_fingerprint(self) -> str:
+        """The settings every stage up to aggregation depends on (all but ``[student]``): what the
+        teachers, the votes and the ledger are bound to, so the student can be retrained alone."""
+        return self.fingerprint(exclude=DOWNSTREAM_SECTIONS)
+
+
+DOWNSTREAM_SECTIONS = ("student",)  # changing only these retrains the student, with no new aggregation
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """``[section] key: old -> new`` for every setting that differs between two config dicts."""
+    out = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"[{section}] {k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                    if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{section}: {a!r} -> {b!r}")
+    return out
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(PipelineConfig) if f.name != "name"}
@@ -300,13 +339,19 @@ def from_dict(raw: dict, default_name: str = "pipeline") -> PipelineConfig:
 def load(path: str | Path) -> PipelineConfig:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"pipeline file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a pipeline file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     try:
-        return from_dict(raw, default_name=path.stem)
+        return from_dict(raw, default_name=re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip(".-_") or "pipeline")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

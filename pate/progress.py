@@ -10,8 +10,8 @@ import click
 class Progress:
     """A counter towards ``total`` with a label and free-text status (loss, throughput)."""
 
-    def __init__(self, total: int, label: str, quiet: bool = False, start: int = 0):
-        self.total, self.label, self.quiet = total, label, quiet
+    def __init__(self, total: int, label: str, quiet: bool = False, start: int = 0, unit: str = ""):
+        self.total, self.label, self.quiet, self.unit = total, label, quiet, unit
         self.done = start
         self._start_done, self._t0 = start, time.monotonic()
         self.status = ""
@@ -38,7 +38,9 @@ class Progress:
         filled = int(width * self.done / max(self.total, 1))
         bar = "#" * filled + "-" * (width - filled)
         eta_text = "--:--" if eta != eta else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
-        line = f"\r{self.label} [{bar}] {self.done}/{self.total} eta {eta_text} {self.status}"
+        done = f"{self.done:.1f}" if isinstance(self.done, float) and not float(self.done).is_integer() else f"{self.done:g}"
+        unit = f" {self.unit}" if self.unit else ""
+        line = f"\r{self.label} [{bar}] {done}/{self.total}{unit} eta {eta_text} {self.status}"
         click.echo(line[:160].ljust(100), nl=False, err=True)
         if self.done >= self.total:
             click.echo("", err=True)
@@ -52,3 +54,8 @@ class Progress:
 def say(message: str, quiet: bool = False) -> None:
     if not quiet:
         click.echo(message, err=True)
+
+
+def plural(count: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"

@@ -1,16 +1,24 @@
-"""The run directory: the frozen config, and a manifest of each stage's status and outputs.
+"""The run directory: the frozen config, a manifest of each stage's status and outputs, a lock.
 
 The manifest records each output's sha256 when its stage finishes, so a later stage can tell a
-damaged artifact from a good one before trusting it. RunDir knows nothing about what the stages
-do: the stage registry (``pate.stages``) gives it the stage names, in order.
+damaged artifact from a good one before trusting it, and the resolved config the run was started
+with, so any difference can be named. One process at a time works in a run directory: an OS file
+lock (released by the kernel when the process dies, so kill -9 leaves no stale lock). RunDir
+knows nothing about what the stages do: the stage registry (``pate.stages``) gives it the stage
+names, in order, and decides which config changes a run may accept.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
+import os
 import secrets
+import socket
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -18,7 +26,8 @@ from . import config as config_mod
 from .errors import PateError
 from .io import atomic_write_json, atomic_write_text, sha256_file
 
-MANIFEST, CONFIG = "manifest.json", "config.toml"
+MANIFEST, CONFIG, LOCK = "manifest.json", "config.toml", ".lock"
+STATUSES = ("pending", "partial", "done")
 
 
 class RunError(PateError):
@@ -38,26 +47,28 @@ class RunDir:
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, config: config_mod.PipelineConfig, stages: Sequence[str]) -> "RunDir":
-        """Create the run directory, or reopen it if it was started with this same config."""
+    def open(cls, path: str | Path, config: config_mod.PipelineConfig, stages: Sequence[str],
+             accept_change: Optional[Callable[["RunDir", list[str], list[str]], None]] = None) -> "RunDir":
+        """Create the run directory, or reopen it if it was started with this same config.
+
+        A different config is refused, naming every setting that differs, unless
+        ``accept_change(run, changed sections, differences)`` accepts it (it raises otherwise);
+        the run then continues with the new config.
+        """
         run = cls(path, config)
         manifest_path = run.path / MANIFEST
         if manifest_path.exists():
             manifest = run.manifest()
             if manifest.get("config_sha256") != config.fingerprint():
-                raise RunError(
-                    f"{run.path} was started with a different config (see {run.path / CONFIG}); "
-                    "use another --run-dir, or the config the run was started with")
+                run._change_config(manifest, accept_change)
             return run
-        # config.toml is written before manifest.json: a directory holding only it (and temporary
-        # files) is a creation a crash cut short, and is created again.
-        leftovers = [p.name for p in run.path.iterdir() if not p.name.startswith(".")] if run.path.exists() else []
-        if leftovers and leftovers != [CONFIG]:
-            raise RunError(f"{run.path} exists and is not a pate run directory (no {MANIFEST})")
+        check_can_hold_a_run(run.path)
         run.path.mkdir(parents=True, exist_ok=True, mode=0o700)  # the run directory is private as a whole
         atomic_write_text(run.path / CONFIG, config_mod.to_toml(config))
         atomic_write_json(manifest_path, {
             "config_sha256": config.fingerprint(),
+            "upstream_sha256": config.upstream_fingerprint(),
+            "config": config.to_dict(),
             "run_id": secrets.token_hex(16),
             "pipeline": config.name,
             "created": now(),
@@ -65,13 +76,35 @@ class RunDir:
         })
         return run
 
+    def _change_config(self, manifest: dict, accept_change) -> None:
+        started = manifest.get("config")
+        if not isinstance(started, dict):
+            raise RunError(f"{self.path} was started with a different config (see {self.path / CONFIG}); use another "
+                           "--run-dir, or the config the run was started with")
+        new = json.loads(json.dumps(self.config.to_dict()))  # as the manifest holds it (tuples are lists)
+        diffs = config_mod.differences(started, new)
+        changed = sorted({k for k in set(started) | set(new) if started.get(k) != new.get(k)})
+        if accept_change is None:
+            raise RunError(f"{self.path} was started with another config; these settings differ from it: "
+                           f"{'; '.join(diffs) or 'none visible (config.toml edited?)'}")
+        accept_change(self, changed, diffs)
+        atomic_write_text(self.path / CONFIG, config_mod.to_toml(self.config))
+        manifest = self.manifest()
+        manifest.update(config_sha256=self.config.fingerprint(), upstream_sha256=self.config.upstream_fingerprint(),
+                        config=new)
+        atomic_write_json(self.path / MANIFEST, manifest)
+
     @classmethod
     def existing(cls, path: str | Path, stages: Sequence[str]) -> "RunDir":
-        """Reopen a run directory from its own frozen config (for status, audit, report)."""
+        """Reopen a run directory from its own frozen config (for status, audit, report); a
+        config.toml edited since is refused, naming what differs from the config the run started with."""
         path = Path(path)
         if not (path / MANIFEST).exists() or not (path / CONFIG).exists():
             raise RunError(f"{path} is not a pate run directory (no {MANIFEST} / {CONFIG})")
-        return cls.open(path, config_mod.load(path / CONFIG), stages)
+        try:
+            return cls.open(path, config_mod.load(path / CONFIG), stages)
+        except RunError as exc:
+            raise RunError(f"{path / CONFIG} was edited: {exc}") from None
 
     # ---- manifest ------------------------------------------------------------------------
     def manifest(self) -> dict:
@@ -80,8 +113,8 @@ class RunDir:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
             raise RunError(f"{path} is unreadable: {exc}") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
-            raise RunError(f"{path} is not a pate manifest")
+        if not _valid_manifest(manifest):
+            raise RunError(f"{path} is not a valid pate manifest (damaged or edited); it cannot be trusted")
         return manifest
 
     @property
@@ -144,6 +177,9 @@ class RunDir:
         """Whether a finished stage recorded ``name`` (the file itself is checked by ``verified``)."""
         return self.producer(name) is not None
 
+    def outputs(self, stage: str) -> list[str]:
+        return sorted(self.record(stage).get("outputs") or {})
+
     def recorded(self) -> list[str]:
         """Every output recorded by a finished stage."""
         return sorted(name for record in self.manifest()["stages"].values() if record.get("status") == "done"
@@ -158,8 +194,10 @@ class RunDir:
                            f"{self.path}` to see which stage is missing")
         expected = self.record(stage)["outputs"][name]
         if not path.exists():
-            raise RunError(f"{path} is missing; rerun `pate {stage}` after removing the run directory's "
-                           f"'{stage}' outputs")
+            raise RunError(f"{path} is missing (an output of the finished stage '{stage}'): restore it from a backup. "
+                           "The student's outputs are remade at no privacy cost by `pate run` (or `pate "
+                           "train-student`); anything earlier needs a new run directory, whose aggregation spends "
+                           "privacy again (the spend log counts it)")
         if expected is not None and sha256_file(path) != expected:
             raise RunError(f"{path} does not match the hash recorded when '{stage}' finished "
                            "(damaged or edited); it cannot be trusted")
@@ -182,3 +220,55 @@ class RunDir:
         if not isinstance(obj, dict):
             raise RunError(f"{path} does not hold a JSON object")
         return obj
+
+
+def _valid_manifest(manifest) -> bool:
+    """The manifest's shape: a dict of stages, each with a known status and outputs mapping names to hashes."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+        return False
+    if not isinstance(manifest.get("config_sha256", ""), str):
+        return False
+    for record in manifest["stages"].values():
+        if not isinstance(record, dict) or record.get("status", "pending") not in STATUSES:
+            return False
+        outputs = record.get("outputs", {})
+        if not isinstance(outputs, dict) or not all(isinstance(k, str) and isinstance(v, (str, type(None)))
+                                                     for k, v in outputs.items()):
+            return False
+    return True
+
+
+def check_can_hold_a_run(path: Path) -> None:
+    """Refuse a directory that holds something else than a pate run (nothing is written into it).
+
+    config.toml is written before manifest.json: a directory holding only it (and hidden files) is
+    a creation a crash cut short, and may be created again.
+    """
+    if path.exists() and not (path / MANIFEST).exists():
+        if not path.is_dir():
+            raise RunError(f"{path} exists and is not a directory")
+        leftovers = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+        if leftovers and leftovers != [CONFIG]:
+            raise RunError(f"{path} exists and is not a pate run directory (no {MANIFEST})")
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold the run directory's lock (creating the directory, private, if needed); a second process
+    is refused with who holds it. The kernel releases the lock when the holder dies."""
+    path = Path(path)
+    check_can_hold_a_run(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            raise RunError(f"{path} is in use by {holder}; wait for it to finish (or stop it), then rerun") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()} (`{' '.join(['pate', *sys.argv[1:]])[:200]}`, "
+                       f"since {now()})").encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -14,8 +14,12 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 echo "setting up .venv (torch: $TORCH_SPEC) ..." >&2
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+log=.venv/setup.log
+# pip's and setuptools' chatter (the editable-install banner) goes to the log, shown only on failure.
 # shellcheck disable=SC2086
-.venv/bin/python -m pip install -q $TORCH_SPEC 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[dev,offline,plot]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import torch, torchvision, pate" || { echo "setup failed" >&2; exit 1; }
+if ! { .venv/bin/python -m pip install -q $TORCH_SPEC && .venv/bin/python -m pip install -q -e ".[dev,offline,plot]"; } \
+    > "$log" 2>&1; then
+  grep -v "^WARNING: Location" "$log" >&2
+fi
+.venv/bin/python -c "import torch, torchvision, pate" || { echo "setup failed (see $log)" >&2; exit 1; }
 echo "$want" > "$stamp"

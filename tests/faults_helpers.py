@@ -159,10 +159,11 @@ def run_stage(args: list, log: Path, fault=None, timeout: float = 300) -> tuple[
 
 # ------------------------------------------------------------------------------ artifacts
 def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under root, by relative path."""
+    """sha256 of every file under root, by relative path (the run directory's lock file aside: it
+    records who last worked there, not an artifact)."""
     root = Path(root)
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def npz(path: Path) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ def test_config_mismatch_is_refused(tmp_path, tiny_pipeline, fake_data_root):
     assert invoke("partition", tiny_pipeline, "--run-dir", run_dir, "--data-root", fake_data_root, "-q").exit_code == 0
     tiny_pipeline.write_text(tiny_pipeline.read_text().replace("sigma2 = 1.0", "sigma2 = 2.0"))
     result = invoke("vote", tiny_pipeline, "--run-dir", run_dir, "--data-root", fake_data_root)
-    assert result.exit_code == 2 and "different config" in result.output
+    assert result.exit_code == 2 and "[aggregator] sigma2: 1.0 -> 2.0" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

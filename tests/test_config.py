@@ -62,7 +62,7 @@ BAD = [
     ("[privacy]\nss_order = 14.0\n", "ss_order, ss_beta, ss_sigma must be all three given"),
     ("[privacy]\nss_order = 14.0\nss_beta = 0.05\nss_sigma = 6.0\n", "[privacy] ss_beta must be in (0, 1/(2*ss_order))"),
     ("[privacy]\nss_order = 0.5\nss_beta = 0.05\nss_sigma = 6.0\n", "[privacy] ss_order must be > 1"),
-    ("[privacy]\nss_order = 14.0\nss_beta = 0.03\nss_sigma = -1.0\n", "[privacy] ss_sigma must be > 0"),
+    ("[privacy]\nss_order = 14.0\nss_beta = 0.03\nss_sigma = -1.0\n", "[privacy] ss_sigma must be in"),
     ("[privacy]\ndata_dependent_release = true\nss_order = 100.0\nss_beta = 0.004\nss_sigma = 6.0\n",
      "[privacy] ss_order must be an order where the smooth-sensitivity conditions C5/C6 hold"),
     ("[privacy]\ndata_dependent_release = true\n[aggregator]\nmechanism = 'lnmax'\n",
@@ -94,7 +94,7 @@ def test_missing_pipeline_file(tmp_path):
 def test_delta_rule_uses_private_size():
     # 600 private records: delta must be below 1/600.
     config.from_dict({"name": "x", "data": {"private_size": 600}, "privacy": {"delta": 1e-3},
-                      "teachers": {"count": 6}})
+                      "teachers": {"count": 6}, "aggregator": {"threshold": 4.0}})
     with pytest.raises(config.ConfigError, match="below 1/N"):
         config.from_dict({"name": "x", "data": {"private_size": 600}, "privacy": {"delta": 2e-3},
-                          "teachers": {"count": 6}})
+                          "teachers": {"count": 6}, "aggregator": {"threshold": 4.0}})

@@ -155,14 +155,15 @@ def validate(run_dir: Path) -> None:
 
 
 def read_ledger(run_dir: Path):
-    return ledger.parse((run_dir / "ledger.jsonl").read_text(), "ledger.jsonl")
+    book = ledger.parse((run_dir / "ledger.jsonl").read_text(), (run_dir / "ledger.key").read_bytes(), "ledger.jsonl")
+    return book.header, book.records
 
 
 def check_ledger(run_dir: Path, complete: bool) -> list:
     """The ledger parses, matches the votes, holds each query once; labels.npz is what it released."""
     votes = npz(run_dir / "votes.npz")
     header, records = read_ledger(run_dir)
-    ledger.check_against_votes(header, records, config_sha256=manifest(run_dir)["config_sha256"],
+    ledger.check_against_votes(header, records, config_sha256=manifest(run_dir)["upstream_sha256"],
                                votes_sha256=sha256_file(run_dir / "votes.npz"), votes=votes["votes"],
                                query_index=votes["query_index"])
     raw = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()[1:]]
@@ -214,8 +215,8 @@ def compare_with_reference(run_dir: Path, ref_dir: Path, stage: str) -> None:
         assert all(np.array_equal(a[k], b[k]) for k in ("votes", "query_index"))
         assert read_json(run_dir / "teachers_eval.json") == read_json(ref_dir / "teachers_eval.json")
     elif stage == "aggregate":
-        assert (run_dir / "ledger.jsonl").read_bytes() == (ref_dir / "ledger.jsonl").read_bytes(), \
-            "ledger differs from the uninterrupted run's"
+        # each run draws its own ledger key, so the MACs differ; the decisions must not
+        assert read_ledger(run_dir) == read_ledger(ref_dir), "ledger differs from the uninterrupted run's"
         a, b = npz(run_dir / "labels.npz"), npz(ref_dir / "labels.npz")
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
         assert read_json(run_dir / "privacy.json") == read_json(ref_dir / "privacy.json")
@@ -327,9 +328,11 @@ def make_partial(reference: Reference, stage: str, run_dir: Path) -> Path:
     if stage == "vote":  # first chunk voted
         ref = npz(reference.after("vote") / "votes.npz")
         np.savez(run_dir / "votes.partial.npz", votes=ref["votes"][:1024], query_index=ref["query_index"][:1024])
-    if stage == "aggregate":  # 300 of 2100 queries decided
+    if stage == "aggregate":  # 300 of 2100 queries decided, as the manifest says
         lines = (run_dir / "ledger.jsonl").read_text().splitlines(keepends=True)
         (run_dir / "ledger.jsonl").write_text("".join(lines[:301]))
+        record["decided"] = 300
+        (run_dir / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
     return run_dir
 
 
@@ -499,18 +502,27 @@ CASES = {
     "ledger-empty": Case("partial:aggregate", _on("ledger.jsonl", lambda p: p.write_bytes(b"")), "aggregate",
                          "empty"),
     "ledger-line-dropped": Case("partial:aggregate", lambda r, t: edit_ledger(r, lambda ls: ls[:100] + ls[101:]),
-                                "aggregate", "missing, repeated or reordered"),
+                                "aggregate", "integrity check"),
     "ledger-line-repeated": Case("partial:aggregate", lambda r, t: edit_ledger(r, lambda ls: ls[:101] + ls[100:]),
-                                 "aggregate", "missing, repeated or reordered"),
+                                 "aggregate", "integrity check"),
+    "ledger-cut-at-a-line": Case("partial:aggregate", lambda r, t: edit_ledger(r, lambda ls: ls[:201]),
+                                 "aggregate", "it was cut"),
+    "ledger-deleted": Case("partial:aggregate", _on("ledger.jsonl", lambda p: p.unlink()), "aggregate",
+                           "it was deleted"),
+    "ledger-label-changed": Case("partial:aggregate", lambda r, t: edit_ledger(
+        r, lambda ls: ls[:9] + [edit_line(ls[9], label=(json.loads(ls[9])["label"] + 1) % 10)] + ls[10:]),
+        "aggregate", "integrity check"),
+    "ledger-key-deleted": Case("partial:aggregate", _on("ledger.key", lambda p: p.unlink()), "aggregate",
+                               "ledger.key is missing"),
     "ledger-line-garbage": Case("partial:aggregate", lambda r, t: edit_ledger(
         r, lambda ls: ls[:50] + ["{not json\n"] + ls[51:]), "aggregate", "not JSON"),
     "ledger-record-tampered": Case("partial:aggregate", lambda r, t: edit_ledger(
         r, lambda ls: ls[:7] + [edit_line(ls[7], top_count=json.loads(ls[7])["top_count"] - 1)] + ls[8:]),
-        "aggregate", "does not match votes.npz"),
+        "aggregate", "integrity check"),
     "ledger-header-other-config": Case("partial:aggregate", lambda r, t: edit_ledger(
-        r, lambda ls: [edit_line(ls[0], config_sha256="0" * 64)] + ls[1:]), "aggregate", "another config"),
+        r, lambda ls: [edit_line(ls[0], config_sha256="0" * 64)] + ls[1:]), "aggregate", "integrity check"),
     "ledger-header-other-votes": Case("partial:aggregate", lambda r, t: edit_ledger(
-        r, lambda ls: [edit_line(ls[0], votes_sha256="0" * 64)] + ls[1:]), "aggregate", "other votes"),
+        r, lambda ls: [edit_line(ls[0], votes_sha256="0" * 64)] + ls[1:]), "aggregate", "integrity check"),
     "privacy-json-garbage": pytest.param(Case("aggregate", lambda r, t: _partial_aggregate_with_report(r), "aggregate",
                                               "privacy.json")),
     # -- the run directory itself
@@ -519,14 +531,26 @@ CASES = {
                                          "manifest.json is unreadable")),
     "status-config-toml-garbage": Case("vote", _on("config.toml", lambda p: p.write_text("[[[ not toml\n")), "status",
                                        "config.toml"),
-    "other-config": Case("vote", None, "aggregate", "different config",
+    "other-config": Case("vote", None, "aggregate", r"differ from it: \[teachers\] epochs: 4 -> 5",
                          pipeline=PIPELINE.replace("epochs = 4", "epochs = 5")),
-    "other-config-pate-run": Case("vote", None, "run", "different config",
+    "other-config-pate-run": Case("vote", None, "run", r"differ from it: \[aggregator\] sigma2: 1.0 -> 2.0",
                                   pipeline=PIPELINE.replace("sigma2 = 1.0", "sigma2 = 2.0")),
-    "other-pipeline-same-dir": Case("vote", None, "vote", "different config",
+    "other-pipeline-same-dir": Case("vote", None, "vote", "differ from it: name: 'faults' -> 'other'",
                                     pipeline=PIPELINE.replace('name = "faults"', 'name = "other"')),
     "not-a-run-directory": Case(None, lambda r, t: (r.mkdir(), (r / "notes.txt").write_text("mine\n")), "partition",
                                 "not a pate run directory"),
+    "manifest-entry-wrong-type": Case("vote", lambda r, t: _edit_manifest(r, lambda m: m["stages"].update(vote=7)),
+                                      "aggregate", "not a valid pate manifest"),
+    "manifest-outputs-wrong-type": Case("vote", lambda r, t: _edit_manifest(
+        r, lambda m: m["stages"]["vote"].update(outputs=["votes.npz"])), "aggregate", "not a valid pate manifest"),
+    "config-toml-edited": Case("aggregate", _on("config.toml", lambda p: p.write_text(
+        p.read_text().replace("sigma2 = 1.0", "sigma2 = 0.5"))), "audit", r"\[aggregator\] sigma2: 1.0 -> 0.5"),
+    "finished-artifact-missing": Case("aggregate", _on("labels.npz", lambda p: p.unlink()), "train-student",
+                                      "restore it from a backup"),
+    "privacy-json-edited-summary": Case("evaluate", _on("privacy.json", lambda p: p.write_text(
+        p.read_text().replace('"queries_asked": 2100', '"queries_asked": 2000'))), "run", HASH),
+    "privacy-json-garbage-summary": Case("evaluate", _on("privacy.json", garbage), "run", HASH),
+    "metrics-json-missing-key": Case("evaluate", _on("metrics.json", lambda p: p.write_text("{}")), "run", HASH),
     "stage-out-of-order": Case("partition", None, "vote", "'train-teachers' has not finished"),
     "pipeline-file-missing": Case("partition", None, "train-teachers", "not found", pipeline="<missing>"),
     "pipeline-file-invalid": Case(None, None, "partition", "pipeline", pipeline="name = [unclosed\n"),
@@ -588,6 +612,79 @@ def test_bad_input(case, reference, tmp_path):
     expect_user_error(args, tmp_path / "log", run_dir, stage, case.match, fault=case.fault)
 
 
+def _edit_manifest(run_dir: Path, edit) -> None:
+    m = manifest(run_dir)
+    edit(m)
+    (run_dir / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+
+
+BAD_SETTINGS = {  # settings that cannot be accounted, or names and seeds no run may have
+    "threshold-above-teachers": (("threshold = 4", "threshold = 25"), r"threshold must be in \[0, 6\]"),
+    "threshold-far-above": (("threshold = 4", "threshold = 1000"), r"threshold must be in \[0, 6\]"),
+    "orders-huge": (("delta = 1e-4", "delta = 1e-4\norders = [1e300]"), "orders must be a list"),
+    "ss-beta-huge": (("delta = 1e-4", "delta = 1e-4\nss_order = 2.0\nss_beta = 1e308\nss_sigma = 1.0"),
+                     "ss_beta must be in"),
+    "sigma-huge": (("sigma1 = 1.0", "sigma1 = 1e300"), "sigma1 must be in"),
+    "sigma-tiny": (("sigma2 = 1.0", "sigma2 = 1e-300"), "sigma2 must be in"),
+    "aggregator-seed-negative": (("seed = 7", "seed = -7"), r"seed must be absent \(OS noise\) or in"),
+    "teachers-seed-negative": (("epochs = 4", "epochs = 4\nseed = -1"), r"\[teachers\] seed must be in"),
+    "split-seed-negative": (("split_seed = 0", "split_seed = -3"), r"\[data\] split_seed must be in"),
+    "name-dot": (('name = "faults"', 'name = "."'), "safe directory name"),
+    "name-nul": (('name = "faults"', 'name = "fa\\u0000ults"'), "safe directory name"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SETTINGS))
+def test_settings_that_cannot_be_accounted_are_refused_before_anything(name, reference, tmp_path):
+    """One line, exit 2, nothing written: the run directory is not even created."""
+    (old, new), match = BAD_SETTINGS[name]
+    pipeline = write_pipeline(tmp_path, PIPELINE.replace(old, new))
+    run_dir = tmp_path / "run"
+    for command in ("run", "aggregate"):
+        expect_user_error(reference.args(command, run_dir, pipeline=pipeline), tmp_path / "log", run_dir, None, match)
+        assert not run_dir.exists()
+
+
+def test_pipeline_file_not_utf8(reference, tmp_path):
+    pipeline = tmp_path / "latin1.toml"
+    pipeline.write_bytes(PIPELINE.replace("faults", "fa\u00e7ade").encode("latin-1"))
+    expect_user_error(reference.args("partition", tmp_path / "run", pipeline=pipeline), tmp_path / "log",
+                      tmp_path / "run", None, "not UTF-8")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.2, 0.6, 0.9])
+def test_two_aggregations_of_one_run_never_spend_twice(delay, reference, tmp_path):
+    """Two `pate aggregate` on one run directory, started together or a little apart: one decides,
+    the other is refused with who holds the lock (or finds the stage done); every query once."""
+    from pate import spend_log
+
+    run_dir = reference.restore("vote", tmp_path / "run")
+    _edit_manifest(run_dir, lambda m: m.update(run_id=f"race-{delay}-{tmp_path.name}"))
+    first = Stage(reference.args("aggregate", run_dir), tmp_path / "first.log")
+    time.sleep(delay)
+    second = Stage(reference.args("aggregate", run_dir), tmp_path / "second.log")
+    codes = first.wait(), second.wait()
+    outputs = first.output, second.output
+    assert 0 in codes, outputs
+    for code, out in zip(codes, outputs):
+        assert code == 0 or (code == 2 and "is in use by pid" in out and len(out.strip().splitlines()) == 1), out
+    validate(run_dir)
+    compare_with_reference(run_dir, reference.after("aggregate"), "aggregate")
+    fingerprint = manifest(run_dir)["stages"]["partition"]["private_data"]
+    entries = [e for e in spend_log.entries(fingerprint) if e.run_id == manifest(run_dir)["run_id"]]
+    assert [e.kind for e in entries] == ["aggregation"]
+
+
+def test_a_lock_held_by_a_dead_process_is_no_lock(reference, tmp_path):
+    """kill -9 while holding the lock: the kernel releases it and the next command runs."""
+    run_dir = reference.restore("vote", tmp_path / "run")
+    stage = Stage(reference.args("aggregate", run_dir), tmp_path / "killed.log")
+    assert stage.kill_when(lambda: (run_dir / ".lock").exists() and (run_dir / ".lock").stat().st_size > 0)
+    code, out = run_stage(reference.args("aggregate", run_dir), tmp_path / "log")
+    assert code == 0, out
+    validate(run_dir)
+
+
 def test_refused_stage_leaves_manifest_untouched(reference, tmp_path):
     """Strictly no artifact changed, the manifest included, when a stage refuses its inputs."""
     run_dir = reference.restore("vote", tmp_path / "run")
@@ -628,7 +725,7 @@ def test_disk_full_then_resume(stage, nth, reference, tmp_path):
     code, out = run_stage(reference.args(stage, run_dir), tmp_path / "log", fault=("enospc", nth))
     assert code != 0 and "No space left on device" in out, out
     check_crash_state(run_dir, before, finished)
-    leftovers = [p.name for p in run_dir.rglob(".*") if p.is_file()]
+    leftovers = [p.name for p in run_dir.rglob(".*") if p.is_file() and p.name != ".lock"]
     assert not leftovers, f"temporary files left behind: {leftovers}"
     code, out = run_stage(reference.args(stage, run_dir), tmp_path / "resume.log")
     assert code == 0, out

@@ -26,7 +26,7 @@ def test_new_run_writes_frozen_config_and_manifest(tmp_path):
 def test_reopen_with_same_config_and_refuse_another(tmp_path):
     open_run(tmp_path / "r", cfg())
     open_run(tmp_path / "r", cfg())
-    with pytest.raises(RunError, match="different config"):
+    with pytest.raises(RunError, match=r"differ from it: \[aggregator\] sigma2: 40.0 -> 39.0. Only \[student\]"):
         open_run(tmp_path / "r", cfg(sigma2=39.0))
 
 

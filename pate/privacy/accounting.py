@@ -278,14 +278,17 @@ def privacy_report(settings: Settings, votes: np.ndarray, answered: np.ndarray, 
     """
     mech, orders = settings.mechanism, settings.order_array
     answered = np.asarray(answered, dtype=bool)
-    realized = mech.per_query_rdp(votes, answered, orders).sum(axis=0) if len(answered) else np.zeros(orders.size)
-    private = {"note": PRIVATE_NOTE, **_data_dependent(settings, votes, realized)}
-    release = None
-    if settings.release is not None and len(answered):
-        release = _release(settings, votes, answered, noise)
-        private["smooth_sensitivity"] = {"epsilon": release.epsilon, "rdp": release.rdp,
-                                         "smooth_sensitivity": release.smooth_sensitivity,
-                                         "noise_std": release.noise_std}
+    private, release = {"note": PRIVATE_NOTE}, None
+    try:  # the guarantee is already fixed: a failure here must not lose the record of what was spent
+        realized = mech.per_query_rdp(votes, answered, orders).sum(axis=0) if len(answered) else np.zeros(orders.size)
+        private.update(_data_dependent(settings, votes, realized))
+        if settings.release is not None and len(answered):
+            release = _release(settings, votes, answered, noise)
+            private["smooth_sensitivity"] = {"epsilon": release.epsilon, "rdp": release.rdp,
+                                             "smooth_sensitivity": release.smooth_sensitivity,
+                                             "noise_std": release.noise_std}
+    except (ValueError, ArithmeticError) as exc:
+        private["error"] = f"the data-dependent accounting failed ({exc}); the guarantee stands"
     public = public_statement(settings, asked=len(answered), answered=int(answered.sum()), release=release,
                               seeded=seeded, stopped_by_budget=stopped_by_budget)
     return {"public": public, "private": private}

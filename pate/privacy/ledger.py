@@ -7,17 +7,24 @@ re-drawn for a released answer (Papernot et al. 2018 assume each answer is drawn
 
 The first line is a header binding the ledger to one run (config fingerprint) and one vote
 matrix (sha256 of votes.npz); every record repeats the facts of its vote row that the audit
-relies on, so a ledger that does not match the votes is detected on load.
+relies on, so a ledger that does not match the votes is detected on load. Every line carries an
+HMAC-SHA256, under a key kept beside the ledger, of its content and of the previous line's MAC: a
+line edited, dropped, repeated or moved breaks the chain, so damage is refused, never repaired.
+(A ledger cut after a whole line keeps a valid chain; the run's manifest counts the decided queries
+to catch that.)
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2
+KEY_BYTES = 32
 
 
 class LedgerError(Exception):
@@ -57,25 +64,49 @@ def vote_facts(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return top_label, top, top - second
 
 
-def _line(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n"
+def _body(obj: dict) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
-def encode_header(header: LedgerHeader) -> bytes:
-    return _line({"kind": "header", **asdict(header)}).encode()
+def _mac(key: bytes, previous: str, body: str) -> str:
+    return hmac.new(key, f"{previous}\n{body}".encode(), hashlib.sha256).hexdigest()
 
 
-def encode(records: Sequence[QueryRecord]) -> bytes:
-    """The lines of ``records``, to be appended in one write."""
-    return "".join(_line({"kind": "query", **asdict(r)}) for r in records).encode()
+def _chain(key: bytes, previous: str, objs: Sequence[dict]) -> tuple[str, str]:
+    """The lines of ``objs`` (each with its MAC, chained from ``previous``) and the last MAC."""
+    lines = []
+    for obj in objs:
+        body = _body(obj)
+        previous = _mac(key, previous, body)
+        lines.append(f'{body[:-1]},"mac":"{previous}"}}\n')
+    return "".join(lines), previous
+
+
+def encode_header(header: LedgerHeader, key: bytes) -> tuple[bytes, str]:
+    """The header line and its MAC (the start of the chain)."""
+    text, mac = _chain(key, "", [{"kind": "header", **asdict(header)}])
+    return text.encode(), mac
+
+
+def encode(records: Sequence[QueryRecord], key: bytes, previous: str) -> tuple[bytes, str]:
+    """The lines of ``records``, chained after the MAC ``previous``, to be appended in one write;
+    and the new last MAC."""
+    text, mac = _chain(key, previous, [{"kind": "query", **asdict(r)} for r in records])
+    return text.encode(), mac
+
+
+class Ledger(NamedTuple):
+    header: LedgerHeader
+    records: list[QueryRecord]
+    last_mac: str  # where the next append chains from
 
 
 _RECORD_FIELDS = {f.name for f in fields(QueryRecord)}
 _HEADER_FIELDS = {f.name for f in fields(LedgerHeader)}
 
 
-def parse(text: str, path: str = "the ledger") -> tuple[LedgerHeader, list[QueryRecord]]:
-    """Parse a ledger's text strictly: any damaged, missing or out-of-order line is an error
+def parse(text: str, key: bytes, path: str = "the ledger") -> Ledger:
+    """Parse a ledger's text strictly: any damaged, missing, moved or edited line is an error
     (``path`` only names the file in messages)."""
     if text and not text.endswith("\n"):
         raise LedgerError(f"{path} ends in the middle of a line (truncated or damaged); it cannot be "
@@ -83,26 +114,32 @@ def parse(text: str, path: str = "the ledger") -> tuple[LedgerHeader, list[Query
     lines = text.splitlines()
     if not lines:
         raise LedgerError(f"{path} is empty (no header)")
-    objs = []
+    objs, previous = [], ""
     for number, line in enumerate(lines, start=1):
         try:
-            objs.append(json.loads(line))
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise LedgerError(f"{path} line {number} is not JSON ({exc.msg}); the ledger is damaged") from None
+        mac = obj.pop("mac", None) if isinstance(obj, dict) else None
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, previous, _body(obj))):
+            raise LedgerError(f"{path} line {number} fails its integrity check (edited, moved, or not written by "
+                              "this run); the ledger cannot be trusted, and its queries must not be answered again")
+        objs.append(obj)
+        previous = mac
     head = objs[0]
-    if not isinstance(head, dict) or head.get("kind") != "header" or set(head) - {"kind"} != _HEADER_FIELDS:
+    if head.get("kind") != "header" or set(head) - {"kind"} != _HEADER_FIELDS:
         raise LedgerError(f"{path} does not start with a valid ledger header")
     header = LedgerHeader(**{k: v for k, v in head.items() if k != "kind"})
     records = []
     for number, obj in enumerate(objs[1:], start=2):
-        if not isinstance(obj, dict) or obj.get("kind") != "query" or set(obj) - {"kind"} != _RECORD_FIELDS:
+        if obj.get("kind") != "query" or set(obj) - {"kind"} != _RECORD_FIELDS:
             raise LedgerError(f"{path} line {number} is not a query record")
         record = QueryRecord(**{k: v for k, v in obj.items() if k != "kind"})
         if record.query != number - 2:
             raise LedgerError(f"{path} line {number} records query {record.query}, expected {number - 2} "
                               "(lines missing, repeated or reordered)")
         records.append(record)
-    return header, records
+    return Ledger(header, records, previous)
 
 
 def check_against_votes(header: LedgerHeader, records: list[QueryRecord], *, config_sha256: str,

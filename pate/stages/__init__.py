@@ -10,18 +10,22 @@ imports another stage.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import importlib.util
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .. import config as config_mod
-from ..config import PipelineConfig
-from ..run import RunDir
+from ..config import DOWNSTREAM_SECTIONS, PipelineConfig
+from ..io import atomic_write_json
+from ..progress import say
+from ..run import RunDir, RunError, locked
 from .context import (EXTRACTOR, HEADS, LABELS, LEDGER, METRICS, PARTITION, PRIVACY, STUDENT_HISTORY, STUDENT_MODEL,
-                      TEACHERS_EVAL, VOTES, Context, teacher_part)
+                      TEACHERS_EVAL, VOTES, Context, check_accountable, teacher_part)
 
 
 def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:
@@ -34,6 +38,7 @@ def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:
 class Stage:
     name: str
     outputs_of: Callable[[PipelineConfig, int], tuple[str, ...]]
+    rerun_on: tuple[str, ...] = ()  # config sections whose change lets this finished stage run again
 
     @property
     def module(self) -> str:
@@ -59,9 +64,11 @@ STAGES = (
     Stage("train-teachers", _teacher_outputs),
     Stage("vote", lambda config, world: (VOTES, TEACHERS_EVAL)),
     Stage("aggregate", lambda config, world: (LABELS, PRIVACY, LEDGER)),
-    Stage("train-student", lambda config, world: (STUDENT_MODEL, STUDENT_HISTORY)),
-    Stage("evaluate", lambda config, world: (METRICS,)),
+    # Post-processing of the released labels: retraining them costs no privacy.
+    Stage("train-student", lambda config, world: (STUDENT_MODEL, STUDENT_HISTORY), rerun_on=DOWNSTREAM_SECTIONS),
+    Stage("evaluate", lambda config, world: (METRICS,), rerun_on=DOWNSTREAM_SECTIONS),
 )
+ATTEMPTS = "student-attempts"
 NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
 
@@ -71,24 +78,74 @@ def finish(ctx: Context, name: str, world: int = 1, **extra: object) -> None:
     ctx.run.finish(name, BY_NAME[name].outputs(ctx.config, world), **extra)
 
 
-def open_run(path: str | Path, config: PipelineConfig) -> RunDir:
-    return RunDir.open(path, config, NAMES)
+def open_run(path: str | Path, config: PipelineConfig, quiet: bool = True) -> RunDir:
+    """Open the run directory for ``config``: a change of the settings that only post-processing
+    stages depend on (``[student]``) starts a new attempt of those stages; any other change is refused."""
+    def accept(run: RunDir, changed: list[str], diffs: list[str]) -> None:
+        rerunnable = {section for stage in STAGES for section in stage.rerun_on}
+        if set(changed) - rerunnable:
+            raise RunError(
+                f"{run.path} was started with another config; these settings differ from it: {'; '.join(diffs)}. "
+                f"Only [{'], ['.join(sorted(rerunnable))}] may change in a run directory (the student is retrained "
+                "on the labels already released); anything else needs a new --run-dir, whose aggregation spends "
+                "privacy again (the spend log will count it)")
+        attempt = _archive_attempt(run, [s for s in STAGES if set(s.rerun_on) & set(changed)])
+        say(f"{run.path}: {'; '.join(diffs)}: " + (f"the earlier student is kept as {ATTEMPTS}/{attempt}; " if attempt
+            else "") + "training the student again on the released labels (no new aggregation)", quiet)
+
+    return RunDir.open(path, config, NAMES, accept_change=accept)
+
+
+def _archive_attempt(run: RunDir, stages: list[Stage]) -> int | None:
+    """Move the outputs of ``stages`` (and their checkpoints) into a numbered attempt folder and mark
+    the stages pending again; returns the attempt number, or None when none had started."""
+    touched = [s for s in stages if run.status(s.name) != "pending"]
+    if not touched:
+        return None
+    attempts = run.manifest().get("attempts", [])
+    number = len(attempts) + 1
+    folder = run.file(f"{ATTEMPTS}/{number}")
+    folder.mkdir(parents=True, exist_ok=True)
+    tops = {Path(output).parts[0] for s in touched for output in s.outputs(run.config)}  # student/, metrics.json
+    for name in sorted(tops):
+        if run.file(name).exists():
+            os.replace(run.file(name), folder / name)
+    record = {"attempt": number, "student": run.manifest().get("config", {}).get("student"),
+              "stages": {s.name: run.record(s.name) for s in touched}}
+    for stage in touched:
+        run.reset(stage.name)
+    manifest = run.manifest()
+    manifest["attempts"] = attempts + [record]
+    atomic_write_json(run.file("manifest.json"), manifest)
+    return number
 
 
 def existing_run(path: str | Path) -> RunDir:
     return RunDir.existing(path, NAMES)
 
 
-def open_context(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: str, quiet: bool) -> Context:
+@contextlib.contextmanager
+def session(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: str, quiet: bool) -> Iterator[Context]:
+    """The context of a stage command, holding the run directory's lock throughout: a second process
+    on the same directory is refused. Under torchrun only rank 0 takes the lock (its ranks share the
+    work); every check of the settings happens before anything is written."""
     config = config_mod.load(pipeline_file)
-    run = open_run(run_dir or Path("runs") / config.name, config)
-    return Context(run=run, data_root=Path(data_root), device=device, quiet=quiet)
+    check_accountable(config)  # refuse settings with no finite guarantee before anything is written
+    path = Path(run_dir or Path("runs") / config.name)
+    lock = locked(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with lock:
+        run = open_run(path, config, quiet)
+        yield Context(run=run, data_root=Path(data_root), device=device, quiet=quiet)
 
 
 def run_stage(ctx: Context, name: str) -> bool:
     """Run one stage unless already done (a finished stage is final: rerunning aggregation would
     spend privacy twice); returns whether it ran."""
     stage = BY_NAME[name]
+    if ctx.run.is_done(name) and stage.rerun_on and any(not ctx.run.file(f).exists() for f in ctx.run.outputs(name)):
+        ctx.say(f"{name}: its outputs are missing; running it again (post-processing of the released labels: "
+                "no privacy cost)")
+        _archive_attempt(ctx.run, [s for s in STAGES[NAMES.index(name):] if s.rerun_on])
     if ctx.run.is_done(name):
         ctx.say(f"{name}: already done in {ctx.run.path}")
         return False

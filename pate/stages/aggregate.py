@@ -24,8 +24,8 @@ from ..privacy.noise import noise_source
 from ..progress import Progress
 from ..run import RunError, now
 from . import finish
-from .context import (LABELS, LEDGER, PRIVACY, VOTES, Context, expected_ledger_header, load_ledger, load_partition,
-                      privacy_settings, private_fingerprint)
+from .context import (LABELS, LEDGER, PRIVACY, VOTES, WARN_EPSILON, Context, decided, expected_ledger_header, ledger_key,
+                      load_ledger, load_partition, privacy_settings, private_fingerprint)
 
 NAME = "aggregate"
 CHUNK = 256
@@ -43,12 +43,15 @@ def _records(mech: Mechanism, votes: np.ndarray, start: int, labels: np.ndarray,
         for i in range(len(votes))]
 
 
-def _open_ledger(ctx: Context, votes: np.ndarray, query_index: np.ndarray) -> list[ledger.QueryRecord]:
+def _open_ledger(ctx: Context, votes: np.ndarray, query_index: np.ndarray) -> ledger.Ledger:
+    """The run's ledger, created (with its key) when no query has been decided yet."""
     path = ctx.run.file(LEDGER)
-    if not path.exists():
-        create_exclusive(path, ledger.encode_header(expected_ledger_header(ctx.run, votes)))  # 0600: private
-        return []
-    return load_ledger(ctx.run, votes, query_index)
+    if not path.exists() and decided(ctx.run) == 0:
+        header = expected_ledger_header(ctx.run, votes)
+        text, mac = ledger.encode_header(header, ledger_key(ctx.run, create=True))
+        create_exclusive(path, text)  # 0600: private
+        return ledger.Ledger(header, [], mac)
+    return load_ledger(ctx.run, votes, query_index)  # refuses a deleted, cut or edited ledger
 
 
 def _spend_entry(ctx: Context, kind: str, draw: int, curve, eps: float) -> spend.Entry:
@@ -121,10 +124,11 @@ def _existing_report(ctx: Context, asked: int) -> dict | None:
 
 
 def _decide_all(ctx: Context, settings: accounting.Settings, votes: np.ndarray, query_index: np.ndarray,
-                records: list[ledger.QueryRecord]) -> bool:
+                book: ledger.Ledger) -> bool:
     """Decide every query after the ledger's last, chunk by chunk, ledger first; returns whether
     the Rényi filter stopped it."""
     mech, seed = settings.mechanism, ctx.config.aggregator.seed
+    records, mac, key = book.records, book.last_mac, ledger_key(ctx.run)
     plan = accounting.plan_filter(settings)
     filt = None if plan is None else accounting.RenyiFilter(plan.budget_rdp, spent=len(records) * plan.charge)
     done = len(records)
@@ -141,15 +145,17 @@ def _decide_all(ctx: Context, settings: accounting.Settings, votes: np.ndarray, 
         labels = mech.decide(votes[chunk * CHUNK:end], noise_source(seed, stream=chunk))[done - chunk * CHUNK:]
         labels = labels[:allowed]
         new = _records(mech, votes[done:done + allowed], done, labels, query_index)
+        payload, next_mac = ledger.encode(new, key, mac)
         try:
-            append_durable(ctx.run.file(LEDGER), ledger.encode(new))  # on disk before anything is released
+            append_durable(ctx.run.file(LEDGER), payload)  # on disk before anything is released
         except ShortWrite as exc:
             raise RunError(str(exc)) from None
+        mac = next_mac
         if filt is not None:
             filt.charge(allowed * plan.charge)
         done += allowed
         answered += int((labels >= 0).sum())
-        ctx.run.progress(NAME, f"{done}/{len(votes)} queries decided, {answered} answered")
+        ctx.run.update(NAME, decided=done, progress=f"{done}/{len(votes)} queries decided, {answered} answered")
         progress.update(allowed, status=f"answered {answered}")
     progress.close()
     return stopped_by_budget
@@ -168,11 +174,11 @@ def run(ctx: Context) -> None:
     fingerprint = private_fingerprint(ctx)
     total = _log_aggregation(ctx, fingerprint, settings)  # refused here, nothing about the run has changed
     run_dir.begin(NAME)
-    records = _open_ledger(ctx, votes, query_index)
+    book = _open_ledger(ctx, votes, query_index)
     if config.seeded:
         ctx.say("aggregate: noise is SEEDED (reproducible): not a production privacy guarantee")
-    stopped_by_budget = _decide_all(ctx, settings, votes, query_index, records)
-    records = load_ledger(run_dir, votes, query_index)
+    stopped_by_budget = _decide_all(ctx, settings, votes, query_index, book)
+    records = load_ledger(run_dir, votes, query_index).records
     positions, public_index, labels = ledger.released_labels(records)
     atomic_save_npz(run_dir.file(LABELS), query_index=public_index, query=positions, label=labels)
     report = _existing_report(ctx, len(records))
@@ -187,6 +193,9 @@ def run(ctx: Context) -> None:
     finish(ctx, NAME)
     for warning in report["private"].get("warnings", []):
         ctx.say(f"aggregate: warning (data-dependent figure): {warning}")
+    if guarantee.epsilon > WARN_EPSILON:
+        ctx.say(f"aggregate: warning: the guarantee, epsilon {guarantee.epsilon:.3g}, is above {WARN_EPSILON:g}: "
+                "it promises little (see `pate plan` for settings that cost less)")
     public = report["public"]
     release = public["data_dependent_release"]
     ctx.say(f"aggregate: {len(records)} queries asked, {len(labels)} answered; guarantee epsilon "

@@ -5,14 +5,16 @@ loaders here, which check each artifact (recorded hash, invariants) before it is
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import data as data_mod
-from ..config import PipelineConfig
-from ..io import sha256_file
+from ..config import ConfigError, PipelineConfig
+from ..io import create_exclusive, sha256_file
 from ..partition import PartitionError, verify_partition
 from ..privacy import accounting, ledger
 from ..privacy.accounting import resolve_orders
@@ -28,6 +30,7 @@ HEADS = "teachers/heads-0-of-1.pt"
 VOTES = "votes.npz"
 TEACHERS_EVAL = "teachers_eval.json"
 LEDGER = "ledger.jsonl"
+LEDGER_KEY = "ledger.key"
 LABELS = "labels.npz"
 PRIVACY = "privacy.json"
 STUDENT_MODEL = "student/model.pt"
@@ -124,6 +127,44 @@ def privacy_settings(config: PipelineConfig, order_list: np.ndarray | None = Non
         epsilon_budget=config.aggregator.epsilon_budget, release=release_parameters(config))
 
 
+WARN_EPSILON = 10.0  # a guarantee above this promises little: say so
+PUBLIC_KEYS = ("guarantee", "mechanism", "settings", "delta", "queries_asked", "queries_answered", "seeded",
+               "data_dependent_release")
+METRICS_KEYS = ("student_accuracy", "label_accuracy", "teacher_accuracy_mean", "ensemble_accuracy", "test_size")
+
+
+def read_privacy(run: RunDir) -> dict:
+    """privacy.json, checked against its recorded hash and for the sections every view reads."""
+    report = run.read_json(PRIVACY)
+    public, private = report.get("public"), report.get("private")
+    if not isinstance(public, dict) or not isinstance(private, dict) or any(k not in public for k in PUBLIC_KEYS) \
+            or not isinstance(public["guarantee"], dict) or "epsilon" not in public["guarantee"]:
+        raise RunError(f"{run.file(PRIVACY)} lacks the public statement or the private figures (written by another "
+                       "version of pate?); it cannot be shown")
+    return report
+
+
+def read_metrics(run: RunDir) -> dict:
+    metrics = run.read_json(METRICS)
+    missing = [k for k in METRICS_KEYS if k not in metrics]
+    if missing:
+        raise RunError(f"{run.file(METRICS)} lacks {', '.join(missing)}; rerun `pate evaluate` on a new attempt")
+    return metrics
+
+
+def check_accountable(config: PipelineConfig) -> accounting.Guarantee:
+    """The run's worst-case guarantee, computed before anything else happens; settings whose
+    privacy cannot be accounted (no finite guarantee) are refused here, before any data is read."""
+    try:
+        guarantee = accounting.guarantee(privacy_settings(config))
+    except (ValueError, ArithmeticError) as exc:
+        raise ConfigError(f"the privacy settings cannot be accounted ({exc}); check [aggregator] and [privacy]") from None
+    if not math.isfinite(guarantee.epsilon):
+        raise ConfigError("the privacy settings give no finite guarantee (epsilon is infinite at every order); "
+                          "check [aggregator] sigma1, sigma2, gamma and [privacy] orders")
+    return guarantee
+
+
 def private_fingerprint(ctx: "Context") -> str:
     """The fingerprint of the private data (names its spend log), recorded when the partition
     was made; computed from the dataset for runs that predate it."""
@@ -131,25 +172,55 @@ def private_fingerprint(ctx: "Context") -> str:
     return recorded or load_dataset(ctx).private_fingerprint()
 
 def expected_ledger_header(run: RunDir, votes: np.ndarray) -> ledger.LedgerHeader:
-    config = run.config
-    return ledger.LedgerHeader(config_sha256=config.fingerprint(), votes_sha256=sha256_file(run.verified(VOTES)),
+    config = run.config  # bound to the settings up to aggregation: the student may be retrained
+    return ledger.LedgerHeader(config_sha256=config.upstream_fingerprint(),
+                               votes_sha256=sha256_file(run.verified(VOTES)),
                                mechanism=config.aggregator.mechanism, seeded=config.seeded, num_queries=len(votes))
 
 
-def load_ledger(run: RunDir, votes: np.ndarray, query_index: np.ndarray) -> list[ledger.QueryRecord]:
-    """The ledger's records, after checking it belongs to this run and agrees with the votes."""
+def ledger_key(run: RunDir, create: bool = False) -> bytes:
+    """The ledger's HMAC key (``ledger.key``, 0600, random), created with the ledger."""
+    path = run.file(LEDGER_KEY)
+    if create and not path.exists():
+        create_exclusive(path, os.urandom(ledger.KEY_BYTES))
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing: the ledger cannot be checked, so it cannot be trusted; restore it "
+                       "from a backup, or start a new run directory (which aggregates, and spends, again)") from None
+    if len(key) != ledger.KEY_BYTES:
+        raise RunError(f"{path} is damaged; restore it from a backup")
+    return key
+
+
+def decided(run: RunDir) -> int:
+    """How many queries the manifest says were decided (the ledger may hold more, never fewer)."""
+    count = run.record("aggregate").get("decided", 0)
+    return count if isinstance(count, int) and count >= 0 else 0
+
+
+def load_ledger(run: RunDir, votes: np.ndarray, query_index: np.ndarray) -> ledger.Ledger:
+    """The ledger, after checking its chain, that it belongs to this run, agrees with the votes and
+    holds every query the manifest counts as decided."""
     path = run.file(LEDGER)
     try:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ledger.LedgerError(f"no ledger at {path}") from None
+            count = decided(run)
+            raise ledger.LedgerError(f"no ledger at {path}" + (
+                f", though {count} queries were decided: it was deleted, and they must not be decided again; "
+                "restore it from a backup" if count else "")) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ledger.LedgerError(f"{path} is unreadable: {exc}") from None
-        header, records = ledger.parse(text, str(path))
+        book = ledger.parse(text, ledger_key(run), str(path))
         expected = expected_ledger_header(run, votes)
-        ledger.check_against_votes(header, records, config_sha256=expected.config_sha256,
+        ledger.check_against_votes(book.header, book.records, config_sha256=expected.config_sha256,
                                    votes_sha256=expected.votes_sha256, votes=votes, query_index=query_index)
+        if len(book.records) < decided(run):
+            raise ledger.LedgerError(
+                f"{path} records {len(book.records)} queries but {decided(run)} were decided: it was cut, and the "
+                "missing queries must not be decided again; restore it from a backup")
     except ledger.LedgerError as exc:
         raise RunError(f"{path}: {exc}") from None
-    return records
+    return book

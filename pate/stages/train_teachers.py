@@ -13,7 +13,7 @@ import torch
 
 from .. import data as data_mod
 from ..io import CheckpointError, save_checkpoint
-from ..progress import Progress
+from ..progress import Progress, plural
 from ..run import RunError
 from ..teachers import distributed, features
 from ..teachers.training import train_ensemble
@@ -38,13 +38,12 @@ def run(ctx: Context) -> None:
     labels = torch.from_numpy(dataset.train_y[used])
     device = resolve_device(ctx.device)
     run_dir.file(TEACHERS_DIR).mkdir(exist_ok=True)
-    progress = Progress(tcfg.epochs, f"{NAME}[{rank}]" if world > 1 else NAME, ctx.quiet or rank > 0)
+    progress = Progress(tcfg.epochs, f"{NAME}[{rank}]" if world > 1 else NAME, ctx.quiet or rank > 0, unit="epochs")
 
     def report(epoch, epochs, step, steps, loss, images_per_s):
-        if step == steps:
-            progress.update_to(epoch, status=f"loss {loss:.3f} {images_per_s:.0f} img/s")
-            if rank == 0:
-                run_dir.progress(NAME, f"epoch {epoch}/{epochs}")
+        progress.update_to(epoch - 1 + step / steps, status=f"loss {loss:.3f} {images_per_s:.0f} img/s")
+        if step == steps and rank == 0:
+            run_dir.progress(NAME, f"epoch {epoch}/{epochs}")
 
     model, _ = train_ensemble(
         images, labels, parts["teacher_of"][used], tcfg.count, arch=tcfg.arch, num_classes=dataset.num_classes,
@@ -52,7 +51,7 @@ def run(ctx: Context) -> None:
         weight_decay=tcfg.weight_decay, seed=tcfg.seed, device=device, augment=tcfg.augment,
         teacher_ids=distributed.teachers_for_rank(tcfg.count, rank, world),
         checkpoint_path=run_dir.file(f"{TEACHERS_DIR}/checkpoint-{rank}-of-{world}.pt"),
-        fingerprint=config.fingerprint(), progress=report, amp=device == "cuda")
+        fingerprint=config.upstream_fingerprint(), progress=report, amp=device == "cuda")
     progress.close()
     save_checkpoint(run_dir.file(teacher_part(rank, world)),
                     {"teacher_ids": list(model.teacher_ids),
@@ -60,7 +59,7 @@ def run(ctx: Context) -> None:
     distributed.barrier_and_close(world)  # every part is on disk before rank 0 marks the stage done
     if rank == 0:
         finish(ctx, NAME, world, world_size=world)
-        ctx.say(f"{NAME}: {tcfg.count} teachers ({tcfg.arch}) trained, {tcfg.epochs} epochs"
+        ctx.say(f"{NAME}: {tcfg.count} teachers ({tcfg.arch}) trained, {plural(tcfg.epochs, 'epoch')}"
                 + (f" on {world} ranks" if world > 1 else ""))
 
 
@@ -97,7 +96,7 @@ def _train_feature_teachers(ctx: Context) -> None:
 def _public_extractor(ctx: Context, pool, device: str):
     """The frozen feature map of ``[teachers] features``, from public pool images only, and a
     phrase saying what it is."""
-    run_dir, tcfg, fingerprint = ctx.run, ctx.config.teachers, ctx.config.fingerprint()
+    run_dir, tcfg, fingerprint = ctx.run, ctx.config.teachers, ctx.config.upstream_fingerprint()
     if tcfg.features == "scattering":
         run_dir.progress(NAME, "scattering the public pool")
         extractor = features.scattering_extractor(

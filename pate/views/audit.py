@@ -14,7 +14,7 @@ import numpy as np
 
 from ..privacy import rdp
 from ..run import RunDir, RunError
-from ..stages.context import PRIVACY, VOTES, load_ledger, mechanism, orders
+from ..stages.context import VOTES, load_ledger, mechanism, orders, read_privacy
 from . import figures
 
 PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not publish. "
@@ -23,7 +23,7 @@ PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not pu
 
 def _load(run: RunDir):
     votes_data = run.load_npz(VOTES)
-    records = load_ledger(run, votes_data["votes"], votes_data["query_index"])
+    records = load_ledger(run, votes_data["votes"], votes_data["query_index"]).records
     if not records:
         raise RunError(f"{run.path} records no query yet; run `pate aggregate` first")
     return votes_data["votes"][:len(records)], records
@@ -41,7 +41,7 @@ def query_table(run: RunDir) -> tuple[list[dict], dict]:
     answered = np.array([r.answered for r in records])
     order_list = orders(config)
     costs = mechanism(config).per_query_rdp(votes, answered, order_list)
-    report = run.read_json(PRIVACY)
+    report = read_privacy(run)
     order = report["private"].get("order") or float(order_list[0])
     at = int(np.argmin(np.abs(order_list - order)))
     cum = _cumulative_epsilon(costs, order_list, config.privacy.delta, config.privacy.conversion)
@@ -76,9 +76,10 @@ def _totals_lines(report: dict) -> list[str]:
              f"mechanism {public['mechanism']}",
              f"GUARANTEE (safe to publish, from the settings alone): epsilon {g['epsilon']:.4f} at delta "
              f"{g['delta']:g} ({g['accountant']} accountant, {g['queries']} queries at most)",
-             f"epsilon data-dependent (PRIVATE, the papers' convention): {private['epsilon']:.4f} at order "
-             f"{private.get('order')} [{public['conversion']}; classic {private['epsilon_classic']:.4f}; expected "
-             f"{private['epsilon_expected']:.4f}]"]
+             (f"epsilon data-dependent (PRIVATE, the papers' convention): {private['epsilon']:.4f} at order "
+              f"{private.get('order')} [{public['conversion']}; classic {private['epsilon_classic']:.4f}; expected "
+              f"{private['epsilon_expected']:.4f}]" if "epsilon" in private else
+              f"epsilon data-dependent (PRIVATE): {private.get('error', 'unavailable')}")]
     release = public.get("data_dependent_release")
     if release:
         lines.append(f"epsilon data-dependent, released with smooth-sensitivity noise (publishable as the papers' "
@@ -93,6 +94,10 @@ def render(run: RunDir, *, query: int | None = None, fmt: str = "table", plot: P
         detail = query_detail(run, query)
         if fmt == "json":
             return json.dumps({"private": PRIVATE, **detail}, indent=2) + "\n"
+        if fmt == "csv":  # one row per order, the query's facts repeated on each
+            facts = {k: v for k, v in detail.items() if k not in ("per_order", "votes", "explanation")}
+            rows = [{**facts, **entry} for entry in detail.get("per_order", [{}])]
+            return _csv(rows)
         lines = [f"# {PRIVATE}"] + [f"{k}: {v}" for k, v in detail.items() if k != "per_order"]
         if "per_order" in detail:
             keys = list(detail["per_order"][0])
@@ -106,14 +111,18 @@ def render(run: RunDir, *, query: int | None = None, fmt: str = "table", plot: P
     if fmt == "json":
         return json.dumps({"private": PRIVATE, "totals": report, "queries": rows}, indent=2) + "\n"
     if fmt == "csv":
-        buffer = io.StringIO()
-        buffer.write(f"# {PRIVATE}\n")
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
+        return _csv(rows)
     head = f"{'query':>6} {'public':>7} {'answered':>8} {'label':>5} {'top':>4} {'gap':>4} {'cost@order':>11} {'cum_eps':>8}"
     lines = [f"# {PRIVATE}", head]
     lines += [f"{r['query']:>6} {r['public_index']:>7} {str(r['answered']):>8} {r['label']:>5} {r['top_count']:>4} "
               f"{r['gap']:>4} {r['cost_at_order']:>11.5f} {r['cumulative_epsilon']:>8.4f}" for r in rows]
     return "\n".join(lines + [""] + _totals_lines(report)) + "\n"
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    buffer.write(f"# {PRIVATE}\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -30,6 +30,7 @@ import numpy as np
 from dp_accounting import get_sigma_gaussian
 
 from ..config import MAX_CLASSES, MAX_TEACHERS, PipelineConfig
+from ..stages.context import WARN_EPSILON
 from ..errors import PateError
 from ..privacy import accounting, mechanisms, profiles, rdp
 from ..privacy.smooth_sensitivity import rdp_gnss
@@ -435,7 +436,8 @@ def render_table(plan: dict) -> str:
              + f"sigma2={p['sigma2']:g}, delta={p['delta']:g} ({p['conversion']} conversion)", "",
              f"GUARANTEE (safe to publish; worst case over every dataset, from these settings alone): "
              f"epsilon {g['epsilon']:.4f} at delta {g['delta']:g} ({g['accountant']} accountant"
-             + (f", order {g['order']:g}" if g["order"] else "") + ")"]
+             + (f", order {g['order']:g}" if g["order"] else "") + ")"
+             + (f"; above {WARN_EPSILON:g}, it promises little" if g["epsilon"] > WARN_EPSILON else "")]
     if ss:
         lines.append(f"smooth-sensitivity release parameters, proposed from public settings: order {ss['order']:g}, "
                      f"beta {ss['beta']:g}, sigma_ss {ss['sigma_ss']:g} (the release itself costs RDP "

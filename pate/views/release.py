@@ -22,7 +22,7 @@ from .. import __version__
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..run import RunDir, RunError, now
 from ..stages import NAMES
-from ..stages.context import LABELS, METRICS, PRIVACY, STUDENT_MODEL
+from ..stages.context import LABELS, STUDENT_MODEL, read_metrics, read_privacy
 from . import summary
 
 STATEMENT_JSON, STATEMENT_TEXT = "statement.json", "statement.txt"
@@ -36,8 +36,8 @@ def default_out(run: RunDir) -> Path:
 def statement(run: RunDir) -> dict:
     """The public statement of a finished run (JSON-ready)."""
     config = run.config
-    public = run.read_json(PRIVACY)["public"]
-    metrics = run.read_json(METRICS)
+    public = read_privacy(run)["public"]
+    metrics = read_metrics(run)
     total = summary.spent(run, public["delta"])
     spec = config.data.spec
     return {

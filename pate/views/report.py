@@ -274,6 +274,12 @@ def publishable_html(privacy: dict, total=None) -> str:
     return "\n".join(parts)
 
 
+def _dd(private: dict) -> str:
+    if "epsilon" not in private:
+        return private.get("error", "unavailable")
+    return f"{private['epsilon']:.3f} realized, {private['epsilon_expected']:.3f} expected"
+
+
 def render_html(run: RunDir, report: Report, privacy: dict) -> str:
     config = run.config
     esc = html.escape
@@ -298,7 +304,7 @@ def render_html(run: RunDir, report: Report, privacy: dict) -> str:
 <div class="privacy">
 <p><b>PRIVATE page: do not publish it as a whole.</b> Views marked {_badge(PRIVATE)} are derived from the ledger
 (<code>ledger.jsonl</code>) and the teachers' votes, which are functions of the private data. That includes the
-data-dependent ε ({private['epsilon']:.3f} realized, {private['epsilon_expected']:.3f} expected), the convention of the
+data-dependent ε ({_dd(private)}), the convention of the
 PATE papers: it must not be published itself. {_badge(NOT_COVERED)} marks figures about the teachers, which saw the
 private data directly. {_badge(PUBLIC)} marks what the guarantee covers: the statement above and post-processing of
 the released labels. <code>pate release</code> writes the public statement on its own.</p>

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .. import spend_log
 from ..run import RunDir
 from ..stages import NAMES
-from ..stages.context import METRICS, PRIVACY, TEACHERS_EVAL, mechanism
+from ..stages.context import METRICS, PRIVACY, TEACHERS_EVAL, WARN_EPSILON, mechanism, read_metrics, read_privacy
 
 PRIVATE, PUBLIC, NOT_COVERED = "private", "public", "not-covered"
 LABELS = {PRIVATE: "PRIVATE", PUBLIC: "safe to publish", NOT_COVERED: "not covered by the DP guarantee"}
@@ -25,7 +25,9 @@ def _optional(run: RunDir, name: str) -> dict | None:
 def rows(run: RunDir) -> list[tuple[str, str, str]]:
     """(name, value, privacy class or '') rows of ``run``, for whatever stages have finished."""
     config, manifest = run.config, run.manifest()
-    privacy, metrics, teachers_eval = (_optional(run, n) for n in (PRIVACY, METRICS, TEACHERS_EVAL))
+    privacy = read_privacy(run) if run.has(PRIVACY) else None
+    metrics = read_metrics(run) if run.has(METRICS) else None
+    teachers_eval = _optional(run, TEACHERS_EVAL)
     mech = mechanism(config)
     out = [("pipeline", config.name, ""), ("run directory", str(run.path), ""),
            ("config sha256", config.fingerprint()[:16], ""),
@@ -59,14 +61,18 @@ def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
     g = public["guarantee"]
     out = [("queries asked / answered", f"{public['queries_asked']} / {public['queries_answered']}", PUBLIC),
            ("ε guarantee (worst case, settings alone)",
-            f"{g['epsilon']:.3f} at δ {g['delta']:g} ({g['accountant']} accountant)", PUBLIC)]
+            f"{g['epsilon']:.3f} at δ {g['delta']:g} ({g['accountant']} accountant)"
+            + (f"; above {WARN_EPSILON:g}: it promises little" if g["epsilon"] > WARN_EPSILON else ""), PUBLIC)]
     release = public.get("data_dependent_release")
     if release:
         out.append(("ε data-dependent, smooth-sensitivity release (papers' convention, not a guarantee)",
                     f"{release['epsilon']:.3f} at order {release['order']:g}", PUBLIC))
-    out += [("ε data-dependent realized (papers' convention)",
-             f"{private['epsilon']:.3f} (order {private.get('order')})", PRIVATE),
-            ("ε data-dependent expected (papers' convention)", f"{private['epsilon_expected']:.3f}", PRIVATE)]
+    if "epsilon" in private:
+        out += [("ε data-dependent realized (papers' convention)",
+                 f"{private['epsilon']:.3f} (order {private.get('order')})", PRIVATE),
+                ("ε data-dependent expected (papers' convention)", f"{private['epsilon_expected']:.3f}", PRIVATE)]
+    else:
+        out.append(("ε data-dependent (papers' convention)", private.get("error", "unavailable"), PRIVATE))
     total = spent(run, g["delta"])
     if total is not None:
         out.append(("ε spent on this private data, all runs composed",

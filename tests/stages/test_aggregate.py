@@ -13,7 +13,7 @@ from pate.privacy import accounting
 from pate.run import RunError
 from pate.stages import aggregate as stage
 from pate.stages import open_run
-from pate.stages.context import Context, privacy_settings
+from pate.stages.context import Context, ledger_key, privacy_settings
 
 from ..conftest import finish_votes_stage
 
@@ -38,7 +38,7 @@ def make_run(tmp_path, name="r", privacy=None, **aggregator):
 
 
 def ledger_records(run):
-    return ledger.parse(run.file("ledger.jsonl").read_text())[1]
+    return ledger.parse(run.file("ledger.jsonl").read_text(), ledger_key(run)).records
 
 
 def test_labels_equal_what_the_ledger_released(tmp_path):
@@ -143,9 +143,52 @@ def test_tampered_ledger_is_refused_and_nothing_changes(tmp_path, monkeypatch):
     path = ctx.run.file("ledger.jsonl")
     path.write_text(path.read_text().replace('"num_queries":700', '"num_queries":701'))
     before = path.read_bytes()
-    with pytest.raises(RunError, match="other votes"):
+    with pytest.raises(RunError, match="integrity check"):
         stage.run(ctx)
     assert path.read_bytes() == before
+
+
+def partial_run(tmp_path, monkeypatch, name="partial"):
+    """A run killed after two chunks of decisions reached the ledger."""
+    ctx, _ = make_run(tmp_path, name)
+    real, calls = stage.append_durable, []
+
+    def append(path, data):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(stage, "append_durable", append)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(ctx)
+    monkeypatch.undo()
+    assert len(ledger_records(ctx.run)) == 2 * stage.CHUNK and ctx.run.record("aggregate")["decided"] == 2 * stage.CHUNK
+    return ctx
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.unlink(), "were decided: it was deleted"),
+    (lambda p: p.write_text("".join(p.read_text().splitlines(keepends=True)[:100])), "it was cut"),
+    (lambda p: p.write_text(p.read_text().replace('"label":8', '"label":9', 1)), "integrity check"),
+])
+def test_a_partial_ledger_deleted_cut_or_edited_is_refused_never_redecided(tmp_path, monkeypatch, damage, message):
+    ctx = partial_run(tmp_path, monkeypatch)
+    path = ctx.run.file("ledger.jsonl")
+    damage(path)
+    before = path.read_bytes() if path.exists() else None
+    with pytest.raises(RunError, match=message):
+        stage.run(ctx)
+    assert (path.read_bytes() if path.exists() else None) == before and not ctx.run.file("labels.npz").exists()
+    result = CliRunner().invoke(main, ["audit", str(ctx.run.path)])  # the audit refuses it too
+    assert result.exit_code == 2
+
+
+def test_a_deleted_ledger_key_is_refused(tmp_path, monkeypatch):
+    ctx = partial_run(tmp_path, monkeypatch)
+    ctx.run.file("ledger.key").unlink()
+    with pytest.raises(RunError, match="ledger.key is missing"):
+        stage.run(ctx)
 
 
 def test_audit_views(tmp_path):
@@ -164,6 +207,8 @@ def test_audit_views(tmp_path):
     assert csv_out.splitlines()[1].startswith("query,public_index,answered")
     one = json.loads(runner.invoke(main, ["audit", str(ctx.run.path), "--query", "3", "--format", "json"]).output)
     assert one["votes"] == votes[3].tolist() and "explanation" in one and one["per_order"]
+    one_csv = runner.invoke(main, ["audit", str(ctx.run.path), "--query", "3", "--format", "csv"]).output.splitlines()
+    assert one_csv[0].startswith("# PRIVATE") and "order" in one_csv[1].split(",") and len(one_csv) == 2 + 12
     bad = runner.invoke(main, ["audit", str(ctx.run.path), "--query", str(Q + 5)])
     assert bad.exit_code == 2 and "--query must be between" in bad.output
 

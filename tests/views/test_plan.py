@@ -240,7 +240,8 @@ def test_cli_explicit_options_override_and_replace_the_file():
     (["--consensus", "0.05"], "consensus must be in"),
     (["--consensus", "x"], "comma-separated"),
     (["--target-epsilon", "0.001"], "no grid point answers even one query"),
-    (["--teachers", "100000000"], "teachers must be"),
+    (["--teachers", "100000000"], "teachers must be an integer in [1, 100000]"),
+    (["--classes", "100000000"], "classes must be an integer in [2, 10000]"),
 ])
 def test_cli_bad_parameters_are_one_line_errors(args, message):
     result = invoke(MNIST, *args)
