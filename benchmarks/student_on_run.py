@@ -33,19 +33,19 @@ def main() -> None:
     cfg = config_mod.load(f"{args.run_dir}/config.toml")
     parts = np.load(f"{args.run_dir}/partition.npz")
     released = np.load(f"{args.run_dir}/labels.npz")
-    ds = data.load(cfg.data.dataset, args.data_root)
+    ds = data.load(cfg.data, args.data_root)
     labeled, labels = released["query_index"], released["label"]
     if args.true_labels:
         labeled = parts["student_pool_index"]
-        labels = ds.test_y[labeled]
+        labels = ds.public_y[labeled]
     unlabeled = np.setdiff1d(parts["student_pool_index"], labeled)
     test = parts["test_index"]
-    x = lambda idx: data.to_float(ds.test_x[idx], ds.name)  # noqa: E731
+    x = lambda idx: data.to_float(ds.public_x[idx], ds.mean, ds.std)  # noqa: E731
     t0 = time.time()
     model, _ = student.train_student(x(labeled), torch.from_numpy(labels), x(unlabeled) if len(unlabeled) else None,
                                      arch=args.arch, method=args.method, steps=args.steps, seed=args.seed)
-    acc = student.accuracy(model, x(test), torch.from_numpy(ds.test_y[test]))
-    label_acc = float((labels == ds.test_y[labeled]).mean())
+    acc = student.accuracy(model, x(test), torch.from_numpy(ds.public_y[test]))
+    label_acc = float((labels == ds.public_y[labeled]).mean())
     print(f"labels={len(labeled)} label_accuracy={label_acc:.4f} method={args.method} steps={args.steps} "
           f"seconds={time.time() - t0:.0f} student_accuracy={acc:.4f}")
 

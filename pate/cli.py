@@ -64,7 +64,7 @@ def main() -> None:
 
 @main.group()
 def data() -> None:
-    """Datasets: prepare them offline where possible."""
+    """Built-in datasets: prepare them offline where possible."""
 
 
 @data.command("prepare")
@@ -75,9 +75,9 @@ def data() -> None:
 def data_prepare(name: str, root: Path) -> None:
     """Fetch or convert dataset NAME into ROOT (offline for mnist and fashion-mnist)."""
     data_mod.prepare(name, root)
-    dataset = data_mod.load(name, root, auto_prepare=False)
-    click.echo(f"{name}: {len(dataset.train_y)} train (private) / {len(dataset.test_y)} test (public) "
-               f"images of shape {tuple(dataset.train_x.shape[1:])} in {root}")
+    dataset = data_mod.builtin.load(name, root, auto_prepare=False)
+    click.echo(f"{name}: {len(dataset.private_y)} train (private) / {len(dataset.public_y)} test (public) "
+               f"images of shape {tuple(dataset.private_x.shape[1:])} in {root}")
 
 
 def stage_options(func):

@@ -23,14 +23,19 @@ from .privacy.smooth_sensitivity import check_conditions
 
 
 class DatasetSpec(NamedTuple):
-    """What pate needs to know of a built-in dataset before reading it."""
-    num_private: int  # train split, the private set
-    num_public: int  # test split, the public set
+    """What pate needs to know of the data: sizes, classes, image shape (a built-in dataset's before
+    reading it; other sources' from their images)."""
+    num_private: int  # the private set (a built-in dataset's train split)
+    num_public: int  # every public image: the pool candidates, then (separate split) the test candidates
     num_classes: int
     channels: int
     image_size: int
-    mean: tuple[float, ...]  # per-channel mean and std of [0, 1] pixels (public constants)
+    mean: tuple[float, ...]  # per-channel mean and std of [0, 1] pixels (public information)
     std: tuple[float, ...]
+    num_pool: int = 0  # public images that may join the student pool (0 = all of them)
+    num_test: int = 0  # labelled test candidates (0 with a shared split: the pool's own images)
+    classes: tuple[str, ...] = ()
+    shared_split: bool = True  # the held-out test split is drawn from the same public images as the pool
 
 
 DATASETS = {
@@ -48,7 +53,9 @@ MAX_SEED = 2**63 - 1
 MAX_ORDER, MAX_ORDERS = 1e4, 1000  # Rényi orders: beyond these every conversion is uninformative or overflows
 NOISE_RANGE = (1e-6, 1e9)  # noise scales where every bound is finite and representable
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-FEATURES = ("none", "simclr", "scattering")
+FEATURES = ("none", "simclr", "scattering", "pretrained")
+SOURCES = ("builtin", "folders", "arrays")
+PATH_KEYS = ("private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
 
 
@@ -63,31 +70,71 @@ def _check(section: str, name: str, ok: bool, must: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "mnist"
-    private_size: int = 0  # 0 = the whole train split
-    student_pool: int = 9000
-    test_size: int = 1000
+    source: str = "builtin"  # "builtin" (dataset), "folders" (*_dir) or "arrays" (*_file)
+    dataset: str = "mnist"  # builtin: one of DATASETS
+    private_dir: str = ""  # folders: ImageFolder layout, one subfolder per class
+    public_dir: str = ""  # folders: unlabelled images, any layout
+    test_dir: str = ""  # folders: optional ImageFolder of labelled public images, evaluation only
+    private_file: str = ""  # arrays: .npz with images and labels
+    public_file: str = ""
+    test_file: str = ""
+    channels: int = 0  # folders: 0 = 3 if any image has colour, else 1
+    image_size: int = 0  # folders: 0 = the median image size, rounded to a multiple of 4
+    private_size: int = 0  # 0 = every private record
+    student_pool: int = 0  # 0 = every public image not held out (built-in: 9 000)
+    test_size: int = 0  # 0 = built-in: 1 000 held out; other sources: the whole test set
     split_seed: int = 0
 
     def validate(self) -> None:
-        _check("data", "dataset", self.dataset in DATASETS, f"one of {sorted(DATASETS)}", self.dataset)
-        spec = DATASETS[self.dataset]
-        n_private, n_public = spec.num_private, spec.num_public
-        _check("data", "private_size", 0 <= self.private_size <= n_private,
-               f"between 0 (all) and {n_private}", self.private_size)
-        _check("data", "student_pool", self.student_pool >= 1, "at least 1", self.student_pool)
-        _check("data", "test_size", self.test_size >= 1, "at least 1", self.test_size)
+        _check("data", "source", self.source in SOURCES, f"one of {list(SOURCES)}", self.source)
+        needed = {"builtin": (), "folders": ("private_dir", "public_dir"), "arrays": ("private_file", "public_file")}
+        for key in needed[self.source]:
+            _check("data", key, bool(getattr(self, key)), f"given with source = {self.source!r}", getattr(self, key))
+        if self.source == "builtin":
+            _check("data", "dataset", self.dataset in DATASETS, f"one of {sorted(DATASETS)}", self.dataset)
+        _check("data", "channels", self.channels in (0, 1, 3), "0 (from the images), 1 or 3", self.channels)
+        _check("data", "image_size", self.image_size == 0 or 8 <= self.image_size <= 1024,
+               "0 (the median image size) or in [8, 1024]", self.image_size)
+        for key in ("private_size", "student_pool", "test_size"):
+            _check("data", key, getattr(self, key) >= 0, ">= 0 (0 = all)", getattr(self, key))
         _check("data", "split_seed", 0 <= self.split_seed <= MAX_SEED, f"in [0, {MAX_SEED}]", self.split_seed)
-        _check("data", "student_pool + test_size", self.student_pool + self.test_size <= n_public,
-               f"at most the {n_public} public images", self.student_pool + self.test_size)
+        if self.spec is not None:
+            self.check_sizes(self.spec)
 
     @property
-    def num_private(self) -> int:
-        return self.private_size or DATASETS[self.dataset].num_private
+    def name(self) -> str:
+        """What the data is called in summaries and statements."""
+        if self.source == "builtin":
+            return self.dataset
+        return f"{self.source}:{Path(self.private_dir or self.private_file).name}"
 
     @property
-    def spec(self) -> DatasetSpec:
-        return DATASETS[self.dataset]
+    def spec(self) -> Optional[DatasetSpec]:
+        """A built-in dataset's spec; None for sources known only from their images."""
+        return DATASETS[self.dataset] if self.source == "builtin" else None
+
+    def sizes(self, spec: DatasetSpec) -> tuple[int, int, int]:
+        """(private records, student pool, held-out test) for data of this ``spec`` (0s resolved)."""
+        private = self.private_size or spec.num_private
+        if spec.shared_split:
+            test = self.test_size or min(1000, spec.num_public // 10)
+            return private, self.student_pool or spec.num_public - test, test
+        return private, self.student_pool or spec.num_pool, self.test_size if self.test_size else spec.num_test
+
+    def check_sizes(self, spec: DatasetSpec) -> None:
+        """The sizes against the data: called for built-in datasets when the config loads, and for
+        other sources once their images are known, before anything is written."""
+        private, pool, test = self.sizes(spec)
+        _check("data", "private_size", private <= spec.num_private,
+               f"between 0 (all) and the {spec.num_private} private records", self.private_size)
+        if spec.shared_split:
+            _check("data", "student_pool + test_size", pool >= 1 and test >= 1 and pool + test <= spec.num_public,
+                   f"at most the {spec.num_public} public images (each at least 1)", pool + test)
+        else:
+            _check("data", "student_pool", 1 <= pool <= spec.num_pool,
+                   f"between 1 and the {spec.num_pool} public pool images (0 = all)", self.student_pool)
+            _check("data", "test_size", test <= spec.num_test,
+                   f"at most the {spec.num_test} labelled test images (0 = all)", self.test_size)
 
 
 @dataclass(frozen=True)
@@ -224,31 +271,34 @@ class PipelineConfig:
                "at most 100 characters", self.name)
         for section in (self.data, self.teachers, self.aggregator, self.privacy, self.student):
             section.validate()
-        n = self.data.num_private
+        if MECHANISM_CLASSES[self.aggregator.mechanism].thresholded:
+            _check("aggregator", "threshold", self.aggregator.threshold <= self.teachers.count,
+                   f"in [0, {self.teachers.count}] (the number of teachers)", self.aggregator.threshold)
+        _check("privacy", "data_dependent_release", not self.privacy.data_dependent_release
+               or MECHANISM_CLASSES[self.aggregator.mechanism].data_dependent,
+               f"false with mechanism {self.aggregator.mechanism!r} (no data-dependent analysis)", True)
+        if self.data.spec is not None:
+            self.check_data(self.data.spec)
+
+    def check_data(self, spec: DatasetSpec) -> None:
+        """Every check that needs the data's sizes and classes: at load time for a built-in dataset,
+        before anything is written for the other sources (``pate.stages.session``)."""
+        self.data.check_sizes(spec)
+        n, pool, _ = self.data.sizes(spec)
         # delta must be below 1/N for N private records: a larger delta allows releasing one record outright.
         _check("privacy", "delta", self.privacy.delta < 1 / n, f"below 1/N = {1 / n:.3g} (N = {n} private records)",
                self.privacy.delta)
         _check("teachers", "count", self.teachers.count <= n, f"at most the {n} private records",
                self.teachers.count)
-        _check("aggregator", "max_queries", self.aggregator.max_queries <= self.data.student_pool,
-               f"at most the student pool ({self.data.student_pool})", self.aggregator.max_queries)
-        if MECHANISM_CLASSES[self.aggregator.mechanism].thresholded:
-            _check("aggregator", "threshold", self.aggregator.threshold <= self.teachers.count,
-                   f"in [0, {self.teachers.count}] (the number of teachers)", self.aggregator.threshold)
-        self._validate_release()
-
-    def _validate_release(self) -> None:
-        """The smooth-sensitivity release needs a data-dependent analysis, and fixed parameters
-        where conditions C5/C6 hold (Papernot et al. 2018, App. B.4)."""
+        _check("aggregator", "max_queries", self.aggregator.max_queries <= pool,
+               f"at most the student pool ({pool})", self.aggregator.max_queries)
+        _check("data", "classes", 2 <= spec.num_classes <= MAX_CLASSES, f"between 2 and {MAX_CLASSES}",
+               spec.num_classes)
         priv = self.privacy
-        if not priv.data_dependent_release:
-            return
-        mechanism = MECHANISM_CLASSES[self.aggregator.mechanism]
-        _check("privacy", "data_dependent_release", mechanism.data_dependent,
-               f"false with mechanism {self.aggregator.mechanism!r} (no data-dependent analysis)", True)
-        if priv.ss_order:
-            _check("privacy", "ss_order", check_conditions(self.aggregator.sigma2, self.data.spec.num_classes,
-                                                           priv.ss_order),
+        if priv.data_dependent_release and priv.ss_order:
+            # The smooth-sensitivity release needs fixed parameters where conditions C5/C6 hold
+            # (Papernot et al. 2018, App. B.4).
+            _check("privacy", "ss_order", check_conditions(self.aggregator.sigma2, spec.num_classes, priv.ss_order),
                    f"an order where the smooth-sensitivity conditions C5/C6 hold for sigma2 = "
                    f"{self.aggregator.sigma2:g} (see `pate plan`)", priv.ss_order)
 
@@ -323,6 +373,17 @@ def _build_section(section: str, cls: type, table: Any) -> Any:
     return cls(**{k: _coerce(section, k, v, hints[k]) for k, v in table.items()})
 
 
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    """Data paths relative to the pipeline file's folder, made absolute (so the frozen config.toml
+    of a run names the same files from anywhere)."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return raw
+    resolved = {k: str((base / v).resolve()) if k in PATH_KEYS and isinstance(v, str) and v else v
+                for k, v in data.items()}
+    return {**raw, "data": resolved}
+
+
 def from_dict(raw: dict, default_name: str = "pipeline") -> PipelineConfig:
     unknown = sorted(set(raw) - set(SECTIONS) - {"name"})
     if unknown:
@@ -351,7 +412,8 @@ def load(path: str | Path) -> PipelineConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     try:
-        return from_dict(raw, default_name=re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip(".-_") or "pipeline")
+        return from_dict(_resolve_paths(raw, path.parent.resolve()),
+                         default_name=re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip(".-_") or "pipeline")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -18,19 +18,27 @@ class PartitionError(PateError):
 
 
 def make_partition(*, num_train: int, num_private: int, num_public: int, num_teachers: int,
-                   student_pool: int, test_size: int, num_queries: int, seed: int) -> dict[str, np.ndarray]:
+                   student_pool: int, test_size: int, num_queries: int, seed: int,
+                   num_pool: int | None = None) -> dict[str, np.ndarray]:
     """Seeded, balanced, disjoint shards (shard sizes differ by at most one) and a public split.
 
     ``teacher_of[i]`` is record i's teacher, or -1 when record i is left out (``num_private``
-    below the train split's size). Queries are the first ``num_queries`` of the shuffled pool.
+    below the number of private records). Queries are the first ``num_queries`` of the shuffled
+    pool. With ``num_pool`` (a separate test set) the pool is drawn from the first ``num_pool``
+    public images and the held-out test split is the first ``test_size`` of the rest; without it
+    both are drawn from one shuffled public set.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9A7E]))
     chosen = rng.permutation(num_train)[:num_private]
     teacher_of = np.full(num_train, -1, dtype=np.int64)
     teacher_of[chosen] = np.arange(num_private) % num_teachers
-    public = rng.permutation(num_public)
-    test_index = np.sort(public[:test_size])
-    student_pool_index = public[test_size:test_size + student_pool]
+    if num_pool is None:
+        public = rng.permutation(num_public)
+        test_index = np.sort(public[:test_size])
+        student_pool_index = public[test_size:test_size + student_pool]
+    else:
+        student_pool_index = rng.permutation(num_pool)[:student_pool]
+        test_index = np.arange(num_pool, num_pool + test_size)
     return {
         "teacher_of": teacher_of,
         "query_index": student_pool_index[:num_queries].copy(),
@@ -40,7 +48,8 @@ def make_partition(*, num_train: int, num_private: int, num_public: int, num_tea
 
 
 def verify_partition(arrays: dict[str, np.ndarray], *, num_train: int, num_private: int, num_public: int,
-                     num_teachers: int, student_pool: int, test_size: int, num_queries: int) -> None:
+                     num_teachers: int, student_pool: int, test_size: int, num_queries: int,
+                     num_pool: int | None = None) -> None:
     """Raise PartitionError unless the arrays are a valid partition of these sizes."""
     missing = {"teacher_of", "query_index", "student_pool_index", "test_index"} - set(arrays)
     if missing:
@@ -63,5 +72,7 @@ def verify_partition(arrays: dict[str, np.ndarray], *, num_train: int, num_priva
             raise PartitionError(f"{name} points outside the public set")
     if np.intersect1d(pool, test).size:
         raise PartitionError("the student pool and the held-out test split overlap")
+    if num_pool is not None and ((pool.size and pool.max() >= num_pool) or (test.size and test.min() < num_pool)):
+        raise PartitionError("the student pool or the held-out test split is drawn from the wrong public images")
     if not np.array_equal(queries, pool[:num_queries]):
         raise PartitionError("queries are not the first entries of the student pool")

@@ -60,7 +60,7 @@ def edit_pipeline(text: str, *replacements: tuple[str, str]) -> str:
 
 def write_idx_mnist(root: Path, num_train: int = 60000, num_test: int = 10000, seed: int = 0) -> Path:
     """A fake MNIST cache in torchvision's layout: class-dependent blobs so models can learn."""
-    from pate.data import _idx_bytes
+    from pate.data.builtin import _idx_bytes
 
     rng = np.random.default_rng(seed)
     raw = root / "MNIST" / "raw"
@@ -101,7 +101,7 @@ def finish_votes_stage(run, votes: np.ndarray, private_data: str | None = None) 
     from pate.partition import make_partition
     from pate.stages.context import partition_sizes
 
-    parts = make_partition(seed=0, **partition_sizes(run.config))
+    parts = make_partition(seed=0, **partition_sizes(run.config, run.config.data.spec))
     atomic_save_npz(run.file("partition.npz"), **parts)
     run.finish("partition", ["partition.npz"], private_data=private_data or uuid.uuid4().hex)
     run.update("train-teachers", status="done", outputs={})

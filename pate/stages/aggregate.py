@@ -64,7 +64,7 @@ def _spend_entry(ctx: Context, kind: str, draw: int, curve, eps: float) -> spend
 def _log_aggregation(ctx: Context, fingerprint: str, settings: accounting.Settings) -> spend.Total:
     """Append the run's worst-case cost to the spend log before any query is decided (once per run)."""
     config = ctx.config
-    on_log_orders = privacy_settings(config, spend.ORDERS)
+    on_log_orders = privacy_settings(config, ctx.spec.num_classes, spend.ORDERS)
     queries_only = accounting.worst_case_curve(replace(on_log_orders, release=None), accounting.max_queries(settings))
     eps = accounting.guarantee(replace(settings, release=None)).epsilon
     extra = on_log_orders.release_rdp() if settings.release is not None else None
@@ -84,7 +84,7 @@ def _log_aggregation(ctx: Context, fingerprint: str, settings: accounting.Settin
 def _log_release(ctx: Context, fingerprint: str) -> None:
     """Append one smooth-sensitivity draw to the spend log, before it is drawn."""
     config = ctx.config
-    curve = privacy_settings(config, spend.ORDERS).release_rdp()
+    curve = privacy_settings(config, ctx.spec.num_classes, spend.ORDERS).release_rdp()
     eps = accounting.epsilon(curve, spend.ORDERS, config.privacy.delta, config.privacy.conversion)[0]
     draw = spend_log.draws(fingerprint, ctx.run.run_id, "smooth-sensitivity") + 1
     spend_log.record(fingerprint, _spend_entry(ctx, "smooth-sensitivity", draw, curve, eps),
@@ -94,7 +94,7 @@ def _log_release(ctx: Context, fingerprint: str) -> None:
 def _check_votes(ctx: Context, votes: np.ndarray, query_index: np.ndarray) -> None:
     """One vote per teacher per query, for exactly the partition's queries."""
     config = ctx.config
-    num_classes = config.data.spec.num_classes
+    num_classes = ctx.spec.num_classes
     expected_index = load_partition(ctx)["query_index"]
     problem = None
     if votes.ndim != 2 or votes.shape != (len(expected_index), num_classes) or votes.dtype.kind not in "iu":
@@ -166,7 +166,7 @@ def run(ctx: Context) -> None:
     data = run_dir.load_npz(VOTES)
     votes, query_index = data["votes"], data["query_index"]
     _check_votes(ctx, votes, query_index)  # before any privacy is spent on them
-    settings = privacy_settings(config)
+    settings = privacy_settings(config, ctx.spec.num_classes)
     guarantee = accounting.guarantee(settings)
     if config.privacy.data_dependent_release and settings.release is None:
         raise RunError("[privacy] data_dependent_release: no order satisfies the smooth-sensitivity conditions "

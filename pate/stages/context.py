@@ -5,15 +5,16 @@ loaders here, which check each artifact (recorded hash, invariants) before it is
 """
 from __future__ import annotations
 
+import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import data as data_mod
-from ..config import ConfigError, PipelineConfig
+from ..config import ConfigError, DatasetSpec, PipelineConfig
 from ..io import create_exclusive, sha256_file
 from ..partition import PartitionError, verify_partition
 from ..privacy import accounting, ledger
@@ -24,6 +25,7 @@ from ..run import RunDir, RunError
 
 # The run directory's artifacts (the stage registry says which stage writes each).
 PARTITION = "partition.npz"
+DATA = "data.json"  # the data's description, and for image folders every file with its sha256 (PRIVATE)
 TEACHERS_DIR = "teachers"
 EXTRACTOR = "teachers/extractor.pt"
 HEADS = "teachers/heads-0-of-1.pt"
@@ -52,38 +54,92 @@ class Context:
     data_root: Path = data_mod.DEFAULT_ROOT
     device: str = "auto"
     quiet: bool = False
+    _spec: DatasetSpec | None = field(default=None, repr=False)
 
     @property
     def config(self) -> PipelineConfig:
         return self.run.config
 
+    @property
+    def spec(self) -> DatasetSpec:
+        """The data's sizes, classes and image shape (as recorded when the partition was made)."""
+        if self._spec is None:
+            self._spec = data_spec(self.run, self.data_root)
+        return self._spec
+
     def say(self, message: str) -> None:
         say(message, self.quiet)
 
 
-def partition_sizes(config: PipelineConfig) -> dict[str, int]:
-    spec = config.data.spec
-    return dict(num_train=spec.num_private, num_private=config.data.num_private, num_public=spec.num_public,
-                num_teachers=config.teachers.count, student_pool=config.data.student_pool,
-                test_size=config.data.test_size, num_queries=config.aggregator.max_queries)
+def data_spec(run: RunDir, data_root: Path = data_mod.DEFAULT_ROOT) -> DatasetSpec:
+    """The run's data description: from data.json once the partition is made; before that a built-in
+    dataset's table entry, or the (cached) images of the other sources."""
+    if run.has(DATA):
+        return spec_from_json(run.read_json(DATA))
+    return run.config.data.spec or data_mod.describe(run.config.data, data_root)
+
+
+def spec_from_json(doc: dict) -> DatasetSpec:
+    try:
+        return DatasetSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc["spec"].items()})
+    except (KeyError, TypeError) as exc:
+        raise RunError(f"{DATA} does not describe the data ({exc}); it cannot be trusted") from None
+
+
+def data_json(dataset: data_mod.Dataset, source: str) -> dict:
+    """What data.json records: the description, and each source file with its content hash."""
+    return {"source": source, "name": dataset.name, "spec": dataset.spec._asdict(), "files": dataset.files}
+
+
+def partition_sizes(config: PipelineConfig, spec: DatasetSpec) -> dict[str, int]:
+    private, pool, test = config.data.sizes(spec)
+    return dict(num_train=spec.num_private, num_private=private, num_public=spec.num_public,
+                num_teachers=config.teachers.count, student_pool=pool, test_size=test,
+                num_queries=config.aggregator.max_queries, num_pool=None if spec.shared_split else spec.num_pool)
 
 
 def load_partition(ctx: Context) -> dict[str, np.ndarray]:
     arrays = ctx.run.load_npz(PARTITION)
     try:
-        verify_partition(arrays, **partition_sizes(ctx.config))
+        verify_partition(arrays, **partition_sizes(ctx.config, ctx.spec))
     except PartitionError as exc:
         raise RunError(f"{ctx.run.file(PARTITION)} is invalid: {exc}") from None
     return arrays
 
 
 def load_dataset(ctx: Context) -> data_mod.Dataset:
-    return data_mod.load(ctx.config.data.dataset, ctx.data_root)
+    """The run's data; once the partition is made, only if its files are those recorded then."""
+    dataset = data_mod.load(ctx.config.data, ctx.data_root, quiet=ctx.quiet)
+    if ctx.run.has(DATA):
+        recorded = ctx.run.read_json(DATA).get("files", {})
+        current = json.loads(json.dumps(dataset.files))
+        if recorded != current:
+            raise RunError(f"the data changed since this run started: {_first_change(recorded, current)}; the run "
+                           "continues only on the data it was started with (start a new run directory for new data)")
+    return dataset
+
+
+def _first_change(recorded: dict, current: dict) -> str:
+    for part in ("private", "public", "test"):
+        old, new = dict(map(tuple, recorded.get(part, []))), dict(map(tuple, current.get(part, [])))
+        for path in sorted(set(old) | set(new)):
+            if path not in new:
+                return f"{path} was removed"
+            if path not in old:
+                return f"{path} was added"
+            if old[path] != new[path]:
+                return f"{path} changed"
+    return "the files differ"
 
 
 def public_images(dataset: data_mod.Dataset, index: np.ndarray):
     """Normalised float images of the public set at ``index``."""
-    return data_mod.to_float(dataset.test_x[index], dataset.name)
+    return data_mod.to_float(dataset.public_x[index], dataset.mean, dataset.std)
+
+
+def private_images(dataset: data_mod.Dataset, index: np.ndarray):
+    """Normalised float images of the private set at ``index``."""
+    return data_mod.to_float(dataset.private_x[index], dataset.mean, dataset.std)
 
 
 def resolve_device(name: str) -> str:
@@ -105,7 +161,7 @@ def orders(config: PipelineConfig) -> np.ndarray:
     return resolve_orders(config.privacy.orders)
 
 
-def release_parameters(config: PipelineConfig) -> accounting.ReleaseParameters | None:
+def release_parameters(config: PipelineConfig, num_classes: int) -> accounting.ReleaseParameters | None:
     """The smooth-sensitivity release's λ, β, σ_ss: as configured, or proposed from the settings
     alone (``accounting.propose_release``); None when the run releases no data-dependent figure."""
     priv = config.privacy
@@ -113,18 +169,19 @@ def release_parameters(config: PipelineConfig) -> accounting.ReleaseParameters |
         return None
     if priv.ss_order:
         return accounting.ReleaseParameters(priv.ss_order, priv.ss_beta, priv.ss_sigma)
-    return accounting.propose_release(mechanism(config), config.teachers.count, config.data.spec.num_classes,
+    return accounting.propose_release(mechanism(config), config.teachers.count, num_classes,
                                       config.aggregator.max_queries, tuple(orders(config)), priv.delta,
                                       priv.conversion)
 
 
-def privacy_settings(config: PipelineConfig, order_list: np.ndarray | None = None) -> accounting.Settings:
+def privacy_settings(config: PipelineConfig, num_classes: int,
+                     order_list: np.ndarray | None = None) -> accounting.Settings:
     """Everything the run's public statement is computed from (``order_list`` overrides the orders)."""
     return accounting.Settings(
-        mechanism=mechanism(config), num_teachers=config.teachers.count, num_classes=config.data.spec.num_classes,
+        mechanism=mechanism(config), num_teachers=config.teachers.count, num_classes=num_classes,
         max_queries=config.aggregator.max_queries, delta=config.privacy.delta,
         orders=tuple(orders(config) if order_list is None else order_list), conversion=config.privacy.conversion,
-        epsilon_budget=config.aggregator.epsilon_budget, release=release_parameters(config))
+        epsilon_budget=config.aggregator.epsilon_budget, release=release_parameters(config, num_classes))
 
 
 WARN_EPSILON = 10.0  # a guarantee above this promises little: say so
@@ -152,11 +209,11 @@ def read_metrics(run: RunDir) -> dict:
     return metrics
 
 
-def check_accountable(config: PipelineConfig) -> accounting.Guarantee:
+def check_accountable(config: PipelineConfig, num_classes: int) -> accounting.Guarantee:
     """The run's worst-case guarantee, computed before anything else happens; settings whose
-    privacy cannot be accounted (no finite guarantee) are refused here, before any data is read."""
+    privacy cannot be accounted (no finite guarantee) are refused here, before anything is written."""
     try:
-        guarantee = accounting.guarantee(privacy_settings(config))
+        guarantee = accounting.guarantee(privacy_settings(config, num_classes))
     except (ValueError, ArithmeticError) as exc:
         raise ConfigError(f"the privacy settings cannot be accounted ({exc}); check [aggregator] and [privacy]") from None
     if not math.isfinite(guarantee.epsilon):

@@ -23,7 +23,7 @@ def run(ctx: Context) -> None:
     run_dir, config = ctx.run, ctx.config
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
-    spec = config.data.spec
+    spec = ctx.spec
     model = build_model(config.student.arch, spec.channels, spec.num_classes, spec.image_size)
     try:
         model.load_state_dict(load_checkpoint(run_dir.verified(STUDENT_MODEL)))
@@ -32,12 +32,14 @@ def run(ctx: Context) -> None:
     run_dir.begin(NAME)
     test_index = parts["test_index"]
     device = resolve_device(ctx.device)
-    student_accuracy = accuracy(model.to(device), public_images(dataset, test_index),
-                                torch.from_numpy(dataset.test_y[test_index].astype(np.int64)), device=device)
+    student_accuracy = (accuracy(model.to(device), public_images(dataset, test_index),
+                                 torch.from_numpy(dataset.public_y[test_index].astype(np.int64)), device=device)
+                        if len(test_index) else None)
     released = run_dir.load_npz(LABELS)
-    # Evaluation only: compares released labels with the true public labels, which PATE never uses.
-    label_accuracy = (float((released["label"] == dataset.test_y[released["query_index"]]).mean())
-                      if len(released["label"]) else None)
+    # Evaluation only: compares released labels with the true public labels (where the data has
+    # them), which PATE never uses otherwise.
+    truth = dataset.public_y[released["query_index"]]
+    label_accuracy = (float((released["label"] == truth).mean()) if len(truth) and (truth >= 0).all() else None)
     teacher_stats = run_dir.read_json(TEACHERS_EVAL)
     metrics = {"student_accuracy": student_accuracy, "label_accuracy": label_accuracy,
                "label_accuracy_note": "evaluation only: uses the true public labels, never used in training",
@@ -45,4 +47,5 @@ def run(ctx: Context) -> None:
                "ensemble_accuracy": teacher_stats["ensemble_accuracy"], "test_size": int(len(test_index))}
     atomic_write_json(run_dir.file(METRICS), metrics)
     finish(ctx, NAME)
-    ctx.say(f"{NAME}: student accuracy {100 * student_accuracy:.2f}% on {len(test_index)} held-out images")
+    ctx.say(f"{NAME}: student accuracy {100 * student_accuracy:.2f}% on {len(test_index)} held-out images"
+            if student_accuracy is not None else f"{NAME}: no held-out test split: the student's accuracy is unknown")

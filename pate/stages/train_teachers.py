@@ -11,15 +11,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import data as data_mod
 from ..io import CheckpointError, save_checkpoint
 from ..progress import Progress, plural
 from ..run import RunError
 from ..teachers import distributed, features
 from ..teachers.training import train_ensemble
 from . import finish
-from .context import (EXTRACTOR, HEADS, TEACHERS_DIR, Context, load_dataset, load_partition, public_images,
-                      resolve_device, teacher_part)
+from .context import (EXTRACTOR, HEADS, TEACHERS_DIR, Context, load_dataset, load_partition, private_images,
+                      public_images, resolve_device, teacher_part)
 
 NAME = "train-teachers"
 
@@ -34,8 +33,8 @@ def run(ctx: Context) -> None:
     if rank == 0:
         run_dir.begin(NAME)
     used = np.flatnonzero(parts["teacher_of"] >= 0)  # records outside every shard never reach a model
-    images = data_mod.to_float(dataset.train_x[used], dataset.name)
-    labels = torch.from_numpy(dataset.train_y[used])
+    images = private_images(dataset, used)
+    labels = torch.from_numpy(dataset.private_y[used])
     device = resolve_device(ctx.device)
     run_dir.file(TEACHERS_DIR).mkdir(exist_ok=True)
     progress = Progress(tcfg.epochs, f"{NAME}[{rank}]" if world > 1 else NAME, ctx.quiet or rank > 0, unit="epochs")
@@ -82,10 +81,10 @@ def _train_feature_teachers(ctx: Context) -> None:
         raise RunError(str(exc)) from None
     run_dir.progress(NAME, "embedding the private shards")
     used = np.flatnonzero(parts["teacher_of"] >= 0)
-    feats = features.embed(extractor, data_mod.to_float(dataset.train_x[used], dataset.name), device=device,
+    feats = features.embed(extractor, private_images(dataset, used), device=device,
                            progress=_bar(len(used), f"{NAME}[embed shards]", ctx))
     run_dir.progress(NAME, "heads")
-    heads = features.train_heads(feats, torch.from_numpy(dataset.train_y[used]).long(), parts["teacher_of"][used],
+    heads = features.train_heads(feats, torch.from_numpy(dataset.private_y[used]).long(), parts["teacher_of"][used],
                                  range(tcfg.count), dataset.num_classes, device=device,
                                  progress=_bar(features.HEAD_STEPS, f"{NAME}[heads]", ctx))
     save_checkpoint(run_dir.file(HEADS), heads)

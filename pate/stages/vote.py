@@ -41,7 +41,7 @@ def _feature_predictor(ctx: Context, device: str):
 
 def _ensemble_predictor(ctx: Context, device: str):
     """(images -> (K, Q) predictions) from every trained part, in teacher-id order."""
-    config, spec = ctx.config, ctx.config.data.spec
+    config, spec = ctx.config, ctx.spec
     modules = []
     for name in sorted(n for n in ctx.run.recorded() if n.startswith(TEACHER_PART_PREFIX)):
         try:
@@ -94,23 +94,34 @@ def run(ctx: Context) -> None:
     if not (votes.sum(axis=1) == config.teachers.count).all():
         raise RunError("vote rows do not sum to K; the teachers are inconsistent")
     atomic_save_npz(run_dir.file(VOTES), private=True, votes=votes, query_index=query_index)  # 0600: private
-    stats = _teacher_stats(predict, dataset, parts["test_index"], votes, query_index)
+    stats = _teacher_stats(predict, dataset, parts["test_index"], votes, query_index)  # evaluation only
     atomic_write_json(run_dir.file(TEACHERS_EVAL), stats)
     finish(ctx, NAME)
     run_dir.file(PARTIAL).unlink(missing_ok=True)
+    if stats["teacher_accuracy_mean"] is None:
+        ctx.say(f"vote: {len(query_index)} queries (no held-out test split: teacher accuracy unknown)")
+        return
     ctx.say(f"vote: {len(query_index)} queries; teachers {100 * stats['teacher_accuracy_mean']:.1f}% mean "
             f"(min {100 * stats['teacher_accuracy_min']:.1f}%, max {100 * stats['teacher_accuracy_max']:.1f}%), "
             f"plurality {100 * stats['ensemble_accuracy']:.1f}% on the held-out test split")
 
 
 def _teacher_stats(predict, dataset, test_index: np.ndarray, votes: np.ndarray, query_index: np.ndarray) -> dict:
-    """Evaluation only: teacher and plurality accuracy on the held-out public test split."""
+    """Evaluation only: teacher and plurality accuracy on the held-out public test split (None
+    without one), and of the plurality on the queries where their true labels are known."""
+    note = "evaluation only, on the held-out public test split; never used for training or queries"
+    query_truth = dataset.public_y[query_index]
+    query_plurality = (float((votes.argmax(axis=1) == query_truth).mean()) if len(query_truth)
+                       and (query_truth >= 0).all() else None)
+    if len(test_index) == 0:
+        return {"teacher_accuracy_mean": None, "teacher_accuracy_min": None, "teacher_accuracy_max": None,
+                "teacher_accuracy": [], "ensemble_accuracy": None, "query_plurality_accuracy": query_plurality,
+                "note": note + " (this data has no held-out test split)"}
     test_preds = predict(public_images(dataset, test_index))
-    truth = dataset.test_y[test_index]
+    truth = dataset.public_y[test_index]
     per_teacher = ensemble.teacher_accuracies(test_preds, truth).numpy()
     plurality = ensemble.votes_from_predictions(test_preds, dataset.num_classes).numpy().argmax(axis=1)
     return {"teacher_accuracy_mean": float(np.mean(per_teacher)), "teacher_accuracy_min": float(np.min(per_teacher)),
             "teacher_accuracy_max": float(np.max(per_teacher)), "teacher_accuracy": [float(a) for a in per_teacher],
-            "ensemble_accuracy": float((plurality == truth).mean()),
-            "query_plurality_accuracy": float((votes.argmax(axis=1) == dataset.test_y[query_index]).mean()),
-            "note": "evaluation only, on the held-out public test split; never used for training or queries"}
+            "ensemble_accuracy": float((plurality == truth).mean()), "query_plurality_accuracy": query_plurality,
+            "note": note}

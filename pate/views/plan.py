@@ -125,7 +125,7 @@ def params_from(config: PipelineConfig | None = None, **overrides) -> PlanParams
             raise PlanError(f"mechanism {agg.mechanism} is not planned here (its cost is data-independent); "
                             f"use --mechanism with one of {', '.join(MECHANISMS)}")
         base = dict(mechanism=agg.mechanism, teachers=config.teachers.count,
-                    classes=config.data.spec.num_classes, queries=agg.max_queries, threshold=agg.threshold,
+                    classes=config.data.spec.num_classes if config.data.spec else None, queries=agg.max_queries, threshold=agg.threshold,
                     sigma1=agg.sigma1, sigma2=agg.sigma2, delta=config.privacy.delta,
                     orders=tuple(config.privacy.orders), conversion=config.privacy.conversion)
     else:
@@ -135,7 +135,7 @@ def params_from(config: PipelineConfig | None = None, **overrides) -> PlanParams
     if values.get("mechanism") not in MECHANISMS:
         raise PlanError(f"mechanism must be one of {list(MECHANISMS)}. Found {values.get('mechanism')!r}.")
     thresholded = mechanisms.MECHANISMS[values["mechanism"]].thresholded
-    needed = ["teachers", "queries", "sigma2", "delta"] + (["threshold", "sigma1"] if thresholded else [])
+    needed = ["teachers", "classes", "queries", "sigma2", "delta"] + (["threshold", "sigma1"] if thresholded else [])
     missing = [k for k in needed if values.get(k) is None]
     if missing:
         raise PlanError(f"missing {', '.join('--' + k for k in missing)} (give a PIPELINE.toml or every option)")

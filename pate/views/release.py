@@ -22,7 +22,7 @@ from .. import __version__
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..run import RunDir, RunError, now
 from ..stages import NAMES
-from ..stages.context import LABELS, STUDENT_MODEL, read_metrics, read_privacy
+from ..stages.context import LABELS, STUDENT_MODEL, data_spec, read_metrics, read_privacy
 from . import summary
 
 STATEMENT_JSON, STATEMENT_TEXT = "statement.json", "statement.txt"
@@ -39,9 +39,10 @@ def statement(run: RunDir) -> dict:
     public = read_privacy(run)["public"]
     metrics = read_metrics(run)
     total = summary.spent(run, public["delta"])
-    spec = config.data.spec
+    spec = data_spec(run)
     return {
-        "pipeline": config.name, "dataset": config.data.dataset, "generated": now(), "pate_version": __version__,
+        "pipeline": config.name, "dataset": config.data.name, "classes": list(spec.classes) or None,
+        "generated": now(), "pate_version": __version__,
         "privacy": public,
         "spent_on_this_private_data": None if total is None else {
             "epsilon": total.epsilon, "delta": total.delta, "releases": total.releases,

@@ -107,12 +107,15 @@ def _optional(run: RunDir, name: str) -> dict | None:
 
 def _public_labels(run: RunDir, data_root: Path) -> tuple[np.ndarray | None, str | None]:
     """True labels of the public set (evaluation only), or None and why not."""
-    name = run.config.data.dataset
+    name = run.config.data.name
     try:
-        return data_mod.load(name, Path(data_root), auto_prepare=False).test_y, None
+        labels = data_mod.load(run.config.data, Path(data_root), auto_prepare=False).public_y
     except (data_mod.DataError, OSError, ValueError) as exc:
-        return None, (f"the {name} dataset is not available under {data_root} ({exc}); "
+        return None, (f"the {name} data is not available under {data_root} ({exc}); "
                       "pass --data-root DIR to include this figure")
+    if (labels < 0).any():
+        return None, f"the public pool of {name} is unlabelled"
+    return labels, None
 
 
 def build(run: RunDir, out: Path | None = None, data_root: Path = data_mod.DEFAULT_ROOT) -> Report:
@@ -296,7 +299,7 @@ def render_html(run: RunDir, report: Report, privacy: dict) -> str:
 <style>{_CSS}</style></head>
 <body>
 <h1>PATE report: {esc(config.name)}</h1>
-<p class="meta">Run directory {esc(str(run.path))} · config {esc(config.fingerprint()[:16])} · {esc(config.data.dataset)},
+<p class="meta">Run directory {esc(str(run.path))} · config {esc(config.fingerprint()[:16])} · {esc(config.data.name)},
 {config.teachers.count} teachers, {esc(config.aggregator.mechanism)} · generated {esc(generated)} by <code>pate report</code></p>
 <div class="publish">
 {publishable_html(privacy, summary.spent(run, config.privacy.delta))}

@@ -31,7 +31,7 @@ def rows(run: RunDir) -> list[tuple[str, str, str]]:
     mech = mechanism(config)
     out = [("pipeline", config.name, ""), ("run directory", str(run.path), ""),
            ("config sha256", config.fingerprint()[:16], ""),
-           ("dataset", config.data.dataset, ""), ("teachers", str(config.teachers.count), ""),
+           ("data", config.data.name, ""), ("teachers", str(config.teachers.count), ""),
            ("mechanism", f"{mech.name} ({mech.describe()})", "")]
     if privacy:
         out += privacy_rows(run, privacy)

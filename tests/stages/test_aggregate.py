@@ -114,7 +114,7 @@ def test_epsilon_budget_is_a_renyi_filter(tmp_path):
     ctx, _ = make_run(tmp_path, epsilon_budget=3.0)
     stage.run(ctx)
     public = json.loads(ctx.run.file("privacy.json").read_text())["public"]
-    settings = privacy_settings(ctx.config)
+    settings = privacy_settings(ctx.config, 10)
     plan = accounting.plan_filter(settings)
     assert public["stopped_by_budget"] and public["queries_asked"] == plan.max_queries < Q
     assert public["guarantee"]["epsilon"] <= 3.0 and public["guarantee"]["queries"] == plan.max_queries
@@ -271,7 +271,7 @@ def test_the_guarantee_is_the_same_whatever_the_votes(tmp_path):
     b = rerun_with_votes(tmp_path, "b", other)
     assert a["guarantee"] == b["guarantee"] and a["settings"] == b["settings"]
     assert a["queries_answered"] != b["queries_answered"]  # the votes did differ
-    settings = privacy_settings(ctx.config)
+    settings = privacy_settings(ctx.config, 10)
     worst = accounting.worst_case_curve(settings)
     valid_rdp = accounting.epsilon(worst, settings.order_array, 1e-5, "improved")[0]
     assert a["guarantee"]["epsilon"] <= valid_rdp  # never above a valid bound, and it is one

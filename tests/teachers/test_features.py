@@ -115,7 +115,7 @@ def test_extractor_never_sees_private_images(tmp_path, fake_data_root, monkeypat
     for scramble in (False, True):
         def load(name, root, _scramble=scramble, **kw):
             ds = real_load(name, root, **kw)
-            return dataclasses.replace(ds, train_x=255 - ds.train_x) if _scramble else ds  # every private image
+            return dataclasses.replace(ds, private_x=255 - ds.private_x) if _scramble else ds  # every private image
 
         monkeypatch.setattr(data_mod, "load", load)
         base = ["--run-dir", str(tmp_path / f"run{int(scramble)}"), "--data-root", str(fake_data_root), "-q"]
@@ -179,7 +179,7 @@ def test_scattering_statistics_come_from_the_public_pool_only(tmp_path, fake_dat
     for scramble in (False, True):
         def load(name, root, _scramble=scramble, **kw):
             ds = real_load(name, root, **kw)
-            return dataclasses.replace(ds, train_x=255 - ds.train_x) if _scramble else ds
+            return dataclasses.replace(ds, private_x=255 - ds.private_x) if _scramble else ds
 
         monkeypatch.setattr(data_mod, "load", load)
         run_dir = tmp_path / f"run{int(scramble)}"

@@ -148,7 +148,7 @@ def test_missing_stages_and_data_are_skipped_with_a_note(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "and 3 figures" in result.output
     assert "skipped student learning curve: the student has not been trained yet" in result.output
-    assert "skipped label accuracy against vote consensus: the mnist dataset is not available" in result.output
+    assert "skipped label accuracy against vote consensus: the mnist data is not available" in result.output
     page = (out / "report.html").read_text()
     assert page.count("Skipped:") == 2 and "<th>student accuracy" not in page
     assert not (out / "student_learning_curve.png").exists() and not (run.path / "report").exists()

