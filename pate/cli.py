@@ -4,7 +4,9 @@ Commands only parse arguments, call, and print; every ``PateError`` becomes one 
 """
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import json
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import click
 
 from . import config as config_mod
 from . import data as data_mod
-from . import stages
+from . import deploy, stages
 from .errors import PateError
+from .io import atomic_write_text
+from .progress import Progress, say
 from .views import audit as audit_view
 from .views import plan as plan_view
 from .views import release as release_view
@@ -48,7 +52,7 @@ class PipelineOrder(click.Group):
     """Lists commands as a user meets them: set-up, the stages in pipeline order, then the views."""
 
     def list_commands(self, ctx) -> list[str]:
-        first = ["data", "plan", "run", *stages.NAMES, "status", "audit", "report", "release"]
+        first = ["data", "plan", "run", *stages.NAMES, "status", "audit", "report", "export", "predict"]
         return [c for c in first if c in self.commands] + sorted(set(self.commands) - set(first))
 
 
@@ -133,16 +137,63 @@ def status(run_dir: Path) -> None:
     click.echo(status_view.render(stages.existing_run(run_dir)), nl=False)
 
 
-@main.command("release")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder [default: RUN_DIR-release, beside the run directory].")
-@user_errors
-def release(run_dir: Path, out: Path | None) -> None:
-    """The public folder of RUN_DIR: released labels, student weights, the privacy statement."""
+def _export(run_dir: Path, out: Path | None) -> None:
     folder = release_view.build(stages.existing_run(run_dir), out)
     click.echo((folder / release_view.STATEMENT_TEXT).read_text(encoding="utf-8"), nl=False)
-    click.echo(f"wrote {folder}")
+    click.echo(f"wrote {folder}: {', '.join(release_view.FILES)}")
+
+
+_OUT_HELP = "Output folder [default: RUN_DIR-release, beside the run directory]."
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help=_OUT_HELP)
+@user_errors
+def export(run_dir: Path, out: Path | None) -> None:
+    """The public folder of RUN_DIR: labels.csv (index, file, label, class), the student as
+    TorchScript (student.ts) and state dict (student.pt, student.json), model-card.md and the
+    privacy statement. `pate run` writes it too."""
+    _export(run_dir, out)
+
+
+@main.command("release", hidden=True)
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help=_OUT_HELP)
+@user_errors
+def release(run_dir: Path, out: Path | None) -> None:
+    """Same as `pate export` (its earlier name)."""
+    _export(run_dir, out)
+
+
+@main.command("predict")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the CSV here instead of printing it.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@user_errors
+def predict(model: Path, images: tuple[Path, ...], out: Path | None, quiet: bool) -> None:
+    """Label IMAGES (files, or folders searched recursively) with MODEL: an exported student.ts,
+    its folder, or a finished run directory. Prints path,label,class,confidence as CSV."""
+    student = deploy.load_student(model)
+    paths, skipped = deploy.image_paths(images)
+    if not paths:
+        raise UserError("no image files among " + ", ".join(map(str, images)))
+    bar = Progress(len(paths), "predict", quiet, unit="images")  # on stderr: the CSV alone goes to stdout
+    rows = student.predict_files(paths, progress=bar.update_to)
+    bar.close()
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "label", "class", "confidence"])
+    writer.writerows((path, label, name, f"{confidence:.4f}") for path, label, name, confidence in rows)
+    if out is None:
+        click.echo(text.getvalue(), nl=False)
+    else:
+        atomic_write_text(out, text.getvalue())
+        say(f"predict: {len(rows)} images labelled -> {out}", quiet)
+    if skipped:
+        say(f"predict: {skipped} file(s) that are not images were skipped", quiet)
 
 
 @main.command("audit")

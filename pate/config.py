@@ -38,11 +38,15 @@ class DatasetSpec(NamedTuple):
     shared_split: bool = True  # the held-out test split is drawn from the same public images as the pool
 
 
-DATASETS = {
-    "mnist": DatasetSpec(60000, 10000, 10, 1, 28, (0.1307,), (0.3081,)),
-    "fashion-mnist": DatasetSpec(60000, 10000, 10, 1, 28, (0.2860,), (0.3530,)),
-    "svhn": DatasetSpec(73257, 26032, 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    "cifar10": DatasetSpec(50000, 10000, 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+_DIGITS = tuple(str(d) for d in range(10))
+DATASETS = {  # class names as torchvision's dataset classes give them (the digits as digits)
+    "mnist": DatasetSpec(60000, 10000, 10, 1, 28, (0.1307,), (0.3081,), classes=_DIGITS),
+    "fashion-mnist": DatasetSpec(60000, 10000, 10, 1, 28, (0.2860,), (0.3530,), classes=(
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+    "svhn": DatasetSpec(73257, 26032, 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+                        classes=_DIGITS),
+    "cifar10": DatasetSpec(50000, 10000, 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), classes=(
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
 }
 ARCHS = ("cnn-small", "cnn-deep")
 # Bounds where every computation stays in memory and finishes in seconds: the worst-case guarantee
@@ -55,6 +59,7 @@ NOISE_RANGE = (1e-6, 1e9)  # noise scales where every bound is finite and repres
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 FEATURES = ("none", "simclr", "scattering", "pretrained")
 SOURCES = ("builtin", "folders", "arrays")
+NAMED_WEIGHTS = re.compile(r"^[A-Z][A-Z0-9_]*$")  # DEFAULT, IMAGENET1K_V1: a library's weights, not a file
 PATH_KEYS = ("private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
 
@@ -106,7 +111,8 @@ class DataConfig:
         """What the data is called in summaries and statements."""
         if self.source == "builtin":
             return self.dataset
-        return f"{self.source}:{Path(self.private_dir or self.private_file).name}"
+        path = Path(self.private_dir or self.private_file)
+        return f"{self.source}:{path.parent.name + '/' if path.parent.name else ''}{path.name}"
 
     @property
     def spec(self) -> Optional[DatasetSpec]:
@@ -156,12 +162,25 @@ class TeachersConfig:
     features: str = "none"
     feature_epochs: int = 30
     feature_dim: int = 128
+    # features = "pretrained" (pate.teachers.pretrained): a frozen torchvision backbone, or
+    # "timm:<name>"; weights "DEFAULT" (downloaded as the library does), a torchvision weights name,
+    # or a local weights file (relative to the pipeline file); backbone_size = the input size the
+    # images are resized to (0 = the weights' own, 224 for ImageNet models).
+    backbone: str = "resnet18"
+    weights: str = "DEFAULT"
+    backbone_size: int = 0
 
     def validate(self) -> None:
         _check("teachers", "count", 1 <= self.count <= MAX_TEACHERS, f"between 1 and {MAX_TEACHERS}", self.count)
         _check("teachers", "features", self.features in FEATURES, f"one of {list(FEATURES)}", self.features)
         _check("teachers", "feature_epochs", self.feature_epochs >= 1, "at least 1", self.feature_epochs)
         _check("teachers", "feature_dim", 2 <= self.feature_dim <= 4096, "between 2 and 4096", self.feature_dim)
+        _check("teachers", "backbone", bool(self.backbone.strip()), "a torchvision model name or 'timm:<name>'",
+               self.backbone)
+        _check("teachers", "weights", bool(self.weights.strip()), "'DEFAULT', a weights name or a file",
+               self.weights)
+        _check("teachers", "backbone_size", self.backbone_size == 0 or 16 <= self.backbone_size <= 1024,
+               "0 (the weights' own) or between 16 and 1024", self.backbone_size)
         _check("teachers", "optimizer", self.optimizer in ("adam", "sgd"), "'adam' or 'sgd'", self.optimizer)
         _check("teachers", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
         _check("teachers", "epochs", self.epochs >= 1, "at least 1", self.epochs)
@@ -374,14 +393,19 @@ def _build_section(section: str, cls: type, table: Any) -> Any:
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
-    """Data paths relative to the pipeline file's folder, made absolute (so the frozen config.toml
-    of a run names the same files from anywhere)."""
-    data = raw.get("data")
-    if not isinstance(data, dict):
-        return raw
-    resolved = {k: str((base / v).resolve()) if k in PATH_KEYS and isinstance(v, str) and v else v
-                for k, v in data.items()}
-    return {**raw, "data": resolved}
+    """Data paths and a weights file relative to the pipeline file's folder, made absolute (so the
+    frozen config.toml of a run names the same files from anywhere)."""
+    def absolute(value):
+        return str((base / value).resolve()) if isinstance(value, str) and value else value
+
+    out = dict(raw)
+    if isinstance(raw.get("data"), dict):
+        out["data"] = {k: absolute(v) if k in PATH_KEYS else v for k, v in raw["data"].items()}
+    teachers = raw.get("teachers")
+    if isinstance(teachers, dict) and isinstance(teachers.get("weights"), str) \
+            and not NAMED_WEIGHTS.match(teachers["weights"]):
+        out["teachers"] = {**teachers, "weights": absolute(teachers["weights"])}
+    return out
 
 
 def from_dict(raw: dict, default_name: str = "pipeline") -> PipelineConfig:

@@ -145,13 +145,14 @@ def append_durable(path: str | Path, data: bytes) -> None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
-    """Write a checkpoint dict atomically: a crash leaves the previous file (or none), never half."""
+def save_checkpoint(path: str | Path, checkpoint: dict, *, private: bool = False) -> None:
+    """Write a checkpoint dict atomically: a crash leaves the previous file (or none), never half;
+    ``private`` ones (anything computed from private records) are readable by their owner only."""
     import torch
 
     buffer = io.BytesIO()  # serialise first: a full disk then raises OSError from our write, not torch's
     torch.save(checkpoint, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), private=private)
 
 
 def load_checkpoint(path: str | Path, fmt: str | None = None) -> dict:

@@ -8,8 +8,10 @@ ordinary ``nn.Module`` (student, reference teacher) or as a batched K-teacher en
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ def layer_plan(arch: str, in_channels: int, num_classes: int, image_size: int) -
 
 def build_model(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Sequential:
     """One network of architecture ``arch``: (B, C, H, W) float -> (B, num_classes) logits."""
+    from torch import nn  # not at import time: the layer plans are needed without torch
+
     layers: list[nn.Module] = []
     for step in layer_plan(arch, in_channels, num_classes, image_size):
         if isinstance(step, ConvStep):

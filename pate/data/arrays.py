@@ -50,7 +50,7 @@ def _read(path: Path, key: str, need_labels: bool) -> tuple[np.ndarray, Optional
 
 def load(name: str, private_file: Path, public_file: Path, test_file: Optional[Path]) -> Dataset:
     private_x, private_y, private_sha = _read(private_file, "private_file", True)
-    public_x, _, public_sha = _read(public_file, "public_file", False)
+    public_x, public_y, public_sha = _read(public_file, "public_file", False)
     test_x, test_y, test_sha = (_read(test_file, "test_file", True) if test_file
                                 else (public_x[:0], np.zeros(0, np.int64), None))
     sizes = {a.shape[-1] for a in (private_x, public_x, test_x) if len(a)}
@@ -64,6 +64,9 @@ def load(name: str, private_file: Path, public_file: Path, test_file: Optional[P
     classes = int(max(private_y.max(), test_y.max(initial=-1))) + 1
     if classes < 2:
         raise DataError("[data] private_file: the labels must name at least two classes")
+    if public_y is not None and len(public_y) and public_y.max() >= classes:
+        raise DataError(f"[data] public_file: label {int(public_y.max())} names a class the private labels lack "
+                        f"(0..{classes - 1})")
     _refuse_private_in_public(private_x, np.concatenate([public_x, test_x]))
     everything = np.concatenate([public_x, test_x]).astype(np.float64)
     mean = tuple(float(v) for v in everything.mean(axis=(0, 2, 3)) / 255.0)
@@ -71,7 +74,8 @@ def load(name: str, private_file: Path, public_file: Path, test_file: Optional[P
     files = {"private": [[str(private_file), private_sha]], "public": [[str(public_file), public_sha]],
              "test": [[str(test_file), test_sha]] if test_file else []}
     return Dataset(name=name, private_x=private_x, private_y=private_y, public_x=np.concatenate([public_x, test_x]),
-                   public_y=np.concatenate([np.full(len(public_x), -1, np.int64), test_y]),
+                   public_y=np.concatenate([np.full(len(public_x), -1, np.int64) if public_y is None else public_y,
+                                            test_y]),
                    classes=tuple(str(c) for c in range(classes)), mean=mean, std=std, num_pool=len(public_x),
                    shared_split=False, files=files)
 

@@ -219,5 +219,5 @@ def load(name: str, root: Path, auto_prepare: bool = True) -> Dataset:
     x_train, y_train, x_test, y_test = arrays
     spec = DATASETS[name]
     return Dataset(name=name, private_x=x_train, private_y=y_train.astype(np.int64), public_x=x_test,
-                   public_y=y_test.astype(np.int64), classes=tuple(str(c) for c in range(spec.num_classes)),
+                   public_y=y_test.astype(np.int64), classes=spec.classes,
                    mean=spec.mean, std=spec.std, num_pool=len(y_test), shared_split=True)

@@ -42,9 +42,12 @@ def file_facts(paths: Sequence[Path], root: Path, progress: Optional[Callable[[i
         index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         index = {}
-    facts, changed = [], False
+    facts, changed, real_folders = [], False, {}
     for i, path in enumerate(paths):
-        key = os.path.realpath(path)
+        folder_name, name = os.path.split(os.fspath(path))
+        if folder_name not in real_folders:  # one realpath per folder: per file it would dominate a reload
+            real_folders[folder_name] = os.path.realpath(folder_name)
+        key = os.path.join(real_folders[folder_name], name)
         stat = os.stat(key)
         entry = index.get(key)
         if not entry or entry["size"] != stat.st_size or entry["mtime_ns"] != stat.st_mtime_ns:
@@ -58,9 +61,9 @@ def file_facts(paths: Sequence[Path], root: Path, progress: Optional[Callable[[i
             entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": hashlib.sha256(data).hexdigest(),
                      "width": width, "height": height, "bands": bands}
             index[key], changed = entry, True
+            if progress and (i % 1024 == 0 or i + 1 == len(paths)):
+                progress(i + 1)  # only while files are read: an unchanged folder reloads silently
         facts.append(entry)
-        if progress and (i % 1024 == 0 or i + 1 == len(paths)):
-            progress(i + 1)
     if changed:
         atomic_write_json(folder / INDEX, index, private=True)
     return facts

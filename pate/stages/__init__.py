@@ -26,14 +26,18 @@ from ..io import atomic_write_json
 from ..progress import say
 from ..run import RunDir, RunError, locked
 from .. import data as data_mod
-from .context import (DATA, EXTRACTOR, HEADS, LABELS, LEDGER, METRICS, PARTITION, PRIVACY, STUDENT_HISTORY,
-                      STUDENT_MODEL, TEACHERS_EVAL, VOTES, Context, check_accountable, spec_from_json, teacher_part)
+from .context import (DATA, EXTRACTOR, LABELS, LEDGER, METRICS, PARTITION, PRIVACY, STUDENT_HISTORY, STUDENT_MODEL,
+                      TEACHERS_EVAL, VOTES, Context, check_accountable, heads_part, public_features_part,
+                      spec_from_json, teacher_part)
 
 
 def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:
+    ranks = range(world)
+    if config.teachers.features == "pretrained":
+        return (EXTRACTOR, *(heads_part(r, world) for r in ranks), *(public_features_part(r, world) for r in ranks))
     if config.teachers.features != "none":
-        return EXTRACTOR, HEADS
-    return tuple(teacher_part(r, world) for r in range(world))
+        return (EXTRACTOR, *(heads_part(r, world) for r in ranks))
+    return tuple(teacher_part(r, world) for r in ranks)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Stage:
     name: str
     outputs_of: Callable[[PipelineConfig, int], tuple[str, ...]]
     rerun_on: tuple[str, ...] = ()  # config sections whose change lets this finished stage run again
+    checks: Callable[[PipelineConfig], bool] | None = None  # whether its module's check(config) has work
 
     @property
     def module(self) -> str:
@@ -60,10 +65,16 @@ class Stage:
         # Loaded on first use: a stage module pulls in torch, which `pate status` and `--help` never need.
         importlib.import_module(self.module).run(ctx)
 
+    def check(self, config: PipelineConfig) -> None:
+        """The stage's own checks of settings that only it can make (its ``check(config)``, if any);
+        the stage module is imported only when it has something to check."""
+        if self.checks is not None and self.checks(config):
+            importlib.import_module(self.module).check(config)
+
 
 STAGES = (
     Stage("partition", lambda config, world: (PARTITION, DATA)),
-    Stage("train-teachers", _teacher_outputs),
+    Stage("train-teachers", _teacher_outputs, checks=lambda config: config.teachers.features == "pretrained"),
     Stage("vote", lambda config, world: (VOTES, TEACHERS_EVAL)),
     Stage("aggregate", lambda config, world: (LABELS, PRIVACY, LEDGER)),
     # Post-processing of the released labels: retraining them costs no privacy.
@@ -136,10 +147,24 @@ def session(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: 
     spec = _known_spec(config, path, Path(data_root), quiet)
     config.check_data(spec)  # sizes against the data: for image folders only now that they are read
     check_accountable(config, spec.num_classes)  # refuse settings with no finite guarantee before anything is written
+    _check_teachers(config, path)
     lock = locked(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     with lock:
         run = open_run(path, config, quiet)
         yield Context(run=run, data_root=Path(data_root), device=device, quiet=quiet)
+
+
+def _check_teachers(config: PipelineConfig, path: Path) -> None:
+    """What train-teachers needs from outside the data (a pretrained backbone and its weights) must
+    load before anything is written; not once the teachers are trained (an offline machine can
+    finish a run whose backbone it cannot download again)."""
+    try:
+        record = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["stages"]["train-teachers"]
+        if record["status"] == "done":
+            return
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no run yet (or a damaged manifest, which opening the run reports)
+    BY_NAME["train-teachers"].check(config)
 
 
 def _known_spec(config: PipelineConfig, path: Path, data_root: Path, quiet: bool):

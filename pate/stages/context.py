@@ -15,7 +15,8 @@ import numpy as np
 
 from .. import data as data_mod
 from ..config import ConfigError, DatasetSpec, PipelineConfig
-from ..io import create_exclusive, sha256_file
+from ..io import CheckpointError, create_exclusive, load_checkpoint, sha256_file
+from ..models import build_model
 from ..partition import PartitionError, verify_partition
 from ..privacy import accounting, ledger
 from ..privacy.accounting import resolve_orders
@@ -28,7 +29,6 @@ PARTITION = "partition.npz"
 DATA = "data.json"  # the data's description, and for image folders every file with its sha256 (PRIVATE)
 TEACHERS_DIR = "teachers"
 EXTRACTOR = "teachers/extractor.pt"
-HEADS = "teachers/heads-0-of-1.pt"
 VOTES = "votes.npz"
 TEACHERS_EVAL = "teachers_eval.json"
 LEDGER = "ledger.jsonl"
@@ -43,9 +43,28 @@ METRICS = "metrics.json"
 TEACHER_PART_PREFIX = "teachers/part-"
 
 
+HEADS_PREFIX = "teachers/heads-"
+PUBLIC_FEATURES_PREFIX = "teachers/public-features-"
+
+
 def teacher_part(rank: int, world: int) -> str:
     """The file of the teachers trained by torchrun rank ``rank`` of ``world``."""
     return f"{TEACHER_PART_PREFIX}{rank}-of-{world}.pt"
+
+
+def heads_part(rank: int, world: int) -> str:
+    """The logistic heads (public-features teachers) trained by rank ``rank`` of ``world``."""
+    return f"{HEADS_PREFIX}{rank}-of-{world}.pt"
+
+
+def public_features_part(rank: int, world: int) -> str:
+    """Pretrained-backbone features of rank ``rank``'s slice of the public pool and test split."""
+    return f"{PUBLIC_FEATURES_PREFIX}{rank}-of-{world}.pt"
+
+
+def private_features_part(rank: int, world: int) -> str:
+    """Pretrained-backbone features of the private records of rank ``rank``'s teachers (PRIVATE)."""
+    return f"teachers/private-features-{rank}-of-{world}.pt"
 
 
 @dataclass
@@ -140,6 +159,17 @@ def public_images(dataset: data_mod.Dataset, index: np.ndarray):
 def private_images(dataset: data_mod.Dataset, index: np.ndarray):
     """Normalised float images of the private set at ``index``."""
     return data_mod.to_float(dataset.private_x[index], dataset.mean, dataset.std)
+
+
+def student_model(run: RunDir):
+    """The trained student of ``run`` (a torch module on normalised inputs), its weights verified."""
+    spec, arch = data_spec(run), run.config.student.arch
+    model = build_model(arch, spec.channels, spec.num_classes, spec.image_size)
+    try:
+        model.load_state_dict(load_checkpoint(run.verified(STUDENT_MODEL)))
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    return model
 
 
 def resolve_device(name: str) -> str:

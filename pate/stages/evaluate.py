@@ -8,27 +8,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..io import CheckpointError, atomic_write_json, load_checkpoint
-from ..models import build_model
-from ..run import RunError
+from ..io import atomic_write_json
 from ..student import accuracy
 from . import finish
-from .context import (LABELS, METRICS, STUDENT_MODEL, TEACHERS_EVAL, Context, load_dataset, load_partition,
-                      public_images, resolve_device)
+from .context import (LABELS, METRICS, TEACHERS_EVAL, Context, load_dataset, load_partition, public_images,
+                      resolve_device, student_model)
 
 NAME = "evaluate"
 
 
 def run(ctx: Context) -> None:
-    run_dir, config = ctx.run, ctx.config
+    run_dir = ctx.run
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
-    spec = ctx.spec
-    model = build_model(config.student.arch, spec.channels, spec.num_classes, spec.image_size)
-    try:
-        model.load_state_dict(load_checkpoint(run_dir.verified(STUDENT_MODEL)))
-    except CheckpointError as exc:
-        raise RunError(str(exc)) from None
+    model = student_model(run_dir)
     run_dir.begin(NAME)
     test_index = parts["test_index"]
     device = resolve_device(ctx.device)

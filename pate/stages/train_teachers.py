@@ -1,26 +1,35 @@
 """Train the K teachers, each on its own shard only, as one batched ensemble.
 
 With ``[teachers] features`` set, a public feature extractor (trained on the unlabelled public
-pool only, or fixed) is shared by every teacher and each teacher fits a logistic head on its own
-shard's features. Under ``torchrun`` each rank trains its own contiguous block of teachers and
-writes its own checkpoint and part file into the shared run directory; rank 0 alone touches the
-manifest, after a barrier.
+pool only, a fixed scattering transform, or a frozen pretrained backbone) is shared by every
+teacher and each teacher fits a logistic head on its own shard's features. Under ``torchrun``
+each rank trains its own contiguous block of teachers (and embeds its own share of the images)
+and writes its own checkpoint and part files into the shared run directory; rank 0 alone touches
+the manifest, after a barrier.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
 
-from ..io import CheckpointError, save_checkpoint
+from ..io import CheckpointError, load_checkpoint, save_checkpoint
 from ..progress import Progress, plural
 from ..run import RunError
-from ..teachers import distributed, features
+from ..teachers import distributed, features, pretrained
 from ..teachers.training import train_ensemble
 from . import finish
-from .context import (EXTRACTOR, HEADS, TEACHERS_DIR, Context, load_dataset, load_partition, private_images,
-                      public_images, resolve_device, teacher_part)
+from .context import (EXTRACTOR, TEACHERS_DIR, Context, heads_part, load_dataset, load_partition, private_images,
+                      private_features_part, public_features_part, public_images, resolve_device, teacher_part)
 
 NAME = "train-teachers"
+
+
+def check(config) -> None:
+    """The pretrained backbone and its weights load (one line naming the file otherwise)."""
+    tcfg = config.teachers
+    pretrained.load(tcfg.backbone, tcfg.weights, tcfg.backbone_size)
 
 
 def run(ctx: Context) -> None:
@@ -54,7 +63,7 @@ def run(ctx: Context) -> None:
     progress.close()
     save_checkpoint(run_dir.file(teacher_part(rank, world)),
                     {"teacher_ids": list(model.teacher_ids),
-                     "state": {k: v.cpu() for k, v in model.state_dict().items()}})
+                     "state": {k: v.cpu() for k, v in model.state_dict().items()}}, private=True)
     distributed.barrier_and_close(world)  # every part is on disk before rank 0 marks the stage done
     if rank == 0:
         finish(ctx, NAME, world, world_size=world)
@@ -63,33 +72,107 @@ def run(ctx: Context) -> None:
 
 
 def _train_feature_teachers(ctx: Context) -> None:
-    """Public features: a frozen extractor from the unlabelled public pool only, then one logistic
-    head per teacher on its own shard's features (``pate.teachers.features``)."""
+    """Public features, then one logistic head per teacher on its own shard's features
+    (``pate.teachers.features``). Under torchrun each rank embeds and fits its own block of teachers."""
     run_dir, tcfg = ctx.run, ctx.config.teachers
-    if distributed.under_torchrun():
-        raise RunError(f"[teachers] features = {tcfg.features!r} trains on one process; run it without torchrun")
+    rank, world = distributed.rank_and_size()
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
-    run_dir.begin(NAME)
+    if rank == 0:
+        run_dir.begin(NAME)
     device = resolve_device(ctx.device)
     run_dir.file(TEACHERS_DIR).mkdir(exist_ok=True)
-    # The extractor sees public pool images only: never a private image, never a label.
-    pool = public_images(dataset, parts["student_pool_index"])
+    ids = distributed.teachers_for_rank(tcfg.count, rank, world)
+    mine = np.flatnonzero(np.isin(parts["teacher_of"], ids))  # this rank's teachers' records, nobody else's
+    builder = _pretrained_features if tcfg.features == "pretrained" else _extractor_features
     try:
-        extractor, about = _public_extractor(ctx, pool, device)
+        private_features, about = builder(ctx, dataset, parts, mine, rank, world, device)
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
-    run_dir.progress(NAME, "embedding the private shards")
-    used = np.flatnonzero(parts["teacher_of"] >= 0)
-    feats = features.embed(extractor, private_images(dataset, used), device=device,
-                           progress=_bar(len(used), f"{NAME}[embed shards]", ctx))
-    run_dir.progress(NAME, "heads")
-    heads = features.train_heads(feats, torch.from_numpy(dataset.private_y[used]).long(), parts["teacher_of"][used],
-                                 range(tcfg.count), dataset.num_classes, device=device,
-                                 progress=_bar(features.HEAD_STEPS, f"{NAME}[heads]", ctx))
-    save_checkpoint(run_dir.file(HEADS), heads)
-    finish(ctx, NAME, world_size=1, features=tcfg.features)
-    ctx.say(f"{NAME}: {tcfg.count} logistic heads on {tcfg.features} public features ({about})")
+    if rank == 0:
+        run_dir.progress(NAME, "heads")
+    heads = features.train_heads(private_features, torch.from_numpy(dataset.private_y[mine]).long(),
+                                 parts["teacher_of"][mine], ids, dataset.num_classes, device=device,
+                                 progress=_bar(features.HEAD_STEPS, _label("heads", rank, world), ctx, rank))
+    save_checkpoint(run_dir.file(heads_part(rank, world)), heads, private=True)
+    distributed.barrier_and_close(world)  # every rank's heads are on disk before rank 0 marks the stage done
+    if rank == 0:
+        finish(ctx, NAME, world, world_size=world, features=tcfg.features)
+        ctx.say(f"{NAME}: {tcfg.count} logistic heads on {tcfg.features} public features ({about})"
+                + (f" on {world} ranks" if world > 1 else ""))
+
+
+def _extractor_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: int, world: int, device: str):
+    """A frozen extractor from the unlabelled public pool only (never a private image, never a
+    label), built by rank 0 while the others wait, then the features of this rank's private records."""
+    if rank == 0:
+        extractor, about = _public_extractor(ctx, public_images(dataset, parts["student_pool_index"]), device)
+    distributed.barrier(world)
+    if rank > 0:  # rank 0's finished extractor, read back
+        saved = load_checkpoint(ctx.run.file(EXTRACTOR), features.EXTRACTOR_FORMAT)
+        if not saved.get("done") or saved.get("fingerprint") != ctx.config.upstream_fingerprint():
+            raise RunError(f"rank {rank}: {ctx.run.file(EXTRACTOR)} is not this run's finished extractor")
+        extractor, about = saved["extractor"], "built by rank 0"
+    else:
+        ctx.run.progress(NAME, "embedding the private shards")
+    private = features.embed(extractor, private_images(dataset, mine), device=device,
+                             progress=_bar(len(mine), _label("embed shards", rank, world), ctx, rank))
+    return private, about
+
+
+def _pretrained_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: int, world: int, device: str):
+    """A frozen pretrained backbone: this rank's slice of the public pool and test split and its
+    teachers' private records are embedded once (cached in the run directory, resumable); the
+    features are standardised with statistics of the whole public pool (every rank's slice)."""
+    run_dir, tcfg = ctx.run, ctx.config.teachers
+    backbone = pretrained.load(tcfg.backbone, tcfg.weights, tcfg.backbone_size, device)
+    settings = {"backbone": tcfg.backbone, "weights": backbone.weights_id, "size": backbone.size}
+    fingerprint = ctx.config.upstream_fingerprint()
+    pool_rows = np.array_split(parts["student_pool_index"], world)[rank]
+    public_rows = np.concatenate([pool_rows, np.array_split(parts["test_index"], world)[rank]]).astype(np.int64)
+
+    def cached(name: str, images: np.ndarray, rows: np.ndarray, private: bool, what: str) -> torch.Tensor:
+        if rank == 0:
+            run_dir.progress(NAME, f"embedding {what}")
+        return features.embed_cached(
+            run_dir.file(name), lambda a, b: pretrained.embed(backbone, images[rows[a:b]], device=device),
+            len(rows), fingerprint=fingerprint, private=private,
+            settings={**settings, "rows": int(len(rows)), "index": _digest(rows)},
+            meta={"index": torch.from_numpy(rows), "pool_rows": int(len(pool_rows))} if not private else None,
+            progress=_bar(len(rows), _label(f"embed {what}", rank, world), ctx, rank))
+
+    cached(public_features_part(rank, world), dataset.public_x, public_rows, False, "public images")
+    private = cached(private_features_part(rank, world), dataset.private_x, mine.astype(np.int64), True,
+                     "private shards")
+    distributed.barrier(world)  # every rank's public features are on disk
+    mean, std = _pool_statistics(ctx, world)
+    if rank == 0:
+        save_checkpoint(run_dir.file(EXTRACTOR), {
+            "format": features.EXTRACTOR_FORMAT, "fingerprint": fingerprint, "settings": settings, "done": True,
+            "extractor": {"kind": "pretrained", **settings, "dim": backbone.dim, "mean": mean, "std": std}})
+    about = (f"{tcfg.backbone} ({backbone.weights_id[:19]}) frozen at {backbone.size}x{backbone.size}, "
+             f"{backbone.dim} features standardised on {len(parts['student_pool_index'])} public images")
+    return private.sub_(mean).div_(std), about
+
+
+def _pool_statistics(ctx: Context, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the pretrained features over the public pool (never the test split), from
+    every rank's part in rank order (so every rank computes the same numbers)."""
+    total = total_sq = None
+    count = 0
+    for r in range(world):
+        part = load_checkpoint(ctx.run.file(public_features_part(r, world)), features.CACHE_FORMAT)
+        pool = part["features"][:int(part["pool_rows"])].double()
+        total = pool.sum(0) if total is None else total + pool.sum(0)
+        total_sq = pool.pow(2).sum(0) if total_sq is None else total_sq + pool.pow(2).sum(0)
+        count += len(pool)
+    mean = total / max(count, 1)
+    var = (total_sq - count * mean.pow(2)) / max(count - 1, 1)
+    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)
+
+
+def _digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def _public_extractor(ctx: Context, pool, device: str):
@@ -116,7 +199,11 @@ def _public_extractor(ctx: Context, pool, device: str):
     return extractor, f"extractor: {tcfg.feature_epochs} epochs on {len(pool)} unlabelled public images"
 
 
-def _bar(total: int, label: str, ctx: Context):
-    """A ``progress(done, total)`` callback drawing a bar (silent with --quiet)."""
-    bar = Progress(total, label, ctx.quiet)
+def _label(what: str, rank: int, world: int) -> str:
+    return f"{NAME}[{what}]" if world == 1 else f"{NAME}[{rank}][{what}]"
+
+
+def _bar(total: int, label: str, ctx: Context, rank: int = 0):
+    """A ``progress(done, total)`` callback drawing a bar (silent with --quiet, and on ranks > 0)."""
+    bar = Progress(total, label, ctx.quiet or rank > 0)
     return lambda done, _total: bar.update_to(done)

@@ -10,37 +10,68 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
+import torch
 
 from ..io import CheckpointError, atomic_save_npz, atomic_write_json, load_checkpoint
 from ..progress import Progress
 from ..run import RunError
 from ..teachers import ensemble, features
 from . import finish
-from .context import (EXTRACTOR, HEADS, TEACHER_PART_PREFIX, TEACHERS_EVAL, VOTES, Context, load_dataset,
-                      load_partition, public_images, resolve_device)
+from .context import (EXTRACTOR, HEADS_PREFIX, PUBLIC_FEATURES_PREFIX, TEACHER_PART_PREFIX, TEACHERS_EVAL, VOTES,
+                      Context, load_dataset, load_partition, public_images, resolve_device)
 
 NAME = "vote"
 VOTE_CHUNK = 1024
 PARTIAL = "votes.partial.npz"
 
 
-def _feature_predictor(ctx: Context, device: str):
-    """(images -> (K, Q) predictions) for a public-features run."""
+def _feature_predictor(ctx: Context, dataset, device: str):
+    """(public indices -> (K, Q) predictions) for a public-features run: every rank's heads, on
+    features embedded now (simclr, scattering) or read from the cache of train-teachers (pretrained)."""
     try:
         blob = load_checkpoint(ctx.run.verified(EXTRACTOR))
-        heads = load_checkpoint(ctx.run.verified(HEADS))
+        heads = [load_checkpoint(ctx.run.verified(name)) for name in ctx.run.recorded() if name.startswith(HEADS_PREFIX)]
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
-    if not blob.get("done") or heads.get("format") != features.HEADS_FORMAT:
+    if not blob.get("done") or not heads or any(h.get("format") != features.HEADS_FORMAT for h in heads):
         raise RunError("the public-features teachers are incomplete; rerun `pate train-teachers`")
-    if list(heads["teacher_ids"]) != list(range(ctx.config.teachers.count)):
+    heads.sort(key=lambda h: h["teacher_ids"][0])
+    if [t for h in heads for t in h["teacher_ids"]] != list(range(ctx.config.teachers.count)):
         raise RunError("the trained teacher heads do not cover teachers 0..K-1 exactly once")
     extractor = blob["extractor"]
-    return lambda images: features.predict_heads(heads, features.embed(extractor, images, device=device)).numpy()
+    if extractor.get("kind") == "pretrained":
+        features_of = _cached_features(ctx, extractor)
+    else:
+        def features_of(index):
+            return features.embed(extractor, public_images(dataset, index), device=device)
+    return lambda index: np.concatenate([features.predict_heads(h, features_of(index)).numpy() for h in heads])
 
 
-def _ensemble_predictor(ctx: Context, device: str):
-    """(images -> (K, Q) predictions) from every trained part, in teacher-id order."""
+def _cached_features(ctx: Context, extractor: dict):
+    """(public indices -> standardised features) from the public feature parts train-teachers wrote."""
+    index, rows = [], []
+    try:
+        for name in sorted(n for n in ctx.run.recorded() if n.startswith(PUBLIC_FEATURES_PREFIX)):
+            part = load_checkpoint(ctx.run.verified(name), features.CACHE_FORMAT)
+            index.append(part["index"].numpy())
+            rows.append(part["features"])
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    index = np.concatenate(index)
+    order = np.argsort(index, kind="stable")
+    index, table = index[order], torch.cat(rows)[torch.from_numpy(order)]
+    table.sub_(extractor["mean"]).div_(extractor["std"])
+
+    def features_of(wanted: np.ndarray):
+        at = np.searchsorted(index, wanted)
+        if (at >= len(index)).any() or (index[np.minimum(at, len(index) - 1)] != wanted).any():
+            raise RunError("the cached public features do not cover every query; rerun `pate train-teachers`")
+        return table[torch.from_numpy(at)]
+    return features_of
+
+
+def _ensemble_predictor(ctx: Context, dataset, device: str):
+    """(public indices -> (K, Q) predictions) from every trained part, in teacher-id order."""
     config, spec = ctx.config, ctx.spec
     modules = []
     for name in sorted(n for n in ctx.run.recorded() if n.startswith(TEACHER_PART_PREFIX)):
@@ -55,7 +86,8 @@ def _ensemble_predictor(ctx: Context, device: str):
     modules.sort(key=lambda m: m.teacher_ids[0])
     if [t for m in modules for t in m.teacher_ids] != list(range(config.teachers.count)):
         raise RunError("the trained teacher parts do not cover teachers 0..K-1 exactly once")
-    return lambda images: np.concatenate([ensemble.predict(m, images, device=device).numpy() for m in modules])
+    return lambda index: np.concatenate([ensemble.predict(m, public_images(dataset, index), device=device).numpy()
+                                         for m in modules])
 
 
 def _saved_votes(ctx: Context, query_index: np.ndarray, num_classes: int) -> np.ndarray:
@@ -78,14 +110,14 @@ def run(ctx: Context) -> None:
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
     device = resolve_device(ctx.device)
-    predict = (_feature_predictor if config.teachers.features != "none" else _ensemble_predictor)(ctx, device)
+    predict = (_feature_predictor if config.teachers.features != "none" else _ensemble_predictor)(ctx, dataset, device)
     run_dir.begin(NAME)
     num_classes, query_index = dataset.num_classes, parts["query_index"]
     votes = _saved_votes(ctx, query_index, num_classes)
     progress = Progress(len(query_index), NAME, ctx.quiet, start=len(votes))
     while len(votes) < len(query_index):
         chunk = query_index[len(votes):len(votes) + VOTE_CHUNK]
-        preds = predict(public_images(dataset, chunk))  # (K, chunk)
+        preds = predict(chunk)  # (K, chunk)
         votes = np.concatenate([votes, ensemble.votes_from_predictions(preds, num_classes).numpy()])
         atomic_save_npz(run_dir.file(PARTIAL), private=True, votes=votes, query_index=query_index[:len(votes)])
         run_dir.progress(NAME, f"{len(votes)}/{len(query_index)} queries")
@@ -117,7 +149,7 @@ def _teacher_stats(predict, dataset, test_index: np.ndarray, votes: np.ndarray, 
         return {"teacher_accuracy_mean": None, "teacher_accuracy_min": None, "teacher_accuracy_max": None,
                 "teacher_accuracy": [], "ensemble_accuracy": None, "query_plurality_accuracy": query_plurality,
                 "note": note + " (this data has no held-out test split)"}
-    test_preds = predict(public_images(dataset, test_index))
+    test_preds = predict(test_index)
     truth = dataset.public_y[test_index]
     per_teacher = ensemble.teacher_accuracies(test_preds, truth).numpy()
     plurality = ensemble.votes_from_predictions(test_preds, dataset.num_classes).numpy().argmax(axis=1)

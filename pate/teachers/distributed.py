@@ -30,6 +30,14 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def barrier(size: int) -> None:
+    """Wait for every rank (each rank's files are on disk) and stay in the process group."""
+    if size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def barrier_and_close(size: int) -> None:
     """Wait for every rank (each rank's files are on disk), then leave the process group."""
     if size > 1:

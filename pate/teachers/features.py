@@ -34,6 +34,8 @@ from . import scattering
 
 EXTRACTOR_FORMAT = "pate.features/1"
 HEADS_FORMAT = "pate.heads/1"
+CACHE_FORMAT = "pate.feature-cache/1"
+CACHE_SAVE_SECONDS = 60.0  # an interrupted embedding loses at most about this much work
 
 # Fixed extractor / head hyperparameters (chosen before any private data is seen).
 BATCH_SIZE = 256
@@ -199,6 +201,36 @@ def embed(extractor: dict, images: torch.Tensor, *, batch_size: int = 512, devic
     out = torch.cat(parts)
     del parts
     return out.sub_(extractor["mean"]).div_(extractor["std"]) if standardise else out  # in place: N·d can be GBs
+
+
+def embed_cached(path: str | os.PathLike, compute: Callable[[int, int], torch.Tensor], total: int, *,
+                 fingerprint: str, settings: dict, private: bool, meta: Optional[dict] = None,
+                 chunk: int = 2048, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """Rows ``0..total`` of ``compute(start, stop) -> (stop - start, d)`` features, computed once:
+    kept at ``path`` with ``meta`` (``private``: readable by the owner only, for features of
+    private images), saved about every minute while computing, and resumed from the rows saved."""
+    import time
+
+    parts, done = [], 0
+    if os.path.exists(path):
+        saved = load_checkpoint(path, CACHE_FORMAT)
+        check_resumable(saved, path, fingerprint=fingerprint, settings=settings)
+        parts, done = [saved["features"]], int(saved["rows"])
+    last_save = time.monotonic()
+    while done < total:
+        stop = min(total, done + chunk)
+        parts.append(compute(done, stop))
+        done = stop
+        if done == total or time.monotonic() - last_save > CACHE_SAVE_SECONDS:
+            parts = [torch.cat(parts)]
+            save_checkpoint(path, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "settings": settings,
+                                   "rows": done, "features": parts[0], **(meta or {})}, private=private)
+            last_save = time.monotonic()
+        if progress is not None:
+            progress(done, total)
+    if not parts:
+        return compute(0, 0)
+    return torch.cat(parts) if len(parts) != 1 else parts[0]
 
 
 def train_heads(features: torch.Tensor, labels: torch.Tensor, teacher_of: np.ndarray, teacher_ids,

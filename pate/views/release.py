@@ -1,8 +1,10 @@
-"""`pate release`: the public folder, apart from the private run directory.
+"""`pate export`: the public folder, apart from the private run directory.
 
-It holds exactly what may be shared: the released labels, the student's weights, and the public
-privacy statement (JSON and text): the worst-case guarantee and δ, the accountant, the mechanism
-and every fixed setting, queries asked and answered, the smooth-sensitivity figure if one was
+It holds exactly what may be shared: the released labels (``labels.csv`` with each public image's
+index, file and class name), the student (TorchScript with its normalisation inside, and a plain
+state dict with ``student.json`` saying how to rebuild it), a model card, and the public privacy
+statement (JSON and text): the worst-case guarantee and δ, the accountant, the mechanism and
+every fixed setting, queries asked and answered, the smooth-sensitivity figure if one was
 released, whether noise was seeded, and the privacy spent on the same private data by every run.
 Nothing in it is computed from the votes except through a mechanism's noise (the labels, what was
 answered, the noisy release) and post-processing of those on public data (the student, its
@@ -13,19 +15,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, deploy
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..run import RunDir, RunError, now
 from ..stages import NAMES
-from ..stages.context import LABELS, STUDENT_MODEL, data_spec, read_metrics, read_privacy
-from . import summary
+from ..stages.context import DATA, LABELS, STUDENT_MODEL, data_spec, read_metrics, read_privacy, student_model
+from . import model_card, summary
 
 STATEMENT_JSON, STATEMENT_TEXT = "statement.json", "statement.txt"
+LABELS_CSV, LABELS_NPZ, MODEL_CARD = "labels.csv", "labels.npz", "model-card.md"
+STUDENT_TS, STUDENT_PT, STUDENT_JSON = "student.ts", "student.pt", "student.json"
+FILES = (LABELS_CSV, LABELS_NPZ, STUDENT_TS, STUDENT_PT, STUDENT_JSON, MODEL_CARD, STATEMENT_JSON, STATEMENT_TEXT)
 
 
 def default_out(run: RunDir) -> Path:
@@ -54,7 +58,7 @@ def statement(run: RunDir) -> dict:
                     "accuracy_note": "on held-out PUBLIC images; the student saw only public images and released "
                                      "labels, so it is covered by the guarantee"},
         "label_accuracy": metrics.get("label_accuracy"),
-        "files": ["labels.csv", "labels.npz", "student.pt", STATEMENT_JSON, STATEMENT_TEXT],
+        "files": list(FILES),
     }
 
 
@@ -93,19 +97,39 @@ def build(run: RunDir, out: Path | None = None) -> Path:
     if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
         raise RunError(f"{out} is inside the private run directory; give the release a folder of its own")
     out.mkdir(parents=True, exist_ok=True)
+    spec, config = data_spec(run), run.config
+    classes = list(spec.classes) or [str(c) for c in range(spec.num_classes)]
     labels = run.load_npz(LABELS)
-    atomic_write_bytes(out / "labels.npz", _npz(public_index=labels["query_index"], label=labels["label"]))
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(["public_index", "label"])
-    writer.writerows(zip(labels["query_index"].tolist(), labels["label"].tolist()))
-    atomic_write_text(out / "labels.csv", rows.getvalue())
-    shutil.copyfile(run.verified(STUDENT_MODEL), out / ".student.pt.tmp")
-    (out / ".student.pt.tmp").replace(out / "student.pt")
+    atomic_write_bytes(out / LABELS_NPZ, _npz(public_index=labels["query_index"], label=labels["label"]))
+    atomic_write_text(out / LABELS_CSV, _labels_csv(run, labels["query_index"], labels["label"], classes))
+    atomic_write_bytes(out / STUDENT_PT, run.verified(STUDENT_MODEL).read_bytes())
     doc = statement(run)
+    meta = deploy.describe(config.student.arch, classes, spec.channels, spec.image_size, spec.mean, spec.std,
+                           pipeline=config.name, pate_version=__version__,
+                           guarantee={"epsilon": doc["privacy"]["guarantee"]["epsilon"],
+                                      "delta": doc["privacy"]["guarantee"]["delta"]},
+                           seeded=bool(doc["privacy"].get("seeded")),
+                           rebuild="pate.models.build_model(arch, channels, len(classes), image_size)"
+                                   ".load_state_dict(torch.load('student.pt')) on inputs normalised with mean/std")
+    atomic_write_bytes(out / STUDENT_TS, deploy.torchscript_bytes(student_model(run), meta))
+    atomic_write_json(out / STUDENT_JSON, meta)
     atomic_write_json(out / STATEMENT_JSON, doc)
     atomic_write_text(out / STATEMENT_TEXT, statement_text(doc))
+    atomic_write_text(out / MODEL_CARD, model_card.render(run, doc, classes))
     return out
+
+
+def _labels_csv(run: RunDir, public_index: np.ndarray, label: np.ndarray, classes: list[str]) -> str:
+    """One row per released label: the public image's index (and its file, for image folders), the
+    label and its class name. Public file names are public; the private ones never appear."""
+    public_files = [entry[0] for entry in run.read_json(DATA).get("files", {}).get("public", [])] \
+        if run.config.data.source == "folders" else []
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["public_index", "public_file", "label", "class"])
+    for index, y in zip(public_index.tolist(), label.tolist()):
+        writer.writerow([index, public_files[index] if public_files else "", y, classes[y]])
+    return rows.getvalue()
 
 
 def _npz(**arrays: np.ndarray) -> bytes:

@@ -158,17 +158,6 @@ def test_tiny_pipeline_with_public_features(tmp_path, fake_data_root, kind):
     assert again.exit_code == 0 and json.loads((run_dir / "privacy.json").read_text()) == privacy
 
 
-def test_features_refuse_torchrun(tmp_path, fake_data_root, monkeypatch):
-    pipeline = tmp_path / "tiny-features.toml"
-    pipeline.write_text(_tiny_features())
-    run_dir = tmp_path / "run"
-    base = ["--run-dir", str(run_dir), "--data-root", str(fake_data_root), "-q"]
-    assert CliRunner().invoke(main, ["partition", str(pipeline), *base]).exit_code == 0
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    result = CliRunner().invoke(main, ["train-teachers", str(pipeline), *base])
-    assert result.exit_code == 2 and "torchrun" in result.output
-
-
 def test_scattering_statistics_come_from_the_public_pool_only(tmp_path, fake_data_root, monkeypatch):
     """Scattering has no training; its standardisation uses public pool images only, so scrambling
     every private image leaves the saved extractor bit-identical (and the heads do change)."""

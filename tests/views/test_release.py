@@ -1,4 +1,6 @@
-"""`pate release`: the public folder holds exactly what may be shared, and nothing else."""
+"""`pate export` (and its earlier name `pate release`): the public folder holds exactly what may
+be shared, and nothing else; the exported student runs with plain torch, `pate predict` and the
+Python API."""
 from __future__ import annotations
 
 import csv
@@ -32,8 +34,8 @@ def finished(tmp_path_factory, fake_data_root):
 
 def test_the_release_holds_the_statement_labels_and_student(finished):
     out = finished / "run-release"
-    assert sorted(p.name for p in out.iterdir()) == ["labels.csv", "labels.npz", "statement.json", "statement.txt",
-                                                     "student.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.csv", "labels.npz", "model-card.md", "statement.json",
+                                                     "statement.txt", "student.json", "student.pt", "student.ts"]
     doc = json.loads((out / "statement.json").read_text())
     privacy = json.loads((finished / "run" / "privacy.json").read_text())
     assert doc["privacy"] == privacy["public"]  # the public section, and only it
@@ -43,7 +45,9 @@ def test_the_release_holds_the_statement_labels_and_student(finished):
         assert f'"{key}"' not in text, key
     with open(out / "labels.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == privacy["public"]["queries_answered"] and set(rows[0]) == {"public_index", "label"}
+    assert len(rows) == privacy["public"]["queries_answered"]
+    assert list(rows[0]) == ["public_index", "public_file", "label", "class"]
+    assert all(r["class"] == r["label"] and r["public_file"] == "" for r in rows)  # MNIST classes are the digits
     model = build_model("cnn-small", 1, 10, 28)
     model.load_state_dict(torch.load(out / "student.pt", weights_only=True))
     human = (out / "statement.txt").read_text()
@@ -52,10 +56,12 @@ def test_the_release_holds_the_statement_labels_and_student(finished):
 
 
 def test_release_command_and_its_refusals(finished, tmp_path, fake_data_root):
-    result = CliRunner().invoke(main, ["release", str(finished / "run"), "--out", str(tmp_path / "pub")])
+    result = CliRunner().invoke(main, ["export", str(finished / "run"), "--out", str(tmp_path / "pub")])
     assert result.exit_code == 0, result.output
     assert "Guarantee:" in result.output
     assert (tmp_path / "pub" / "statement.json").exists()
+    old_name = CliRunner().invoke(main, ["release", str(finished / "run"), "--out", str(tmp_path / "pub2")])
+    assert old_name.exit_code == 0 and (tmp_path / "pub2" / "student.ts").exists()
     inside = CliRunner().invoke(main, ["release", str(finished / "run"), "--out", str(finished / "run" / "pub")])
     assert inside.exit_code == 2 and "inside the private run directory" in inside.output
     pipeline = tmp_path / "tiny.toml"
@@ -65,3 +71,68 @@ def test_release_command_and_its_refusals(finished, tmp_path, fake_data_root):
                                      str(fake_data_root), "--until", "vote", "-q"]).exit_code == 0
     unfinished = CliRunner().invoke(main, ["release", str(partial)])
     assert unfinished.exit_code == 2 and "stage 'aggregate' has not finished" in unfinished.output
+
+
+def test_exported_torchscript_runs_with_plain_torch(finished):
+    out = finished / "run-release"
+    extra = {"pate.json": ""}
+    module = torch.jit.load(str(out / "student.ts"), _extra_files=extra)
+    meta = json.loads(extra["pate.json"])
+    assert meta["classes"] == [str(d) for d in range(10)] and meta["image_size"] == 28 and meta["channels"] == 1
+    assert json.loads((out / "student.json").read_text()) == meta
+    # Equal to the plain state dict behind the normalisation the student was trained with.
+    model = build_model("cnn-small", 1, 10, 28)
+    model.load_state_dict(torch.load(out / "student.pt", weights_only=True))
+    x = torch.rand(7, 1, 28, 28)
+    expected = model.eval()((x - torch.tensor(meta["mean"]).view(1, -1, 1, 1)) / torch.tensor(meta["std"]).view(1, -1, 1, 1))
+    torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
+    card = (out / "model-card.md").read_text()
+    guarantee = json.loads((out / "statement.json").read_text())["privacy"]["guarantee"]
+    assert f"({guarantee['epsilon']:.3f}, 0.0001)-differential privacy" in card and "SEEDED" in card
+    assert "6 disjoint shards" in card and "600" not in card  # the private set's size is not published
+
+
+def test_predict_files_and_folders(finished, tmp_path, fake_data_root):
+    from PIL import Image
+
+    import pate
+
+    run = pate.load_run(finished / "run")
+    assert run.status["evaluate"] == "done" and run.guarantee["delta"] == 1e-4
+    assert set(run.labels) == {"public_index", "label"} and run.classes == [str(d) for d in range(10)]
+    dataset = __import__("pate.data", fromlist=["load"]).load(run.config.data, fake_data_root, quiet=True)
+    folder = tmp_path / "to label é"
+    (folder / "nested").mkdir(parents=True)
+    index = run.labels["public_index"][:5]
+    for i in index:
+        Image.fromarray(dataset.public_x[i, 0]).save(folder / "nested" / f"img {i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    single = tmp_path / "one.png"
+    Image.fromarray(dataset.public_x[index[0], 0]).save(single)
+    result = CliRunner().invoke(main, ["predict", str(finished / "run-release" / "student.ts"), str(folder),
+                                       str(single), "-q"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "," in line]
+    rows = list(csv.DictReader(lines))
+    assert len(rows) == 6 and set(rows[0]) == {"path", "label", "class", "confidence"}
+    # The same answers as the run's student on the same pixels, through every way of loading it.
+    labels, _ = run.student().predict(dataset.public_x[index])
+    by_path = {r["path"]: int(r["label"]) for r in rows}
+    assert [by_path[str(folder / "nested" / f"img {i}.png")] for i in index] == labels.tolist()
+    assert all(0 <= float(r["confidence"]) <= 1 for r in rows)
+    again = pate.load_student(finished / "run-release").predict(dataset.public_x[index])[0]
+    assert again.tolist() == labels.tolist()
+    csv_out = tmp_path / "labels.csv"
+    written = CliRunner().invoke(main, ["predict", str(finished / "run"), str(folder), "--out", str(csv_out), "-q"])
+    assert written.exit_code == 0 and len(csv_out.read_text().splitlines()) == 6
+
+
+def test_predict_refusals(finished, tmp_path):
+    none = CliRunner().invoke(main, ["predict", str(finished / "run-release"), str(tmp_path / "missing.png")])
+    assert none.exit_code == 2 and "missing.png: no such file or folder" in none.output
+    (tmp_path / "fake.ts").write_bytes(b"not torchscript")
+    bad = CliRunner().invoke(main, ["predict", str(tmp_path / "fake.ts"), str(tmp_path)])
+    assert bad.exit_code == 2 and "is not a TorchScript student exported by pate" in bad.output
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    broken = CliRunner().invoke(main, ["predict", str(finished / "run-release"), str(tmp_path / "broken.png")])
+    assert broken.exit_code == 2 and "broken.png is not a readable image" in broken.output

@@ -1,0 +1,83 @@
+"""``model-card.md`` of a public release: what the student is, what it was trained on, how well it
+does on held-out public images, and the privacy guarantee that covers it (Mitchell et al. 2019,
+"Model Cards for Model Reporting", trimmed to what pate knows for certain).
+
+It is written from the public statement and the run's settings only, never from the votes or
+the ledger. The number of private records is left out on purpose: with add/remove neighbours the
+count itself is a property of the private data.
+"""
+from __future__ import annotations
+
+from ..run import RunDir
+from ..stages.context import data_spec
+
+
+def render(run: RunDir, doc: dict, classes: list[str]) -> str:
+    config, spec = run.config, data_spec(run)
+    p, student = doc["privacy"], doc["student"]
+    g = p["guarantee"]
+    data = config.data
+    source = {"builtin": f"the built-in {data.dataset} dataset",
+              "folders": "image folders (ImageFolder layout for the private and test sets)",
+              "arrays": "arrays in .npz files"}[data.source]
+    teachers = config.teachers
+    if teachers.features == "pretrained":
+        features = f"a frozen pretrained {teachers.backbone} backbone shared by all teachers, one logistic head each"
+    elif teachers.features != "none":
+        features = f"frozen {teachers.features} public features shared by all teachers, one logistic head each"
+    else:
+        features = f"{teachers.arch} networks trained from scratch, one per shard"
+    accuracy = (f"{100 * student['accuracy']:.2f}% on {student['test_size']} held-out labelled public images"
+                if student.get("accuracy") is not None else "unknown: this data has no labelled test split")
+    label_accuracy = doc.get("label_accuracy")
+    release = p.get("data_dependent_release")
+    total = doc.get("spent_on_this_private_data")
+    lines = [
+        f"# Model card: {config.name} student",
+        "",
+        "## The model",
+        f"A {student['arch']} image classifier of {len(classes)} classes, trained by pate {doc['pate_version']} on "
+        f"{doc['generated'][:10]}. Input: float32 images (N, {spec.channels}, {spec.image_size}, {spec.image_size}) "
+        "with pixels in [0, 1] (the normalisation is inside `student.ts`); output: one logit per class.",
+        "",
+        "| label | class |",
+        "|---|---|",
+        *(f"| {i} | {name} |" for i, name in enumerate(classes)),
+        "",
+        "Use it with `torch.jit.load(\"student.ts\")`, `pate predict student.ts IMAGES...` or "
+        "`pate.load_student(\"student.ts\")`; `student.pt` is the plain state dict (see `student.json`).",
+        "",
+        "## Data and training",
+        f"- Source: {source}; images {spec.channels}x{spec.image_size}x{spec.image_size}.",
+        f"- Private data: split into {teachers.count} disjoint shards, one teacher each ({features}). "
+        "It reached the student only through the noisy labels below.",
+        f"- Public data: {p['queries_asked']} public images were sent to the teachers; {p['queries_answered']} "
+        f"labels were released ({p['mechanism']}). The student learned from those labels and from the unlabelled "
+        f"rest of the public pool ({student['method']}).",
+        "",
+        "## Accuracy",
+        f"- Student: {accuracy}.",
+    ]
+    if label_accuracy is not None:
+        lines.append(f"- Released labels: {100 * label_accuracy:.2f}% agree with the public images' true labels "
+                     "(evaluation only; the true labels were never used to train).")
+    lines += [
+        "- Measured on held-out public images like the training pool; on data from elsewhere it can be worse.",
+        "",
+        "## Privacy",
+        f"- Guarantee: ({g['epsilon']:.3f}, {g['delta']:g})-differential privacy for every private record, "
+        f"computed from the settings alone ({g['accountant']} accountant, at most {g['queries']} queries). "
+        "The student and the labels are post-processing of the release, so the guarantee covers them.",
+        "- Mechanism settings: " + ", ".join(f"{k} {v}" for k, v in p["settings"].items() if v is not None) + ".",
+    ]
+    if release:
+        lines.append(f"- Data-dependent cost released with smooth-sensitivity noise (not a guarantee): epsilon "
+                     f"{release['epsilon']:.3f} at order {release['order']:g}.")
+    if total:
+        lines.append(f"- Spent on the same private data by every run so far: epsilon {total['epsilon']:.3f} at delta "
+                     f"{total['delta']:g} over {total['releases']} release(s).")
+    if p.get("seeded"):
+        lines.append("- **The noise was SEEDED for reproducibility: this is not a production privacy guarantee.**")
+    lines += ["- The public images are not protected: the guarantee is about the private records only.",
+              "", "Full statement: `statement.txt` / `statement.json`."]
+    return "\n".join(lines) + "\n"
