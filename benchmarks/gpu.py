@@ -145,8 +145,9 @@ class Report:
     """Every figure in a nested dict, printed as a readable line when recorded and saved to the JSON
     after every section (so a run killed by its timeout keeps what it measured)."""
 
-    def __init__(self, out: Path | None, meta: dict):
+    def __init__(self, out: Path, meta: dict):
         self.out, self.figures = out, {"meta": meta, "skipped": {}}
+        out.parent.mkdir(parents=True, exist_ok=True)
 
     def put(self, path: str, value, line: str | None = None) -> None:
         *parents, key = path.split(".")
@@ -170,8 +171,6 @@ class Report:
         print(f"{what}: skipped ({why})", flush=True)
 
     def save(self) -> None:
-        if self.out is None:
-            return
         tmp = self.out.with_name(self.out.name + ".tmp")
         tmp.write_text(json.dumps(self.figures, indent=2) + "\n")
         tmp.replace(self.out)
@@ -575,7 +574,7 @@ def meta(args, sizes: Sizes, device: torch.device) -> dict:
 def parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="toy sizes: checks the script, measures nothing")
-    p.add_argument("--out", type=Path, default=Path("gpu-benchmark.json"), help="JSON of every figure")
+    p.add_argument("--out", type=Path, default=Path("runs/gpu-benchmark.json"), help="JSON of every figure")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--skip-e2e", action="store_true", help="leave out `pate run`")
     p.add_argument("--budget-s", type=float, default=None,

@@ -61,8 +61,9 @@ def test_smoke_run_measures_every_section(tmp_path, fake_data_root):
 
 
 def test_spent_budget_skips_every_section_and_still_summarises(tmp_path):
-    figures, stdout = run_benchmark(tmp_path, "--budget-s", "0")
+    figures, stdout = run_benchmark(tmp_path, "--budget-s", "0", "--skip-e2e")
     assert set(figures["skipped"]) == set(SECTIONS)
+    assert figures["skipped"]["e2e"] == "--skip-e2e" and "budget" in figures["skipped"]["matmul"]
     assert not any(section in figures for section in SECTIONS)
     assert stdout[-1] == figures["summary"]
     assert {item.split("=")[1] for item in stdout[-1].split()} == {"skipped"}
