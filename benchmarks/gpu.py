@@ -519,8 +519,11 @@ def e2e_pipeline(bench: Bench, tmp: Path) -> Path:
 
 def prepared_root(pipeline: Path, root: Path, tmp: Path) -> Path:
     """``root`` if it holds the pipeline's dataset, else a temporary one prepared now (offline for MNIST)."""
-    name = config_mod.load(pipeline).data.dataset
-    if data_mod.is_prepared(name, root):
+    data = config_mod.load(pipeline).data
+    if data.source != "builtin":
+        return root.resolve()  # the pipeline's own files; nothing to prepare
+    name = data.dataset
+    if data_mod.builtin.is_prepared(name, root):
         return root.resolve()
     print(f"e2e: {name} is not prepared in {root}; preparing it in a temporary folder", flush=True)
     data_mod.prepare(name, tmp / "data")
