@@ -241,6 +241,10 @@ def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1
          consensus_weights, target_epsilon, fmt, plot) -> None:
     """Plan the privacy of PIPELINE.toml (or of explicit options) from public settings only."""
     config = config_mod.load(pipeline_file) if pipeline_file is not None else None
+    if config is not None and config_mod.MECHANISM_CLASSES[config.aggregator.mechanism].individual:
+        result = plan_view.knn_plan(config)
+        click.echo(json.dumps(result, indent=2) if fmt == "json" else plan_view.render_knn(result), nl=fmt == "json")
+        return
     params = plan_view.params_from(config, mechanism=mechanism, teachers=teachers, classes=classes,
                                    queries=queries, threshold=threshold, sigma1=sigma1, sigma2=sigma2, delta=delta)
     profile = plan_view.Profile.of(_floats(consensus), _floats(consensus_weights))

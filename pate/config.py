@@ -201,6 +201,17 @@ class AggregatorConfig:
     gamma: float = 0.05  # LNMax: Laplace noise of scale 1/gamma
     epsilon_budget: float = 0.0  # 0 = no budget; else stop before data-independent eps exceeds it
     seed: Optional[int] = None  # None = OS cryptographic noise; a seed is NOT a production guarantee
+    # private-knn (pate.knn): a query's radius is the distance to its knn_k-th nearest public pool
+    # image, in the [teachers] features space projected on knn_dim principal axes of the pool (0 = all)
+    knn_k: int = 30
+    knn_dim: int = 64
+    # interactive-gnmax: the queries are asked in interactive_rounds rounds; before each round a
+    # student ([student] settings, interactive_steps steps) is trained on the labels released so far,
+    # and its label is accepted where the teachers agree with it and its confidence exceeds
+    # student_confidence
+    student_confidence: float = 0.9
+    interactive_rounds: int = 3
+    interactive_steps: int = 1500
 
     def validate(self) -> None:
         _check("aggregator", "mechanism", self.mechanism in MECHANISMS, f"one of {list(MECHANISMS)}",
@@ -215,6 +226,13 @@ class AggregatorConfig:
                f"absent (OS noise) or in [0, {MAX_SEED}]", self.seed)
         _check("aggregator", "epsilon_budget", self.epsilon_budget >= 0, ">= 0 (0 = none)",
                self.epsilon_budget)
+        _check("aggregator", "knn_k", self.knn_k >= 1, "at least 1", self.knn_k)
+        _check("aggregator", "student_confidence", 0 < self.student_confidence < 1, "in (0, 1)",
+               self.student_confidence)
+        _check("aggregator", "interactive_rounds", 1 <= self.interactive_rounds <= self.max_queries,
+               f"between 1 and max_queries ({self.max_queries})", self.interactive_rounds)
+        _check("aggregator", "interactive_steps", self.interactive_steps >= 1, "at least 1", self.interactive_steps)
+        _check("aggregator", "knn_dim", 0 <= self.knn_dim <= 65536, "between 0 (all) and 65536", self.knn_dim)
 
 
 @dataclass(frozen=True)
@@ -230,6 +248,10 @@ class PrivacyConfig:
     ss_beta: float = 0.0
     ss_sigma: float = 0.0
     total_budget: float = 0.0  # epsilon over every release on this private data (spend log); 0 = none
+    # Individual mechanisms (private-knn): each private record's budget, epsilon at delta; a CSV of
+    # `record,epsilon` rows (record = file path under private_dir, or index) sets it per record.
+    record_epsilon: float = 1.0
+    record_budgets: str = ""
 
     def validate(self) -> None:
         _check("privacy", "delta", 0 < self.delta < 1, "in (0, 1)", self.delta)
@@ -248,6 +270,7 @@ class PrivacyConfig:
             _check("privacy", "ss_sigma", NOISE_RANGE[0] <= self.ss_sigma <= NOISE_RANGE[1],
                    f"in [{NOISE_RANGE[0]:g}, {NOISE_RANGE[1]:g}]", self.ss_sigma)
         _check("privacy", "total_budget", self.total_budget >= 0, ">= 0 (0 = none)", self.total_budget)
+        _check("privacy", "record_epsilon", 0 < self.record_epsilon <= 1e4, "in (0, 1e4]", self.record_epsilon)
 
 
 @dataclass(frozen=True)
@@ -290,9 +313,17 @@ class PipelineConfig:
                "at most 100 characters", self.name)
         for section in (self.data, self.teachers, self.aggregator, self.privacy, self.student):
             section.validate()
-        if MECHANISM_CLASSES[self.aggregator.mechanism].thresholded:
+        mech = MECHANISM_CLASSES[self.aggregator.mechanism]
+        if mech.thresholded and not mech.individual:
             _check("aggregator", "threshold", self.aggregator.threshold <= self.teachers.count,
                    f"in [0, {self.teachers.count}] (the number of teachers)", self.aggregator.threshold)
+        if mech.individual:
+            _check("teachers", "features", self.teachers.features != "none",
+                   f"set for mechanism {self.aggregator.mechanism!r} (simclr, scattering or pretrained): the "
+                   "neighbours are found in a public feature space", self.teachers.features)
+            _check("aggregator", "epsilon_budget", self.aggregator.epsilon_budget == 0,
+                   f"0 with mechanism {self.aggregator.mechanism!r} (each record has its own budget: "
+                   "[privacy] record_epsilon)", self.aggregator.epsilon_budget)
         _check("privacy", "data_dependent_release", not self.privacy.data_dependent_release
                or MECHANISM_CLASSES[self.aggregator.mechanism].data_dependent,
                f"false with mechanism {self.aggregator.mechanism!r} (no data-dependent analysis)", True)
@@ -311,6 +342,9 @@ class PipelineConfig:
                self.teachers.count)
         _check("aggregator", "max_queries", self.aggregator.max_queries <= pool,
                f"at most the student pool ({pool})", self.aggregator.max_queries)
+        if MECHANISM_CLASSES[self.aggregator.mechanism].individual:
+            _check("aggregator", "knn_k", self.aggregator.knn_k <= min(n, pool - 1),
+                   f"at most the {n} private records and the {pool - 1} other pool images", self.aggregator.knn_k)
         _check("data", "classes", 2 <= spec.num_classes <= MAX_CLASSES, f"between 2 and {MAX_CLASSES}",
                spec.num_classes)
         priv = self.privacy
@@ -328,9 +362,21 @@ class PipelineConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def canonical_dict(self) -> dict:
+        """``to_dict`` without the keys added by later versions of pate while they hold their default
+        (``ADDED_LATER``): a run started before a key existed keeps its fingerprint, so upgrading pate
+        does not orphan it. A key that is set, or whose default changes, is part of it as usual."""
+        out = self.to_dict()
+        for section, keys in ADDED_LATER.items():
+            defaults = {f.name: f.default for f in dataclasses.fields(type(getattr(self, section)))}
+            for key in keys:
+                if out[section].get(key) == defaults[key]:
+                    del out[section][key]
+        return out
+
     def fingerprint(self, exclude: tuple[str, ...] = ()) -> str:
         """sha256 of the canonical JSON of the config, without the sections in ``exclude``."""
-        data = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        data = {k: v for k, v in self.canonical_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def upstream_fingerprint(self) -> str:
@@ -339,6 +385,15 @@ class PipelineConfig:
         return self.fingerprint(exclude=DOWNSTREAM_SECTIONS)
 
 
+# Keys added after the first release of the run-directory format (image sources, pretrained backbones,
+# private-knn, interactive-gnmax), left out of the fingerprint at their defaults.
+ADDED_LATER = {
+    "data": ("source", "private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file",
+             "channels", "image_size"),
+    "teachers": ("backbone", "weights", "backbone_size"),
+    "aggregator": ("knn_k", "knn_dim", "student_confidence", "interactive_rounds", "interactive_steps"),
+    "privacy": ("record_epsilon", "record_budgets"),
+}
 DOWNSTREAM_SECTIONS = ("student",)  # changing only these retrains the student, with no new aggregation
 
 
@@ -393,14 +448,17 @@ def _build_section(section: str, cls: type, table: Any) -> Any:
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
-    """Data paths and a weights file relative to the pipeline file's folder, made absolute (so the
-    frozen config.toml of a run names the same files from anywhere)."""
+    """Data paths, a weights file and a budgets file relative to the pipeline file's folder, made
+    absolute (so the frozen config.toml of a run names the same files from anywhere)."""
     def absolute(value):
         return str((base / value).resolve()) if isinstance(value, str) and value else value
 
     out = dict(raw)
     if isinstance(raw.get("data"), dict):
         out["data"] = {k: absolute(v) if k in PATH_KEYS else v for k, v in raw["data"].items()}
+    privacy = raw.get("privacy")
+    if isinstance(privacy, dict) and privacy.get("record_budgets"):
+        out["privacy"] = {**privacy, "record_budgets": absolute(privacy["record_budgets"])}
     teachers = raw.get("teachers")
     if isinstance(teachers, dict) and isinstance(teachers.get("weights"), str) \
             and not NAMED_WEIGHTS.match(teachers["weights"]):

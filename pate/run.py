@@ -68,7 +68,7 @@ class RunDir:
         atomic_write_json(manifest_path, {
             "config_sha256": config.fingerprint(),
             "upstream_sha256": config.upstream_fingerprint(),
-            "config": config.to_dict(),
+            "config": config.canonical_dict(),
             "run_id": secrets.token_hex(16),
             "pipeline": config.name,
             "created": now(),
@@ -81,7 +81,7 @@ class RunDir:
         if not isinstance(started, dict):
             raise RunError(f"{self.path} was started with a different config (see {self.path / CONFIG}); use another "
                            "--run-dir, or the config the run was started with")
-        new = json.loads(json.dumps(self.config.to_dict()))  # as the manifest holds it (tuples are lists)
+        new = json.loads(json.dumps(self.config.canonical_dict()))  # as the manifest holds it (tuples are lists)
         diffs = config_mod.differences(started, new)
         changed = sorted({k for k in set(started) | set(new) if started.get(k) != new.get(k)})
         if accept_change is None:

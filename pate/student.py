@@ -290,18 +290,26 @@ def _train_step(model, optimizer, lx, ly, ux, n_unl, gen, *, method, batch_size,
 # --------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024,
-            device: str | torch.device = "cpu") -> torch.Tensor:
-    """Class predictions (N,) int64 of ``model`` on ``x`` (N, C, H, W), in eval mode."""
+@torch.no_grad()
+def probabilities(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Softmax class probabilities (N, m) float32 of ``model`` on ``x`` (N, C, H, W), in eval mode."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(device, torch.float32).contiguous(memory_format=torch.channels_last)
-        out.append(model(xb).argmax(1).cpu())
+        out.append(torch.softmax(model(xb).float(), dim=1).cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024,
+            device: str | torch.device = "cpu") -> torch.Tensor:
+    """Class predictions (N,) int64 of ``model`` on ``x`` (N, C, H, W), in eval mode."""
+    probs = probabilities(model, x, batch_size=batch_size, device=device)
+    return probs.argmax(1) if len(probs) else torch.empty(0, dtype=torch.int64)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024,

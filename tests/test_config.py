@@ -98,3 +98,22 @@ def test_delta_rule_uses_private_size():
     with pytest.raises(config.ConfigError, match="below 1/N"):
         config.from_dict({"name": "x", "data": {"private_size": 600}, "privacy": {"delta": 2e-3},
                           "teachers": {"count": 6}, "aggregator": {"threshold": 4.0}})
+
+
+def test_keys_added_later_keep_older_runs_fingerprints():
+    """A run started before a key existed (its manifest lacks the key) keeps its fingerprint while the
+    key holds its default; setting the key changes the fingerprint as any setting does."""
+    import hashlib
+    import json
+
+    from pate import config as config_mod
+
+    config = config_mod.from_dict({"name": "old"})
+    older = config.to_dict()
+    for section, keys in config_mod.ADDED_LATER.items():
+        for key in keys:
+            del older[section][key]
+    as_before = hashlib.sha256(json.dumps(older, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert config.fingerprint() == as_before
+    knn = config_mod.from_dict({"name": "old", "aggregator": {"knn_k": 5}})
+    assert knn.fingerprint() != as_before and knn.canonical_dict()["aggregator"]["knn_k"] == 5

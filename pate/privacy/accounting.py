@@ -25,7 +25,7 @@ import numpy as np
 from dp_accounting import get_epsilon_gaussian
 from dp_accounting.pld import pld_privacy_accountant
 
-from . import profiles, rdp, smooth_sensitivity
+from . import individual, profiles, rdp, smooth_sensitivity
 from .mechanisms import Mechanism
 from .noise import NoiseSource
 
@@ -79,10 +79,15 @@ class Settings:
     conversion: str = "improved"
     epsilon_budget: float = 0.0  # 0 = no Rényi filter
     release: Optional[ReleaseParameters] = None
+    record_epsilon: float = 0.0  # individual mechanisms: the largest per-record budget (ε at δ)
 
     @property
     def order_array(self) -> np.ndarray:
         return np.asarray(self.orders, dtype=float)
+
+    def record_budget(self) -> float:
+        """The largest per-record Gaussian budget of an individual mechanism (``individual``)."""
+        return individual.gaussian_budget(self.record_epsilon, self.order_array, self.delta, self.conversion)
 
     def per_query_worst_case(self) -> np.ndarray:
         return self.mechanism.worst_case_rdp(1, self.order_array, num_teachers=self.num_teachers,
@@ -122,7 +127,7 @@ def _rdp_budget(eps: float, order: float, delta: float, conversion: str) -> floa
 
 
 def plan_filter(settings: Settings) -> Optional[FilterPlan]:
-    if settings.epsilon_budget <= 0:
+    if settings.epsilon_budget <= 0 or settings.mechanism.individual:
         return None
     orders, charge = settings.order_array, settings.per_query_worst_case()
     budget = np.array([_rdp_budget(settings.epsilon_budget, o, settings.delta, settings.conversion)
@@ -172,6 +177,8 @@ def worst_case_curve(settings: Settings, queries: Optional[int] = None) -> np.nd
     """(L,) RDP of a whole run: ``queries`` (default: the most it may ask) at their worst, plus one
     smooth-sensitivity release when configured. Composed across runs by the spend log."""
     queries = max_queries(settings) if queries is None else queries
+    if settings.mechanism.individual:  # every record retires at its budget, however many queries are asked
+        return individual.curve(settings.record_budget(), settings.order_array) + settings.release_rdp()
     return settings.mechanism.worst_case_rdp(queries, settings.order_array, num_teachers=settings.num_teachers,
                                              num_classes=settings.num_classes) + settings.release_rdp()
 
@@ -210,6 +217,10 @@ def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
 def guarantee(settings: Settings) -> Guarantee:
     """The guarantee users publish: the least of the valid worst-case bounds for this run."""
     queries = max_queries(settings)
+    if settings.mechanism.individual:
+        eps, order = individual.epsilon_of_budget(settings.record_budget(), settings.order_array, settings.delta,
+                                                  settings.conversion)
+        return Guarantee(eps, settings.delta, "individual-renyi-filter", order, queries)
     eps, order = epsilon(worst_case_curve(settings, queries), settings.order_array, settings.delta,
                          settings.conversion)
     best = Guarantee(eps, settings.delta, "rdp", order, queries)
@@ -294,6 +305,29 @@ def privacy_report(settings: Settings, votes: np.ndarray, answered: np.ndarray, 
     return {"public": public, "private": private}
 
 
+def individual_report(settings: Settings, *, budget_levels: Sequence[float], spent: np.ndarray, budget: np.ndarray,
+                      votes: np.ndarray, answered: np.ndarray, retired: np.ndarray, seeded: bool) -> dict:
+    """privacy.json of an individual mechanism (private-knn). Public: the guarantee of every budget
+    level (each from the settings alone; which records have which level is not said). Private: how
+    the records spent (a function of the data)."""
+    answered = np.asarray(answered, dtype=bool)
+    public = public_statement(settings, asked=len(answered), answered=int(answered.sum()), release=None,
+                              seeded=seeded, stopped_by_budget=False)
+    public["per_budget_level"] = individual.group_guarantees(np.asarray(budget_levels), settings.order_array,
+                                                             settings.delta, settings.conversion)
+    public["neighbouring"] = "datasets differing by adding or removing one private record"
+    spent_eps = np.array([individual.epsilon_of_budget(float(v), settings.order_array, settings.delta,
+                                                       settings.conversion)[0] for v in np.quantile(spent, [0.5, 1.0])])
+    voters = votes.sum(axis=1) if len(votes) else np.zeros(0)
+    private = {"note": PRIVATE_NOTE, "records": int(len(spent)), "records_charged": int((spent > 0).sum()),
+               "records_retired": int(np.asarray(retired).sum()),
+               "spent_fraction_max": float((spent / budget).max()) if len(spent) else 0.0,
+               "spent_epsilon_median": float(spent_eps[0]), "spent_epsilon_max": float(spent_eps[1]),
+               "voters_mean": float(voters.mean()) if len(voters) else 0.0,
+               "queries_without_voters": int((voters == 0).sum())}
+    return {"public": public, "private": private}
+
+
 def public_statement(settings: Settings, *, asked: int, answered: int, release, seeded: bool,
                      stopped_by_budget: bool) -> dict:
     """The statement a user may publish: nothing in it is a function of the votes except through
@@ -303,9 +337,11 @@ def public_statement(settings: Settings, *, asked: int, answered: int, release, 
         "note": PUBLIC_NOTE,
         "guarantee": {**g.to_dict(), "holds_for": "every private dataset: computed from the settings alone"},
         "mechanism": settings.mechanism.name,
-        "settings": {**settings.mechanism.settings(), "teachers": settings.num_teachers,
+        "settings": {**settings.mechanism.settings(),
+                     **({} if settings.mechanism.individual else {"teachers": settings.num_teachers}),
                      "classes": settings.num_classes, "max_queries": settings.max_queries,
-                     "epsilon_budget": settings.epsilon_budget or None},
+                     **({"record_epsilon": settings.record_epsilon} if settings.mechanism.individual else
+                        {"epsilon_budget": settings.epsilon_budget or None})},
         "delta": settings.delta, "conversion": settings.conversion,
         "orders": "default" if np.array_equal(settings.order_array, rdp.DEFAULT_ORDERS) else list(settings.orders),
         "queries_asked": asked, "queries_answered": answered, "stopped_by_budget": stopped_by_budget,

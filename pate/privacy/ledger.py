@@ -43,6 +43,7 @@ class QueryRecord:
     gap: int  # top count minus the runner-up count
     logq: Optional[float]  # log of the GNMax bound q~ (Prop. 7), for answered queries
     logpr_answered: Optional[float]  # log Pr[threshold passed] (Confident-GNMax only)
+    source: Optional[str] = None  # Interactive-GNMax: "teachers" or "student" (who gave the label)
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,11 @@ def encode_header(header: LedgerHeader, key: bytes) -> tuple[bytes, str]:
 
 def encode(records: Sequence[QueryRecord], key: bytes, previous: str) -> tuple[bytes, str]:
     """The lines of ``records``, chained after the MAC ``previous``, to be appended in one write;
-    and the new last MAC."""
-    text, mac = _chain(key, previous, [{"kind": "query", **asdict(r)} for r in records])
+    and the new last MAC. An unset optional field is left out (earlier ledgers read the same)."""
+    def body(record: QueryRecord) -> dict:
+        return {k: v for k, v in asdict(record).items() if not (k in _OPTIONAL_FIELDS and v is None)}
+
+    text, mac = _chain(key, previous, [{"kind": "query", **body(r)} for r in records])
     return text.encode(), mac
 
 
@@ -102,6 +106,7 @@ class Ledger(NamedTuple):
 
 
 _RECORD_FIELDS = {f.name for f in fields(QueryRecord)}
+_OPTIONAL_FIELDS = {"source"}  # absent from ledgers written before Interactive-GNMax
 _HEADER_FIELDS = {f.name for f in fields(LedgerHeader)}
 
 
@@ -132,7 +137,8 @@ def parse(text: str, key: bytes, path: str = "the ledger") -> Ledger:
     header = LedgerHeader(**{k: v for k, v in head.items() if k != "kind"})
     records = []
     for number, obj in enumerate(objs[1:], start=2):
-        if obj.get("kind") != "query" or set(obj) - {"kind"} != _RECORD_FIELDS:
+        keys = set(obj) - {"kind"}
+        if obj.get("kind") != "query" or not _RECORD_FIELDS - _OPTIONAL_FIELDS <= keys <= _RECORD_FIELDS:
             raise LedgerError(f"{path} line {number} is not a query record")
         record = QueryRecord(**{k: v for k, v in obj.items() if k != "kind"})
         if record.query != number - 2:

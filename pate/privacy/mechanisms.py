@@ -95,6 +95,8 @@ class Mechanism:
     name: ClassVar[str]
     thresholded: ClassVar[bool] = False  # may leave queries unanswered (a threshold step)
     data_dependent: ClassVar[bool] = True  # has a data-dependent (smooth-sensitivity) analysis
+    individual: ClassVar[bool] = False  # private records vote themselves, each accounted on its own
+    interactive: ClassVar[bool] = False  # a student trained on earlier answers takes part in each decision
 
     @classmethod
     def from_settings(cls, settings) -> "Mechanism":
@@ -336,6 +338,118 @@ class ConfidentGNMax(Mechanism):
         return {"log_pr_answered": float(logpr[0]), "pr_answered": float(np.exp(logpr[0])), **detail}
 
 
+def interactive_gnmax(votes, student_probs, threshold, sigma1, sigma2, student_confidence, noise):
+    """Interactive-GNMax (Algorithm 2 of Papernot et al. 2018): (labels, from_teachers).
+
+    The teachers are asked only where they disagree with the student: if
+    max_j (v_j − K·p_j) + N(0, σ1²) ≥ T (K = teachers, p the student's probabilities), the answer is
+    GNMax's argmax_j (v_j + N(0, σ2²)); otherwise the student's own label is accepted where its
+    confidence max_j p_j exceeds ``student_confidence``, and the query is rejected (−1) elsewhere.
+    Noise is drawn as in ``confident_gnmax`` (the (N,) check noise, then the (N, m) answer noise).
+    """
+    votes = check_votes(votes)
+    probs = np.asarray(student_probs, dtype=float)
+    if probs.shape != votes.shape or not np.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError(f"student_probs must be finite, non-negative, of shape {votes.shape}")
+    threshold = check_finite("threshold", threshold)
+    sigma1, sigma2 = check_positive("sigma1", sigma1), check_positive("sigma2", sigma2)
+    noise = check_noise(noise)
+    k = votes.sum(axis=1, keepdims=True)
+    z1 = noise.normal((votes.shape[0],), scale=sigma1)
+    z2 = noise.normal(votes.shape, scale=sigma2)
+    ask = (votes - k * probs).max(axis=1) + z1 >= threshold
+    student = np.where(probs.max(axis=1) > student_confidence, probs.argmax(axis=1), -1)
+    return np.where(ask, np.argmax(votes + z2, axis=1), student), ask
+
+
+@dataclass(frozen=True)
+class InteractiveGNMax(Mechanism):
+    """Interactive-GNMax (Papernot et al. 2018, Algorithm 2): the student, trained on the labels
+    released in earlier rounds, answers where the teachers agree with it; the teachers answer
+    where they disagree. Every query pays the check (a Gaussian on max_j (v_j − K·p_j), sensitivity
+    1: one teacher changes two counts by one); a query the teachers answer pays GNMax too. The
+    worst case of one query is that composition (no mixture bound is claimed for this statistic)."""
+    threshold: float
+    sigma1: float
+    sigma2: float
+    student_confidence: float  # accept the student's label above this probability
+    name: ClassVar[str] = "interactive-gnmax"
+    thresholded: ClassVar[bool] = True
+    data_dependent: ClassVar[bool] = False
+    interactive: ClassVar[bool] = True
+
+    def decide(self, votes, noise):
+        """Without a student (p = 0, the first round): Confident-GNMax's decisions."""
+        return confident_gnmax(votes, self.threshold, self.sigma1, self.sigma2, noise)
+
+    def decide_with_student(self, votes, student_probs, noise):
+        return interactive_gnmax(votes, student_probs, self.threshold, self.sigma1, self.sigma2,
+                                 self.student_confidence, noise)
+
+    def query_rdp(self, votes, orders):
+        """Whatever the votes: the check's Gaussian, and GNMax's when the teachers answer."""
+        n, orders = check_votes(votes).shape[0], np.asarray(orders, dtype=float)
+        return (np.ones(n), np.tile(rdp.rdp_threshold_data_independent(self.sigma1, orders), (n, 1)),
+                np.tile(rdp.rdp_gnmax_data_independent(self.sigma2, orders), (n, 1)))
+
+    def data_independent_rdp(self, asked, answered, orders):
+        return (asked * rdp.rdp_threshold_data_independent(self.sigma1, orders)
+                + answered * rdp.rdp_gnmax_data_independent(self.sigma2, orders))
+
+    def worst_case_rdp(self, queries, orders, *, num_teachers: int, num_classes: int):
+        return self.data_independent_rdp(queries, queries, orders)
+
+    def dp_event(self, queries):
+        one = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(self.sigma1),
+                                        dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(2.0))])
+        return dp_event.SelfComposedDpEvent(one, queries)
+
+    def gaussian_multiplier(self, queries):
+        return 1.0 / math.sqrt(queries * (1.0 / self.sigma1**2 + 2.0 / self.sigma2**2))
+
+
+@dataclass(frozen=True)
+class PrivateKNN(Mechanism):
+    """Private-kNN (Zhu et al., CVPR 2020): the private records within a public radius of the query
+    vote with their own labels; Confident-GNMax decides. Each record is accounted individually
+    and retired at its own budget (``pate.privacy.individual``), so the guarantee is the
+    per-record budget, whatever the number of queries. Under add/remove of one record both steps
+    have sensitivity 1: a member pays α/(2σ1²) per query and α/(2σ2²) per answer."""
+    threshold: float
+    sigma1: float
+    sigma2: float
+    knn_k: int  # public pool neighbours whose distance sets a query's radius
+    name: ClassVar[str] = "private-knn"
+    thresholded: ClassVar[bool] = True
+    data_dependent: ClassVar[bool] = False
+    individual: ClassVar[bool] = True
+
+    def decide(self, votes, noise):
+        return confident_gnmax(votes, self.threshold, self.sigma1, self.sigma2, noise)
+
+    def answer_probability(self, votes):
+        return np.exp(rdp.logpr_answered(votes, self.threshold, self.sigma1))
+
+    def query_rdp(self, votes, orders):
+        """What one member pays per query, whatever the votes (the record-level cost)."""
+        n, orders = check_votes(votes).shape[0], np.asarray(orders, dtype=float)
+        return (self.answer_probability(votes), np.tile(orders / (2 * self.sigma1 ** 2), (n, 1)),
+                np.tile(orders / (2 * self.sigma2 ** 2), (n, 1)))
+
+    def data_independent_rdp(self, asked, answered, orders):
+        """A record that voted in ``asked`` queries of which ``answered`` were answered."""
+        orders = np.asarray(orders, dtype=float)
+        return orders * (asked / (2 * self.sigma1 ** 2) + answered / (2 * self.sigma2 ** 2))
+
+    def worst_case_rdp(self, queries, orders, *, num_teachers: int, num_classes: int):
+        raise NotImplementedError("private-knn is bounded per record by its budget, not per query "
+                                  "(pate.privacy.accounting handles individual mechanisms)")
+
+    def explain(self, row, answered, orders):
+        return {"explanation": "every record that voted paid alpha/(2 sigma1^2), and alpha/(2 sigma2^2) more if "
+                               "answered; records that could not afford a whole query did not vote (retired)"}
+
+
 def _explain_gnmax(mech: Mechanism, row, answered: bool, orders, threshold_cost) -> dict:
     sigma = mech.release_sigma
     logq = rdp.logq_gnmax(row, sigma)
@@ -363,7 +477,8 @@ def _explain_gnmax(mech: Mechanism, row, answered: bool, orders, threshold_cost)
             "explanation": why}
 
 
-MECHANISMS: dict[str, type[Mechanism]] = {cls.name: cls for cls in (LNMax, GNMax, ConfidentGNMax)}
+MECHANISMS: dict[str, type[Mechanism]] = {cls.name: cls for cls in (LNMax, GNMax, ConfidentGNMax, InteractiveGNMax,
+                                                                     PrivateKNN)}
 NAMES = tuple(MECHANISMS)
 
 
@@ -377,4 +492,4 @@ def build(name: str, settings) -> Mechanism:
 
 
 __all__ = ["NoiseSource", "noise_source", "lnmax", "gnmax", "confident_gnmax", "Mechanism", "LNMax", "GNMax",
-           "ConfidentGNMax", "MECHANISMS", "NAMES", "build", "lnmax_rdp"]
+           "ConfidentGNMax", "InteractiveGNMax", "PrivateKNN", "interactive_gnmax", "MECHANISMS", "NAMES", "build", "lnmax_rdp"]

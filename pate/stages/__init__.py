@@ -26,13 +26,15 @@ from ..io import atomic_write_json
 from ..progress import say
 from ..run import RunDir, RunError, locked
 from .. import data as data_mod
-from .context import (DATA, EXTRACTOR, LABELS, LEDGER, METRICS, PARTITION, PRIVACY, STUDENT_HISTORY, STUDENT_MODEL,
-                      TEACHERS_EVAL, VOTES, Context, check_accountable, heads_part, public_features_part,
-                      spec_from_json, teacher_part)
+from .context import (DATA, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, LEDGER, METRICS, PARTITION, PRIVACY,
+                      STUDENT_HISTORY, STUDENT_MODEL, TEACHERS_EVAL, Context, check_accountable, heads_part, mechanism,
+                      public_features_part, spec_from_json, teacher_part, votes_file)
 
 
 def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:
     ranks = range(world)
+    if mechanism(config).individual:  # private-knn: the feature space, no teachers
+        return EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC
     if config.teachers.features == "pretrained":
         return (EXTRACTOR, *(heads_part(r, world) for r in ranks), *(public_features_part(r, world) for r in ranks))
     if config.teachers.features != "none":
@@ -75,7 +77,7 @@ class Stage:
 STAGES = (
     Stage("partition", lambda config, world: (PARTITION, DATA)),
     Stage("train-teachers", _teacher_outputs, checks=lambda config: config.teachers.features == "pretrained"),
-    Stage("vote", lambda config, world: (VOTES, TEACHERS_EVAL)),
+    Stage("vote", lambda config, world: (votes_file(config), TEACHERS_EVAL)),
     Stage("aggregate", lambda config, world: (LABELS, PRIVACY, LEDGER)),
     # Post-processing of the released labels: retraining them costs no privacy.
     Stage("train-student", lambda config, world: (STUDENT_MODEL, STUDENT_HISTORY), rerun_on=DOWNSTREAM_SECTIONS),

@@ -13,33 +13,41 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import spend_log
-from ..io import ShortWrite, append_durable, atomic_save_npz, atomic_write_json, create_exclusive
-from ..privacy import accounting, ledger, spend
+from ..io import ShortWrite, append_durable, atomic_save_npz, atomic_write_json, create_exclusive, sha256_file
+from .. import budgets
+from ..privacy import accounting, individual, ledger, spend
 from ..privacy.mechanisms import Mechanism
 from ..privacy.noise import noise_source
 from ..progress import Progress
+from ..student import probabilities, train_student
 from ..run import RunError, now
 from . import finish
-from .context import (LABELS, LEDGER, PRIVACY, VOTES, WARN_EPSILON, Context, decided, expected_ledger_header, ledger_key,
-                      load_ledger, load_partition, privacy_settings, private_fingerprint)
+from .context import (DATA, LABELS, LEDGER, NEIGHBOURS, PRIVACY, RECORD_BUDGETS, VOTES, WARN_EPSILON, Context,
+                      decided, expected_ledger_header, gaussian_budgets, knn_inputs, ledger_key, load_dataset,
+                      load_ledger, load_partition, mechanism, privacy_settings, private_fingerprint, public_images,
+                      resolve_device)
 
 NAME = "aggregate"
 CHUNK = 256
+INTERACTIVE_DIR = "interactive"  # the round students' probabilities (Interactive-GNMax)
 
 
 def _records(mech: Mechanism, votes: np.ndarray, start: int, labels: np.ndarray,
-             query_index: np.ndarray) -> list[ledger.QueryRecord]:
+             query_index: np.ndarray, sources: list | None = None) -> list[ledger.QueryRecord]:
     top_label, top, gap = ledger.vote_facts(votes)
     logq, logpr = mech.query_facts(votes)
     return [ledger.QueryRecord(
         query=start + i, public_index=int(query_index[start + i]), answered=bool(labels[i] >= 0),
         label=int(labels[i]), top_label=int(top_label[i]), top_count=int(top[i]), gap=int(gap[i]),
         logq=None if np.isnan(logq[i]) else float(logq[i]),
-        logpr_answered=None if np.isnan(logpr[i]) else float(logpr[i]))
+        logpr_answered=None if np.isnan(logpr[i]) else float(logpr[i]),
+        source=None if sources is None else sources[i])
         for i in range(len(votes))]
 
 
@@ -47,7 +55,7 @@ def _open_ledger(ctx: Context, votes: np.ndarray, query_index: np.ndarray) -> le
     """The run's ledger, created (with its key) when no query has been decided yet."""
     path = ctx.run.file(LEDGER)
     if not path.exists() and decided(ctx.run) == 0:
-        header = expected_ledger_header(ctx.run, votes)
+        header = expected_ledger_header(ctx.run, len(query_index))
         text, mac = ledger.encode_header(header, ledger_key(ctx.run, create=True))
         create_exclusive(path, text)  # 0600: private
         return ledger.Ledger(header, [], mac)
@@ -162,6 +170,10 @@ def _decide_all(ctx: Context, settings: accounting.Settings, votes: np.ndarray, 
 
 
 def run(ctx: Context) -> None:
+    if mechanism(ctx.config).individual:
+        return _run_individual(ctx)
+    if mechanism(ctx.config).interactive:
+        return _run_interactive(ctx)
     run_dir, config = ctx.run, ctx.config
     data = run_dir.load_npz(VOTES)
     votes, query_index = data["votes"], data["query_index"]
@@ -203,3 +215,199 @@ def run(ctx: Context) -> None:
             + (f"; data-dependent cost released with smooth-sensitivity noise {release['epsilon']:.3f} (the papers' "
                "convention, not a guarantee)" if release else "")
             + f"; this private data has now spent epsilon {total.epsilon:.3f} over {total.releases} release(s)")
+
+
+# ----------------------------------------------------------------------------- private-knn
+
+
+def _record_budgets(ctx: Context, records: np.ndarray) -> np.ndarray:
+    """(N,) every private record's budget (ε at δ), resolved from ``[privacy] record_budgets`` once,
+    when aggregation begins, and kept in the run (PRIVATE); a resumed run refuses a changed file."""
+    config = ctx.config
+    path = config.privacy.record_budgets
+    digest = sha256_file(path) if path and Path(path).is_file() else ""
+    saved = ctx.run.file(RECORD_BUDGETS)
+    if saved.exists():
+        with np.load(saved, allow_pickle=False) as kept:
+            if str(kept["source_sha256"]) != digest:
+                raise RunError(f"[privacy] record_budgets changed since aggregation began ({path or 'none'}); the "
+                               "run continues only with the budgets it started with")
+            return kept["epsilon"]
+    names = None
+    if config.data.source == "folders":  # records are named by their file under private_dir
+        root = Path(config.data.private_dir)
+        names = [str(Path(p).relative_to(root)) for p, _ in ctx.run.read_json(DATA)["files"]["private"]]
+    try:
+        every = budgets.resolve(path, config.privacy.record_epsilon, ctx.spec.num_private, names)
+    except budgets.BudgetError as exc:
+        raise RunError(str(exc)) from None
+    epsilon = every[records]
+    atomic_save_npz(saved, private=True, epsilon=epsilon, source_sha256=np.array(digest))
+    return epsilon
+
+
+def _run_individual(ctx: Context) -> None:
+    """Private-kNN: the queries in order, each record voting while it can afford a whole query, each
+    chunk's decisions in the ledger before the next chunk; the spend is rebuilt from the ledger on
+    resume (``pate.privacy.individual``)."""
+    run_dir, config = ctx.run, ctx.config
+    inputs = knn_inputs(run_dir, ctx.spec.num_classes)
+    query_index = inputs.query_index
+    if not np.array_equal(query_index, load_partition(ctx)["query_index"]):
+        raise RunError(f"{run_dir.file(NEIGHBOURS)} is for other queries; refusing to spend privacy on it")
+    settings = privacy_settings(config, ctx.spec.num_classes)
+    mech, m = settings.mechanism, ctx.spec.num_classes
+    fingerprint = private_fingerprint(ctx)
+    total = _log_aggregation(ctx, fingerprint, settings)  # refused here, nothing about the run has changed
+    run_dir.begin(NAME)
+    eps_budget = _record_budgets(ctx, inputs.records)
+    gaussian = gaussian_budgets(eps_budget, config)
+    book = _open_ledger(ctx, inputs.votes_of(gaussian), query_index)
+    if config.seeded:
+        ctx.say("aggregate: noise is SEEDED (reproducible): not a production privacy guarantee")
+    answered = np.array([r.answered for r in book.records], dtype=bool)
+    state, _, _ = inputs.replay(gaussian, answered)
+    done, mac, key = len(book.records), book.last_mac, ledger_key(run_dir)
+    progress = Progress(len(query_index), NAME, ctx.quiet, start=done)
+    answered_count = int(answered.sum())
+    while done < len(query_index):
+        chunk = done // CHUNK
+        first, end = chunk * CHUNK, min((chunk + 1) * CHUNK, len(query_index))
+        z1, z2 = individual.draw_noise(noise_source(config.aggregator.seed, stream=chunk), end - first, m,
+                                       mech.sigma1, mech.sigma2)
+        out, votes = individual.decide(inputs.hoods, inputs.labels, state, inputs.charges, start=done,
+                                       threshold=mech.threshold, z1=z1[done - first:], z2=z2[done - first:])
+        payload, next_mac = ledger.encode(_records(mech, votes, done, out, query_index), key, mac)
+        try:
+            append_durable(run_dir.file(LEDGER), payload)  # on disk before anything is released
+        except ShortWrite as exc:
+            raise RunError(str(exc)) from None
+        mac, done = next_mac, end
+        answered_count += int((out >= 0).sum())
+        run_dir.update(NAME, decided=done, progress=f"{done}/{len(query_index)} queries decided, "
+                                                    f"{answered_count} answered")
+        progress.update(len(out), status=f"answered {answered_count}")
+    progress.close()
+    book_records = load_ledger(run_dir, inputs.votes_of(gaussian), query_index).records
+    positions, public_index, released = ledger.released_labels(book_records)
+    atomic_save_npz(run_dir.file(LABELS), query_index=public_index, query=positions, label=released)
+    report = _existing_report(ctx, len(book_records))
+    if report is None:
+        flags = np.array([r.answered for r in book_records], dtype=bool)
+        final, votes, retired_after = inputs.replay(gaussian, flags)
+        report = accounting.individual_report(settings, budget_levels=sorted(set(eps_budget.tolist())),
+                                              spent=final.spent, budget=gaussian, votes=votes, answered=flags,
+                                              retired=retired_after >= 0, seeded=config.seeded)
+        atomic_write_json(run_dir.file(PRIVACY), report, private=True)
+    finish(ctx, NAME)
+    guarantee = accounting.guarantee(settings)
+    ctx.say(f"aggregate: {len(book_records)} queries asked, {len(released)} answered; guarantee epsilon "
+            f"{guarantee.epsilon:.3f}, delta {guarantee.delta:g} for every private record (individual Rényi "
+            f"filter: each record retired at its own budget); this private data has now spent epsilon "
+            f"{total.epsilon:.3f} over {total.releases} release(s)")
+
+
+# ----------------------------------------------------------------------------- interactive-gnmax
+
+
+def _round_probabilities(ctx: Context, round_number: int, queries: np.ndarray, records: list) -> np.ndarray:
+    """(len(queries), m) the class probabilities, on the round's query images, of a student trained
+    on the labels released before the round (and the unlabelled rest of the pool): a function of
+    released labels and public images only. Round 0 has no student (zeros: the teachers decide).
+    Kept in the run directory, so a resumed round uses the same student."""
+    m = ctx.spec.num_classes
+    if round_number == 0:
+        return np.zeros((len(queries), m))
+    path = ctx.run.file(f"{INTERACTIVE_DIR}/round-{round_number}.npz")
+    if path.exists():
+        with np.load(path, allow_pickle=False) as saved:
+            if np.array_equal(saved["queries"], queries):
+                return saved["probabilities"]
+    parts, dataset = load_partition(ctx), load_dataset(ctx)
+    positions, public_index, labels = ledger.released_labels(records)
+    pool = parts["student_pool_index"]
+    if len(labels) == 0:
+        return np.zeros((len(queries), m))
+    cfg, config = ctx.config.student, ctx.config
+    unlabeled = np.setdiff1d(pool, public_index)
+    ctx.say(f"aggregate: round {round_number}: training a student on the {len(labels)} labels released so far")
+    bar = Progress(config.aggregator.interactive_steps, f"{NAME}[student {round_number}]", ctx.quiet)
+    model, _ = train_student(
+        public_images(dataset, public_index), torch.from_numpy(labels),
+        public_images(dataset, unlabeled) if cfg.method != "supervised" else None,
+        arch=cfg.arch, num_classes=m, method=cfg.method, steps=config.aggregator.interactive_steps,
+        batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        threshold=cfg.threshold, seed=cfg.seed + round_number, device=resolve_device(ctx.device),
+        progress=lambda step, steps, loss, info: bar.update_to(step))
+    bar.close()
+    probs = probabilities(model, public_images(dataset, load_partition(ctx)["query_index"][queries]),
+                          device=resolve_device(ctx.device)).numpy().astype(np.float64)
+    path.parent.mkdir(exist_ok=True)
+    atomic_save_npz(path, private=True, queries=queries, probabilities=probs)
+    return probs
+
+
+def _run_interactive(ctx: Context) -> None:
+    """Interactive-GNMax: the queries in fixed rounds; before each, a student trained on what was
+    released so far; each chunk's decisions in the ledger before the next."""
+    run_dir, config = ctx.run, ctx.config
+    data = run_dir.load_npz(VOTES)
+    votes, query_index = data["votes"], data["query_index"]
+    _check_votes(ctx, votes, query_index)
+    settings = privacy_settings(config, ctx.spec.num_classes)
+    mech, seed = settings.mechanism, config.aggregator.seed
+    fingerprint = private_fingerprint(ctx)
+    total = _log_aggregation(ctx, fingerprint, settings)
+    run_dir.begin(NAME)
+    book = _open_ledger(ctx, votes, query_index)
+    if config.seeded:
+        ctx.say("aggregate: noise is SEEDED (reproducible): not a production privacy guarantee")
+    records, mac, key = list(book.records), book.last_mac, ledger_key(run_dir)
+    progress = Progress(len(votes), NAME, ctx.quiet, start=len(records))
+    for number, queries in enumerate(np.array_split(np.arange(len(votes)), config.aggregator.interactive_rounds)):
+        if len(queries) == 0 or len(records) > queries[-1]:
+            continue
+        probs = np.zeros(votes.shape)
+        probs[queries] = _round_probabilities(ctx, number, queries, records)
+        while len(records) <= queries[-1]:
+            done = len(records)
+            chunk = done // CHUNK
+            first, end = chunk * CHUNK, min((chunk + 1) * CHUNK, queries[-1] + 1)
+            labels, asked = mech.decide_with_student(votes[first:(chunk + 1) * CHUNK], probs[first:(chunk + 1) * CHUNK],
+                                                     noise_source(seed, stream=chunk))
+            labels, asked = labels[done - first:end - first], asked[done - first:end - first]
+            sources = ["teachers" if a else ("student" if y >= 0 else None) for a, y in zip(asked, labels)]
+            new = _records(mech, votes[done:end], done, labels, query_index, sources)
+            payload, next_mac = ledger.encode(new, key, mac)
+            try:
+                append_durable(run_dir.file(LEDGER), payload)  # on disk before anything is released
+            except ShortWrite as exc:
+                raise RunError(str(exc)) from None
+            mac = next_mac
+            records += new
+            by_teachers = sum(r.source == "teachers" for r in records)
+            run_dir.update(NAME, decided=len(records), progress=f"{len(records)}/{len(votes)} queries decided, "
+                                                                 f"round {number + 1}")
+            progress.update(len(new), status=f"teachers answered {by_teachers}")
+    progress.close()
+    records = load_ledger(run_dir, votes, query_index).records
+    positions, public_index, labels = ledger.released_labels(records)
+    from_teachers = np.array([r.source == "teachers" for r in records if r.answered], dtype=bool)
+    atomic_save_npz(run_dir.file(LABELS), query_index=public_index, query=positions, label=labels,
+                    from_teachers=from_teachers)
+    report = _existing_report(ctx, len(records))
+    if report is None:
+        asked = np.array([r.source == "teachers" for r in records], dtype=bool)  # GNMax was drawn for these
+        report = accounting.privacy_report(settings, votes[:len(records)], asked, seeded=config.seeded,
+                                           stopped_by_budget=False, noise=noise_source(seed, stream=0))
+        report["public"]["queries_answered"] = int(len(labels))
+        report["public"]["answered_by_teachers"] = int(from_teachers.sum())
+        report["public"]["answered_by_student"] = int((~from_teachers).sum())
+        atomic_write_json(run_dir.file(PRIVACY), report, private=True)
+    finish(ctx, NAME)
+    guarantee = accounting.guarantee(settings)
+    ctx.say(f"aggregate: {len(records)} queries asked in {config.aggregator.interactive_rounds} rounds, "
+            f"{len(labels)} labelled ({int(from_teachers.sum())} by the teachers, {int((~from_teachers).sum())} by the "
+            f"student); guarantee epsilon {guarantee.epsilon:.3f}, delta {guarantee.delta:g} "
+            f"({guarantee.accountant}, from the settings alone); this private data has now spent epsilon "
+            f"{total.epsilon:.3f} over {total.releases} release(s)")

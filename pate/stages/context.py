@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import budgets
 from .. import data as data_mod
 from ..config import ConfigError, DatasetSpec, PipelineConfig
 from ..io import CheckpointError, create_exclusive, load_checkpoint, sha256_file
 from ..models import build_model
 from ..partition import PartitionError, verify_partition
-from ..privacy import accounting, ledger
+from ..privacy import accounting, individual, ledger
 from ..privacy.accounting import resolve_orders
 from ..privacy.mechanisms import Mechanism, build
 from ..progress import say
@@ -30,6 +31,10 @@ DATA = "data.json"  # the data's description, and for image folders every file w
 TEACHERS_DIR = "teachers"
 EXTRACTOR = "teachers/extractor.pt"
 VOTES = "votes.npz"
+NEIGHBOURS = "neighbours.npz"  # private-knn: each query's private records within its radius (PRIVATE)
+KNN_PRIVATE = "teachers/knn-private.pt"  # private-knn: the private records in the public feature space (PRIVATE)
+KNN_PUBLIC = "teachers/knn-public.pt"  # private-knn: the public pool and test images in that space
+RECORD_BUDGETS = "record_budgets.npz"  # private-knn: every private record's budget, resolved once (PRIVATE)
 TEACHERS_EVAL = "teachers_eval.json"
 LEDGER = "ledger.jsonl"
 LEDGER_KEY = "ledger.key"
@@ -211,7 +216,9 @@ def privacy_settings(config: PipelineConfig, num_classes: int,
         mechanism=mechanism(config), num_teachers=config.teachers.count, num_classes=num_classes,
         max_queries=config.aggregator.max_queries, delta=config.privacy.delta,
         orders=tuple(orders(config) if order_list is None else order_list), conversion=config.privacy.conversion,
-        epsilon_budget=config.aggregator.epsilon_budget, release=release_parameters(config, num_classes))
+        epsilon_budget=config.aggregator.epsilon_budget, release=release_parameters(config, num_classes),
+        record_epsilon=max(budgets.levels(config.privacy.record_budgets, config.privacy.record_epsilon))
+        if mechanism(config).individual else 0.0)
 
 
 WARN_EPSILON = 10.0  # a guarantee above this promises little: say so
@@ -258,11 +265,16 @@ def private_fingerprint(ctx: "Context") -> str:
     recorded = ctx.run.record("partition").get("private_data")
     return recorded or load_dataset(ctx).private_fingerprint()
 
-def expected_ledger_header(run: RunDir, votes: np.ndarray) -> ledger.LedgerHeader:
+def votes_file(config: PipelineConfig) -> str:
+    """What the aggregator decides from: the vote histograms, or (private-knn) the neighbourhoods."""
+    return NEIGHBOURS if mechanism(config).individual else VOTES
+
+
+def expected_ledger_header(run: RunDir, num_queries: int) -> ledger.LedgerHeader:
     config = run.config  # bound to the settings up to aggregation: the student may be retrained
     return ledger.LedgerHeader(config_sha256=config.upstream_fingerprint(),
-                               votes_sha256=sha256_file(run.verified(VOTES)),
-                               mechanism=config.aggregator.mechanism, seeded=config.seeded, num_queries=len(votes))
+                               votes_sha256=sha256_file(run.verified(votes_file(config))),
+                               mechanism=config.aggregator.mechanism, seeded=config.seeded, num_queries=num_queries)
 
 
 def ledger_key(run: RunDir, create: bool = False) -> bytes:
@@ -286,9 +298,58 @@ def decided(run: RunDir) -> int:
     return count if isinstance(count, int) and count >= 0 else 0
 
 
-def load_ledger(run: RunDir, votes: np.ndarray, query_index: np.ndarray) -> ledger.Ledger:
+@dataclass(frozen=True)
+class KnnInputs:
+    """What private-knn's aggregator decides from (PRIVATE): each query's neighbourhood, the labels
+    and budgets of the run's private records, and what a member pays."""
+    hoods: individual.Neighbourhoods
+    records: np.ndarray  # (N,) index of each of the run's private records in the private set
+    labels: np.ndarray  # (N,)
+    query_index: np.ndarray
+    charges: individual.Charges
+    num_classes: int
+
+    def replay(self, gaussian_budget: np.ndarray, answered: np.ndarray):
+        """(filter state, vote rows, query after which each record retired) after ``answered``."""
+        return individual.replay(self.hoods, self.labels, gaussian_budget, self.charges, answered, self.num_classes)
+
+    def votes_of(self, gaussian_budget: np.ndarray):
+        """For ``load_ledger``: the (Q, m) votes the recorded decisions were made on (0 after them)."""
+        def rebuild(book_records) -> np.ndarray:
+            answered = np.array([r.answered for r in book_records], dtype=bool)
+            _, votes, _ = self.replay(gaussian_budget, answered)
+            pad = np.zeros((len(self.query_index) - len(votes), self.num_classes), np.int64)
+            return np.concatenate([votes, pad])
+        return rebuild
+
+
+def knn_inputs(run: RunDir, num_classes: int) -> KnnInputs:
+    data = run.load_npz(NEIGHBOURS)
+    try:
+        hoods = individual.Neighbourhoods(data["indptr"], data["members"])
+        if len(data["labels"]) != len(data["records"]) or (len(hoods.members) and (
+                hoods.members.min() < 0 or hoods.members.max() >= len(data["records"]))):
+            raise ValueError("members name records outside the run's private set")
+    except (KeyError, ValueError) as exc:
+        raise RunError(f"{run.file(NEIGHBOURS)} is invalid ({exc}); refusing to spend privacy on it") from None
+    mech = mechanism(run.config)
+    return KnnInputs(hoods, data["records"], data["labels"], data["query_index"],
+                     individual.Charges.of(mech.sigma1, mech.sigma2), num_classes)
+
+
+def gaussian_budgets(epsilon: np.ndarray, config: PipelineConfig) -> np.ndarray:
+    """Each record's Gaussian budget (``pate.privacy.individual``) from its ε budget at δ."""
+    levels, inverse = np.unique(np.asarray(epsilon, dtype=float), return_inverse=True)
+    order_list, priv = orders(config), config.privacy
+    converted = np.array([individual.gaussian_budget(float(e), order_list, priv.delta, priv.conversion)
+                          for e in levels])
+    return converted[inverse]
+
+
+def load_ledger(run: RunDir, votes, query_index: np.ndarray) -> ledger.Ledger:
     """The ledger, after checking its chain, that it belongs to this run, agrees with the votes and
-    holds every query the manifest counts as decided."""
+    holds every query the manifest counts as decided. ``votes`` is the vote matrix, or (private-knn,
+    whose votes depend on earlier answers) a function of the parsed records that rebuilds it."""
     path = run.file(LEDGER)
     try:
         try:
@@ -301,7 +362,11 @@ def load_ledger(run: RunDir, votes: np.ndarray, query_index: np.ndarray) -> ledg
         except (OSError, UnicodeDecodeError) as exc:
             raise ledger.LedgerError(f"{path} is unreadable: {exc}") from None
         book = ledger.parse(text, ledger_key(run), str(path))
-        expected = expected_ledger_header(run, votes)
+        expected = expected_ledger_header(run, len(query_index))
+        if callable(votes):
+            if book.header.num_queries != len(query_index) or len(book.records) > len(query_index):
+                raise ledger.LedgerError("the ledger was written for other queries")
+            votes = votes(book.records)
         ledger.check_against_votes(book.header, book.records, config_sha256=expected.config_sha256,
                                    votes_sha256=expected.votes_sha256, votes=votes, query_index=query_index)
         if len(book.records) < decided(run):

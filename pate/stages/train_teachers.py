@@ -17,13 +17,16 @@ import torch
 from ..io import CheckpointError, load_checkpoint, save_checkpoint
 from ..progress import Progress, plural
 from ..run import RunError
+from .. import knn
 from ..teachers import distributed, features, pretrained
 from ..teachers.training import train_ensemble
 from . import finish
-from .context import (EXTRACTOR, TEACHERS_DIR, Context, heads_part, load_dataset, load_partition, private_images,
-                      private_features_part, public_features_part, public_images, resolve_device, teacher_part)
+from .context import (EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, TEACHERS_DIR, Context, heads_part, load_dataset,
+                      load_partition, mechanism, private_features_part, private_images, public_features_part,
+                      public_images, resolve_device, teacher_part)
 
 NAME = "train-teachers"
+KNN_FORMAT = "pate.knn-space/1"
 
 
 def check(config) -> None:
@@ -33,6 +36,8 @@ def check(config) -> None:
 
 
 def run(ctx: Context) -> None:
+    if mechanism(ctx.config).individual:
+        return _knn_space(ctx)
     if ctx.config.teachers.features != "none":
         return _train_feature_teachers(ctx)
     run_dir, config, tcfg = ctx.run, ctx.config, ctx.config.teachers
@@ -86,7 +91,7 @@ def _train_feature_teachers(ctx: Context) -> None:
     mine = np.flatnonzero(np.isin(parts["teacher_of"], ids))  # this rank's teachers' records, nobody else's
     builder = _pretrained_features if tcfg.features == "pretrained" else _extractor_features
     try:
-        private_features, about = builder(ctx, dataset, parts, mine, rank, world, device)
+        private_features, about, _ = builder(ctx, dataset, parts, mine, rank, world, device)
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
     if rank == 0:
@@ -100,6 +105,39 @@ def _train_feature_teachers(ctx: Context) -> None:
         finish(ctx, NAME, world, world_size=world, features=tcfg.features)
         ctx.say(f"{NAME}: {tcfg.count} logistic heads on {tcfg.features} public features ({about})"
                 + (f" on {world} ranks" if world > 1 else ""))
+
+
+def _knn_space(ctx: Context) -> None:
+    """Private-kNN trains no teachers: its voters are the private records themselves, in a public
+    feature space. This builds that space: the ``[teachers] features`` extractor (from public images
+    only), every private record's features, the public pool's and test split's, all projected on
+    the pool's principal axes (``pate.knn``; the projection is public information)."""
+    run_dir, config = ctx.run, ctx.config
+    if distributed.under_torchrun():
+        raise RunError("private-knn trains nothing and embeds on one process; run it without torchrun")
+    parts = load_partition(ctx)
+    dataset = load_dataset(ctx)
+    run_dir.begin(NAME)
+    device = resolve_device(ctx.device)
+    run_dir.file(TEACHERS_DIR).mkdir(exist_ok=True)
+    used = np.flatnonzero(parts["teacher_of"] >= 0)  # the private records of this run ([data] private_size)
+    builder = _pretrained_features if config.teachers.features == "pretrained" else _extractor_features
+    try:
+        private, about, public_of = builder(ctx, dataset, parts, used, 0, 1, device)
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    pool_index, test_index = parts["student_pool_index"], parts["test_index"]
+    public = public_of(np.concatenate([pool_index, test_index]))
+    projection = knn.fit_projection(public[:len(pool_index)], config.aggregator.knn_dim)
+    save_checkpoint(run_dir.file(KNN_PRIVATE), {"format": KNN_FORMAT, "records": torch.from_numpy(used),
+                                                "features": knn.project(private, projection)}, private=True)
+    save_checkpoint(run_dir.file(KNN_PUBLIC), {
+        "format": KNN_FORMAT, "pool_index": torch.from_numpy(pool_index), "test_index": torch.from_numpy(test_index),
+        "features": knn.project(public, projection), "projection": projection})
+    finish(ctx, NAME, world_size=1, features=config.teachers.features)
+    dim = public.shape[1] if projection["components"] is None else projection["components"].shape[0]
+    ctx.say(f"{NAME}: private-knn space: {len(used)} private records and {len(pool_index) + len(test_index)} public "
+            f"images in {dim} dimensions ({about})")
 
 
 def _extractor_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: int, world: int, device: str):
@@ -117,7 +155,11 @@ def _extractor_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: in
         ctx.run.progress(NAME, "embedding the private shards")
     private = features.embed(extractor, private_images(dataset, mine), device=device,
                              progress=_bar(len(mine), _label("embed shards", rank, world), ctx, rank))
-    return private, about
+
+    def public_of(index: np.ndarray) -> torch.Tensor:
+        return features.embed(extractor, public_images(dataset, index), device=device,
+                              progress=_bar(len(index), _label("embed public", rank, world), ctx, rank))
+    return private, about, public_of
 
 
 def _pretrained_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: int, world: int, device: str):
@@ -141,7 +183,7 @@ def _pretrained_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: i
             meta={"index": torch.from_numpy(rows), "pool_rows": int(len(pool_rows))} if not private else None,
             progress=_bar(len(rows), _label(f"embed {what}", rank, world), ctx, rank))
 
-    cached(public_features_part(rank, world), dataset.public_x, public_rows, False, "public images")
+    public = cached(public_features_part(rank, world), dataset.public_x, public_rows, False, "public images")
     private = cached(private_features_part(rank, world), dataset.private_x, mine.astype(np.int64), True,
                      "private shards")
     distributed.barrier(world)  # every rank's public features are on disk
@@ -152,7 +194,9 @@ def _pretrained_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: i
             "extractor": {"kind": "pretrained", **settings, "dim": backbone.dim, "mean": mean, "std": std}})
     about = (f"{tcfg.backbone} ({backbone.weights_id[:19]}) frozen at {backbone.size}x{backbone.size}, "
              f"{backbone.dim} features standardised on {len(parts['student_pool_index'])} public images")
-    return private.sub_(mean).div_(std), about
+    def public_of(index: np.ndarray) -> torch.Tensor:  # this rank's slice only (private-knn runs on one)
+        return (public[torch.from_numpy(knn.rows_of(public_rows, index))] - mean) / std
+    return private.sub_(mean).div_(std), about, public_of
 
 
 def _pool_statistics(ctx: Context, world: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,10 +15,12 @@ import torch
 from ..io import CheckpointError, atomic_save_npz, atomic_write_json, load_checkpoint
 from ..progress import Progress
 from ..run import RunError
+from .. import knn
 from ..teachers import ensemble, features
 from . import finish
-from .context import (EXTRACTOR, HEADS_PREFIX, PUBLIC_FEATURES_PREFIX, TEACHER_PART_PREFIX, TEACHERS_EVAL, VOTES,
-                      Context, load_dataset, load_partition, public_images, resolve_device)
+from .context import (EXTRACTOR, HEADS_PREFIX, KNN_PRIVATE, KNN_PUBLIC, NEIGHBOURS, PUBLIC_FEATURES_PREFIX,
+                      TEACHER_PART_PREFIX, TEACHERS_EVAL, VOTES, Context, load_dataset, load_partition, mechanism,
+                      public_images, resolve_device)
 
 NAME = "vote"
 VOTE_CHUNK = 1024
@@ -106,6 +108,8 @@ def _saved_votes(ctx: Context, query_index: np.ndarray, num_classes: int) -> np.
 
 
 def run(ctx: Context) -> None:
+    if mechanism(ctx.config).individual:
+        return _knn_neighbourhoods(ctx)
     run_dir, config = ctx.run, ctx.config
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
@@ -136,6 +140,79 @@ def run(ctx: Context) -> None:
     ctx.say(f"vote: {len(query_index)} queries; teachers {100 * stats['teacher_accuracy_mean']:.1f}% mean "
             f"(min {100 * stats['teacher_accuracy_min']:.1f}%, max {100 * stats['teacher_accuracy_max']:.1f}%), "
             f"plurality {100 * stats['ensemble_accuracy']:.1f}% on the held-out test split")
+
+
+def _knn_neighbourhoods(ctx: Context) -> None:
+    """Private-kNN: each query's neighbourhood, the private records within its public radius
+    (``pate.knn``), exact, in blocks. No vote is decided here: which members may still vote
+    depends on earlier answers, so the aggregator counts them."""
+    run_dir, config = ctx.run, ctx.config
+    parts = load_partition(ctx)
+    dataset = load_dataset(ctx)
+    device = resolve_device(ctx.device)
+    try:
+        public = load_checkpoint(run_dir.verified(KNN_PUBLIC))
+        private = load_checkpoint(run_dir.verified(KNN_PRIVATE))
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    run_dir.begin(NAME)
+    pool_index = public["pool_index"].numpy()
+    pool = public["features"][:len(pool_index)]
+    query_index = parts["query_index"]
+    in_pool = knn.rows_of(pool_index, query_index)  # every query is a pool image
+    queries = public["features"][torch.from_numpy(in_pool)]
+    k = config.aggregator.knn_k
+    radius2 = knn.radii(queries, pool, k, in_pool, device=device)
+    hoods = knn.neighbourhoods(queries, radius2, private["features"], device=device,
+                               progress=_bar(len(private["features"]), f"{NAME}[neighbours]", ctx))
+    records = private["records"].numpy()
+    # Members are positions in ``records`` (the private records of this run), whose labels travel
+    # with them: the aggregator and the audit need nothing else of the private data.
+    atomic_save_npz(run_dir.file(NEIGHBOURS), private=True, indptr=hoods.indptr, members=hoods.members,
+                    records=records, labels=dataset.private_y[records], query_index=query_index,
+                    radius2=radius2.numpy())
+    stats = _knn_stats(dataset, parts, public, private, pool, hoods, records, k, device)  # evaluation only
+    atomic_write_json(run_dir.file(TEACHERS_EVAL), stats)
+    finish(ctx, NAME)
+    sizes = hoods.sizes()
+    accuracy = stats["ensemble_accuracy"]
+    ctx.say(f"vote: {len(query_index)} neighbourhoods (radius: the {k}th nearest public image; {np.median(sizes):.0f} "
+            "private records each, median)" + ("" if accuracy is None else
+                                                f"; their plurality {100 * accuracy:.1f}% on the held-out test split"))
+
+
+def _knn_stats(dataset, parts, public, private, pool, hoods, records, k, device) -> dict:
+    """Evaluation only: the plurality of whole neighbourhoods (no noise, no retirement) on the
+    held-out test split and on the queries, where true labels are known."""
+    labels = dataset.private_y[records]
+    m = dataset.num_classes
+
+    def plurality(h) -> np.ndarray:
+        row = np.repeat(np.arange(h.num_queries), h.sizes())
+        votes = np.zeros((h.num_queries, m), np.int64)
+        np.add.at(votes, (row, labels[h.members]), 1)
+        return votes.argmax(1)
+
+    query_truth = dataset.public_y[parts["query_index"]]
+    stats = {"teacher_accuracy_mean": None, "teacher_accuracy_min": None, "teacher_accuracy_max": None,
+             "teacher_accuracy": [], "ensemble_accuracy": None,
+             "query_plurality_accuracy": float((plurality(hoods) == query_truth).mean())
+             if len(query_truth) and (query_truth >= 0).all() else None,
+             "neighbours_median": float(np.median(hoods.sizes())), "neighbours_empty": int((hoods.sizes() == 0).sum()),
+             "note": "evaluation only, on the held-out public test split: the plurality of whole neighbourhoods "
+                     "(no noise, no retirement); never used for training or queries"}
+    test_index = parts["test_index"]
+    if len(test_index):
+        tests = public["features"][len(pool):len(pool) + len(test_index)]
+        test_hoods = knn.neighbourhoods(tests, knn.radii(tests, pool, k, device=device), private["features"],
+                                        device=device)
+        stats["ensemble_accuracy"] = float((plurality(test_hoods) == dataset.public_y[test_index]).mean())
+    return stats
+
+
+def _bar(total: int, label: str, ctx: Context):
+    bar = Progress(total, label, ctx.quiet)
+    return lambda done, _total: bar.update_to(done)
 
 
 def _teacher_stats(predict, dataset, test_index: np.ndarray, votes: np.ndarray, query_index: np.ndarray) -> dict:

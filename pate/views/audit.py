@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..privacy import rdp
+from ..privacy import individual, rdp
 from ..run import RunDir, RunError
-from ..stages.context import VOTES, load_ledger, mechanism, orders, read_privacy
+from ..stages.context import (DATA, RECORD_BUDGETS, VOTES, data_spec, gaussian_budgets, knn_inputs, load_ledger,
+                              mechanism, orders, read_privacy)
 from . import figures
 
 PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not publish. "
@@ -79,7 +80,12 @@ def _totals_lines(report: dict) -> list[str]:
              (f"epsilon data-dependent (PRIVATE, the papers' convention): {private['epsilon']:.4f} at order "
               f"{private.get('order')} [{public['conversion']}; classic {private['epsilon_classic']:.4f}; expected "
               f"{private['epsilon_expected']:.4f}]" if "epsilon" in private else
+              f"records: most spent epsilon {private['spent_epsilon_max']:.4f}, median {private['spent_epsilon_median']:.4f}"
+              f" (PRIVATE)" if "spent_epsilon_max" in private else
               f"epsilon data-dependent (PRIVATE): {private.get('error', 'unavailable')}")]
+    for level in public.get("per_budget_level", []):
+        lines.append(f"records with budget {level['budget_epsilon']:g}: guarantee epsilon {level['epsilon']:.4f} at "
+                     f"delta {level['delta']:g}")
     release = public.get("data_dependent_release")
     if release:
         lines.append(f"epsilon data-dependent, released with smooth-sensitivity noise (publishable as the papers' "
@@ -89,7 +95,76 @@ def _totals_lines(report: dict) -> list[str]:
     return lines
 
 
+def record_table(run: RunDir, top: int = 10) -> dict:
+    """Private-kNN: what each private record spent, rebuilt from the ledger (PRIVATE): a histogram of
+    spend as a fraction of budget, the most charged records, how many retired and when."""
+    config = run.config
+    inputs = knn_inputs(run, data_spec(run).num_classes)
+    with np.load(run.file(RECORD_BUDGETS), allow_pickle=False) as kept:
+        eps_budget = kept["epsilon"]
+    gaussian = gaussian_budgets(eps_budget, config)
+    records = load_ledger(run, inputs.votes_of(gaussian), inputs.query_index).records
+    answered = np.array([r.answered for r in records], dtype=bool)
+    state, votes, retired_after = inputs.replay(gaussian, answered)
+    fraction = state.spent / gaussian
+    counts, edges = np.histogram(fraction, bins=10, range=(0.0, 1.0))
+    priv = config.privacy
+    order_list = orders(config)
+
+    def eps(value: float) -> float:
+        return individual.epsilon_of_budget(float(value), order_list, priv.delta, priv.conversion)[0]
+
+    names = _record_names(run, inputs.records)
+    heaviest = np.argsort(-fraction, kind="stable")[:top]
+    return {
+        "records": int(len(fraction)), "charged": int((state.spent > 0).sum()),
+        "retired": int((retired_after >= 0).sum()),
+        "histogram": [{"spent_fraction": f"{edges[i]:.1f}-{edges[i + 1]:.1f}", "records": int(c)}
+                      for i, c in enumerate(counts)],
+        "most_charged": [{"record": names[i], "spent_epsilon": eps(state.spent[i]),
+                          "budget_epsilon": float(eps_budget[i]), "spent_fraction": float(fraction[i]),
+                          "retired_after_query": int(retired_after[i])} for i in heaviest],
+        "queries": [{"query": r.query, "public_index": r.public_index, "answered": r.answered, "label": r.label,
+                     "voters": int(votes[t].sum()), "top_count": r.top_count, "gap": r.gap,
+                     "retired_so_far": int(((retired_after >= 0) & (retired_after < t)).sum())}
+                    for t, r in enumerate(records)],
+    }
+
+
+def _record_names(run: RunDir, records: np.ndarray) -> list[str]:
+    """A private record as the user knows it: its file (image folders) or its index."""
+    files = run.read_json(DATA).get("files", {}).get("private", []) if run.config.data.source == "folders" else []
+    return [str(files[i][0]) if files else str(int(i)) for i in records]
+
+
+def _render_records(run: RunDir, fmt: str) -> str:
+    table = record_table(run)
+    report = read_privacy(run)
+    if fmt == "json":
+        return json.dumps({"private": PRIVATE, "totals": report, **table}, indent=2) + "\n"
+    if fmt == "csv":
+        return _csv(table["queries"])
+    lines = [f"# {PRIVATE}", f"{'query':>6} {'public':>7} {'answered':>8} {'label':>5} {'voters':>6} {'top':>4} "
+                             f"{'gap':>4} {'retired':>7}"]
+    lines += [f"{q['query']:>6} {q['public_index']:>7} {str(q['answered']):>8} {q['label']:>5} {q['voters']:>6} "
+              f"{q['top_count']:>4} {q['gap']:>4} {q['retired_so_far']:>7}" for q in table["queries"]]
+    lines += ["", f"private records: {table['records']}, charged {table['charged']}, retired {table['retired']} "
+                  "(each retired before its own budget would be passed)", "spent / budget   records"]
+    widest = max(1, max(h["records"] for h in table["histogram"]))
+    lines += [f"{h['spent_fraction']:>13} {h['records']:>9}  {'#' * round(40 * h['records'] / widest)}"
+              for h in table["histogram"]]
+    lines += ["most charged records (spent epsilon / budget epsilon, retired after query):"]
+    lines += [f"  {r['record']}: {r['spent_epsilon']:.4f} / {r['budget_epsilon']:g}"
+              + (f", retired after {r['retired_after_query']}" if r["retired_after_query"] >= 0 else "")
+              for r in table["most_charged"]]
+    return "\n".join(lines + [""] + _totals_lines(report)) + "\n"
+
+
 def render(run: RunDir, *, query: int | None = None, fmt: str = "table", plot: Path | None = None) -> str:
+    if mechanism(run.config).individual:
+        if query is not None or plot is not None:
+            raise RunError("private-knn audits per record: --query and --plot apply to teacher mechanisms")
+        return _render_records(run, fmt)
     if query is not None:
         detail = query_detail(run, query)
         if fmt == "json":

@@ -30,13 +30,13 @@ import numpy as np
 from dp_accounting import get_sigma_gaussian
 
 from ..config import MAX_CLASSES, MAX_TEACHERS, PipelineConfig
-from ..stages.context import WARN_EPSILON
+from ..stages.context import WARN_EPSILON, privacy_settings
 from ..errors import PateError
 from ..privacy import accounting, mechanisms, profiles, rdp
 from ..privacy.smooth_sensitivity import rdp_gnss
 from . import figures
 
-MECHANISMS = ("gnmax", "confident-gnmax")
+MECHANISMS = ("gnmax", "confident-gnmax", "interactive-gnmax")
 DEFAULT_CONSENSUS = (0.9,)
 
 # The --target-epsilon grid, fixed before any data is seen, as fractions of K. The paper's MNIST
@@ -91,8 +91,9 @@ class PlanParams:
     @property
     def mechanism_object(self) -> mechanisms.Mechanism:
         """The planned aggregator (``pate.privacy.mechanisms``), which computes every cost here."""
+        # Interactive-GNMax's worst case does not depend on the student's confidence threshold.
         return mechanisms.build(self.mechanism, {"threshold": self.threshold, "sigma1": self.sigma1,
-                                                 "sigma2": self.sigma2})
+                                                 "sigma2": self.sigma2, "student_confidence": 0.5})
 
     @property
     def order_array(self) -> np.ndarray:
@@ -509,3 +510,52 @@ def plot(params: PlanParams, profile: Profile, path: Path, points: int = 40) -> 
     right.set(xlabel="queries", ylabel=f"epsilon (delta = {params.delta:g})", title="Privacy against queries")
     right.legend(loc="upper left", fontsize=8)
     figures.save(fig, plt, path)
+
+
+# ----------------------------------------------------------------------------- private-knn, interactive-gnmax
+
+KNN_HEADROOM = 3.0  # a record may vote in this many times its expected number of neighbourhoods
+KNN_AGREEMENT = 0.7  # the threshold: this fraction of a query's expected voters
+
+
+def knn_plan(config: PipelineConfig) -> dict:
+    """Private-kNN from public quantities only: N private records, P pool images, Q queries, the
+    radius k and the per-record budget. A query has about k·N/P voters; a record lies in about Q·k/P
+    neighbourhoods on average. The rule proposes σ1 = σ2 with which a record can afford
+    ``KNN_HEADROOM`` times that many answered queries, and a threshold of ``KNN_AGREEMENT`` of the
+    expected voters (the settings of pipelines/mnist-knn.toml come from it)."""
+    spec = config.data.spec
+    if spec is None:
+        raise PlanError("planning private-knn needs the data's sizes: use a built-in dataset, or run "
+                        "`pate partition` and read the sizes it prints")
+    n, pool, _ = config.data.sizes(spec)
+    agg, priv = config.aggregator, config.privacy
+    order_list = np.asarray(priv.orders, dtype=float) if priv.orders else rdp.DEFAULT_ORDERS
+    settings = privacy_settings(config, spec.num_classes)
+    g = accounting.guarantee(settings)
+    budget = settings.record_budget()
+    charge = 1 / (2 * agg.sigma1 ** 2) + 1 / (2 * agg.sigma2 ** 2)
+    voters, memberships = agg.knn_k * n / pool, agg.max_queries * agg.knn_k / pool
+    sigma = math.sqrt(KNN_HEADROOM * memberships / budget)
+    return {"mechanism": agg.mechanism, "guarantee": g.to_dict(), "record_epsilon": settings.record_epsilon,
+            "gaussian_budget": budget, "charge_per_answered_query": charge,
+            "answered_queries_per_record": math.floor(budget / charge), "expected_voters": voters,
+            "expected_neighbourhoods_per_record": memberships, "orders": "default" if not priv.orders
+            else list(order_list),
+            "proposed": {"sigma1": round(sigma, 1), "sigma2": round(sigma, 1),
+                         "threshold": round(KNN_AGREEMENT * voters)}}
+
+
+def render_knn(plan: dict) -> str:
+    g, p = plan["guarantee"], plan["proposed"]
+    return "\n".join([
+        f"{plan['mechanism']}: planned from public settings only",
+        f"GUARANTEE: epsilon {g['epsilon']:.4f} at delta {g['delta']:g} for every private record "
+        f"({g['accountant']}: each record retires at its own budget, whatever the number of queries)",
+        f"per record: Gaussian budget {plan['gaussian_budget']:.5f}; an answered query costs a voter "
+        f"{plan['charge_per_answered_query']:.5f}, so it can vote in at least {plan['answered_queries_per_record']} "
+        "queries before it retires",
+        f"neighbourhoods: about {plan['expected_voters']:.0f} private voters per query; a record is in about "
+        f"{plan['expected_neighbourhoods_per_record']:.2f} neighbourhoods on average",
+        f"rule ({KNN_HEADROOM:g}x headroom, threshold {KNN_AGREEMENT:.0%} of the voters): sigma1 = sigma2 = "
+        f"{p['sigma1']}, threshold {p['threshold']}"]) + "\n"

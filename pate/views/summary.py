@@ -31,11 +31,16 @@ def rows(run: RunDir) -> list[tuple[str, str, str]]:
     mech = mechanism(config)
     out = [("pipeline", config.name, ""), ("run directory", str(run.path), ""),
            ("config sha256", config.fingerprint()[:16], ""),
-           ("data", config.data.name, ""), ("teachers", str(config.teachers.count), ""),
+           ("data", config.data.name, ""),
+           ("teachers", "the private records near each query (private-knn)" if mech.individual
+            else str(config.teachers.count), ""),
            ("mechanism", f"{mech.name} ({mech.describe()})", "")]
     if privacy:
         out += privacy_rows(run, privacy)
-    if teachers_eval:
+    if teachers_eval and mech.individual:
+        out += [("neighbourhood plurality accuracy", _pct(teachers_eval.get("ensemble_accuracy"))
+                 + f" (median {teachers_eval.get('neighbours_median', 0):.0f} private records per query)", NOT_COVERED)]
+    elif teachers_eval:
         spread = ""
         if teachers_eval.get("teacher_accuracy_min") is not None:
             spread = (f" (min {_pct(teachers_eval['teacher_accuracy_min'])}, "
@@ -63,11 +68,22 @@ def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
            ("ε guarantee (worst case, settings alone)",
             f"{g['epsilon']:.3f} at δ {g['delta']:g} ({g['accountant']} accountant)"
             + (f"; above {WARN_EPSILON:g}: it promises little" if g["epsilon"] > WARN_EPSILON else ""), PUBLIC)]
+    if public.get("answered_by_student") is not None:
+        out.append(("labels from the teachers / the student", f"{public['answered_by_teachers']} / "
+                                                            f"{public['answered_by_student']}", PUBLIC))
+    for level in public.get("per_budget_level", []):
+        out.append((f"ε guarantee of records with budget {level['budget_epsilon']:g}",
+                    f"{level['epsilon']:.3f} at δ {level['delta']:g}", PUBLIC))
     release = public.get("data_dependent_release")
     if release:
         out.append(("ε data-dependent, smooth-sensitivity release (papers' convention, not a guarantee)",
                     f"{release['epsilon']:.3f} at order {release['order']:g}", PUBLIC))
-    if "epsilon" in private:
+    if "spent_epsilon_max" in private:
+        out += [("records charged / retired", f"{private['records_charged']} / {private['records_retired']} of "
+                                              f"{private['records']}", PRIVATE),
+                ("ε spent by the most charged record", f"{private['spent_epsilon_max']:.3f} (median "
+                                                       f"{private['spent_epsilon_median']:.3f})", PRIVATE)]
+    elif "epsilon" in private:
         out += [("ε data-dependent realized (papers' convention)",
                  f"{private['epsilon']:.3f} (order {private.get('order')})", PRIVATE),
                 ("ε data-dependent expected (papers' convention)", f"{private['epsilon_expected']:.3f}", PRIVATE)]

@@ -1,0 +1,88 @@
+"""Per-record privacy budgets (individualized privacy; Boenisch et al. 2023, "Individualized PATE"):
+some data holders may spend more on records whose owners consented to more, or less.
+
+A CSV file names the records that differ from ``[privacy] record_epsilon``::
+
+    record,epsilon
+    scans/benign/0001.png,2.0      # image folders: the file, relative to private_dir
+    1234,0.5                        # arrays and built-in datasets: the record's index
+
+Each value is an ε at the run's δ; an individual mechanism (private-knn) retires each record at
+its own budget, and the public statement gives the guarantee of each budget level. The file is
+PRIVATE (which records have which budget is a fact about the private data); the run keeps the
+resolved budgets beside its ledger and refuses to continue if the file changes.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PateError
+
+
+class BudgetError(PateError, ValueError):
+    """The budgets file is unusable; the message names the file and line."""
+
+
+def _rows(path: Path) -> list[tuple[int, str, float]]:
+    """(line number, record, epsilon) of every row, each value checked."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BudgetError(f"[privacy] record_budgets = {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BudgetError(f"[privacy] record_budgets = {str(path)!r} is unreadable ({exc})") from None
+    reader = csv.reader(text.splitlines())
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header] != ["record", "epsilon"]:
+        raise BudgetError(f"{path}: the first line must be the header 'record,epsilon'")
+    rows = []
+    for number, row in enumerate(reader, start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2:
+            raise BudgetError(f"{path} line {number}: expected 'record,epsilon', found {','.join(row)!r}")
+        try:
+            eps = float(row[1])
+        except ValueError:
+            raise BudgetError(f"{path} line {number}: epsilon {row[1]!r} is not a number") from None
+        if not (math.isfinite(eps) and 0 < eps <= 1e4):
+            raise BudgetError(f"{path} line {number}: epsilon must be in (0, 1e4]; found {row[1].strip()}")
+        rows.append((number, row[0].strip(), eps))
+    return rows
+
+
+def levels(path: str, default: float) -> list[float]:
+    """Every budget a record may have: the default and each value in the file (sorted, distinct)."""
+    values = {float(default)}
+    if path:
+        values |= {eps for _, _, eps in _rows(Path(path))}
+    return sorted(values)
+
+
+def resolve(path: str, default: float, num_records: int, names: list[str] | None = None) -> np.ndarray:
+    """(num_records,) ε budget of each private record. ``names`` are the records' file paths
+    relative to ``private_dir`` (image folders); otherwise records are named by index."""
+    budgets = np.full(num_records, float(default))
+    if not path:
+        return budgets
+    position = {name: i for i, name in enumerate(names)} if names is not None else None
+    seen: dict[int, int] = {}
+    for number, record, eps in _rows(Path(path)):
+        if position is not None and record in position:
+            i = position[record]
+        else:
+            try:
+                i = int(record)
+            except ValueError:
+                raise BudgetError(f"{path} line {number}: no private record {record!r}") from None
+            if not 0 <= i < num_records:
+                raise BudgetError(f"{path} line {number}: record index {i} is outside 0..{num_records - 1}")
+        if i in seen:
+            raise BudgetError(f"{path} line {number}: record {record!r} already has a budget (line {seen[i]})")
+        seen[i] = number
+        budgets[i] = eps
+    return budgets

@@ -1,0 +1,67 @@
+"""Neighbourhoods of queries among private records: exact, and a function of each record and
+public information only (what individual accounting needs)."""
+import numpy as np
+import pytest
+import torch
+
+from pate import knn
+
+
+def _points(seed=0, n=500, q=40, pool=200, d=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randn(q, d, generator=g), torch.randn(pool, d, generator=g)
+
+
+def test_neighbourhoods_are_exactly_the_records_within_the_radius():
+    private, queries, pool = _points()
+    r2 = knn.radii(queries, pool, 7)
+    hoods = knn.neighbourhoods(queries, r2, private, block=64)  # several blocks
+    brute = ((queries[:, None, :].double() - private[None].double()) ** 2).sum(-1)
+    for t in range(len(queries)):
+        expected = np.flatnonzero((brute[t] <= r2[t].double() * (1 + 1e-6)).numpy())
+        borderline = np.flatnonzero((abs(brute[t] - r2[t].double()) <= 1e-4 * r2[t].double()).numpy())
+        assert set(hoods.of(t)) ^ set(expected) <= set(borderline)
+        assert list(hoods.of(t)) == sorted(hoods.of(t))
+
+
+def test_the_radius_is_the_kth_nearest_other_pool_image():
+    _, _, pool = _points(1)
+    queries = pool[:10]
+    r2 = knn.radii(queries, pool, 3, query_pool_position=np.arange(10))
+    d = ((queries[:, None] - pool[None]) ** 2).sum(-1)
+    d[torch.arange(10), torch.arange(10)] = float("inf")  # the query itself is not its own neighbour
+    torch.testing.assert_close(r2, d.sort(1).values[:, 2], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError):
+        knn.radii(queries, pool, len(pool), query_pool_position=np.arange(10))
+
+
+def test_removing_a_record_changes_no_other_membership():
+    """The property the individual filter needs: membership of record j does not depend on record i."""
+    private, queries, pool = _points(2)
+    r2 = knn.radii(queries, pool, 9)
+    full = knn.neighbourhoods(queries, r2, private)
+    removed = 123
+    rest = torch.cat([private[:removed], private[removed + 1:]])
+    without = knn.neighbourhoods(queries, r2, rest)
+    for t in range(len(queries)):
+        expected = [i if i < removed else i - 1 for i in full.of(t) if i != removed]
+        assert list(without.of(t)) == expected
+
+
+def test_projection_comes_from_the_pool_alone():
+    _, _, pool = _points(3, d=12)
+    a = knn.fit_projection(pool, 4)
+    b = knn.fit_projection(pool.clone(), 4)
+    torch.testing.assert_close(a["components"], b["components"])
+    projected = knn.project(pool, a)
+    assert projected.shape == (len(pool), 4)
+    torch.testing.assert_close(projected.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(projected.T @ projected / (len(pool) - 1), torch.eye(4), atol=1e-4, rtol=0)  # white
+    assert knn.fit_projection(pool, 0)["components"] is None  # no projection: centring only
+
+
+def test_rows_of():
+    index = np.array([7, 3, 9, 1])
+    assert knn.rows_of(index, np.array([9, 7, 1])).tolist() == [2, 0, 3]
+    with pytest.raises(ValueError):
+        knn.rows_of(index, np.array([4]))
