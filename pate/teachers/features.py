@@ -283,18 +283,21 @@ def _train_head_block(features: torch.Tensor, labels: torch.Tensor, shards: list
     y = labels[index].to(device)
     mask = mask.to(device)
     counts = mask.sum(1).clamp_min(1.0)
-    weight = torch.zeros((k, d, num_classes), device=device, requires_grad=True)
+    # The weights are held transposed, (B, m, d): logits come out as (B, m, n), and the weight
+    # gradient as (B, m, n) @ (B, n, d). Both products are several times faster on CPU than with
+    # (B, d, m), whose gradient multiplies by x transposed; element-wise (Adam) nothing changes.
+    weight_t = torch.zeros((k, num_classes, d), device=device, requires_grad=True)
     bias = torch.zeros((k, num_classes), device=device, requires_grad=True)
-    opt = torch.optim.Adam([weight, bias], lr=lr)
+    opt = torch.optim.Adam([weight_t, bias], lr=lr)
     for step in range(steps):
-        logits = torch.bmm(x, weight) + bias.unsqueeze(1)
-        ce = F.cross_entropy(logits.reshape(-1, num_classes), y.reshape(-1), reduction="none").view(k, n_max)
-        loss = ((ce * mask).sum(1) / counts).sum() + l2 * weight.pow(2).sum()
+        logits = torch.bmm(weight_t, x.transpose(1, 2)) + bias.unsqueeze(2)  # (B, m, n)
+        ce = F.cross_entropy(logits, y, reduction="none")  # (B, n): class axis 1
+        loss = ((ce * mask).sum(1) / counts).sum() + l2 * weight_t.pow(2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         progress(step + 1, steps)
-    return weight.detach().cpu(), bias.detach().cpu()
+    return weight_t.detach().transpose(1, 2).contiguous().cpu(), bias.detach().cpu()
 
 
 @torch.no_grad()
