@@ -2,7 +2,7 @@
 
 Two kinds: ``"simclr"`` (learned from the unlabelled public pool, below) and ``"scattering"``
 (``scattering_extractor``: fixed wavelet filters, only standardised with public-pool statistics;
-``pate.scattering``).
+``pate.teachers.scattering``).
 
 ``train_extractor`` fits a small conv encoder with a SimCLR-style contrastive loss (NT-Xent on two
 augmented views of each image; Chen et al. 2020) on the *unlabelled public* student-pool images.
@@ -11,11 +11,12 @@ frozen; ``embed`` maps images to standardised d-dim features (mean/std taken fro
 embeddings, again no private data).
 
 ``train_heads`` fits K multinomial logistic-regression heads, teacher k on its own shard's
-features only, batched as one (K, d, m) weight tensor. The objective is a sum of per-teacher
-losses and Adam is element-wise, so teacher k's head is a function of shard k alone (no shared
-line search or statistics couple the teachers). Heads start at zero (the objective is convex), so
-training is deterministic. ``predict_heads`` gives exactly one class per teacher per image
-(argmax, first index on ties).
+features only, batched as (B, d, m) weight tensors over blocks of teachers. The objective is a sum
+of per-teacher losses and Adam is element-wise, so teacher k's head is a function of shard k alone
+(no shared line search or statistics couple the teachers); that is also why blocks of teachers
+can be trained one after the other, which keeps memory at the features plus one block's rows.
+Heads start at zero (the objective is convex), so training is deterministic. ``predict_heads``
+gives exactly one class per teacher per image (argmax, first index on ties).
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ PROJ_DIM = 64
 HEAD_STEPS = 300
 HEAD_LR = 0.05
 HEAD_L2 = 1e-3
+HEAD_BLOCK_BYTES = 64 * 2 ** 20  # the shards gathered at once by train_heads (a memory bound, not a hyperparameter)
 
 
 class Encoder(nn.Module):
@@ -191,16 +193,17 @@ def embed(extractor: dict, images: torch.Tensor, *, batch_size: int = 512, devic
             return scattering.scatter(x, J=int(extractor["J"]), L=int(extractor["L"])).flatten(1)
     else:
         features_of = load_extractor(extractor, device)
-    parts = []
+    out = None  # filled batch by batch: N·d can be GBs, so never a second copy (no list + cat)
     for i in range(0, len(images), batch_size):
-        parts.append(features_of(images[i:i + batch_size].to(device, torch.float32)).cpu())
+        part = features_of(images[i:i + batch_size].to(device, torch.float32)).cpu()
+        if out is None:
+            out = torch.empty((len(images), part.shape[1]), dtype=part.dtype)
+        out[i:i + len(part)] = part
         if progress is not None:
             progress(min(i + batch_size, len(images)), len(images))
-    if not parts:
+    if out is None:
         return torch.zeros(0, int(extractor.get("dim", 0)))
-    out = torch.cat(parts)
-    del parts
-    return out.sub_(extractor["mean"]).div_(extractor["std"]) if standardise else out  # in place: N·d can be GBs
+    return out.sub_(extractor["mean"]).div_(extractor["std"]) if standardise else out  # in place, likewise
 
 
 def embed_cached(path: str | os.PathLike, compute: Callable[[int, int], torch.Tensor], total: int, *,
@@ -235,41 +238,66 @@ def embed_cached(path: str | os.PathLike, compute: Callable[[int, int], torch.Te
 
 def train_heads(features: torch.Tensor, labels: torch.Tensor, teacher_of: np.ndarray, teacher_ids,
                 num_classes: int, *, steps: int = HEAD_STEPS, lr: float = HEAD_LR, l2: float = HEAD_L2,
-                device: str | torch.device = "cpu", progress: Optional[Callable[[int, int], None]] = None) -> dict:
+                device: str | torch.device = "cpu", progress: Optional[Callable[[int, int], None]] = None,
+                block_bytes: int = HEAD_BLOCK_BYTES) -> dict:
     """K logistic-regression heads, teacher ``teacher_ids[k]`` on rows with ``teacher_of == id`` only.
 
     Returns ``{"teacher_ids", "weight" (K, d, m), "bias" (K, m)}``. Full-batch Adam on the sum of
     per-teacher mean cross-entropies + ``l2``·||W_k||²: each head's gradient, and so its update,
-    depends on its own shard alone.
+    depends on its own shard alone. So the teachers are trained in blocks, one after the other,
+    each block's rows gathered only while it trains (about ``block_bytes``; the (K, n, d) copy of
+    every shard at once would double the features' memory); every block pads its shards to the
+    same length, the largest shard's, so a block computes exactly what it would within all K.
     """
     ids = [int(t) for t in teacher_ids]
     teacher_of = np.asarray(teacher_of)
     shards = [np.flatnonzero(teacher_of == t) for t in ids]
     k, d = len(ids), features.shape[1]
-    n_max = max(1, max(len(s) for s in shards))
+    n_max = max([1] + [len(s) for s in shards])
+    per_block = max(1, block_bytes // max(1, n_max * d * features.element_size()))
+    blocks = [range(a, min(k, a + per_block)) for a in range(0, k, per_block)] or [range(0)]
+    weights, biases = [], []
+    for b, block in enumerate(blocks):
+        def report(step, _steps, _b=b):  # one bar over every block: steps·(blocks done + this block's share)
+            if progress is not None:
+                progress((_b * steps + step) // len(blocks), steps)
+        w, bias = _train_head_block(features, labels, [shards[i] for i in block], n_max, num_classes,
+                                    steps=steps, lr=lr, l2=l2, device=device, progress=report)
+        weights.append(w)
+        biases.append(bias)
+    return {"format": HEADS_FORMAT, "teacher_ids": ids, "weight": torch.cat(weights), "bias": torch.cat(biases)}
+
+
+def _train_head_block(features: torch.Tensor, labels: torch.Tensor, shards: list, n_max: int, num_classes: int, *,
+                      steps: int, lr: float, l2: float, device, progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train_heads`` for the teachers of ``shards`` (row indices), each padded to ``n_max`` rows
+    (masked out of the loss): (weight (B, d, m), bias (B, m)) on CPU. Heads start at zero (the
+    objective is convex), so the result is deterministic."""
+    k, d = len(shards), features.shape[1]
     index = torch.zeros((k, n_max), dtype=torch.long)
     mask = torch.zeros((k, n_max))
     for i, s in enumerate(shards):
         index[i, :len(s)] = torch.from_numpy(s)
         mask[i, :len(s)] = 1.0
-    x = features[index].to(device)  # (K, n, d): teacher k's own rows only (padding masked out)
+    x = features[index].to(device)  # (B, n, d): each teacher's own rows only (padding masked out)
     y = labels[index].to(device)
     mask = mask.to(device)
     counts = mask.sum(1).clamp_min(1.0)
-    weight = torch.zeros((k, d, num_classes), device=device, requires_grad=True)
+    # The weights are held transposed, (B, m, d): logits come out as (B, m, n), and the weight
+    # gradient as (B, m, n) @ (B, n, d). Both products are several times faster on CPU than with
+    # (B, d, m), whose gradient multiplies by x transposed; element-wise (Adam) nothing changes.
+    weight_t = torch.zeros((k, num_classes, d), device=device, requires_grad=True)
     bias = torch.zeros((k, num_classes), device=device, requires_grad=True)
-    opt = torch.optim.Adam([weight, bias], lr=lr)
+    opt = torch.optim.Adam([weight_t, bias], lr=lr)
     for step in range(steps):
-        logits = torch.bmm(x, weight) + bias.unsqueeze(1)
-        ce = F.cross_entropy(logits.reshape(-1, num_classes), y.reshape(-1), reduction="none").view(k, n_max)
-        loss = ((ce * mask).sum(1) / counts).sum() + l2 * weight.pow(2).sum()
+        logits = torch.bmm(weight_t, x.transpose(1, 2)) + bias.unsqueeze(2)  # (B, m, n)
+        ce = F.cross_entropy(logits, y, reduction="none")  # (B, n): class axis 1
+        loss = ((ce * mask).sum(1) / counts).sum() + l2 * weight_t.pow(2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if progress is not None:
-            progress(step + 1, steps)
-    return {"format": HEADS_FORMAT, "teacher_ids": ids, "weight": weight.detach().cpu(),
-            "bias": bias.detach().cpu()}
+        progress(step + 1, steps)
+    return weight_t.detach().transpose(1, 2).contiguous().cpu(), bias.detach().cpu()
 
 
 @torch.no_grad()

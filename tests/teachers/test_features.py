@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from pate import data as data_mod
 from pate.augment import contrastive_view
 from pate.io import CheckpointMismatch
-from pate.teachers import ensemble, features
+from pate.teachers import ensemble, features, scattering
 from pate.cli import main
 
 from ..conftest import TINY_PIPELINE
@@ -95,6 +95,37 @@ def test_heads_see_only_their_own_shard_and_vote_once():
     # Ties go to the first class.
     tie = {"weight": torch.zeros(2, 12, m), "bias": torch.zeros(2, m)}
     assert (features.predict_heads(tie, torch.randn(3, 12)) == 0).all()
+
+
+def test_heads_trained_in_blocks_equal_heads_trained_at_once():
+    """Blocks of teachers train one after the other (to bound memory); with uneven shards, every
+    block padded to the largest shard, the heads are the ones all K teachers get at once."""
+    k, m, d = 7, 3, 10
+    gen = torch.Generator().manual_seed(0)
+    sizes = [30, 12, 25, 30, 7, 18, 22]
+    teacher_of = np.repeat(np.arange(k), sizes)[np.random.default_rng(0).permutation(sum(sizes))]
+    feats = torch.randn(len(teacher_of), d, generator=gen)
+    labels = torch.randint(0, m, (len(teacher_of),), generator=gen)
+    row = 30 * d * 4  # one padded shard's rows
+    whole = features.train_heads(feats, labels, teacher_of, range(k), m, steps=40, block_bytes=k * row)
+    for block_bytes in (row, 3 * row):
+        done = []
+        blocks = features.train_heads(feats, labels, teacher_of, range(k), m, steps=40, block_bytes=block_bytes,
+                                      progress=lambda step, total: done.append((step, total)))
+        assert blocks["teacher_ids"] == whole["teacher_ids"]
+        torch.testing.assert_close(blocks["weight"], whole["weight"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(blocks["bias"], whole["bias"], rtol=0, atol=1e-6)
+        # One progress bar over every block: it only goes up, to (steps, steps).
+        assert done[-1] == (40, 40) and all(a <= b for a, b in zip(done, done[1:]))
+
+
+def test_embed_fills_one_tensor_in_batches():
+    x, _ = _blobs(10)
+    ext = {"kind": "scattering", "J": 2, "L": 4, "in_channels": 1}
+    raw = features.embed(ext, x, batch_size=3, standardise=False)
+    torch.testing.assert_close(raw, scattering.scatter(x, J=2, L=4).flatten(1), rtol=0, atol=0)
+    ext |= {"mean": raw.mean(0), "std": raw.std(0).clamp_min(1e-6)}
+    torch.testing.assert_close(features.embed(ext, x, batch_size=4), (raw - ext["mean"]) / ext["std"])
 
 
 def test_extractor_never_sees_private_images(tmp_path, fake_data_root, monkeypatch):
