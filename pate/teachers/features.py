@@ -148,7 +148,7 @@ def scattering_extractor(images: torch.Tensor, *, J: int = 2, L: int = 8, device
     """The scattering feature map of PUBLIC ``images`` (N, C, H, W): nothing is trained, the public
     images only give each coefficient's mean and std for standardising. With ``checkpoint_path``
     it is saved like a finished ``train_extractor`` and a matching file is reused as is."""
-    settings = {"kind": "scattering", "J": J, "L": L, "n": int(len(images))}
+    settings = {"kind": "scattering", "J": J, "L": L, "n": int(len(images)), "definition": scattering.DEFINITION}
     cached = _saved(checkpoint_path, fingerprint, settings)
     if cached is not None and cached.get("done"):
         return cached["extractor"]

@@ -35,6 +35,9 @@ import torch.nn.functional as F
 # filter, which standardisation removes anyway.
 _KYMATIO_PI = 3.1415
 _PERIODS = 2  # filters are summed over (2·_PERIODS + 1)² periods of the padded grid, as Kymatio does
+# Names this definition in checkpoints: features saved by an earlier variant (a wider phi, every layer
+# at full resolution) are other numbers, so a run directory holding them is refused, not mixed.
+DEFINITION = "kymatio-scattering2d"
 CHUNK_BYTES = 48 * 2 ** 20  # budget for the largest intermediate of one chunk of images
 
 

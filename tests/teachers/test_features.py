@@ -226,3 +226,14 @@ def test_scattering_extractor_is_saved_and_reused(tmp_path):
     # Another run's file (other fingerprint) is refused, never reused nor silently overwritten.
     with pytest.raises(CheckpointMismatch, match="different configuration"):
         features.scattering_extractor(x, J=2, L=4, checkpoint_path=path, fingerprint="g", progress=lambda *_: 1 / 0)
+
+
+def test_scattering_extractor_of_an_earlier_definition_is_refused(tmp_path, monkeypatch):
+    """Statistics saved by another scattering variant would standardise these coefficients wrongly."""
+    x, _ = _blobs(8)
+    path = tmp_path / "extractor.pt"
+    monkeypatch.setattr(features.scattering, "DEFINITION", "full-resolution-wide-phi")
+    features.scattering_extractor(x, J=2, L=4, checkpoint_path=path, fingerprint="f")
+    monkeypatch.undo()
+    with pytest.raises(CheckpointMismatch):
+        features.scattering_extractor(x, J=2, L=4, checkpoint_path=path, fingerprint="f", progress=lambda *_: 1 / 0)
