@@ -1,0 +1,58 @@
+"""benchmarks/seeds.py and benchmarks/knn_choice.py: the pieces that decide what a results table
+means (which seeds a copy of a pipeline gets; how a kNN setting is scored on the public pool)."""
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from pate import config as config_mod
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+seeds = _module("seeds")
+knn_choice = _module("knn_choice")
+
+
+@pytest.mark.parametrize("pipeline", sorted((BENCHMARKS.parent / "pipelines").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_pipeline_copy_gets_every_seed_and_stays_valid(pipeline, tmp_path):
+    copy = tmp_path / pipeline.name
+    copy.write_text(seeds.with_seed(pipeline.read_text(), 7))
+    raw = tomllib.loads(copy.read_text())
+    assert (raw["data"]["split_seed"], raw["teachers"]["seed"], raw["student"]["seed"]) == (7, 7, 7)
+    assert raw["name"] == tomllib.loads(pipeline.read_text())["name"] + "-seed7"
+    original = tomllib.loads(pipeline.read_text())
+    for table, values in original.items():  # nothing else changed
+        if isinstance(values, dict):
+            assert {k: v for k, v in raw[table].items() if k not in ("seed", "split_seed")} == \
+                {k: v for k, v in values.items() if k not in ("seed", "split_seed")}
+    if original["data"].get("source", "builtin") == "builtin":
+        config_mod.load(copy)  # still a valid pipeline
+
+
+def test_existing_seed_is_replaced_not_duplicated():
+    text = 'name = "x"\n[data]\nsplit_seed = 3\ndataset = "mnist"\n[student]\nseed = 1\n'
+    raw = tomllib.loads(seeds.with_seed(text, 5))
+    assert raw["data"] == {"split_seed": 5, "dataset": "mnist"} and raw["student"] == {"seed": 5}
+    assert raw["teachers"] == {"seed": 5}
+
+
+def test_leave_one_out_never_counts_the_point_itself():
+    # Two tight clusters; point 0 is an outlier labelled 0 sitting inside cluster 1: its own label
+    # must not vote for it, so it is misclassified, and every other point is right.
+    space = torch.tensor([[10.0, 10.0], [0.0, 0.0], [0.1, 0.0], [0.0, 0.1],
+                          [10.0, 10.1], [10.1, 10.0], [10.1, 10.1]])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    acc = knn_choice.loo_accuracy(space, labels, [3], num_classes=2)
+    assert acc[3] == pytest.approx(6 / 7)
