@@ -56,3 +56,17 @@ def test_leave_one_out_never_counts_the_point_itself():
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1])
     acc = knn_choice.loo_accuracy(space, labels, [3], num_classes=2)
     assert acc[3] == pytest.approx(6 / 7)
+
+
+def test_noisy_scoring_limits():
+    votes = torch.tensor([[10.0, 0.0], [0.0, 10.0], [6.0, 4.0]])
+    labels = torch.tensor([0, 1, 0])
+    # Next to no noise: every max count (scaled 10 -> 20, 12) passes threshold 11, each plurality is right.
+    assert knn_choice.noisy_labels(votes, labels, 2.0, 1e-9, 1e-9, 11.0) == (1.0, 1.0)
+    # A threshold above every scaled count: nothing answered.
+    assert knn_choice.noisy_labels(votes, labels, 2.0, 1e-9, 1e-9, 21.0)[0] == 0.0
+    # Only the unanimous two pass threshold 15.
+    assert knn_choice.noisy_labels(votes, labels, 2.0, 1e-9, 1e-9, 15.0)[0] == pytest.approx(2 / 3)
+    # Huge argmax noise: about half the answered labels right (two classes).
+    answered, right = knn_choice.noisy_labels(votes, labels, 2.0, 1e-9, 1e6, 1.0, draws=4000)
+    assert answered == 1.0 and abs(right - 0.5) < 0.03
