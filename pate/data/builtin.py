@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import math
 import os
 import pickle
 import shutil
@@ -56,6 +57,20 @@ def _idx_bytes(array: np.ndarray) -> bytes:
     """The IDX encoding of a uint8 array (magic 0x0000 08 ndim, big-endian int32 dims)."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """A uint8 IDX file as an array, read straight into it (``_idx_bytes`` in reverse). Not
+    torchvision's reader: importing ``torchvision.datasets`` alone costs about 160 MB of memory."""
+    with open(path, "rb") as f:
+        zero, kind, ndim = struct.unpack(">HBB", f.read(4))
+        if zero != 0 or kind != 0x08 or not 1 <= ndim <= 4:
+            raise ValueError(f"{path.name} is not a uint8 IDX file")
+        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+        array = np.fromfile(f, dtype=np.uint8)
+    if array.size != math.prod(shape):
+        raise ValueError(f"{path.name} holds {array.size} bytes of data, its header says {math.prod(shape)}")
+    return array.reshape(shape)
 
 
 def _install_raw(raw: Path, files: dict[str, bytes]) -> None:
@@ -203,12 +218,11 @@ def load(name: str, root: Path, auto_prepare: bool = True) -> Dataset:
         prepare(name, root)
     try:
         if name in ("mnist", "fashion-mnist"):
-            from torchvision import datasets
-
-            cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-            train, test = cls(root, train=True), cls(root, train=False)
-            arrays = [train.data.numpy()[:, None], train.targets.numpy(), test.data.numpy()[:, None],
-                      test.targets.numpy()]
+            raw = _raw_dir(name, root)
+            arrays = [read_idx(raw / "train-images-idx3-ubyte")[:, None], read_idx(raw / "train-labels-idx1-ubyte"),
+                      read_idx(raw / "t10k-images-idx3-ubyte")[:, None], read_idx(raw / "t10k-labels-idx1-ubyte")]
+            if len(arrays[0]) != len(arrays[1]) or len(arrays[2]) != len(arrays[3]):
+                raise ValueError("images and labels differ in number")
         elif name == "svhn":
             arrays = [*_load_svhn(root, "train"), *_load_svhn(root, "test")]
         else:

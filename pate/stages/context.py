@@ -166,6 +166,11 @@ def private_images(dataset: data_mod.Dataset, index: np.ndarray):
     return data_mod.to_float(dataset.private_x[index], dataset.mean, dataset.std)
 
 
+def normaliser(dataset: data_mod.Dataset):
+    """uint8 images -> normalised float images, for converting a batch at a time."""
+    return lambda batch: data_mod.to_float(batch, dataset.mean, dataset.std)
+
+
 def student_model(run: RunDir):
     """The trained student of ``run`` (a torch module on normalised inputs), its weights verified."""
     spec, arch = data_spec(run), run.config.student.arch

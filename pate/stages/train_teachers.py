@@ -22,8 +22,8 @@ from ..teachers import distributed, features, pretrained
 from ..teachers.training import train_ensemble
 from . import finish
 from .context import (EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, TEACHERS_DIR, Context, heads_part, load_dataset,
-                      load_partition, mechanism, private_features_part, private_images, public_features_part,
-                      public_images, resolve_device, teacher_part)
+                      load_partition, mechanism, normaliser, private_features_part, private_images,
+                      public_features_part, public_images, resolve_device, teacher_part)
 
 NAME = "train-teachers"
 KNN_FORMAT = "pate.knn-space/1"
@@ -153,7 +153,8 @@ def _extractor_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: in
         extractor, about = saved["extractor"], "built by rank 0"
     else:
         ctx.run.progress(NAME, "embedding the private shards")
-    private = features.embed(extractor, private_images(dataset, mine), device=device,
+    private = features.embed(extractor, dataset.private_x[mine], device=device,
+                             prepare=normaliser(dataset),
                              progress=_bar(len(mine), _label("embed shards", rank, world), ctx, rank))
 
     def public_of(index: np.ndarray) -> torch.Tensor:

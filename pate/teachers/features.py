@@ -47,7 +47,7 @@ PROJ_DIM = 64
 HEAD_STEPS = 300
 HEAD_LR = 0.05
 HEAD_L2 = 1e-3
-HEAD_BLOCK_BYTES = 64 * 2 ** 20  # the shards gathered at once by train_heads (a memory bound, not a hyperparameter)
+HEAD_BLOCK_BYTES = 32 * 2 ** 20  # the shards gathered at once by train_heads (a memory bound, not a hyperparameter)
 
 
 class Encoder(nn.Module):
@@ -184,10 +184,15 @@ def load_extractor(extractor: dict, device: str | torch.device = "cpu") -> Encod
 
 
 @torch.no_grad()
-def embed(extractor: dict, images: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "cpu",
-          standardise: bool = True, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+def embed(extractor: dict, images, *, batch_size: int = 512, device: str | torch.device = "cpu",
+          standardise: bool = True, progress: Optional[Callable[[int, int], None]] = None,
+          prepare: Optional[Callable] = None) -> torch.Tensor:
     """(N, C, H, W) images -> (N, d) float32 features on CPU, standardised with the public-pool
-    statistics stored in the extractor. ``progress(images done, total)`` after each batch."""
+    statistics stored in the extractor. ``progress(images done, total)`` after each batch. With
+    ``prepare``, ``images`` is anything sliceable (uint8 arrays) and ``prepare`` turns each batch
+    into float images: the float copy of every image (188 MB for 60 000 28×28 ones) never exists
+    beside the features."""
+    prepare = prepare or (lambda batch: batch)
     if extractor.get("kind") == "scattering":
         def features_of(x):
             return scattering.scatter(x, J=int(extractor["J"]), L=int(extractor["L"])).flatten(1)
@@ -195,7 +200,7 @@ def embed(extractor: dict, images: torch.Tensor, *, batch_size: int = 512, devic
         features_of = load_extractor(extractor, device)
     out = None  # filled batch by batch: N·d can be GBs, so never a second copy (no list + cat)
     for i in range(0, len(images), batch_size):
-        part = features_of(images[i:i + batch_size].to(device, torch.float32)).cpu()
+        part = features_of(prepare(images[i:i + batch_size]).to(device, torch.float32)).cpu()
         if out is None:
             out = torch.empty((len(images), part.shape[1]), dtype=part.dtype)
         out[i:i + len(part)] = part

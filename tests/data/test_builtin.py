@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pate import data
+from pate.data import DataError, builtin
 from pate.io import sha256_file
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -96,3 +97,22 @@ def test_cifar10_loader_reads_the_real_format(tmp_path):
     # CIFAR rows are 1024 red, then green, then blue values, row-major 32x32
     np.testing.assert_array_equal(ds.private_x[5, 2].ravel(), batches["data_batch_2"]["data"][1, 2048:])
     assert ds.public_y.tolist() == batches["test_batch"]["labels"]
+
+
+def test_idx_reader_matches_torchvision(tmp_path):
+    """Our IDX reader (no torchvision.datasets import) gives torchvision's arrays, and the
+    loader refuses a truncated file as damaged."""
+    from torchvision import datasets
+
+    from tests.conftest import write_idx_mnist
+
+    root = write_idx_mnist(tmp_path, num_train=50, num_test=20, seed=3)
+    ours = builtin.load("mnist", root, auto_prepare=False)
+    for train, images, labels in ((True, ours.private_x, ours.private_y), (False, ours.public_x, ours.public_y)):
+        theirs = datasets.MNIST(root, train=train)
+        assert np.array_equal(images[:, 0], theirs.data.numpy()) and images.shape[1] == 1
+        assert np.array_equal(labels, theirs.targets.numpy()) and labels.dtype == np.int64
+    path = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(DataError, match="damaged"):
+        builtin.load("mnist", root, auto_prepare=False)

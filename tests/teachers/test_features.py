@@ -237,3 +237,14 @@ def test_scattering_extractor_of_an_earlier_definition_is_refused(tmp_path, monk
     monkeypatch.undo()
     with pytest.raises(CheckpointMismatch):
         features.scattering_extractor(x, J=2, L=4, checkpoint_path=path, fingerprint="f", progress=lambda *_: 1 / 0)
+
+
+def test_embed_converts_batch_by_batch_to_the_same_features():
+    """uint8 images with ``prepare`` give exactly the features of the float images converted at once."""
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (37, 1, 16, 16), dtype=np.uint8)
+    extractor = {"kind": "scattering", "J": 2, "L": 4, "in_channels": 1}
+    convert = lambda b: torch.from_numpy(b).float().div_(255).sub_(0.3)  # noqa: E731
+    whole = features.embed(extractor, convert(raw), batch_size=8, standardise=False)
+    batched = features.embed(extractor, raw, batch_size=8, standardise=False, prepare=convert)
+    assert torch.equal(whole, batched)
