@@ -166,15 +166,20 @@ def decide(hoods: Neighbourhoods, labels: np.ndarray, state: FilterState, charge
     num_classes = z2.shape[1]
     out = np.empty(len(z1), dtype=np.int64)
     votes = np.zeros((len(z1), num_classes), dtype=np.int64)
-    for i in range(len(z1)):
-        members = hoods.of(start + i)
-        voters = members[state.can_vote(members, charges)]
-        row = np.bincount(labels[voters], minlength=num_classes)
-        votes[i] = row
-        answered = row.max() + z1[i] >= threshold
-        out[i] = int(np.argmax(row + z2[i])) if answered else -1
+    for i in range(len(z1)):  # sequential by nature: who may vote depends on every earlier answer
+        voters, votes[i] = _votes(hoods, labels, state, charges, start + i, num_classes)
+        answered = votes[i].max() + z1[i] >= threshold
+        out[i] = int(np.argmax(votes[i] + z2[i])) if answered else -1
         state.spent[voters] += charges.full if answered else charges.threshold
     return out, votes
+
+
+def _votes(hoods: Neighbourhoods, labels: np.ndarray, state: FilterState, charges: Charges, query: int,
+           num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the members of ``query``'s neighbourhood that can still afford it, their vote histogram)."""
+    members = hoods.of(query)
+    voters = members[state.can_vote(members, charges)]
+    return voters, np.bincount(labels[voters], minlength=num_classes)
 
 
 def replay(hoods: Neighbourhoods, labels: np.ndarray, budget: np.ndarray, charges: Charges,
@@ -187,9 +192,7 @@ def replay(hoods: Neighbourhoods, labels: np.ndarray, budget: np.ndarray, charge
     votes = np.zeros((len(answered), num_classes), dtype=np.int64)
     retired_after = np.full(len(budget), -1, dtype=np.int64)
     for t, was_answered in enumerate(answered):
-        members = hoods.of(t)
-        voters = members[state.can_vote(members, charges)]
-        votes[t] = np.bincount(labels[voters], minlength=num_classes)
+        voters, votes[t] = _votes(hoods, labels, state, charges, t, num_classes)
         state.spent[voters] += charges.full if was_answered else charges.threshold
         newly = voters[~state.can_vote(voters, charges)]
         retired_after[newly] = t

@@ -264,12 +264,31 @@ class GNMax(Mechanism):
 
 
 @dataclass(frozen=True)
-class ConfidentGNMax(Mechanism):
+class _CheckThenGNMax(Mechanism):
+    """A Gaussian check (σ1, sensitivity 1) on every query, then GNMax (σ2) on the answered ones:
+    the data-independent costs Confident- and Interactive-GNMax share."""
     threshold: float
     sigma1: float
     sigma2: float
-    name: ClassVar[str] = "confident-gnmax"
     thresholded: ClassVar[bool] = True
+
+    def data_independent_rdp(self, asked, answered, orders):
+        return (asked * rdp.rdp_threshold_data_independent(self.sigma1, orders)
+                + answered * rdp.rdp_gnmax_data_independent(self.sigma2, orders))
+
+    def dp_event(self, queries):
+        # Every asked query answered: the check's Gaussian (sensitivity 1) and GNMax's (√2).
+        one = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(self.sigma1),
+                                        dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(2.0))])
+        return dp_event.SelfComposedDpEvent(one, queries)
+
+    def gaussian_multiplier(self, queries):
+        return 1.0 / math.sqrt(queries * (1.0 / self.sigma1**2 + 2.0 / self.sigma2**2))
+
+
+@dataclass(frozen=True)
+class ConfidentGNMax(_CheckThenGNMax):
+    name: ClassVar[str] = "confident-gnmax"
 
     def decide(self, votes, noise):
         return confident_gnmax(votes, self.threshold, self.sigma1, self.sigma2, noise)
@@ -297,24 +316,11 @@ class ConfidentGNMax(Mechanism):
         return thr + rdp.rdp_gnmax_curve(rdp.logq_gnmax(votes, self.sigma2), self.sigma2, orders,
                                          weights=w * np.exp(logpr))
 
-    def data_independent_rdp(self, asked, answered, orders):
-        return (asked * rdp.rdp_threshold_data_independent(self.sigma1, orders)
-                + answered * rdp.rdp_gnmax_data_independent(self.sigma2, orders))
-
     def worst_case_rdp(self, queries, orders, *, num_teachers: int, num_classes: int):
         """Each query as one mechanism with outputs {not answered} ∪ {labels}, worst case over the
         max count (``rdp.rdp_confident_gnmax_worst_case``), composed over every query asked."""
         return queries * rdp.rdp_confident_gnmax_worst_case(self.threshold, self.sigma1, self.sigma2,
                                                             num_teachers, num_classes, orders)
-
-    def dp_event(self, queries):
-        # Every asked query answered: the threshold's Gaussian (sensitivity 1) and GNMax's (√2).
-        one = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(self.sigma1),
-                                        dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(2.0))])
-        return dp_event.SelfComposedDpEvent(one, queries)
-
-    def gaussian_multiplier(self, queries):
-        return 1.0 / math.sqrt(queries * (1.0 / self.sigma1**2 + 2.0 / self.sigma2**2))
 
     def local_sensitivity(self, votes, answered, order):
         """Sum of the per-query A⁽ᵈ⁾: the threshold step of every query, GNMax of the answered
@@ -363,18 +369,14 @@ def interactive_gnmax(votes, student_probs, threshold, sigma1, sigma2, student_c
 
 
 @dataclass(frozen=True)
-class InteractiveGNMax(Mechanism):
+class InteractiveGNMax(_CheckThenGNMax):
     """Interactive-GNMax (Papernot et al. 2018, Algorithm 2): the student, trained on the labels
     released in earlier rounds, answers where the teachers agree with it; the teachers answer
     where they disagree. Every query pays the check (a Gaussian on max_j (v_j − K·p_j), sensitivity
     1: one teacher changes two counts by one); a query the teachers answer pays GNMax too. The
     worst case of one query is that composition (no mixture bound is claimed for this statistic)."""
-    threshold: float
-    sigma1: float
-    sigma2: float
     student_confidence: float  # accept the student's label above this probability
     name: ClassVar[str] = "interactive-gnmax"
-    thresholded: ClassVar[bool] = True
     data_dependent: ClassVar[bool] = False
     interactive: ClassVar[bool] = True
 
@@ -392,20 +394,8 @@ class InteractiveGNMax(Mechanism):
         return (np.ones(n), np.tile(rdp.rdp_threshold_data_independent(self.sigma1, orders), (n, 1)),
                 np.tile(rdp.rdp_gnmax_data_independent(self.sigma2, orders), (n, 1)))
 
-    def data_independent_rdp(self, asked, answered, orders):
-        return (asked * rdp.rdp_threshold_data_independent(self.sigma1, orders)
-                + answered * rdp.rdp_gnmax_data_independent(self.sigma2, orders))
-
     def worst_case_rdp(self, queries, orders, *, num_teachers: int, num_classes: int):
         return self.data_independent_rdp(queries, queries, orders)
-
-    def dp_event(self, queries):
-        one = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(self.sigma1),
-                                        dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(2.0))])
-        return dp_event.SelfComposedDpEvent(one, queries)
-
-    def gaussian_multiplier(self, queries):
-        return 1.0 / math.sqrt(queries * (1.0 / self.sigma1**2 + 2.0 / self.sigma2**2))
 
 
 @dataclass(frozen=True)
