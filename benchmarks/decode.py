@@ -55,7 +55,8 @@ def main() -> None:
             folder = root / "private" / f"class-{y[i]}" if i < private else root / "public"
             Image.fromarray(x[i]).save(folder / f"{i:06d}.png")
         print(f"wrote {len(y)} PNG files in {time.monotonic() - t0:.1f} s (not part of the figure)")
-        config = DataConfig(source="folders", private_dir=str(root / "private"), public_dir=str(root / "public"))
+        config = DataConfig(source="folders", private_dir=str(root / "private"), public_dir=str(root / "public"),
+                            classes=tuple(f"class-{c}" for c in range(10)))
         cache_root = root / "cache-root"
         t0 = time.monotonic()
         dataset = data_mod.load(config, cache_root, quiet=True)

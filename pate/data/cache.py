@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..io import atomic_write_bytes, atomic_write_json
-from .dataset import DataError
+from .images import opened
 
 DECODER_VERSION = 1
 INDEX = "index.json"
@@ -35,8 +35,6 @@ def _folder(root: Path) -> Path:
 def file_facts(paths: Sequence[Path], root: Path, progress: Optional[Callable[[int], None]] = None) -> list[dict]:
     """Per file: its sha256 and header facts (width, height, bands), from the index where the file
     is unchanged, else read (and the index updated)."""
-    from PIL import Image, UnidentifiedImageError
-
     folder = _folder(root)
     try:
         index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
@@ -52,12 +50,9 @@ def file_facts(paths: Sequence[Path], root: Path, progress: Optional[Callable[[i
         entry = index.get(key)
         if not entry or entry["size"] != stat.st_size or entry["mtime_ns"] != stat.st_mtime_ns:
             data = Path(key).read_bytes()
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    width, height = image.size
-                    bands = len(image.getbands())
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-                raise DataError(f"{path} is not a readable image ({exc})") from None
+            with opened(io.BytesIO(data), path) as image:
+                width, height = image.size
+                bands = len(image.getbands())
             entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": hashlib.sha256(data).hexdigest(),
                      "width": width, "height": height, "bands": bands}
             index[key], changed = entry, True

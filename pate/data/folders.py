@@ -1,20 +1,25 @@
 """Your own images, in folders: a labelled private set, an unlabelled public pool, a labelled test set.
 
-``private_dir`` is in the ImageFolder layout (one subfolder per class; the class names are the
-folder names, sorted). ``public_dir`` holds unlabelled images in any layout, found recursively.
-``test_dir`` (optional) is an ImageFolder of labelled public images, for evaluation only; its
-classes must be among the private set's. Every image is decoded once and cached (``cache``); the
+``private_dir`` is in the ImageFolder layout (one subfolder per class). ``public_dir`` holds
+unlabelled images in any layout, found recursively. ``test_dir`` (optional) is an ImageFolder of
+labelled public images, for evaluation only. Every image is decoded once and cached (``cache``); the
 files and their content hashes are recorded with the run, so different data is refused.
+
+What is published (the classes, the image size and channels) is never a function of the private
+images: the classes are ``[data] classes`` or else the test_dir class folders (sorted), and every
+private class folder must be one of them; ``image_size`` and ``channels`` at 0 are read from the
+public images (pool and test) only, and the private images are converted to them.
 """
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from . import cache, images
-from .dataset import DataError, Dataset
+from .dataset import DataError, Dataset, channel_stats
 
 MIN_IMAGE_SIZE = 8  # the smallest input the networks take (two 2x2 poolings, scattering's 2^J)
 
@@ -42,9 +47,36 @@ def _labelled(folder: Path, key: str) -> tuple[list[str], list[Path], list[int],
     return names, files, labels, skipped
 
 
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)  # a folder name as macOS (NFD) and the config (NFC) write it
+
+
+def _classes(configured: Sequence[str], test_classes: Sequence[str]) -> tuple[list[str], str]:
+    """The published class names and where they come from: the config, else the public test folders."""
+    if configured:
+        return list(configured), "[data] classes"
+    if test_classes:
+        return list(test_classes), "the test_dir class folders"
+    raise DataError("[data] classes is not set and there is no test_dir: the class names are published, so they "
+                    "come from the config or from public data, never from the private folders; set [data] classes "
+                    "= [...] (label 0 first)")
+
+
+def _labels_in(classes: Sequence[str], source: str, names: Sequence[str], local: Sequence[int], key: str) -> list[int]:
+    """Labels of ``local`` (indices into the folder ``names``) as indices into ``classes``; a folder
+    that is not one of the classes is refused."""
+    index = {_nfc(c): i for i, c in enumerate(classes)}
+    for name in names:
+        if _nfc(name) not in index:
+            raise DataError(f"[data] {key}: the class folder {name!r} is not one of the {len(classes)} classes of "
+                            f"{source}; rename the folder or list it in [data] classes")
+    mapping = [index[_nfc(n)] for n in names]
+    return [mapping[i] for i in local]
+
+
 def _size_and_channels(facts: list[dict], image_size: int, channels: int) -> tuple[int, int]:
-    """The configured values, or: the median image size rounded to a multiple of 4, and 3 channels
-    if any image has colour, else 1."""
+    """The configured values, or (from ``facts`` of the PUBLIC images only): the median image size
+    rounded to a multiple of 4, and 3 channels if any image has colour, else 1."""
     if not image_size:
         median = float(np.median([max(f["width"], f["height"]) for f in facts]))
         image_size = max(4, int(round(median / 4)) * 4)
@@ -57,29 +89,30 @@ def _size_and_channels(facts: list[dict], image_size: int, channels: int) -> tup
 
 
 def load(name: str, private_dir: Path, public_dir: Path, test_dir: Optional[Path], *, root: Path,
-         image_size: int = 0, channels: int = 0, progress: Optional[Callable[[str, int, int], None]] = None) -> Dataset:
-    """The folders as a ``Dataset`` (decoded from the cache where possible). ``progress(what, done, total)``."""
-    classes, private, labels, skipped = _labelled(Path(private_dir), "private_dir")
-    if len(classes) < 2:
-        raise DataError(f"[data] private_dir = {str(private_dir)!r} has one class ({classes[0]!r}); "
+         image_size: int = 0, channels: int = 0, classes: Sequence[str] = (),
+         progress: Optional[Callable[[str, int, int], None]] = None) -> Dataset:
+    """The folders as a ``Dataset`` (decoded from the cache where possible). ``classes``: the
+    configured class names (() = the test_dir class folders). ``progress(what, done, total)``."""
+    private_classes, private, private_local, skipped = _labelled(Path(private_dir), "private_dir")
+    if len(private_classes) < 2:
+        raise DataError(f"[data] private_dir = {str(private_dir)!r} has one class ({private_classes[0]!r}); "
                         "labelling needs at least two")
     listing = images.list_images(Path(public_dir))
     if not listing.files:
         raise DataError(f"[data] public_dir = {str(public_dir)!r} has no images")
     public, skipped = list(listing.files), skipped + list(listing.skipped)
-    test, test_labels = [], []
+    test, test_classes, test_local = [], [], []
     if test_dir:
         test_classes, test, test_local, test_skipped = _labelled(Path(test_dir), "test_dir")
-        unknown = sorted(set(test_classes) - set(classes))
-        if unknown:
-            raise DataError(f"[data] test_dir has classes the private set lacks: {', '.join(unknown[:5])}")
-        test_labels = [classes.index(test_classes[i]) for i in test_local]
         skipped += test_skipped
+    classes, source = _classes(classes, test_classes)
+    test_labels = _labels_in(classes, source, test_classes, test_local, "test_dir")
+    labels = _labels_in(classes, source, private_classes, private_local, "private_dir")
     every = private + public + test
     facts = cache.file_facts(every, root, progress=lambda done: progress and progress("hash", done, len(every)))
     hashes = [f["sha256"] for f in facts]
     _refuse_private_in_public(private, hashes[:len(private)], every[len(private):], hashes[len(private):])
-    image_size, channels = _size_and_channels(facts, image_size, channels)
+    image_size, channels = _size_and_channels(facts[len(private):], image_size, channels)  # public images only
     parts = {"private": hashes[:len(private)], "public": hashes[len(private):len(private) + len(public)],
              "test": hashes[len(private) + len(public):],
              "labels": [str(x) for x in labels + test_labels], "classes": classes}
@@ -93,8 +126,7 @@ def load(name: str, private_dir: Path, public_dir: Path, test_dir: Optional[Path
     decoded = arrays["images"]
     n, m = len(private), len(public)
     public_x = decoded[n:]
-    mean = tuple(float(v) for v in public_x.astype(np.float64).mean(axis=(0, 2, 3)) / 255.0)
-    std = tuple(max(float(v), 1e-3) for v in public_x.astype(np.float64).std(axis=(0, 2, 3)) / 255.0)
+    mean, std = channel_stats(public_x)
     files = {"private": list(zip(map(str, private), hashes[:n])), "public": list(zip(map(str, public), hashes[n:n + m])),
              "test": list(zip(map(str, test), hashes[n + m:])), "skipped": len(skipped),
              "converted": int(arrays["converted"])}

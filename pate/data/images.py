@@ -8,8 +8,10 @@ following symbolic links, and a link that leads back into a directory already wa
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,25 +52,44 @@ def list_images(folder: Path) -> Listing:
     return Listing(tuple(files), tuple(skipped))
 
 
+@contextlib.contextmanager
+def opened(source, name):
+    """``PIL.Image.open(source)``, with every failure one ``DataError`` naming ``name``: an
+    unreadable file, and an image whose header claims more pixels than PIL's decompression-bomb
+    limit (``Image.MAX_IMAGE_PIXELS``; PIL only warns between one and two times the limit, refused
+    here as well), before any pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{name} is refused: too many pixels to decode safely, a possible decompression bomb "
+                        f"({exc}); shrink or remove it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"{name} is not a readable image ({exc})") from None
+    except MemoryError:
+        raise DataError(f"{name} is too large to decode in memory; shrink or remove it") from None
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _decode_one(path: str, channels: int, size: int) -> tuple[np.ndarray, int, tuple[int, int]]:
     """(C, size, size) uint8, the file's own channel count, and its (width, height)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            native = len(image.getbands())
-            original = image.size
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
-            array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path} is not a readable image ({exc})") from None
+    with opened(path, path) as image:
+        image.load()
+        native = len(image.getbands())
+        original = image.size
+        image = image.convert("L" if channels == 1 else "RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
+        array = np.asarray(image, dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return array, native, original
 
@@ -83,15 +104,10 @@ def _decode_chunk(paths: Sequence[str], channels: int, size: int):
 
 def image_sizes(paths: Sequence[Path]) -> np.ndarray:
     """(N, 2) width and height of each image, from its header only."""
-    from PIL import Image, UnidentifiedImageError
-
     sizes = np.empty((len(paths), 2), dtype=np.int64)
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                sizes[i] = image.size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{path} is not a readable image ({exc})") from None
+        with opened(path, path) as image:
+            sizes[i] = image.size
     return sizes
 
 

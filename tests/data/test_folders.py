@@ -21,6 +21,11 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def data_table(cfg) -> dict:
+    """``cfg``'s [data] section as a TOML table would give it (lists, not tuples)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict()["data"].items()}
+
+
 def load(pipeline, tmp_path):
     cfg = config_mod.load(pipeline)
     return data.load(cfg.data, tmp_path / "data-root")
@@ -76,7 +81,13 @@ def test_the_whole_pipeline_on_folders(folders, tmp_path):
     assert metrics["label_accuracy"] is None  # the public pool has no labels
     assert metrics["student_accuracy"] > 0.3 and metrics["test_size"] == 100
     statement = json.loads((tmp_path / "run-release" / "statement.json").read_text())
-    assert statement["classes"][0] == "classe 0 é" and statement["dataset"] == "folders:images/private"
+    assert statement["classes"][0] == "classe 0 é" and statement["dataset"] == "folders"
+    # no public output names the private data's place: not its folder, not the folders above it
+    for path in (tmp_path / "run-release").iterdir():
+        content = path.read_bytes()
+        assert b"images/private" not in content and str(tmp_path).encode() not in content, path.name
+    rows = (tmp_path / "run-release" / "labels.csv").read_text().splitlines()
+    assert rows[1].split(",")[1].startswith("lot ")  # public files relative to public_dir
 
 
 def mutate(tmp_path, change):
@@ -107,7 +118,8 @@ BAD = {
     "class folder without images": (lambda r: (r / "private" / "empty class").mkdir(), "empty class"),
     "single class": (lambda r: _one_class(r / "private"), "one class"),
     "truncated image": (lambda r: _truncate(next((r / "public").rglob("*.png"))), "not a readable image"),
-    "test classes unknown": (lambda r: (r / "test" / "classe 0 é").rename(r / "test" / "unknown"), "unknown"),
+    "test classes unknown": (lambda r: (r / "test" / "classe 0 é").rename(r / "test" / "unknown"),
+                             "the class folder 'classe 0 é' is not one of the 10 classes of the test_dir"),
     "private image made public": (lambda r: (r / "public" / "copy.png").write_bytes(
         next((r / "private").rglob("*.png")).read_bytes()), "same image as the private"),
     "symlink loop": (lambda r: (r / "public" / "lot 0" / "loop").symlink_to(r / "public"), "symbolic-link loop"),
@@ -143,10 +155,10 @@ def test_images_too_small_for_the_network(tmp_path):
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (5, 5)).astype(np.uint8)).save(folder / f"{i}.png")
     cfg = config_mod.from_dict({"name": "small", "data": {"source": "folders", "private_dir": str(root / "private"),
-                                                          "public_dir": str(root / "public")}})
+                                                          "public_dir": str(root / "public"), "classes": ["c0", "c1"]}})
     with pytest.raises(data.DataError, match="too small for the networks"):
         data.load(cfg.data, tmp_path / "data-root")
-    bigger = config_mod.from_dict({"name": "small", "data": {**cfg.to_dict()["data"], "image_size": 8}})
+    bigger = config_mod.from_dict({"name": "small", "data": {**data_table(cfg), "image_size": 8}})
     assert data.load(bigger.data, tmp_path / "data-root").private_x.shape == (8, 1, 8, 8)
 
 
@@ -202,5 +214,104 @@ def test_public_array_labels_serve_evaluation_only(tmp_path):
     ds = data.load(cfg.data)
     assert np.array_equal(ds.public_y[:ds.num_pool], labels)  # read by vote/evaluate for accuracy only
     np.savez(tmp_path / "public.npz", images=public["images"], labels=labels + 10)
-    with pytest.raises(data.DataError, match="public_file: label 19 names a class the private labels lack"):
-        data.load(cfg.data)
+    ten = config_mod.from_dict({"name": "arrays", "data": {**data_table(cfg),
+                                                           "classes": [str(c) for c in range(10)]}})
+    with pytest.raises(data.DataError, match=r"public_file: the labels must lie in 0..9 .*; found label 19"):
+        data.load(ten.data)
+
+
+# ----------------------------------------------------------------------------- nothing published from private images
+
+
+def _pipeline(tmp_path, extra: str = "", test_dir: bool = True) -> "Path":
+    text = FOLDERS_PIPELINE if test_dir else FOLDERS_PIPELINE.replace('test_dir = "images/test"\n', "")
+    pipeline = tmp_path / "folders.toml"
+    pipeline.write_text(text.replace('source = "folders"', f'source = "folders"\n{extra}'))
+    return pipeline
+
+
+def _refused(pipeline, tmp_path, match, command="run"):
+    result = invoke(command, pipeline, "--run-dir", tmp_path / "run", "--data-root", tmp_path / "data-root", "-q")
+    assert result.exit_code == 2 and match in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+    return result.output
+
+
+def test_size_and_channels_come_from_the_public_images_only(tmp_path):
+    """Colour 40x40 private images do not make the published input colour or 40 pixels: the public
+    images (grey, 28x28) decide, and the private ones are converted to them."""
+    write_folders(tmp_path / "images", private=60, public=30, test=20, classes=2)
+    rng = np.random.default_rng(3)
+    for i, folder in enumerate(sorted((tmp_path / "images" / "private").iterdir())):
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)).save(folder / f"colour-{i}-{k}.png")
+    ds = load(_pipeline(tmp_path), tmp_path)
+    assert ds.private_x.shape[1:] == (1, 28, 28) and ds.public_x.shape[1:] == (1, 28, 28)
+    assert ds.spec.channels == 1 and ds.spec.image_size == 28 and ds.files["converted"] > 0
+    # and the other way round: colour public images make the input colour, whatever the private set is
+    Image.new("RGB", (28, 28), (200, 10, 10)).save(tmp_path / "images" / "public" / "lot 1" / "colour.png")
+    assert load(_pipeline(tmp_path), tmp_path).private_x.shape[1] == 3
+
+
+def test_classes_come_from_the_config_or_the_public_test_folders(tmp_path):
+    write_folders(tmp_path / "images", private=60, public=30, test=40, classes=3)
+    # without a test_dir and without [data] classes there is nothing public to take them from
+    _refused(_pipeline(tmp_path, test_dir=False), tmp_path, "set [data] classes")
+    # the configured order is the label order, whatever the folders' sorted order
+    names = [f"classe {k} é" for k in reversed(range(3))]
+    listed = "classes = [" + ", ".join(json.dumps(n) for n in names) + "]"
+    ds = load(_pipeline(tmp_path, listed, test_dir=False), tmp_path)
+    assert ds.classes == tuple(names) and ds.num_classes == 3
+    name, _ = ds.files["private"][0]
+    assert names[ds.private_y[0]] in name
+    # a configured class without private images is fine; a private class folder outside them is not
+    wider = "classes = [" + ", ".join(json.dumps(n) for n in [*names, "spare"]) + "]"
+    assert load(_pipeline(tmp_path, wider), tmp_path).num_classes == 4
+    _refused(_pipeline(tmp_path, 'classes = ["classe 0 é", "classe 1 é"]', test_dir=False), tmp_path,
+             "[data] private_dir: the class folder 'classe 2 é' is not one of the 2 classes of [data] classes")
+
+
+def test_class_names_match_whatever_the_unicode_normalisation(tmp_path):
+    import unicodedata
+
+    write_folders(tmp_path / "images", private=60, public=30, test=20, classes=2)
+    for split in ("private", "test"):
+        for folder in (tmp_path / "images" / split).iterdir():
+            folder.rename(folder.with_name(unicodedata.normalize("NFD", folder.name)))  # as macOS writes them
+    ds = load(_pipeline(tmp_path, 'classes = ["classe 0 é", "classe 1 é"]'), tmp_path)
+    assert ds.classes == ("classe 0 é", "classe 1 é") and set(ds.private_y.tolist()) == {0, 1}
+
+
+def _png_header(path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height pixels (the few data bytes would not fill it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("split", ["private", "public"])
+@pytest.mark.parametrize("side", [100_000, 10_000], ids=["bomb-error", "bomb-warning"])
+def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, split, side):
+    """Over twice PIL's pixel limit PIL raises, between one and two times it only warns: both refused
+    before any pixel is decoded, naming the file."""
+    write_folders(tmp_path / "images", private=60, public=30, test=20, classes=2)
+    folder = next(p for p in sorted((tmp_path / "images" / split).iterdir()) if p.is_dir())
+    bomb = folder / "bomb.png"
+    _png_header(bomb, side, side)
+    output = _refused(_pipeline(tmp_path), tmp_path, "decompression bomb", command="partition")
+    assert str(bomb) in output
+
+
+def test_a_decompression_bomb_is_refused_by_the_decoder_too(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    _png_header(bomb, 10_000, 10_000)
+    with pytest.raises(data.DataError, match="decompression bomb"):
+        data.images.decode([bomb], 1, 28, workers=1)
+    with pytest.raises(data.DataError, match="decompression bomb"):
+        data.images.image_sizes([bomb])
