@@ -143,12 +143,13 @@ def _export(run_dir: Path, out: Path | None) -> None:
     click.echo(f"wrote {folder}: {', '.join(release_view.FILES)}")
 
 
-_OUT_HELP = "Output folder [default: RUN_DIR-release, beside the run directory]."
+_OUT_HELP = ("Output folder: new, empty or a previous export [default: RUN_DIR-release, beside the run "
+             "directory]; never a run directory or the private data.")  # checked by release_view.check_out
 
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help=_OUT_HELP)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help=_OUT_HELP)
 @user_errors
 def export(run_dir: Path, out: Path | None) -> None:
     """The public folder of RUN_DIR: labels.csv (index, file, label, class), the student as
@@ -159,7 +160,7 @@ def export(run_dir: Path, out: Path | None) -> None:
 
 @main.command("release", hidden=True)
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help=_OUT_HELP)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help=_OUT_HELP)
 @user_errors
 def release(run_dir: Path, out: Path | None) -> None:
     """Same as `pate export` (its earlier name)."""
@@ -169,13 +170,15 @@ def release(run_dir: Path, out: Path | None) -> None:
 @main.command("predict")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the CSV here instead of printing it.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the CSV here instead of printing it (not inside a run directory).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @user_errors
 def predict(model: Path, images: tuple[Path, ...], out: Path | None, quiet: bool) -> None:
     """Label IMAGES (files, or folders searched recursively) with MODEL: an exported student.ts,
     its folder, or a finished run directory. Prints path,label,class,confidence as CSV."""
+    if out is not None:
+        deploy.check_csv_out(out)
     student = deploy.load_student(model)
     paths, skipped = deploy.image_paths(images)
     if not paths:
@@ -190,7 +193,7 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, quiet: bool
     if out is None:
         click.echo(text.getvalue(), nl=False)
     else:
-        atomic_write_text(out, text.getvalue())
+        atomic_write_text(out, text.getvalue(), private=False)  # the user's own file: normal mode
         say(f"predict: {len(rows)} images labelled -> {out}", quiet)
     if skipped:
         say(f"predict: {skipped} file(s) that are not images were skipped", quiet)

@@ -24,12 +24,18 @@ import numpy as np
 
 from .data import images as image_files
 from .errors import PateError
+from .run import run_directory_holding
 from .stages import existing_run
 from .stages.context import data_spec, student_model
 
 META = "pate.json"  # the extra file in a TorchScript archive that describes the student
 STUDENT_TS, STUDENT_PT, STUDENT_JSON = "student.ts", "student.pt", "student.json"
 FORMAT = "pate.student/1"
+# What a student file may claim, checked before anything is allocated for its images: pate trains
+# on grey or colour images of at most 1024 pixels ([data] image_size; arrays of any size), so a
+# file claiming more is damaged or hostile.
+CHANNELS, MAX_IMAGE_SIZE, MAX_CLASSES = (1, 3), 4096, 100_000
+DECODE_BYTES = 256 << 20  # images decoded (and labelled) at once by ``predict_files``: about this many bytes
 
 
 def normalised(model: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
@@ -100,8 +106,7 @@ class Student:
         for i in range(0, len(x), batch_size):
             batch = x[i:i + batch_size]
             batch = batch.float().div(255.0) if batch.dtype == torch.uint8 else batch.float()
-            with torch.no_grad():
-                p = torch.softmax(self.module(batch), dim=1)
+            p = torch.softmax(self._logits(batch), dim=1)
             top = p.max(dim=1)
             labels.append(top.indices.numpy())
             confidence.append(top.values.numpy())
@@ -109,12 +114,41 @@ class Student:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         return np.concatenate(labels), np.concatenate(confidence)
 
+    def _logits(self, batch: Any) -> Any:
+        """The module's (N, classes) logits for ``batch``; a module that fails or answers in another
+        shape (a foreign or damaged file) is one clear error."""
+        import torch
+
+        try:
+            with torch.no_grad():
+                logits = self.module(batch)
+        except (RuntimeError, TypeError, ValueError, torch.jit.Error) as exc:
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            why = lines[-1] if isinstance(exc, torch.jit.Error) else lines[0]  # TorchScript's ends with the cause
+            raise PateError(f"the student failed on images of shape {tuple(batch.shape)} ({why[:200]})") from None
+        expected = (len(batch), len(self.meta["classes"]))
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+            found = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise PateError(f"the student answered {found}, not logits of shape {expected} (one per class its "
+                            f"{META} names); the file is damaged or not a pate student")
+        return logits
+
     def predict_files(self, paths: Sequence[Path], progress=None) -> list[tuple[str, int, str, float]]:
-        """``(path, label, class, confidence)`` for each image file, decoded to the model's input."""
-        arrays, _ = image_files.decode(list(paths), self.meta["channels"], self.meta["image_size"],
-                                       progress=progress)
-        labels, confidence = self.predict(arrays)
-        return [(str(p), int(y), self.classes[int(y)], float(c)) for p, y, c in zip(paths, labels, confidence)]
+        """``(path, label, class, confidence)`` for each image file, decoded to the model's input a
+        chunk at a time (about ``DECODE_BYTES`` of pixels), so any number of files fits in memory."""
+        channels, size = self.meta["channels"], self.meta["image_size"]
+        if channels not in CHANNELS:
+            raise PateError(f"this student takes {channels}-channel images; image files decode to 1 or 3 channels")
+        paths = list(paths)
+        chunk = max(1, DECODE_BYTES // (channels * size * size))
+        rows = []
+        for start in range(0, len(paths), chunk):
+            part = paths[start:start + chunk]
+            arrays, _ = image_files.decode(part, channels, size,
+                                           progress=None if progress is None else lambda done: progress(start + done))
+            labels, confidence = self.predict(arrays)
+            rows += [(str(p), int(y), self.classes[int(y)], float(c)) for p, y, c in zip(part, labels, confidence)]
+        return rows
 
 
 def load_student(path: str | Path) -> Student:
@@ -133,13 +167,42 @@ def load_student(path: str | Path) -> Student:
     try:
         with _quiet_deprecation():
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        meta = json.loads(extra[META])
     except (RuntimeError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PateError(f"{path} is not a TorchScript student exported by pate ({first})") from None
-    if meta.get("format") != FORMAT:
+        raise PateError(f"{path} is not a TorchScript student exported by pate ({first[:200]})") from None
+    return Student(module.eval(), checked_meta(extra[META], path))
+
+
+def checked_meta(raw: str | bytes, path: Path) -> dict:
+    """The student's description (``pate.json`` in the archive), checked before it is trusted:
+    numbers where numbers belong, and within what pate trains, so nothing is sized by a bad file."""
+    if not raw:
         raise PateError(f"{path} is a TorchScript file without pate's description of the student ({META})")
-    return Student(module.eval(), meta)
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:  # bad JSON or UTF-8
+        raise PateError(f"{path}: its {META} is not valid JSON ({str(exc)[:200]}); the file is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PateError(f"{path} is a TorchScript file without pate's description of the student ({META})")
+
+    def bad(key: str, must: str):
+        return PateError(f"{path}: its {META} is damaged or not pate's: {key!r} must be {must}; "
+                         f"found {str(meta.get(key, 'nothing'))[:80]}")
+
+    def integer(key: str, low: int, high: int) -> int:
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise bad(key, f"an integer in [{low}, {high}]")
+        return value
+
+    if type(meta.get("channels")) is not int or meta["channels"] not in CHANNELS:
+        raise bad("channels", " or ".join(map(str, CHANNELS)))
+    integer("image_size", 1, MAX_IMAGE_SIZE)
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES \
+            or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", f"a list of 1 to {MAX_CLASSES} class names")
+    return meta
 
 
 def _from_run(run_path: Path) -> Student:
@@ -151,6 +214,16 @@ def _from_run(run_path: Path) -> Student:
     meta = describe(config.student.arch, classes, spec.channels, spec.image_size, spec.mean, spec.std,
                     pipeline=config.name)
     return Student(normalised(model, spec.mean, spec.std), meta)
+
+
+def check_csv_out(out: str | Path) -> None:
+    """Refuse a CSV destination inside a pate run directory (it would overwrite or sit among the
+    private artifacts), before anything is computed."""
+    run = run_directory_holding(Path(out).parent)
+    if run is not None:
+        raise PateError(f"{out} is inside the pate run directory {run} (private); write the labels elsewhere")
+    if Path(out).is_dir():
+        raise PateError(f"{out} is a folder; give a file name for the CSV")
 
 
 def image_paths(arguments: Iterable[str | Path]) -> tuple[list[Path], int]:

@@ -3,12 +3,17 @@
 A crash at any instant must leave either the old or the new version of every file, so a write
 goes to a temporary file in the same directory, is fsynced, then renamed over the target. An
 append-only log (the ledger) is extended by one ``write`` call and fsynced, and cut back to its
-previous length when that fails. Checkpoints are plain dicts of tensors and Python values, read
-with ``weights_only=True`` (no pickled code), so a damaged or foreign one is one clear error.
+previous length when that fails. Every writer here makes private files by default (mode 0600,
+whatever the umask; a folder it creates is 0700): the run directory is private as a whole, and a
+file copied out of it keeps its mode. Only the public release and a user's own outputs (`pate
+export`, `pate predict --out`) pass ``private=False`` and follow the umask. Checkpoints are plain
+dicts of tensors and Python values, read with ``weights_only=True`` (no pickled code), so a
+damaged or foreign one is one clear error.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -38,6 +43,24 @@ class CheckpointMismatch(CheckpointError):
 # ----------------------------------------------------------------------------- atomic writes
 
 
+def private_mkdir(directory: str | Path) -> Path:
+    """Create ``directory`` (and missing parents) if needed; the folders created are 0700 whatever
+    the umask (an existing folder keeps its mode)."""
+    directory = Path(directory)
+    missing = []
+    for folder in (directory, *directory.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+            os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask: set it whole
+    if not directory.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
+    return directory
+
+
 def fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
@@ -47,14 +70,18 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, private: bool = False) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, private: bool = True) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
 
-    ``private`` makes the file mode 0600 (votes, ledger: functions of the private data);
-    otherwise it follows the umask like any other file.
+    ``private`` (the default: everything in a run directory) makes the file mode 0600 whatever the
+    umask, and any folder created for it 0700; ``private=False`` (the public release, a user's
+    own outputs) follows the umask like any other file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        private_mkdir(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o600 if private else 0o666 & ~_UMASK)
@@ -70,19 +97,19 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, priva
     fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, private: bool = False) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, private: bool = True) -> None:
     atomic_write(path, lambda f: f.write(data), private=private)
 
 
-def atomic_write_text(path: str | Path, text: str, *, private: bool = False) -> None:
+def atomic_write_text(path: str | Path, text: str, *, private: bool = True) -> None:
     atomic_write_bytes(path, text.encode(), private=private)
 
 
-def atomic_write_json(path: str | Path, obj: object, *, private: bool = False) -> None:
+def atomic_write_json(path: str | Path, obj: object, *, private: bool = True) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", private=private)
 
 
-def atomic_save_npz(path: str | Path, *, private: bool = False, **arrays: np.ndarray) -> None:
+def atomic_save_npz(path: str | Path, *, private: bool = True, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue(), private=private)
@@ -108,6 +135,8 @@ def create_exclusive(path: str | Path, data: bytes, *, private: bool = True) -> 
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     fd = os.open(path, flags, 0o600 if private else 0o666 & ~_UMASK)
     try:
+        if private:
+            os.fchmod(fd, 0o600)  # os.open's mode is cut by the umask
         written = os.write(fd, data)
         if written != len(data):
             raise ShortWrite(f"short write creating {path} ({written} of {len(data)} bytes); disk full?")
@@ -145,9 +174,9 @@ def append_durable(path: str | Path, data: bytes) -> None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: str | Path, checkpoint: dict, *, private: bool = False) -> None:
+def save_checkpoint(path: str | Path, checkpoint: dict, *, private: bool = True) -> None:
     """Write a checkpoint dict atomically: a crash leaves the previous file (or none), never half;
-    ``private`` ones (anything computed from private records) are readable by their owner only."""
+    readable by its owner only unless ``private=False``."""
     import torch
 
     buffer = io.BytesIO()  # serialise first: a full disk then raises OSError from our write, not torch's

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import config as config_mod
 from .errors import PateError
-from .io import atomic_write_json, atomic_write_text, sha256_file
+from .io import atomic_write_json, atomic_write_text, private_mkdir, sha256_file
 
 MANIFEST, CONFIG, LOCK = "manifest.json", "config.toml", ".lock"
 STATUSES = ("pending", "partial", "done")
@@ -63,7 +63,7 @@ class RunDir:
                 run._change_config(manifest, accept_change)
             return run
         check_can_hold_a_run(run.path)
-        run.path.mkdir(parents=True, exist_ok=True, mode=0o700)  # the run directory is private as a whole
+        make_run_directory(run.path)  # the run directory is private as a whole
         atomic_write_text(run.path / CONFIG, config_mod.to_toml(config))
         atomic_write_json(manifest_path, {
             "config_sha256": config.fingerprint(),
@@ -252,13 +252,29 @@ def check_can_hold_a_run(path: Path) -> None:
             raise RunError(f"{path} exists and is not a pate run directory (no {MANIFEST})")
 
 
+def run_directory_holding(path: str | Path) -> Path | None:
+    """The pate run directory that ``path`` is, or is inside (symbolic links resolved), or None."""
+    real = Path(path).resolve()
+    for folder in (real, *real.parents):
+        if (folder / MANIFEST).is_file() and (folder / CONFIG).is_file():
+            return folder
+    return None
+
+
+def make_run_directory(path: Path) -> None:
+    """Create the run directory 0700 whatever the umask (its parents, e.g. ``runs/``, as usual).
+    Every file pate writes in it is 0600 (``pate.io`` writes private files by default)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    private_mkdir(path)
+
+
 @contextlib.contextmanager
 def locked(path: str | Path) -> Iterator[None]:
     """Hold the run directory's lock (creating the directory, private, if needed); a second process
     is refused with who holds it. The kernel releases the lock when the holder dies."""
     path = Path(path)
     check_can_hold_a_run(path)
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_run_directory(path)
     fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

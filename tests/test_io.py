@@ -1,7 +1,9 @@
 """Durable files: atomic writes leave old or new, appends are whole and synced, checkpoints refuse
 damage and other runs with one clear error."""
 import os
+import stat
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +86,23 @@ def test_checkpoint_write_killed_before_rename_keeps_the_old_file(tmp_path, monk
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["ck.pt"]
     io.save_checkpoint(path, {"step": 4})
     assert io.load_checkpoint(path) == {"step": 4}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_io_writers_are_private_by_default(umask, tmp_path):
+    before = os.umask(umask)
+    try:
+        io.atomic_write_json(tmp_path / "new" / "deeper" / "a.json", {"a": 1})
+        io.atomic_write_text(tmp_path / "b.txt", "b")
+        io.atomic_save_npz(tmp_path / "c.npz", x=np.zeros(2))
+        io.save_checkpoint(tmp_path / "d.pt", {"x": torch.zeros(2)})
+        io.create_exclusive(tmp_path / "e.log", b"header\n")
+        io.append_durable(tmp_path / "e.log", b"line\n")
+        io.atomic_write_text(tmp_path / "public.txt", "shared", private=False)
+    finally:
+        os.umask(before)
+    for name in ("new/deeper/a.json", "b.txt", "c.npz", "d.pt", "e.log"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    for name in ("new", "new/deeper"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o700, name
+    assert stat.S_IMODE((tmp_path / "public.txt").stat().st_mode) == 0o666 & ~io._UMASK

@@ -1,12 +1,13 @@
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
 
 from pate import config as config_mod
 from pate import io as run_mod
-from pate.run import RunError
+from pate.run import RunError, locked, run_directory_holding
 from pate.stages import NAMES, open_run
 
 
@@ -84,3 +85,27 @@ def test_creation_cut_short_by_a_crash_is_redone(tmp_path):
     (tmp_path / "r" / "config.toml").write_text("half")  # killed before manifest.json was written
     run = open_run(tmp_path / "r", cfg())
     assert config_mod.load(run.file("config.toml")) == cfg() and run.status("partition") == "pending"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_a_new_run_directory_is_private_whatever_the_umask(umask, tmp_path):
+    before = os.umask(umask)
+    try:
+        with locked(tmp_path / "runs" / "r"):
+            run = open_run(tmp_path / "runs" / "r", cfg())
+            run.update("partition", status="partial")  # a manifest rewrite keeps the mode
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(run.path.stat().st_mode) == 0o700
+    for name in ("config.toml", "manifest.json", ".lock"):
+        assert stat.S_IMODE(run.file(name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE((tmp_path / "runs").stat().st_mode) == 0o777 & ~umask  # its parent: as usual
+
+
+def test_run_directory_holding_finds_the_run_above_a_path(tmp_path):
+    run = open_run(tmp_path / "r", cfg())
+    assert run_directory_holding(run.path) == run.path.resolve()
+    assert run_directory_holding(run.path / "student" / "x.csv") == run.path.resolve()
+    assert run_directory_holding(tmp_path / "elsewhere") is None
+    os.symlink(run.path, tmp_path / "link")
+    assert run_directory_holding(tmp_path / "link" / "labels.npz") == run.path.resolve()

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from .. import config as config_mod
 from ..config import DOWNSTREAM_SECTIONS, PipelineConfig
-from ..io import atomic_write_json
+from ..io import atomic_write_json, private_mkdir
 from ..progress import say
 from ..run import RunDir, RunError, locked
 from .. import data as data_mod
@@ -120,7 +120,7 @@ def _archive_attempt(run: RunDir, stages: list[Stage]) -> int | None:
     attempts = run.manifest().get("attempts", [])
     number = len(attempts) + 1
     folder = run.file(f"{ATTEMPTS}/{number}")
-    folder.mkdir(parents=True, exist_ok=True)
+    private_mkdir(folder)
     tops = {Path(output).parts[0] for s in touched for output in s.outputs(run.config)}  # student/, metrics.json
     for name in sorted(tops):
         if run.file(name).exists():

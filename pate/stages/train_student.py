@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..io import atomic_write_json, save_checkpoint
+from ..io import atomic_write_json, private_mkdir, save_checkpoint
 from ..progress import Progress
 from ..run import RunError
 from ..student import train_student
@@ -40,7 +40,7 @@ def run(ctx: Context) -> None:
         if step % 50 == 0 or step == steps:
             run_dir.progress(NAME, f"step {step}/{steps}")
 
-    run_dir.file(STUDENT_MODEL).parent.mkdir(exist_ok=True)
+    private_mkdir(run_dir.file(STUDENT_MODEL).parent)
     model, history = train_student(
         public_images(dataset, labeled_index), torch.from_numpy(np.asarray(released["label"], dtype=np.int64)),
         public_images(dataset, unlabeled_index) if cfg.method != "supervised" else None,

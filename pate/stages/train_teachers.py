@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 import torch
 
-from ..io import CheckpointError, load_checkpoint, save_checkpoint
+from ..io import CheckpointError, load_checkpoint, private_mkdir, save_checkpoint
 from ..progress import Progress, plural
 from ..run import RunError
 from .. import knn
@@ -50,7 +50,7 @@ def run(ctx: Context) -> None:
     images = private_images(dataset, used)
     labels = torch.from_numpy(dataset.private_y[used])
     device = resolve_device(ctx.device)
-    run_dir.file(TEACHERS_DIR).mkdir(exist_ok=True)
+    private_mkdir(run_dir.file(TEACHERS_DIR))
     progress = Progress(tcfg.epochs, f"{NAME}[{rank}]" if world > 1 else NAME, ctx.quiet or rank > 0, unit="epochs")
 
     def report(epoch, epochs, step, steps, loss, images_per_s):
@@ -86,7 +86,7 @@ def _train_feature_teachers(ctx: Context) -> None:
     if rank == 0:
         run_dir.begin(NAME)
     device = resolve_device(ctx.device)
-    run_dir.file(TEACHERS_DIR).mkdir(exist_ok=True)
+    private_mkdir(run_dir.file(TEACHERS_DIR))
     ids = distributed.teachers_for_rank(tcfg.count, rank, world)
     mine = np.flatnonzero(np.isin(parts["teacher_of"], ids))  # this rank's teachers' records, nobody else's
     builder = _pretrained_features if tcfg.features == "pretrained" else _extractor_features
@@ -119,7 +119,7 @@ def _knn_space(ctx: Context) -> None:
     dataset = load_dataset(ctx)
     run_dir.begin(NAME)
     device = resolve_device(ctx.device)
-    run_dir.file(TEACHERS_DIR).mkdir(exist_ok=True)
+    private_mkdir(run_dir.file(TEACHERS_DIR))
     used = np.flatnonzero(parts["teacher_of"] >= 0)  # the private records of this run ([data] private_size)
     builder = _pretrained_features if config.teachers.features == "pretrained" else _extractor_features
     try:

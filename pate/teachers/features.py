@@ -215,8 +215,9 @@ def embed_cached(path: str | os.PathLike, compute: Callable[[int, int], torch.Te
                  fingerprint: str, settings: dict, private: bool, meta: Optional[dict] = None,
                  chunk: int = 2048, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """Rows ``0..total`` of ``compute(start, stop) -> (stop - start, d)`` features, computed once:
-    kept at ``path`` with ``meta`` (``private``: readable by the owner only, for features of
-    private images), saved about every minute while computing, and resumed from the rows saved."""
+    kept at ``path`` with ``meta``, readable by the owner only (as every file of a run directory,
+    whether ``private`` images or public ones), saved about every minute while computing, and
+    resumed from the rows saved."""
     import time
 
     parts, done = [], 0
@@ -232,7 +233,7 @@ def embed_cached(path: str | os.PathLike, compute: Callable[[int, int], torch.Te
         if done == total or time.monotonic() - last_save > CACHE_SAVE_SECONDS:
             parts = [torch.cat(parts)]
             save_checkpoint(path, {"format": CACHE_FORMAT, "fingerprint": fingerprint, "settings": settings,
-                                   "rows": done, "features": parts[0], **(meta or {})}, private=private)
+                                   "rows": done, "features": parts[0], **(meta or {})})  # 0600: in the run dir
             last_save = time.monotonic()
         if progress is not None:
             progress(done, total)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__, deploy
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..run import RunDir, RunError, now
+from ..io import atomic_write_bytes, atomic_write_json
+from ..run import RunDir, RunError, now, run_directory_holding
 from ..stages import NAMES
 from ..stages.context import DATA, LABELS, STUDENT_MODEL, data_spec, read_metrics, read_privacy, student_model
 from . import model_card, summary
@@ -45,7 +46,7 @@ def statement(run: RunDir) -> dict:
     total = summary.spent(run, public["delta"])
     spec = data_spec(run)
     return {
-        "pipeline": config.name, "dataset": config.data.name, "classes": list(spec.classes) or None,
+        "pipeline": config.name, "dataset": config.data.public_name, "classes": list(spec.classes) or None,
         "generated": now(), "pate_version": __version__,
         "privacy": public,
         "spent_on_this_private_data": None if total is None else {
@@ -94,15 +95,10 @@ def build(run: RunDir, out: Path | None = None) -> Path:
     """Write the public folder of a finished run; returns its path."""
     run.require(*NAMES)
     out = Path(out) if out is not None else default_out(run)
-    if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
-        raise RunError(f"{out} is inside the private run directory; give the release a folder of its own")
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(run, out)  # before anything is written
     spec, config = data_spec(run), run.config
     classes = list(spec.classes) or [str(c) for c in range(spec.num_classes)]
     labels = run.load_npz(LABELS)
-    atomic_write_bytes(out / LABELS_NPZ, _npz(public_index=labels["query_index"], label=labels["label"]))
-    atomic_write_text(out / LABELS_CSV, _labels_csv(run, labels["query_index"], labels["label"], classes))
-    atomic_write_bytes(out / STUDENT_PT, run.verified(STUDENT_MODEL).read_bytes())
     doc = statement(run)
     meta = deploy.describe(config.student.arch, classes, spec.channels, spec.image_size, spec.mean, spec.std,
                            pipeline=config.name, pate_version=__version__,
@@ -111,18 +107,78 @@ def build(run: RunDir, out: Path | None = None) -> Path:
                            seeded=bool(doc["privacy"].get("seeded")),
                            rebuild="pate.models.build_model(arch, channels, len(classes), image_size)"
                                    ".load_state_dict(torch.load('student.pt')) on inputs normalised with mean/std")
-    atomic_write_bytes(out / STUDENT_TS, deploy.torchscript_bytes(student_model(run), meta))
-    atomic_write_json(out / STUDENT_JSON, meta)
-    atomic_write_json(out / STATEMENT_JSON, doc)
-    atomic_write_text(out / STATEMENT_TEXT, statement_text(doc))
-    atomic_write_text(out / MODEL_CARD, model_card.render(run, doc, classes))
+    files = {  # everything made (and every artifact verified) before the first write
+        LABELS_NPZ: _npz(public_index=labels["query_index"], label=labels["label"]),
+        LABELS_CSV: _labels_csv(run, labels["query_index"], labels["label"], classes).encode(),
+        STUDENT_PT: run.verified(STUDENT_MODEL).read_bytes(),
+        STUDENT_TS: deploy.torchscript_bytes(student_model(run), meta),
+        STATEMENT_JSON: (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(),
+        STATEMENT_TEXT: statement_text(doc).encode(),
+        MODEL_CARD: model_card.render(run, doc, classes).encode(),
+    }
+    # Public files, normal modes (the run directory's are 0600). student.json first: it marks the
+    # folder as a pate export, so a rerun after a crash here may write into it again.
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / STUDENT_JSON, meta, private=False)
+    for name, data in files.items():
+        atomic_write_bytes(out / name, data, private=False)
     return out
+
+
+def check_out(run: RunDir, out: Path) -> None:
+    """Refuse an output folder the public release must not be written to, before writing anything:
+    the run directory or anything inside it, another run directory (or inside one), the private
+    data (or a folder holding it, or inside it), a file, or a folder holding anything but a
+    previous pate export (recognised by its ``student.json``). Absent or empty folders are fine."""
+    real = out.resolve()
+    if real == run.path.resolve() or run.path.resolve() in real.parents:
+        raise RunError(f"{out} is inside the private run directory; give the release a folder of its own")
+    other = run_directory_holding(real)
+    if other is not None:
+        where = "is" if other == real else f"is inside {other}, which is"
+        raise RunError(f"{out} {where} another pate run directory (private); give the release a folder of its own")
+    data = run.config.data
+    for key in ("private_dir", "private_file"):
+        value = getattr(data, key, "")
+        if not value:
+            continue
+        private = Path(value).resolve()
+        if real == private or private in real.parents or real in private.parents:
+            raise RunError(f"{out} is, holds or is inside the private data ([data] {key} = {value!r}); "
+                           "give the release a folder of its own")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder; give the release a folder of its own")
+    others = sorted(p.name for p in out.iterdir() if not _ours(p.name))
+    if others:
+        raise RunError(f"{out} holds files that are not part of a pate export ({', '.join(others[:3])}"
+                       f"{', ...' if len(others) > 3 else ''}); give an empty or new folder")
+    if any(out.iterdir()) and not _is_export(out):
+        raise RunError(f"{out} holds files that are not a pate export (no pate {STUDENT_JSON}); "
+                       "give an empty or new folder")
+
+
+def _ours(name: str) -> bool:
+    """A file an export writes, or a temporary file of one cut short (``.NAME.XXXX.tmp``)."""
+    return name in FILES or (name.startswith(".") and name.endswith(".tmp")
+                             and any(name.startswith(f".{f}.") for f in FILES))
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        meta = json.loads((folder / STUDENT_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == deploy.FORMAT
 
 
 def _labels_csv(run: RunDir, public_index: np.ndarray, label: np.ndarray, classes: list[str]) -> str:
     """One row per released label: the public image's index (and its file, for image folders), the
-    label and its class name. Public file names are public; the private ones never appear."""
-    public_files = [entry[0] for entry in run.read_json(DATA).get("files", {}).get("public", [])] \
+    label and its class name. Public file names are public, relative to ``public_dir`` (the folders
+    above it may name the private data's place); the private ones never appear."""
+    public_files = [os.path.relpath(entry[0], run.config.data.public_dir)
+                    for entry in run.read_json(DATA).get("files", {}).get("public", [])] \
         if run.config.data.source == "folders" else []
     rows = io.StringIO()
     writer = csv.writer(rows)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import data as data_mod
-from ..io import atomic_write_text
+from ..io import atomic_write_text, private_mkdir
 from ..privacy import rdp
 from ..run import RunDir, RunError
 from ..stages.context import METRICS, PRIVACY, STUDENT_HISTORY, TEACHERS_EVAL, VOTES, mechanism, orders
@@ -107,7 +107,7 @@ def _optional(run: RunDir, name: str) -> dict | None:
 
 def _public_labels(run: RunDir, data_root: Path) -> tuple[np.ndarray | None, str | None]:
     """True labels of the public set (evaluation only), or None and why not."""
-    name = run.config.data.name
+    name = run.config.data.public_name
     try:
         labels = data_mod.load(run.config.data, Path(data_root), auto_prepare=False).public_y
     except (data_mod.DataError, OSError, ValueError) as exc:
@@ -125,7 +125,7 @@ def build(run: RunDir, out: Path | None = None, data_root: Path = data_mod.DEFAU
         raise RunError(f"nothing to report yet: aggregation has not finished in {run.path}; "
                        f"run `pate aggregate PIPELINE.toml --run-dir {run.path}` first")
     out = Path(out) if out is not None else run.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    private_mkdir(out)  # the report shows private figures too
     rows, privacy = audit.query_table(run)
     votes = run.load_npz(VOTES)["votes"][:len(rows)]
     answered = np.array([r["answered"] for r in rows], dtype=bool)
@@ -299,7 +299,7 @@ def render_html(run: RunDir, report: Report, privacy: dict) -> str:
 <style>{_CSS}</style></head>
 <body>
 <h1>PATE report: {esc(config.name)}</h1>
-<p class="meta">Run directory {esc(str(run.path))} · config {esc(config.fingerprint()[:16])} · {esc(config.data.name)},
+<p class="meta">Run directory {esc(str(run.path))} · config {esc(config.fingerprint()[:16])} · {esc(config.data.public_name)},
 {config.teachers.count} teachers, {esc(config.aggregator.mechanism)} · generated {esc(generated)} by <code>pate report</code></p>
 <div class="publish">
 {publishable_html(privacy, summary.spent(run, config.privacy.delta))}

@@ -1,0 +1,300 @@
+"""Files pate writes, and files a user hands it, as a new user meets them.
+
+Every file of a run directory is 0600 and every folder 0700 whatever the umask (the public export
+keeps normal modes); `pate predict` / `pate.load_student` refuse a hostile or foreign student file
+in one line before sizing anything by it; `pate export --out` refuses a folder it must not write
+to (another run, the private data, the run itself, someone's files) in one line, writing nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import pate
+from pate import io as pate_io
+from pate.cli import main
+from pate.errors import PateError
+
+from .conftest import TINY_PIPELINE
+from .data.conftest import FOLDERS_PIPELINE, write_folders
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_refusal(result, *fragments: str) -> None:
+    """Exit 2, one line, no traceback, naming what is wrong."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` and its bytes (None for folders): to show nothing changed."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+# ----------------------------------------------------------------------------- private modes
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_every_file_of_a_run_is_0600_and_every_folder_0700_whatever_the_umask(umask, tmp_path, tiny_pipeline,
+                                                                               fake_data_root):
+    run_dir = tmp_path / "runs" / "tiny"
+    before = os.umask(umask)
+    try:
+        result = invoke("run", tiny_pipeline, "--run-dir", run_dir, "--data-root", fake_data_root, "-q")
+    finally:
+        os.umask(before)
+    assert result.exit_code == 0, result.output
+    seen = {"files": 0, "folders": 1}
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    for root, dirs, files in os.walk(run_dir):
+        for name in dirs:
+            assert stat.S_IMODE((Path(root) / name).stat().st_mode) == 0o700, Path(root) / name
+            seen["folders"] += 1
+        for name in files:
+            assert stat.S_IMODE((Path(root) / name).stat().st_mode) == 0o600, Path(root) / name
+            seen["files"] += 1
+    names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")}
+    assert {"config.toml", "manifest.json", "partition.npz", "votes.npz", "labels.npz", "ledger.jsonl",
+            "privacy.json", "metrics.json", "teachers_eval.json", ".lock"} <= names, names
+    assert any(n.startswith("teachers/") for n in names) and any(n.startswith("student/") for n in names)
+    assert seen["files"] >= 12 and seen["folders"] >= 3
+    # The public release beside it is meant to be shared: normal modes, not the run's 0600.
+    release = tmp_path / "runs" / "tiny-release"
+    for path in release.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~pate_io._UMASK, path
+
+
+# ----------------------------------------------------------------------------- hostile student files
+
+
+class Tiny(torch.nn.Module):
+    """Scripts to a valid TorchScript module: (N, C, H, W) -> (N, 10) logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10] * 0.0 + torch.arange(10, dtype=torch.float32)
+
+
+class Wrong(torch.nn.Module):
+    """Answers logits of the wrong width."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 3)
+
+
+class Raises(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+
+GOOD = {"format": "pate.student/1", "arch": "cnn-small", "classes": [str(d) for d in range(10)], "channels": 1,
+        "image_size": 28, "mean": [0.1], "std": [0.3]}
+
+
+def save_ts(path: Path, meta, module: torch.nn.Module | None = None) -> Path:
+    """A TorchScript file whose ``pate.json`` holds ``meta`` (a dict, raw bytes, or None for none)."""
+    extra = {} if meta is None else {"pate.json": meta if isinstance(meta, bytes) else json.dumps(meta)}
+    torch.jit.save(torch.jit.script(module or Tiny()), str(path), _extra_files=extra)
+    return path
+
+
+def without(key):
+    return {k: v for k, v in GOOD.items() if k != key}
+
+
+HOSTILE = {
+    "no channels": (without("channels"), "'channels'"),
+    "no classes": (without("classes"), "'classes'"),
+    "no image_size": (without("image_size"), "'image_size'"),
+    "channels a list": ({**GOOD, "channels": [1, 3]}, "'channels'"),
+    "channels a string": ({**GOOD, "channels": "1"}, "'channels'"),
+    "channels a float": ({**GOOD, "channels": 1.0}, "'channels'"),
+    "channels true": ({**GOOD, "channels": True}, "'channels'"),
+    "100000 channels": ({**GOOD, "channels": 100000}, "'channels'"),
+    "100000 x 100000 images": ({**GOOD, "image_size": 100000}, "'image_size'"),
+    "image_size zero": ({**GOOD, "image_size": 0}, "'image_size'"),
+    "image_size a list": ({**GOOD, "image_size": [28, 28]}, "'image_size'"),
+    "classes a number": ({**GOOD, "classes": 10}, "'classes'"),
+    "classes of numbers": ({**GOOD, "classes": list(range(10))}, "'classes'"),
+    "no classes at all": ({**GOOD, "classes": []}, "'classes'"),
+    "too many classes": ({**GOOD, "classes": ["c"] * 100_001}, "'classes'"),
+    "metadata a list": ([1, 2, 3], "without pate's description"),
+    "another format": ({**GOOD, "format": "other/1"}, "without pate's description"),
+    "no metadata": (None, "without pate's description"),
+    "not JSON": (b"{not json", "is not valid JSON"),
+    "not UTF-8": (b"\xff\xfe\x00", "is not valid JSON"),
+}
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    path = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 128).save(path)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_predict_refuses_a_hostile_student_in_one_line(case, tmp_path, image, monkeypatch):
+    meta, fragment = HOSTILE[case]
+    model = save_ts(tmp_path / "student.ts", meta)
+
+    def never(*args, **kwargs):
+        raise AssertionError("images decoded for a student that should have been refused")
+
+    monkeypatch.setattr("pate.data.images.decode", never)  # nothing is sized by the bad description
+    out = tmp_path / "labels.csv"
+    out.write_text("kept\n")
+    one_line_refusal(invoke("predict", model, image, "--out", out, "-q"), fragment)
+    assert out.read_text() == "kept\n"
+    with pytest.raises(PateError, match="student"):
+        pate.load_student(model)
+
+
+@pytest.mark.parametrize("content", [b"not torchscript at all", b"", b"PK\x03\x04 a broken zip"])
+def test_predict_refuses_a_file_that_is_not_torchscript(content, tmp_path, image):
+    model = tmp_path / "student.ts"
+    model.write_bytes(content)
+    one_line_refusal(invoke("predict", model, image), "is not a TorchScript student exported by pate")
+    with pytest.raises(PateError, match="not a TorchScript student"):
+        pate.load_student(model)
+
+
+def test_predict_refuses_a_torch_save_pickle(tmp_path, image):
+    model = tmp_path / "student.pt"
+    torch.save({"state": torch.zeros(3)}, model)
+    one_line_refusal(invoke("predict", model, image), "is not a TorchScript student exported by pate")
+
+
+@pytest.mark.parametrize("module, fragment", [(Wrong(), "not logits of shape (1, 10)"),
+                                              (Raises(), "the student failed on images of shape")])
+def test_a_student_that_misbehaves_is_one_line(module, fragment, tmp_path, image):
+    model = save_ts(tmp_path / "student.ts", GOOD, module)
+    one_line_refusal(invoke("predict", model, image, "-q"), fragment)
+
+
+def test_a_well_described_student_predicts(tmp_path, image):
+    model = save_ts(tmp_path / "student.ts", GOOD)
+    result = invoke("predict", model, image, "-q")
+    assert result.exit_code == 0, result.output
+    confidence = torch.softmax(torch.arange(10, dtype=torch.float32), 0)[9].item()  # the constant logits'
+    assert f"{image},9,9,{confidence:.4f}" in result.output.splitlines()
+
+
+# ----------------------------------------------------------------------------- export / release --out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fake_data_root):
+    """A finished run on image folders (so the config names a private folder), and another run."""
+    root = tmp_path_factory.mktemp("hostile-export")
+    write_folders(root / "images")
+    (root / "folders.toml").write_text(FOLDERS_PIPELINE)
+    result = invoke("run", root / "folders.toml", "--run-dir", root / "run", "--data-root", root / "data-root", "-q")
+    assert result.exit_code == 0, result.output
+    (root / "tiny.toml").write_text(textwrap.dedent(TINY_PIPELINE))
+    other = invoke("run", root / "tiny.toml", "--run-dir", root / "other", "--data-root", fake_data_root,
+                   "--until", "partition", "-q")
+    assert other.exit_code == 0, other.output
+    (root / "other" / "labels.npz").write_bytes(b"that run's labels")  # what an export would overwrite
+    return root
+
+
+def _refused(finished, command, out, *fragments):
+    before = tree(finished)
+    one_line_refusal(invoke(command, finished / "run", "--out", out), *fragments)
+    assert tree(finished) == before  # nothing written, nothing overwritten
+
+
+@pytest.mark.parametrize("command", ["export", "release"])
+def test_export_refuses_another_run_directory(command, finished):
+    _refused(finished, command, finished / "other", "is another pate run directory")
+    _refused(finished, command, finished / "other" / "public", "is inside", "another pate run directory")
+
+
+@pytest.mark.parametrize("command", ["export", "release"])
+@pytest.mark.parametrize("where", ["images/private", "images/private/classe 0 é", "images/private/new",
+                                   "images", "."])
+def test_export_refuses_the_private_data(command, where, finished):
+    _refused(finished, command, finished / where, "the private data ([data] private_dir")
+
+
+@pytest.mark.parametrize("command", ["export", "release"])
+def test_export_refuses_the_run_directory_itself(command, finished):
+    _refused(finished, command, finished / "run", "inside the private run directory")
+    _refused(finished, command, finished / "run" / "student" / "pub", "inside the private run directory")
+
+
+@pytest.mark.parametrize("command", ["export", "release"])
+def test_export_refuses_a_folder_of_other_files(command, finished, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (mine / "labels.csv").write_text("my own labels")
+    one_line_refusal(invoke(command, finished / "run", "--out", mine), "thesis.tex", "not part of a pate export")
+    # Only export names, but no pate student.json: still not a previous export.
+    (mine / "thesis.tex").unlink()
+    one_line_refusal(invoke(command, finished / "run", "--out", mine), "not a pate export")
+    (mine / "student.json").write_text(json.dumps({"format": "something else"}))
+    one_line_refusal(invoke(command, finished / "run", "--out", mine), "not a pate export")
+    assert (mine / "labels.csv").read_text() == "my own labels"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    one_line_refusal(invoke(command, finished / "run", "--out", a_file), "is not a folder")
+    assert a_file.read_text() == "x" and set(tree(tmp_path)) == {"a-file", "mine", "mine/labels.csv",
+                                                                 "mine/student.json"}  # nothing added
+
+
+def test_export_refuses_a_foreign_default_folder(finished, tmp_path):
+    """Without --out the folder is RUN_DIR-release: checked the same way."""
+    default = finished / "run-release"  # written by `pate run`: a previous export, so reused
+    assert invoke("export", finished / "run").exit_code == 0
+    (default / "notes.txt").write_text("mine")
+    try:
+        before = tree(default)
+        one_line_refusal(invoke("export", finished / "run"), "notes.txt")
+        assert tree(default) == before
+    finally:
+        (default / "notes.txt").unlink()
+
+
+def test_export_into_new_empty_or_previous_export_folders(finished, tmp_path):
+    new = tmp_path / "new" / "pub"
+    assert invoke("export", finished / "run", "--out", new).exit_code == 0
+    files = sorted(p.name for p in new.iterdir())
+    again = invoke("export", finished / "run", "--out", new)  # a previous export: rewritten in place
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in new.iterdir()) == files
+    for path in new.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~pate_io._UMASK  # public: normal modes
+    (new / ".labels.csv.x1y2.tmp").write_bytes(b"half")  # an export cut short by a crash
+    (new / "statement.json").unlink()
+    assert invoke("export", finished / "run", "--out", new).exit_code == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert invoke("release", finished / "run", "--out", empty).exit_code == 0
+    assert (empty / "student.ts").is_file()
+
+
+def test_predict_out_refuses_the_run_directory(finished, image):
+    labels = finished / "other" / "labels.npz"
+    before = labels.read_bytes()
+    one_line_refusal(invoke("predict", finished / "run-release", image, "--out", labels, "-q"),
+                     "is inside the pate run directory")
+    assert labels.read_bytes() == before
+    one_line_refusal(invoke("predict", finished / "run-release", image, "--out", finished / "run" / "x.csv", "-q"),
+                     "is inside the pate run directory")
+    assert not (finished / "run" / "x.csv").exists()
