@@ -12,6 +12,7 @@ import json
 import math
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union, get_args, get_origin, get_type_hints
@@ -61,6 +62,8 @@ FEATURES = ("none", "simclr", "scattering", "pretrained")
 SOURCES = ("builtin", "folders", "arrays")
 NAMED_WEIGHTS = re.compile(r"^[A-Z][A-Z0-9_]*$")  # DEFAULT, IMAGENET1K_V1: a library's weights, not a file
 PATH_KEYS = ("private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file")
+DATA_NAME_PATTERN = re.compile(r"[^/\\\x00-\x1f\x7f]{1,100}")  # [data] name: a name, never a path
+CLASS_NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
 
 
@@ -83,36 +86,60 @@ class DataConfig:
     private_file: str = ""  # arrays: .npz with images and labels
     public_file: str = ""
     test_file: str = ""
-    channels: int = 0  # folders: 0 = 3 if any image has colour, else 1
-    image_size: int = 0  # folders: 0 = the median image size, rounded to a multiple of 4
-    private_size: int = 0  # 0 = every private record
+    # The image shape and the classes are PUBLISHED (statement, model card, the student's input), so
+    # they come from this config or from the public images only, never from the private ones.
+    channels: int = 0  # 0 = 3 if any public image has colour, else 1
+    image_size: int = 0  # folders: 0 = the median size of the public images, rounded to a multiple of 4
+    private_size: int = 0  # built-in data: keep about this many records (each by its own keyed hash); 0 = all
     student_pool: int = 0  # 0 = every public image not held out (built-in: 9 000)
     test_size: int = 0  # 0 = built-in: 1 000 held out; other sources: the whole test set
     split_seed: int = 0
+    # Class names, label 0 first; () = the built-in dataset's, or those of the labelled public test
+    # set (folders: the test_dir class folders; arrays: 0..the largest public label). Private class
+    # folders (labels) must each be one of them.
+    classes: tuple[str, ...] = ()
+    name: str = ""  # what the data is called in public outputs; "" = the built-in dataset's name, else the source
 
     def validate(self) -> None:
         _check("data", "source", self.source in SOURCES, f"one of {list(SOURCES)}", self.source)
+        for key in PATH_KEYS:
+            _check("data", key, "\0" not in getattr(self, key), "a path without NUL bytes", getattr(self, key))
+        _check("data", "name", self.name == "" or DATA_NAME_PATTERN.fullmatch(self.name) is not None,
+               "a name, not a path: at most 100 characters, no '/', '\\' or control characters", self.name)
+        _check("data", "classes", not self.classes or 2 <= len(self.classes) <= MAX_CLASSES,
+               f"a list of 2 to {MAX_CLASSES} class names, or [] (from the public test set)", len(self.classes))
+        bad = [c for c in self.classes if CLASS_NAME_PATTERN.fullmatch(c) is None]
+        _check("data", "classes", not bad, "names of 1 to 200 characters without control characters", bad[:1])
+        seen: set[str] = set()
+        duplicate = [c for c in map(lambda c: unicodedata.normalize("NFC", c), self.classes)
+                     if c in seen or seen.add(c)]
+        _check("data", "classes", not duplicate, "distinct names", duplicate[:1])
         needed = {"builtin": (), "folders": ("private_dir", "public_dir"), "arrays": ("private_file", "public_file")}
         for key in needed[self.source]:
             _check("data", key, bool(getattr(self, key)), f"given with source = {self.source!r}", getattr(self, key))
         if self.source == "builtin":
             _check("data", "dataset", self.dataset in DATASETS, f"one of {sorted(DATASETS)}", self.dataset)
+            _check("data", "classes", not self.classes or self.classes == DATASETS[self.dataset].classes,
+                   f"[] with a built-in dataset (its classes are {list(DATASETS[self.dataset].classes)})",
+                   list(self.classes))
         _check("data", "channels", self.channels in (0, 1, 3), "0 (from the images), 1 or 3", self.channels)
         _check("data", "image_size", self.image_size == 0 or 8 <= self.image_size <= 1024,
                "0 (the median image size) or in [8, 1024]", self.image_size)
         for key in ("private_size", "student_pool", "test_size"):
             _check("data", key, getattr(self, key) >= 0, ">= 0 (0 = all)", getattr(self, key))
         _check("data", "split_seed", 0 <= self.split_seed <= MAX_SEED, f"in [0, {MAX_SEED}]", self.split_seed)
+        # A draw keeps each record with probability private_size / N; N must be public (a built-in
+        # dataset's size), or the threshold itself would depend on the private set.
+        _check("data", "private_size", self.private_size == 0 or self.source == "builtin",
+               "0 with your own data (choose the records in the files themselves)", self.private_size)
         if self.spec is not None:
             self.check_sizes(self.spec)
 
     @property
-    def name(self) -> str:
-        """What the data is called in summaries and statements."""
-        if self.source == "builtin":
-            return self.dataset
-        path = Path(self.private_dir or self.private_file)
-        return f"{self.source}:{path.parent.name + '/' if path.parent.name else ''}{path.name}"
+    def public_name(self) -> str:
+        """What the data is called in summaries, statements and model cards: ``[data] name``, or the
+        built-in dataset's name, or the source ("folders", "arrays"); never a path."""
+        return self.name or (self.dataset if self.source == "builtin" else self.source)
 
     @property
     def spec(self) -> Optional[DatasetSpec]:
@@ -324,6 +351,23 @@ class PipelineConfig:
             _check("aggregator", "epsilon_budget", self.aggregator.epsilon_budget == 0,
                    f"0 with mechanism {self.aggregator.mechanism!r} (each record has its own budget: "
                    "[privacy] record_epsilon)", self.aggregator.epsilon_budget)
+        # A setting that bounds privacy is honoured by the mechanism's driver or refused here: the
+        # interactive driver runs no Renyi filter; only individual mechanisms have per-record budgets.
+        bound = ("[aggregator] max_queries or [privacy] total_budget" if mech.interactive
+                 else "[aggregator] epsilon_budget, max_queries or [privacy] total_budget")
+        if mech.interactive:
+            _check("aggregator", "epsilon_budget", self.aggregator.epsilon_budget == 0,
+                   f"0 with mechanism {self.aggregator.mechanism!r} (its driver runs no Renyi filter and asks "
+                   f"every query: bound the run with {bound})", self.aggregator.epsilon_budget)
+        if not mech.individual:
+            individual = [name for name, cls in MECHANISM_CLASSES.items() if cls.individual]
+            _check("privacy", "record_epsilon", self.privacy.record_epsilon == PrivacyConfig.record_epsilon,
+                   f"{PrivacyConfig.record_epsilon:g} (its default) with mechanism {self.aggregator.mechanism!r} "
+                   f"(per-record budgets are for {', '.join(individual)} only: bound the run with {bound})",
+                   self.privacy.record_epsilon)
+            _check("privacy", "record_budgets", not self.privacy.record_budgets,
+                   f"empty with mechanism {self.aggregator.mechanism!r} (per-record budgets are for "
+                   f"{', '.join(individual)} only: bound the run with {bound})", self.privacy.record_budgets)
         _check("privacy", "data_dependent_release", not self.privacy.data_dependent_release
                or MECHANISM_CLASSES[self.aggregator.mechanism].data_dependent,
                f"false with mechanism {self.aggregator.mechanism!r} (no data-dependent analysis)", True)
@@ -389,7 +433,7 @@ class PipelineConfig:
 # private-knn, interactive-gnmax), left out of the fingerprint at their defaults.
 ADDED_LATER = {
     "data": ("source", "private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file",
-             "channels", "image_size"),
+             "channels", "image_size", "classes", "name"),
     "teachers": ("backbone", "weights", "backbone_size"),
     "aggregator": ("knn_k", "knn_dim", "student_confidence", "interactive_rounds", "interactive_steps"),
     "privacy": ("record_epsilon", "record_budgets"),
@@ -450,19 +494,26 @@ def _build_section(section: str, cls: type, table: Any) -> Any:
 def _resolve_paths(raw: dict, base: Path) -> dict:
     """Data paths, a weights file and a budgets file relative to the pipeline file's folder, made
     absolute (so the frozen config.toml of a run names the same files from anywhere)."""
-    def absolute(value):
-        return str((base / value).resolve()) if isinstance(value, str) and value else value
+    def absolute(section: str, key: str, value):
+        if not (isinstance(value, str) and value):
+            return value  # a wrong type is named by the section's own checks
+        if "\0" in value:  # the OS cannot name such a file; refused here, before any path call
+            raise ConfigError(f"[{section}] {key} must be a path without NUL bytes; found {value!r}")
+        try:
+            return str((base / value).resolve())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"[{section}] {key} = {value!r} is not a usable path ({exc})") from None
 
     out = dict(raw)
     if isinstance(raw.get("data"), dict):
-        out["data"] = {k: absolute(v) if k in PATH_KEYS else v for k, v in raw["data"].items()}
+        out["data"] = {k: absolute("data", k, v) if k in PATH_KEYS else v for k, v in raw["data"].items()}
     privacy = raw.get("privacy")
     if isinstance(privacy, dict) and privacy.get("record_budgets"):
-        out["privacy"] = {**privacy, "record_budgets": absolute(privacy["record_budgets"])}
+        out["privacy"] = {**privacy, "record_budgets": absolute("privacy", "record_budgets", privacy["record_budgets"])}
     teachers = raw.get("teachers")
     if isinstance(teachers, dict) and isinstance(teachers.get("weights"), str) \
             and not NAMED_WEIGHTS.match(teachers["weights"]):
-        out["teachers"] = {**teachers, "weights": absolute(teachers["weights"])}
+        out["teachers"] = {**teachers, "weights": absolute("teachers", "weights", teachers["weights"])}
     return out
 
 

@@ -70,6 +70,13 @@ BAD = [
     ("[privacy]\ntotal_budget = -1.0\n", "[privacy] total_budget"),
     ("[teachers]\nfeature_epochs = 0\n", "[teachers] feature_epochs"),
     ("[teachers]\nfeature_dim = 1\n", "[teachers] feature_dim"),
+    # a privacy bound the mechanism's driver would ignore (DESIGN invariant 11)
+    ("[aggregator]\nmechanism = 'interactive-gnmax'\nepsilon_budget = 20.0\n",
+     "[aggregator] epsilon_budget must be 0 with mechanism 'interactive-gnmax' (its driver runs no Renyi filter"),
+    ("[privacy]\nrecord_epsilon = 2.0\n", "[privacy] record_epsilon must be 1 (its default) with mechanism "
+                                         "'confident-gnmax' (per-record budgets are for private-knn only"),
+    ("[aggregator]\nmechanism = 'gnmax'\n[privacy]\nrecord_budgets = 'budgets.csv'\n",
+     "[privacy] record_budgets must be empty with mechanism 'gnmax'"),
 ]
 
 
@@ -117,3 +124,107 @@ def test_keys_added_later_keep_older_runs_fingerprints():
     assert config.fingerprint() == as_before
     knn = config_mod.from_dict({"name": "old", "aggregator": {"knn_k": 5}})
     assert knn.fingerprint() != as_before and knn.canonical_dict()["aggregator"]["knn_k"] == 5
+
+
+ALL = ("lnmax", "gnmax", "confident-gnmax", "interactive-gnmax", "private-knn")
+HONOURED = {  # a setting that bounds privacy -> the mechanisms whose aggregation driver honours it
+    ("aggregator", "epsilon_budget", 5.0): ("lnmax", "gnmax", "confident-gnmax"),  # the batch driver's filter
+    ("aggregator", "max_queries", 100): ALL,
+    ("privacy", "total_budget", 5.0): ALL,  # the spend log, before the first query of every driver
+    ("privacy", "record_epsilon", 2.0): ("private-knn",),  # the individual filter
+    ("privacy", "record_budgets", "budgets.csv"): ("private-knn",),
+    ("privacy", "data_dependent_release", True): ("gnmax", "confident-gnmax"),  # a smooth-sensitivity analysis
+}
+
+
+@pytest.mark.parametrize("mechanism", ALL)
+@pytest.mark.parametrize("section, key, value", list(HONOURED), ids=[k for _, k, _ in HONOURED])
+def test_a_privacy_bound_is_honoured_or_refused_for_each_mechanism(section, key, value, mechanism):
+    """DESIGN invariant 11: every (bound, mechanism) pair either loads (the driver honours it) or is
+    refused at config time with one message naming the key."""
+    raw = {"name": "x", "aggregator": {"mechanism": mechanism},
+           "teachers": {"features": "scattering"} if mechanism == "private-knn" else {}}
+    raw.setdefault(section, {})[key] = value
+    if mechanism in HONOURED[section, key, value]:
+        assert getattr(getattr(config.from_dict(raw), section), key) == value
+    else:
+        with pytest.raises(config.ConfigError, match=re.escape(f"[{section}] {key} must")) as refused:
+            config.from_dict(raw)
+        assert repr(mechanism) in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("mechanism", ["gnmax", "interactive-gnmax"])
+def test_record_epsilon_at_its_default_is_accepted_and_keeps_the_fingerprint(mechanism):
+    """Written out at its default (a frozen config.toml does), record_epsilon is not a bound that is
+    ignored; and, an ADDED_LATER key at its default, it leaves the fingerprint as it was."""
+    plain = config.from_dict({"name": "x", "aggregator": {"mechanism": mechanism}})
+    explicit = config.from_dict({"name": "x", "aggregator": {"mechanism": mechanism, "epsilon_budget": 0.0},
+                                 "privacy": {"record_epsilon": 1.0, "record_budgets": ""}})
+    assert explicit == plain and explicit.fingerprint() == plain.fingerprint()
+
+
+# ----------------------------------------------------------------------------- [data] classes, name; NUL bytes
+
+
+@pytest.mark.parametrize("section, key", [("data", "private_dir"), ("data", "public_file"),
+                                          ("privacy", "record_budgets")])
+def test_a_nul_byte_in_a_path_is_refused_at_load(tmp_path, section, key):
+    source = "arrays" if key.endswith("_file") else "folders"
+    data = {"folders": 'source = "folders"\nprivate_dir = "p"\npublic_dir = "q"\n',
+            "arrays": 'source = "arrays"\nprivate_file = "p.npz"\npublic_file = "q.npz"\n'}[source]
+    text = f"[data]\n{data}" if section == "data" else f"[data]\n{data}[privacy]\n{key} = \"b.csv\"\n"
+    text = text.replace(f'{key} = "', f'{key} = "x\\u0000', 1)
+    path = tmp_path / "nul.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=re.escape(f"[{section}] {key} must be a path without NUL bytes")):
+        config.load(path)
+    result = CliRunner().invoke(main, ["partition", str(path), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and f"[{section}] {key}" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_nul_byte_in_a_data_path_is_refused_by_validate_too():
+    with pytest.raises(config.ConfigError, match=re.escape("[data] test_dir must be a path without NUL bytes")):
+        config.from_dict({"name": "x", "data": {"source": "folders", "private_dir": "/p", "public_dir": "/q",
+                                                "test_dir": "/t\0"}})
+
+
+def test_the_published_data_name_is_never_a_path():
+    folders = {"source": "folders", "private_dir": "/secret/patients/private", "public_dir": "/q"}
+    assert config.from_dict({"name": "x", "data": folders}).data.public_name == "folders"
+    assert config.from_dict({"name": "x", "data": {"source": "arrays", "private_file": "/s/p.npz",
+                                                   "public_file": "/q.npz"}}).data.public_name == "arrays"
+    assert config.from_dict({"name": "x"}).data.public_name == "mnist"
+    named = config.from_dict({"name": "x", "data": {**folders, "name": "Chest X-rays (v2)"}})
+    assert named.data.public_name == "Chest X-rays (v2)" and "secret" not in named.data.public_name
+    for bad in ("/secret/patients", "a\\b", "tab\there", "x" * 101):
+        with pytest.raises(config.ConfigError, match=re.escape("[data] name must be a name, not a path")):
+            config.from_dict({"name": "x", "data": {**folders, "name": bad}})
+
+
+@pytest.mark.parametrize("classes, message", [
+    (["only"], "[data] classes must be a list of 2 to"),
+    (["a", "a"], "[data] classes must be distinct names"),
+    (["é", "e\u0301"], "[data] classes must be distinct names"),  # the same name, NFC and NFD
+    (["a", ""], "[data] classes must be names of 1 to 200 characters"),
+    (["a", "b\0"], "[data] classes must be names of 1 to 200 characters"),
+])
+def test_bad_classes_are_refused(classes, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.from_dict({"name": "x", "data": {"source": "folders", "private_dir": "/p", "public_dir": "/q",
+                                                "classes": classes}})
+
+
+def test_classes_of_a_builtin_dataset_are_its_own():
+    config.from_dict({"name": "x", "data": {"classes": [str(d) for d in range(10)]}})
+    with pytest.raises(config.ConfigError, match=re.escape("[data] classes must be [] with a built-in dataset")):
+        config.from_dict({"name": "x", "data": {"classes": ["cat", "dog"]}})
+
+
+def test_classes_and_name_at_their_defaults_keep_the_fingerprint():
+    plain = config.from_dict({"name": "x"})
+    assert "classes" not in plain.canonical_dict()["data"] and "name" not in plain.canonical_dict()["data"]
+    named = config.from_dict({"name": "x", "data": {"source": "folders", "private_dir": "/p", "public_dir": "/q",
+                                                    "classes": ["a", "b"]}})
+    assert named.canonical_dict()["data"]["classes"] == ("a", "b")
+    assert config.from_dict(tomllib.loads(config.to_toml(named))) == named  # written and read back
