@@ -5,10 +5,12 @@ A CSV file names the records that differ from ``[privacy] record_epsilon``::
 
     record,epsilon
     scans/benign/0001.png,2.0      # image folders: the file, relative to private_dir
-    1234,0.5                        # arrays and built-in datasets: the record's index
+    patient-0042,0.5               # arrays: the record's entry in the private file's 'ids' array
+    1234,0.5                        # built-in datasets: the record's index (their records never move)
 
 Each value is an ε at the run's δ; an individual mechanism (private-knn) retires each record at
-its own budget, and the public statement gives the guarantee of each budget level. The file is
+its own budget, and the public statement gives the guarantee of each budget level in the file
+(the levels are public policy; which record holds which is not). The file is
 PRIVATE (which records have which budget is a fact about the private data); the run keeps the
 resolved budgets beside its ledger and refuses to continue if the file changes.
 """
@@ -63,17 +65,28 @@ def levels(path: str, default: float) -> list[float]:
     return sorted(values)
 
 
-def resolve(path: str, default: float, num_records: int, names: list[str] | None = None) -> np.ndarray:
-    """(num_records,) ε budget of each private record. ``names`` are the records' file paths
-    relative to ``private_dir`` (image folders); otherwise records are named by index."""
+def resolve(path: str, default: float, num_records: int, names: list[str] | None = None,
+            by_index: bool = False) -> np.ndarray:
+    """(num_records,) ε budget of each private record, matched by the record's identity, never by
+    its position in a set that may gain or lose records: ``names`` are the records' stable names
+    (image folders: the file relative to ``private_dir``; arrays: the ``ids`` array). Rows name
+    records by index only where ``by_index`` (a built-in dataset, fixed and checked against pinned
+    hashes, whose indices never move). A row naming a record the data does not hold is no error:
+    the same file serves every version of a dataset that gains or loses records."""
     budgets = np.full(num_records, float(default))
     if not path:
         return budgets
     position = {name: i for i, name in enumerate(names)} if names is not None else None
     seen: dict[int, int] = {}
     for number, record, eps in _rows(Path(path)):
-        if position is not None and record in position:
+        if position is not None:
+            if record not in position:
+                continue  # a record this version of the data does not hold (the file is a policy over ids)
             i = position[record]
+        elif not by_index:
+            raise BudgetError(f"{path} line {number}: records must be named by a stable id, not by position (a "
+                              "record removed would move every budget after it): give the private .npz an 'ids' "
+                              "array and name records by it")
         else:
             try:
                 i = int(record)

@@ -1,37 +1,33 @@
 """Disjoint teacher shards of the private set, and the split of the public set.
 
 Each private record belongs to exactly one teacher, fixed once and stored (Papernot et al. 2017,
-arXiv:1610.05755v4, Section 2.1: teachers train on disjoint data). A record changes at most one
-teacher's training set, hence at most one vote per query, which is what the sensitivity of every
-aggregator assumes. The split is checked again
-whenever it is loaded, so a damaged or foreign partition is never used.
+arXiv:1610.05755v4, Section 2.1: teachers train on disjoint data). A record's teacher, and whether
+a ``private_size`` draw keeps it, come from a keyed hash of that record alone (``pate.records``),
+so adding or removing one record changes one teacher's shard and no other record's teacher: the
+add/remove neighbour relation every guarantee is stated for. Shards are therefore near balanced
+(multinomial sizes), not exactly; a teacher may even have none, and then votes as an untrained
+model, which depends on no private record. The split is checked again whenever it is loaded, so a
+damaged or foreign partition is never used.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .errors import PateError
+from .records import SCHEME, assign
 
 
 class PartitionError(PateError):
     """A stored partition breaks an invariant."""
 
 
-def make_partition(*, num_train: int, num_private: int, num_public: int, num_teachers: int,
-                   student_pool: int, test_size: int, num_queries: int, seed: int,
-                   num_pool: int | None = None) -> dict[str, np.ndarray]:
-    """Seeded, balanced, disjoint shards (shard sizes differ by at most one) and a public split.
-
-    ``teacher_of[i]`` is record i's teacher, or -1 when record i is left out (``num_private``
-    below the number of private records). Queries are the first ``num_queries`` of the shuffled
-    pool. With ``num_pool`` (a separate test set) the pool is drawn from the first ``num_pool``
-    public images and the held-out test split is the first ``test_size`` of the rest; without it
-    both are drawn from one shuffled public set.
-    """
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9A7E]))
-    chosen = rng.permutation(num_train)[:num_private]
-    teacher_of = np.full(num_train, -1, dtype=np.int64)
-    teacher_of[chosen] = np.arange(num_private) % num_teachers
+def split_public(*, num_public: int, student_pool: int, test_size: int, num_queries: int, seed: int,
+                 num_pool: int | None = None) -> dict[str, np.ndarray]:
+    """The public split, seeded (public information): queries are the first ``num_queries`` of the
+    shuffled pool. With ``num_pool`` (a separate test set) the pool is drawn from the first
+    ``num_pool`` public images and the held-out test split is the first ``test_size`` of the rest;
+    without it both are drawn from one shuffled public set."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9A7E, 1]))
     if num_pool is None:
         public = rng.permutation(num_public)
         test_index = np.sort(public[:test_size])
@@ -39,30 +35,41 @@ def make_partition(*, num_train: int, num_private: int, num_public: int, num_tea
     else:
         student_pool_index = rng.permutation(num_pool)[:student_pool]
         test_index = np.arange(num_pool, num_pool + test_size)
-    return {
-        "teacher_of": teacher_of,
-        "query_index": student_pool_index[:num_queries].copy(),
-        "student_pool_index": student_pool_index,
-        "test_index": test_index,
-    }
+    return {"query_index": student_pool_index[:num_queries].copy(), "student_pool_index": student_pool_index,
+            "test_index": test_index}
 
 
-def verify_partition(arrays: dict[str, np.ndarray], *, num_train: int, num_private: int, num_public: int,
-                     num_teachers: int, student_pool: int, test_size: int, num_queries: int,
+def make_partition(*, digests: np.ndarray, fingerprints: np.ndarray, num_teachers: int, keep_rate: float = 1.0,
+                   num_train: int | None = None, **public) -> dict[str, np.ndarray]:
+    """Shards from each record's keyed digests (``pate.records.shard_digests``), and the public split.
+
+    ``teacher_of[i]`` is record i's teacher, or -1 when the ``keep_rate`` draw leaves it out;
+    ``record_fingerprint[i]`` names it in the spend log. Both are PRIVATE."""
+    if num_train is not None and len(digests) != num_train:
+        raise PartitionError(f"{len(digests)} record digests for {num_train} private records")
+    return {"scheme": np.array(SCHEME), "teacher_of": assign(digests, num_teachers, keep_rate),
+            "shard_digest": np.asarray(digests, dtype=np.uint64),
+            "record_fingerprint": np.asarray(fingerprints, dtype=np.uint64), **split_public(**public)}
+
+
+def verify_partition(arrays: dict[str, np.ndarray], *, num_train: int, num_public: int, num_teachers: int,
+                     student_pool: int, test_size: int, num_queries: int, keep_rate: float = 1.0,
                      num_pool: int | None = None) -> None:
     """Raise PartitionError unless the arrays are a valid partition of these sizes."""
-    missing = {"teacher_of", "query_index", "student_pool_index", "test_index"} - set(arrays)
+    if "scheme" not in arrays or str(arrays["scheme"]) != SCHEME:
+        raise PartitionError("it was made by an earlier version of pate (a shuffle of all records, whose guarantee "
+                             "covers replacing a record, not adding or removing one); start a new run directory")
+    missing = {"teacher_of", "shard_digest", "record_fingerprint", "query_index", "student_pool_index",
+               "test_index"} - set(arrays)
     if missing:
         raise PartitionError(f"partition lacks {sorted(missing)}")
-    teacher_of = arrays["teacher_of"]
-    if teacher_of.shape != (num_train,):
-        raise PartitionError(f"teacher_of has shape {teacher_of.shape}, expected ({num_train},)")
-    used = teacher_of[teacher_of >= 0]
-    if used.size != num_private or teacher_of.min() < -1 or (used.size and used.max() >= num_teachers):
-        raise PartitionError("teacher_of does not assign the configured records to teachers 0..K-1")
-    sizes = np.bincount(used, minlength=num_teachers)
-    if sizes.min() == 0 or sizes.max() - sizes.min() > 1:
-        raise PartitionError(f"shards are unbalanced or empty (sizes {sizes.min()}..{sizes.max()})")
+    teacher_of, digests, prints = arrays["teacher_of"], arrays["shard_digest"], arrays["record_fingerprint"]
+    if teacher_of.shape != (num_train,) or prints.shape != (num_train,) or prints.dtype != np.uint64 \
+            or digests.shape != (num_train, 2) or digests.dtype != np.uint64:
+        raise PartitionError(f"teacher_of, shard_digest and record_fingerprint must describe {num_train} records")
+    if (teacher_of >= 0).sum() == 0 or not np.array_equal(teacher_of, assign(digests, num_teachers, keep_rate)):
+        raise PartitionError("teacher_of does not assign each record to the teacher its keyed hash names "
+                             f"(teachers 0..{num_teachers - 1}, the configured draw)")
     pool, test, queries = arrays["student_pool_index"], arrays["test_index"], arrays["query_index"]
     for name, index, size in (("student_pool_index", pool, student_pool), ("test_index", test, test_size),
                               ("query_index", queries, num_queries)):

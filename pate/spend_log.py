@@ -1,24 +1,36 @@
-"""The spend log on disk: one file per private dataset, outside every run directory, locked.
+"""The spend log on disk: one chained log per spend directory, outside every run directory, locked.
 
 Default location ``~/.local/share/pate/spend`` (``$XDG_DATA_HOME/pate/spend`` when set);
-``PATE_SPEND_DIR`` overrides it. The file is named by a fingerprint of the private images and
-labels, so every run over the same private data, in any run directory, appends to the same log.
-It is PRIVATE (the fingerprint is a hash of the private data): files are created mode 0600.
-An entry is appended, under an OS file lock, before the release it records happens.
+``PATE_SPEND_DIR`` overrides it. It holds the secret record key (``pate.records``), the log
+(``spend.jsonl``), its head (``spend.head``: how many lines and the last MAC), and for each
+aggregation the sorted fingerprints of the records it charges (``records/<nonce>.npy``). Every
+file is PRIVATE (fingerprints confirm guessed records) and created 0600. An entry is appended,
+under an OS file lock, before the release it records happens.
+
+What it cannot protect against: a user who deletes the whole directory (log, head and key) starts
+afresh, as one who runs pate on another machine does; the guarantee of each release still holds,
+only their composition is no longer counted.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
+import secrets
+from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from . import records
 from .errors import PateError
-from .io import append_durable, create_exclusive
+from .io import append_durable, atomic_write_bytes, atomic_write_json, create_exclusive, sha256_file
 from .privacy import spend
+
+LOG, HEAD, RECORDS_DIR = "spend.jsonl", "spend.head", "records"
 
 
 class SpendError(PateError):
@@ -32,65 +44,195 @@ def directory() -> Path:
     return base / "pate" / "spend"
 
 
-def path_for(fingerprint: str) -> Path:
-    return directory() / f"{fingerprint}.jsonl"
+def _refuse(problem: str) -> SpendError:
+    return SpendError(f"{problem}; nothing is released until it is restored")
 
 
 @contextlib.contextmanager
-def locked(fingerprint: str) -> Iterator[Path]:
-    """Hold the log's lock (released by the kernel if the process dies) while reading and appending."""
+def _locked() -> Iterator[tuple[Path, bytes]]:
+    """Hold the log's lock (released by the kernel if the process dies); yields (folder, secret key)."""
     folder = directory()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(folder / f"{fingerprint}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder / "spend.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield path_for(fingerprint)
+        yield folder, _secret(folder)
     finally:
         os.close(fd)
 
 
-def _read(path: Path, fingerprint: str) -> list[spend.Entry]:
-    if not path.exists():
-        return []
+def _secret(folder: Path) -> bytes:
+    """The directory's record key; a new directory gets its log, head and key together (the key
+    last), so a key without its log means the log was deleted."""
+    key_path, log, head = folder / records.KEY_FILE, folder / LOG, folder / HEAD
+    if key_path.exists():
+        try:
+            secret = records.load_key(key_path)
+        except records.RecordError as exc:
+            raise _refuse(str(exc)) from None
+        if not log.exists() or not head.exists():
+            raise _refuse(f"{(log if not log.exists() else head)} was deleted, though {key_path} is there: the "
+                          "privacy already spent on your records is unknown")
+        return secret
+    if log.exists() and len(log.read_bytes().splitlines()) > 1:
+        raise _refuse(f"{key_path} is missing, so the spend log in {folder} cannot be checked")
+    secret = os.urandom(records.KEY_BYTES)
+    text, mac = spend.encode_header(spend.chain_key(secret))
+    atomic_write_bytes(log, text, private=True)
+    atomic_write_json(head, {"lines": 1, "mac": mac}, private=True)
+    create_exclusive(key_path, secret)
+    return secret
+
+
+def record_key() -> bytes:
+    """The secret key that names records (``pate.records``), made with the spend log on first use."""
+    with _locked() as (_, secret):
+        return secret
+
+
+def _read(folder: Path, secret: bytes) -> spend.Log:
+    key = spend.chain_key(secret)
+    log, head = folder / LOG, folder / HEAD
+    old = sorted(p.name for p in folder.glob("*.jsonl") if p.name != LOG)
+    if old:
+        raise SpendError(f"{folder} holds spend logs of an earlier pate version ({old[0]}, ...), kept per whole "
+                         "dataset; they cannot be composed per record. Move them out of the folder to go on (their "
+                         "spend is then no longer counted)")
     try:
-        return spend.parse(path.read_text(encoding="utf-8"), fingerprint, str(path))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpendError(f"{path} is unreadable ({exc}); nothing is released until it is restored") from None
+        head_doc = json.loads(head.read_text(encoding="utf-8"))
+        text = log.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise _refuse(f"{exc.filename} is missing (the spend log or its head was deleted)") from None
+    except (OSError, ValueError) as exc:
+        raise _refuse(f"the spend log in {folder} is unreadable ({exc})") from None
+    try:
+        return spend.parse(text, key, head_doc if isinstance(head_doc, dict) else {}, str(log))
     except spend.SpendLogError as exc:
-        raise SpendError(f"{exc}; nothing is released until it is restored") from None
+        raise _refuse(str(exc)) from None
 
 
-def entries(fingerprint: str) -> list[spend.Entry]:
-    with locked(fingerprint) as path:
-        return _read(path, fingerprint)
+def _append(folder: Path, log: spend.Log, secret: bytes, item) -> spend.Log:
+    payload, mac = spend.encode(spend.chain_key(secret), log.last_mac, item)
+    append_durable(folder / LOG, payload)
+    atomic_write_json(folder / HEAD, {"lines": log.lines + 1, "mac": mac}, private=True)
+    entries = log.entries + [item] if isinstance(item, spend.Entry) else log.entries
+    claims = log.claims + [item] if isinstance(item, spend.Claim) else log.claims
+    return spend.Log(entries, claims, log.lines + 1, mac)
 
 
-def record(fingerprint: str, entry: spend.Entry, *, total_budget: float = 0.0,
-           conversion: str = "improved") -> spend.Total:
-    """Append ``entry`` unless it is already there (a resumed run); refuse it when the composed
-    total would pass ``total_budget`` (0 = none). Returns the total including it."""
-    with locked(fingerprint) as path:
-        existing = _read(path, fingerprint)
-        if any(e.kind == entry.kind and e.run_id == entry.run_id and e.draw == entry.draw for e in existing):
-            return spend.composed(existing, entry.delta, conversion)
-        total = spend.composed(existing, entry.delta, conversion, extra=entry.curve())
-        if total_budget and total.epsilon > total_budget:
-            before = spend.composed(existing, entry.delta, conversion)
-            raise SpendError(
-                f"this release would bring the privacy spent on this private data to epsilon {total.epsilon:.3f} "
-                f"(delta {entry.delta:g}, {total.releases} releases), past [privacy] total_budget = {total_budget:g}; "
-                f"spent so far: {before.epsilon:.3f}. Nothing was released")
+def _members(folder: Path, entries: list[spend.Entry], fingerprints: np.ndarray) -> np.ndarray:
+    """(N, E): which entries charge each of the records named by ``fingerprints``."""
+    out = np.zeros((len(fingerprints), len(entries)), dtype=bool)
+    by_file: dict[str, np.ndarray] = {}
+    for j, e in enumerate(entries):
+        if e.records_sha256 not in by_file:
+            path = folder / RECORDS_DIR / f"{e.records_sha256}.npy"
+            if not path.exists() or sha256_file(path) != e.records_sha256:
+                raise _refuse(f"{path} (the records charged by the release of {e.time}) is missing or changed")
+            by_file[e.records_sha256] = np.load(path, allow_pickle=False)
+        out[:, j] = np.isin(fingerprints, by_file[e.records_sha256], assume_unique=False)
+    return out
+
+
+def _total(folder, log, fingerprints, delta, conversion, extra=None) -> spend.Total:
+    return spend.composed(log.entries, _members(folder, log.entries, fingerprints), delta, conversion, extra)
+
+
+def _refuse_past_budget(total: spend.Total, before: spend.Total, total_budget: float, what: str) -> None:
+    if total_budget and total.epsilon > total_budget:
+        raise SpendError(
+            f"{what} would bring the privacy spent on a record of this private data to epsilon {total.epsilon:.3f} "
+            f"(delta {total.delta:g}, {total.releases} releases), past [privacy] total_budget = {total_budget:g}; "
+            f"spent so far: {before.epsilon:.3f}. Nothing was released")
+
+
+def begin(entry: spend.Entry, fingerprints: np.ndarray, *, total_budget: float = 0.0, conversion: str = "improved",
+          planned: Optional[np.ndarray] = None) -> spend.Total:
+    """Charge ``entry`` to the records ``fingerprints`` before its release begins, unless an entry
+    with its nonce is there already (a resumed aggregation); refuse it when the worst record's
+    composed total would pass ``total_budget`` (0 = none), counting ``planned`` (a curve about to
+    be drawn as well, e.g. the smooth-sensitivity release) too. Returns the worst record's total."""
+    prints = np.unique(np.asarray(fingerprints, dtype=np.uint64))
+    with _locked() as (folder, secret):
+        log = _read(folder, secret)
+        if log.entry(entry.nonce, entry.kind, entry.draw) is not None:
+            return _total(folder, log, prints, entry.delta, conversion)
+        before = _total(folder, log, prints, entry.delta, conversion)
+        extra = entry.curve() + (0 if planned is None else planned)
+        _refuse_past_budget(_total(folder, log, prints, entry.delta, conversion, extra), before, total_budget,
+                            "this release" + (" and the release planned after it" if planned is not None else ""))
+        data = _npy_bytes(prints)
+        digest = hashlib.sha256(data).hexdigest()
+        path = folder / RECORDS_DIR / f"{digest}.npy"
         if not path.exists():
-            create_exclusive(path, spend.encode_header(fingerprint))
-        append_durable(path, spend.encode(entry))
-        return total
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            atomic_write_bytes(path, data, private=True)
+        log = _append(folder, log, secret, replace(entry, records=int(len(prints)), records_sha256=digest))
+        return _total(folder, log, prints, entry.delta, conversion)
 
 
-def draws(fingerprint: str, run_id: str, kind: str) -> int:
-    """How many entries of ``kind`` the run ``run_id`` has logged."""
-    return sum(e.run_id == run_id and e.kind == kind for e in entries(fingerprint))
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
-def total(fingerprint: str, delta: float, conversion: str = "improved",
-          extra: Optional[np.ndarray] = None) -> spend.Total:
-    return spend.composed(entries(fingerprint), delta, conversion, extra)
+def draws(nonce: str) -> int:
+    """How many smooth-sensitivity draws the aggregation ``nonce`` has logged."""
+    with _locked() as (folder, secret):
+        return _read(folder, secret).draws(nonce)
+
+
+def total(fingerprints: np.ndarray, delta: float, conversion: str = "improved") -> spend.Total:
+    """The worst record's composed spend, over the records named by ``fingerprints``."""
+    prints = np.unique(np.asarray(fingerprints, dtype=np.uint64))
+    with _locked() as (folder, secret):
+        return _total(folder, _read(folder, secret), prints, delta, conversion)
+
+
+def entries() -> list[spend.Entry]:
+    with _locked() as (folder, secret):
+        return _read(folder, secret).entries
+
+
+class Holder:
+    """This process's hold on one aggregation: only the holder of the latest claim may extend its
+    ledger, and every extension is claimed in the log under its lock, with the ledger written
+    inside it, so two copies of a run directory never both answer the same queries."""
+
+    def __init__(self, nonce: str, ledger_macs: tuple[str, ...]):
+        """Claim aggregation ``nonce`` for this process: refused when the log has no entry for it, or
+        its latest claim is not on this ledger (``ledger_macs``: the chain after header and each
+        record) — a stale copy of the run directory, or one that another copy has moved past."""
+        self.nonce, self.token = nonce, secrets.token_hex(16)
+        with _locked() as (folder, secret):
+            log = _read(folder, secret)
+            if log.entry(nonce) is None:
+                raise _refuse(f"the spend log in {folder} has no record of this aggregation (nonce {nonce[:12]}): "
+                              "it was replaced, or this run directory comes from another spend log")
+            latest = log.latest_claim(nonce)
+            if latest is not None and (latest.decided >= len(ledger_macs)
+                                       or ledger_macs[latest.decided] != latest.ledger_mac):
+                raise SpendError(
+                    f"this run directory's ledger holds {len(ledger_macs) - 1} queries but the spend log records "
+                    f"{latest.decided} for its aggregation, on another ledger: it is a stale copy of a run directory "
+                    "(or its ledger was replaced), and answering again would spend twice. Use the run directory the "
+                    "spend log follows, or start a new run directory")
+            self._claim(folder, secret, log, len(ledger_macs) - 1, ledger_macs[-1])
+
+    def _claim(self, folder: Path, secret: bytes, log: spend.Log, decided: int, mac: str) -> None:
+        _append(folder, log, secret, spend.Claim(self.nonce, self.token, decided, mac))
+
+    def extend(self, write: Callable[[], None], decided: int, mac: str) -> None:
+        """Under the log's lock: check this process still holds the aggregation, ``write`` the
+        ledger lines, then record how far the ledger got."""
+        with _locked() as (folder, secret):
+            log = _read(folder, secret)
+            latest = log.latest_claim(self.nonce)
+            if latest is None or latest.token != self.token:
+                raise SpendError("another copy of this run directory took over its aggregation; this one stops here "
+                                 "(nothing more is released from it)")
+            write()
+            self._claim(folder, secret, log, decided, mac)

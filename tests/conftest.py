@@ -93,17 +93,23 @@ def tiny_pipeline(tmp_path) -> Path:
 def finish_votes_stage(run, votes: np.ndarray, private_data: str | None = None) -> None:
     """Give ``run`` a real partition and the given vote matrix, as if train-teachers and vote had run.
 
-    ``private_data`` is the fingerprint naming the spend log (default: one of its own, so tests
-    that do not share private data do not share a spend log)."""
+    ``private_data`` names the (fake) private records: runs given the same name share their
+    records, hence their spend in the spend log (default: records of their own)."""
+    import hashlib
     import uuid
 
+    from pate import records
     from pate.io import atomic_save_npz
     from pate.partition import make_partition
     from pate.stages.context import partition_sizes
 
-    parts = make_partition(seed=0, **partition_sizes(run.config, run.config.data.spec))
+    sizes = partition_sizes(run.config, run.config.data.spec)
+    secret = hashlib.sha256((private_data or uuid.uuid4().hex).encode()).digest()
+    names = [b"%d" % i for i in range(sizes["num_train"])]
+    parts = make_partition(digests=records.shard_digests(secret, names, 0),
+                           fingerprints=records.fingerprints(secret, names), seed=0, **sizes)
     atomic_save_npz(run.file("partition.npz"), **parts)
-    run.finish("partition", ["partition.npz"], private_data=private_data or uuid.uuid4().hex)
+    run.finish("partition", ["partition.npz"])
     run.update("train-teachers", status="done", outputs={})
     atomic_save_npz(run.file("votes.npz"), private=True, votes=votes, query_index=parts["query_index"])
     run.finish("vote", ["votes.npz"])

@@ -21,7 +21,7 @@ def test_partition_then_status(tmp_path, tiny_pipeline, fake_data_root):
     result = invoke("partition", tiny_pipeline, "--run-dir", run_dir, "--data-root", fake_data_root, "-q")
     assert result.exit_code == 0, result.output
     with np.load(run_dir / "partition.npz") as p:
-        assert (p["teacher_of"] >= 0).sum() == 600 and p["query_index"].shape == (40,)
+        assert 500 < (p["teacher_of"] >= 0).sum() < 700 and p["query_index"].shape == (40,)  # ~600, by hash
     status = invoke("status", run_dir)
     assert status.exit_code == 0
     lines = {line.split()[0]: line.split()[1] for line in status.output.splitlines()[1:]}

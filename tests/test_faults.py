@@ -132,7 +132,7 @@ def validate(run_dir: Path) -> None:
             assert sha256_file(run_dir / name) == digest, f"{name} does not match its manifest hash"
     if "partition" in done:
         parts = npz(run_dir / "partition.npz")
-        verify_partition(parts, num_train=60000, num_private=600, num_public=10000, num_teachers=K,
+        verify_partition(parts, num_train=60000, keep_rate=0.01, num_public=10000, num_teachers=K,
                          student_pool=2200, test_size=100, num_queries=QUERIES)
     if "vote" in done:
         votes = npz(run_dir / "votes.npz")
@@ -332,8 +332,28 @@ def make_partial(reference: Reference, stage: str, run_dir: Path) -> Path:
         lines = (run_dir / "ledger.jsonl").read_text().splitlines(keepends=True)
         (run_dir / "ledger.jsonl").write_text("".join(lines[:301]))
         record["decided"] = 300
+        record["nonce"] = _partial_aggregation_in_spend_log(run_dir, record["nonce"])
         (run_dir / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
     return run_dir
+
+
+def _partial_aggregation_in_spend_log(run_dir: Path, reference_nonce: str) -> str:
+    """A fresh aggregation in the spend log whose ledger got to where ``run_dir``'s stops: what a
+    crash leaves. (A copy of the reference's own would be refused: the log saw that ledger finish.)"""
+    import dataclasses
+    import uuid
+
+    from pate import spend_log
+    from pate.privacy import ledger
+    from pate.stages.context import LEDGER_KEY
+
+    nonce = uuid.uuid4().hex
+    entry = next(e for e in spend_log.entries() if e.nonce == reference_nonce and e.kind == "aggregation")
+    parts = npz(run_dir / "partition.npz")
+    spend_log.begin(dataclasses.replace(entry, nonce=nonce), parts["record_fingerprint"][parts["teacher_of"] >= 0])
+    book = ledger.parse((run_dir / "ledger.jsonl").read_text(), (run_dir / LEDGER_KEY).read_bytes())
+    spend_log.Holder(nonce, book.macs)
+    return nonce
 
 
 @pytest.mark.parametrize("stage", ["train-teachers", "vote", "aggregate", "train-student"])
@@ -670,8 +690,8 @@ def test_two_aggregations_of_one_run_never_spend_twice(delay, reference, tmp_pat
         assert code == 0 or (code == 2 and "is in use by pid" in out and len(out.strip().splitlines()) == 1), out
     validate(run_dir)
     compare_with_reference(run_dir, reference.after("aggregate"), "aggregate")
-    fingerprint = manifest(run_dir)["stages"]["partition"]["private_data"]
-    entries = [e for e in spend_log.entries(fingerprint) if e.run_id == manifest(run_dir)["run_id"]]
+    nonce = manifest(run_dir)["stages"]["aggregate"]["nonce"]
+    entries = [e for e in spend_log.entries() if e.nonce == nonce]
     assert [e.kind for e in entries] == ["aggregation"]
 
 

@@ -315,7 +315,6 @@ def individual_report(settings: Settings, *, budget_levels: Sequence[float], spe
                               seeded=seeded, stopped_by_budget=False)
     public["per_budget_level"] = individual.group_guarantees(np.asarray(budget_levels), settings.order_array,
                                                              settings.delta, settings.conversion)
-    public["neighbouring"] = "datasets differing by adding or removing one private record"
     spent_eps = np.array([individual.epsilon_of_budget(float(v), settings.order_array, settings.delta,
                                                        settings.conversion)[0] for v in np.quantile(spent, [0.5, 1.0])])
     voters = votes.sum(axis=1) if len(votes) else np.zeros(0)
@@ -328,6 +327,10 @@ def individual_report(settings: Settings, *, budget_levels: Sequence[float], spe
     return {"public": public, "private": private}
 
 
+NEIGHBOURING = ("datasets differing by adding or removing one private record (a record's teacher, and whether a "
+                "draw keeps it, depend on that record alone)")
+
+
 def public_statement(settings: Settings, *, asked: int, answered: int, release, seeded: bool,
                      stopped_by_budget: bool) -> dict:
     """The statement a user may publish: nothing in it is a function of the votes except through
@@ -337,6 +340,7 @@ def public_statement(settings: Settings, *, asked: int, answered: int, release, 
         "note": PUBLIC_NOTE,
         "guarantee": {**g.to_dict(), "holds_for": "every private dataset: computed from the settings alone"},
         "mechanism": settings.mechanism.name,
+        "neighbouring": NEIGHBOURING,
         "settings": {**settings.mechanism.settings(),
                      **({} if settings.mechanism.individual else {"teachers": settings.num_teachers}),
                      "classes": settings.num_classes, "max_queries": settings.max_queries,

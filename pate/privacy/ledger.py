@@ -103,6 +103,7 @@ class Ledger(NamedTuple):
     header: LedgerHeader
     records: list[QueryRecord]
     last_mac: str  # where the next append chains from
+    macs: tuple[str, ...] = ()  # the chain after each line: macs[d] follows the header and d records
 
 
 _RECORD_FIELDS = {f.name for f in fields(QueryRecord)}
@@ -119,7 +120,7 @@ def parse(text: str, key: bytes, path: str = "the ledger") -> Ledger:
     lines = text.splitlines()
     if not lines:
         raise LedgerError(f"{path} is empty (no header)")
-    objs, previous = [], ""
+    objs, previous, macs = [], "", []
     for number, line in enumerate(lines, start=1):
         try:
             obj = json.loads(line)
@@ -131,6 +132,7 @@ def parse(text: str, key: bytes, path: str = "the ledger") -> Ledger:
                               "this run); the ledger cannot be trusted, and its queries must not be answered again")
         objs.append(obj)
         previous = mac
+        macs.append(mac)
     head = objs[0]
     if head.get("kind") != "header" or set(head) - {"kind"} != _HEADER_FIELDS:
         raise LedgerError(f"{path} does not start with a valid ledger header")
@@ -145,7 +147,7 @@ def parse(text: str, key: bytes, path: str = "the ledger") -> Ledger:
             raise LedgerError(f"{path} line {number} records query {record.query}, expected {number - 2} "
                               "(lines missing, repeated or reordered)")
         records.append(record)
-    return Ledger(header, records, previous)
+    return Ledger(header, records, previous, tuple(macs))
 
 
 def check_against_votes(header: LedgerHeader, records: list[QueryRecord], *, config_sha256: str,

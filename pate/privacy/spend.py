@@ -1,13 +1,25 @@
-"""The spend log of one private dataset: every release over it, composed (no I/O).
+"""The spend log: every release over private records, composed per record (no I/O).
 
-Every aggregation and every smooth-sensitivity draw over the same private data is one entry,
-written before it happens, holding its worst-case RDP curve on the paper's default orders. The
-total privacy spent on the data is the composition of all entries: RDP adds at each order
-(Mironov 2017, arXiv:1702.07476v3, Prop. 1), whatever run directory each came from, so a deleted
-run or privacy.json cannot buy a fresh start.
+Every aggregation and every smooth-sensitivity draw is one entry, written before it happens,
+holding its worst-case RDP curve on the paper's default orders and the set of records it charges
+(keyed record fingerprints, ``pate.records``). A record's spend is the composition of the entries
+that hold it: RDP adds at each order (Mironov 2017, arXiv:1702.07476v3, Prop. 1), whichever run
+directory and whichever version of the dataset each came from; the privacy spent on a dataset is
+the worst over its records. So a deleted run, a copied run directory or a dataset that gained or
+lost records buys no fresh start.
+
+The log is a chain: each line carries an HMAC of itself and of the line before (a key derived from
+the spend directory's secret record key), and a head file names the last line, so an edited,
+deleted, reordered or cut line is detected. Besides entries the log holds *claims*: which process
+(a random token) may extend an aggregation's ledger, and how far that ledger had got. A copy of a
+run directory shares its aggregation's nonce; one whose ledger is behind the log's record of it,
+or a second copy at the same point once one of them has moved on, is refused, so the same queries
+are never answered twice under one entry.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -17,31 +29,42 @@ import numpy as np
 
 from . import rdp
 
-VERSION = 1
+VERSION = 2
 ORDERS = rdp.DEFAULT_ORDERS  # every entry's curve is on these orders, so entries compose
 KINDS = ("aggregation", "smooth-sensitivity")
 
 
 class SpendLogError(ValueError):
-    """The spend log is damaged, truncated, or belongs to other private data."""
+    """The spend log is damaged, truncated, or edited."""
 
 
 @dataclass(frozen=True)
 class Entry:
     kind: str  # one of KINDS
-    run_id: str  # the run directory's random id: a resumed run adds nothing
-    draw: int  # 1, 2, ... for repeated smooth-sensitivity draws of one run; 0 for an aggregation
+    nonce: str  # the aggregation's random id, fresh when it begins (a copied run directory shares it)
+    draw: int  # 1, 2, ... for repeated smooth-sensitivity draws of one aggregation; 0 for the aggregation
     run_dir: str
     pipeline: str
     time: str
     mechanism: str
     epsilon: float  # this release alone, at ``delta``
     delta: float
-    rdp: tuple[Optional[float], ...]  # worst-case RDP at ORDERS; None = +inf (no bound at that order)
+    rdp: tuple[Optional[float], ...]  # worst-case RDP at ORDERS, for each record it charges; None = +inf
     seeded: bool
+    records: int  # how many records it charges
+    records_sha256: str  # of the sorted fingerprints file that names them
 
     def curve(self) -> np.ndarray:
         return np.array([math.inf if r is None else r for r in self.rdp], dtype=float)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Process ``token`` holds aggregation ``nonce``, whose ledger holds ``decided`` queries ending in ``ledger_mac``."""
+    nonce: str
+    token: str
+    decided: int
+    ledger_mac: str
 
 
 def curve_field(curve: np.ndarray) -> tuple[Optional[float], ...]:
@@ -49,67 +72,129 @@ def curve_field(curve: np.ndarray) -> tuple[Optional[float], ...]:
     return tuple(None if not math.isfinite(r) else float(r) for r in np.asarray(curve, dtype=float))
 
 
-def _line(obj: dict) -> bytes:
-    return (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
+def chain_key(secret: bytes) -> bytes:
+    return hmac.new(secret, b"pate.spend-log", hashlib.sha256).digest()
 
 
-def encode_header(fingerprint: str) -> bytes:
-    return _line({"kind": "header", "version": VERSION, "private_data": fingerprint})
+def _mac(key: bytes, previous: str, body: str) -> str:
+    return hmac.new(key, f"{previous}\n{body}".encode(), hashlib.sha256).hexdigest()
 
 
-def encode(entry: Entry) -> bytes:
-    return _line(asdict(entry))
+def _encode(key: bytes, previous: str, obj: dict) -> tuple[bytes, str]:
+    body = json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    mac = _mac(key, previous, body)
+    return (body[:-1] + f',"mac":"{mac}"}}\n').encode(), mac
 
 
-_FIELDS = {f.name for f in fields(Entry)}
+def encode_header(key: bytes) -> tuple[bytes, str]:
+    return _encode(key, "", {"kind": "header", "version": VERSION})
 
 
-def parse(text: str, fingerprint: str, path: str = "the spend log") -> list[Entry]:
-    """Entries of a spend log, strictly: damage, truncation or another dataset's log is an error."""
+def encode(key: bytes, previous: str, item: "Entry | Claim") -> tuple[bytes, str]:
+    kind = "claim" if isinstance(item, Claim) else item.kind
+    return _encode(key, previous, {**asdict(item), "kind": kind})
+
+
+@dataclass(frozen=True)
+class Log:
+    entries: list[Entry]
+    claims: list[Claim]
+    lines: int
+    last_mac: str
+
+    def entry(self, nonce: str, kind: str = "aggregation", draw: int = 0) -> Optional[Entry]:
+        return next((e for e in self.entries if (e.nonce, e.kind, e.draw) == (nonce, kind, draw)), None)
+
+    def draws(self, nonce: str) -> int:
+        return sum(e.nonce == nonce and e.kind == "smooth-sensitivity" for e in self.entries)
+
+    def latest_claim(self, nonce: str) -> Optional[Claim]:
+        return next((c for c in reversed(self.claims) if c.nonce == nonce), None)
+
+
+_ENTRY_FIELDS = {f.name for f in fields(Entry)}
+_CLAIM_FIELDS = {f.name for f in fields(Claim)}
+
+
+def parse(text: str, key: bytes, head: dict, path: str = "the spend log") -> Log:
+    """The log, strictly: a line that is damaged, edited, moved, missing or cut is an error;
+    ``head`` ({"lines", "mac"}) is where the log must end."""
     if text and not text.endswith("\n"):
         raise SpendLogError(f"{path} ends in the middle of a line (truncated or damaged)")
+    entries, claims, previous, at_head = [], [], "", None
     lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SpendLogError(f"{path} line {number} is not JSON ({exc.msg}); it is damaged") from None
+        mac = obj.pop("mac", None) if isinstance(obj, dict) else None
+        body = json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False) if mac else ""
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, previous, body)):
+            raise SpendLogError(f"{path} line {number} fails its integrity check (edited, moved, deleted lines "
+                                "before it, or written with another key)")
+        previous = mac
+        if number == head.get("lines"):
+            at_head = mac
+        kind = obj.get("kind")
+        if number == 1:
+            if kind != "header" or obj.get("version") != VERSION:
+                raise SpendLogError(f"{path} does not start with a spend-log header of version {VERSION}")
+            continue
+        if kind == "claim" and set(obj) - {"kind"} == _CLAIM_FIELDS:
+            claims.append(Claim(**{k: v for k, v in obj.items() if k != "kind"}))
+        elif kind in KINDS and set(obj) == _ENTRY_FIELDS and isinstance(obj["rdp"], list) \
+                and len(obj["rdp"]) == len(ORDERS):
+            entries.append(Entry(**{**obj, "rdp": tuple(obj["rdp"])}))
+        else:
+            raise SpendLogError(f"{path} line {number} is not a spend-log line")
     if not lines:
         raise SpendLogError(f"{path} is empty (no header)")
-    try:
-        objs = [json.loads(line) for line in lines]
-    except json.JSONDecodeError as exc:
-        raise SpendLogError(f"{path} is not valid JSON lines ({exc.msg}); it is damaged") from None
-    head = objs[0]
-    if not isinstance(head, dict) or head.get("kind") != "header" or head.get("version") != VERSION:
-        raise SpendLogError(f"{path} does not start with a spend-log header")
-    if head.get("private_data") != fingerprint:
-        raise SpendLogError(f"{path} belongs to other private data")
-    entries = []
-    for number, obj in enumerate(objs[1:], start=2):
-        if not isinstance(obj, dict) or set(obj) != _FIELDS or obj["kind"] not in KINDS \
-                or not isinstance(obj["rdp"], list) or len(obj["rdp"]) != len(ORDERS):
-            raise SpendLogError(f"{path} line {number} is not a spend-log entry")
-        entries.append(Entry(**{**obj, "rdp": tuple(obj["rdp"])}))
-    return entries
+    # The head is rewritten just after each append: a crash between the two leaves the log a line
+    # ahead of it (that line's MAC checked, so written with the key); a log behind its head was cut.
+    if not isinstance(head.get("lines"), int) or head["lines"] > len(lines) or at_head != head.get("mac"):
+        raise SpendLogError(f"{path} holds {len(lines)} lines but its head file records {head.get('lines')}: lines "
+                            "were cut from its end or it was replaced")
+    return Log(entries, claims, len(lines), previous)
 
 
 @dataclass(frozen=True)
 class Total:
-    releases: int
-    epsilon: float
+    releases: int  # entries holding the worst-off record
+    epsilon: float  # the worst-off record's composed guarantee
     delta: float
     order: Optional[float]
 
 
-def composed(entries: Sequence[Entry], delta: float, conversion: str = "improved",
+def composed(entries: Sequence[Entry], members: np.ndarray, delta: float, conversion: str = "improved",
              extra: Optional[np.ndarray] = None) -> Total:
-    """The composition of ``entries`` (and an ``extra`` curve at ORDERS, e.g. a release about to
-    happen) as (ε, δ): RDP summed at each order, converted at ``delta``. A single release is its
-    own guarantee, which may come from a tighter accountant than RDP."""
-    curves = [e.curve() for e in entries] + ([np.asarray(extra, dtype=float)] if extra is not None else [])
-    if not curves:
+    """The worst record's composition: ``members`` (N, E) says which of the ``entries`` hold each of
+    N records; each record's RDP is the sum of its entries' curves (and ``extra``, a release about
+    to happen that charges all N), converted at ``delta``, and the worst record is returned. A
+    record held by a single release (and no ``extra``) has that release's own guarantee, which may
+    come from a tighter accountant than RDP."""
+    members = np.asarray(members, dtype=bool).reshape(len(members), len(entries))
+    if not len(members):
         return Total(0, 0.0, delta, None)
-    if extra is None and len(entries) == 1 and entries[0].delta == delta:
-        return Total(1, entries[0].epsilon, delta, None)  # one release: its own guarantee (maybe PLD, tighter)
-    total = np.sum(curves, axis=0)
+    curves = np.array([e.curve() for e in entries]).reshape(len(entries), len(ORDERS))
+    worst = Total(0, 0.0, delta, None)
+    for group in np.unique(members, axis=0):  # records held by the same entries have the same spend
+        held = [e for e, m in zip(entries, group) if m]
+        total = _one(held, curves[group], delta, conversion, extra)
+        if (total.epsilon, total.releases) > (worst.epsilon, worst.releases):
+            worst = total
+    return worst
+
+
+def _one(held: list[Entry], curves: np.ndarray, delta: float, conversion: str, extra) -> Total:
+    count = len(held) + (extra is not None)
+    if count == 0:
+        return Total(0, 0.0, delta, None)
+    if extra is None and len(held) == 1 and held[0].delta == delta:
+        return Total(1, held[0].epsilon, delta, None)
+    total = curves.sum(axis=0) + (0 if extra is None else np.asarray(extra, dtype=float))
     finite = np.isfinite(total)
     if not finite.any():
-        return Total(len(curves), math.inf, delta, None)
+        return Total(count, math.inf, delta, None)
     eps, order = rdp.eps_from_rdp(total[finite], ORDERS[finite], delta, conversion, warn_edge=False)
-    return Total(len(curves), float(eps), delta, float(order))
+    return Total(count, float(eps), delta, float(order))

@@ -12,12 +12,14 @@ The smooth-sensitivity release, when configured, is logged in the spend log, the
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import records as records_mod
 from .. import spend_log
 from ..io import ShortWrite, append_durable, atomic_save_npz, atomic_write_json, create_exclusive, sha256_file
 from .. import budgets
@@ -30,8 +32,7 @@ from ..run import RunError, now
 from . import finish
 from .context import (DATA, LABELS, LEDGER, NEIGHBOURS, PRIVACY, RECORD_BUDGETS, VOTES, WARN_EPSILON, Context,
                       decided, expected_ledger_header, gaussian_budgets, knn_inputs, ledger_key, load_dataset,
-                      load_ledger, load_partition, mechanism, privacy_settings, private_fingerprint, public_images,
-                      resolve_device)
+                      load_ledger, load_partition, mechanism, privacy_settings, public_images, resolve_device)
 
 NAME = "aggregate"
 CHUNK = 256
@@ -51,52 +52,83 @@ def _records(mech: Mechanism, votes: np.ndarray, start: int, labels: np.ndarray,
         for i in range(len(votes))]
 
 
-def _open_ledger(ctx: Context, votes: np.ndarray, query_index: np.ndarray) -> ledger.Ledger:
-    """The run's ledger, created (with its key) when no query has been decided yet."""
+def _open_ledger(ctx: Context, votes, query_index: np.ndarray) -> tuple[ledger.Ledger, spend_log.Holder]:
+    """The run's ledger, created (with its key) when no query has been decided yet, and this
+    process's hold on its aggregation in the spend log (refused for a stale copy of the run)."""
     path = ctx.run.file(LEDGER)
     if not path.exists() and decided(ctx.run) == 0:
         header = expected_ledger_header(ctx.run, len(query_index))
         text, mac = ledger.encode_header(header, ledger_key(ctx.run, create=True))
         create_exclusive(path, text)  # 0600: private
-        return ledger.Ledger(header, [], mac)
-    return load_ledger(ctx.run, votes, query_index)  # refuses a deleted, cut or edited ledger
+        book = ledger.Ledger(header, [], mac, (mac,))
+    else:
+        book = load_ledger(ctx.run, votes, query_index)  # refuses a deleted, cut or edited ledger
+    return book, spend_log.Holder(_nonce(ctx), book.macs)
+
+
+def _nonce(ctx: Context) -> str:
+    """This run's aggregation id: fresh when its aggregation first begins, kept in the manifest
+    (before the spend log hears of it) so a resumed run continues under the same entry."""
+    nonce = ctx.run.record(NAME).get("nonce")
+    if not isinstance(nonce, str) or len(nonce) != 32:
+        if ctx.run.file(LEDGER).exists():
+            raise RunError(f"{ctx.run.file(LEDGER)} exists but the manifest names no aggregation for it; the run "
+                           "directory is inconsistent (start a new one)")
+        nonce = secrets.token_hex(16)
+        ctx.run.update(NAME, nonce=nonce)
+    return nonce
+
+
+def _charged_records(ctx: Context) -> np.ndarray:
+    """Keyed fingerprints of the records this run's teachers (or voters) learn from (PRIVATE)."""
+    parts = load_partition(ctx)
+    return parts["record_fingerprint"][parts["teacher_of"] >= 0]
 
 
 def _spend_entry(ctx: Context, kind: str, draw: int, curve, eps: float) -> spend.Entry:
     config = ctx.config
-    return spend.Entry(kind=kind, run_id=ctx.run.run_id, draw=draw, run_dir=str(ctx.run.path.resolve()),
+    return spend.Entry(kind=kind, nonce=_nonce(ctx), draw=draw, run_dir=str(ctx.run.path.resolve()),
                        pipeline=config.name, time=now(), mechanism=config.aggregator.mechanism, epsilon=eps,
-                       delta=config.privacy.delta, rdp=spend.curve_field(curve), seeded=config.seeded)
+                       delta=config.privacy.delta, rdp=spend.curve_field(curve), seeded=config.seeded,
+                       records=0, records_sha256="")
 
 
-def _log_aggregation(ctx: Context, fingerprint: str, settings: accounting.Settings) -> spend.Total:
-    """Append the run's worst-case cost to the spend log before any query is decided (once per run)."""
+def _log_aggregation(ctx: Context, settings: accounting.Settings) -> spend.Total:
+    """Charge the run's worst-case cost to each of its records in the spend log before any query is
+    decided (once per aggregation; the planned smooth-sensitivity release counts against the budget)."""
     config = ctx.config
     on_log_orders = privacy_settings(config, ctx.spec.num_classes, spend.ORDERS)
     queries_only = accounting.worst_case_curve(replace(on_log_orders, release=None), accounting.max_queries(settings))
     eps = accounting.guarantee(replace(settings, release=None)).epsilon
-    extra = on_log_orders.release_rdp() if settings.release is not None else None
+    planned = on_log_orders.release_rdp() if settings.release is not None else None
     entry = _spend_entry(ctx, "aggregation", 0, queries_only, eps)
-    if extra is not None and config.privacy.total_budget:  # the release about to be drawn counts too
-        total = spend_log.total(fingerprint, config.privacy.delta, config.privacy.conversion,
-                                extra=entry.curve() + extra)
-        if total.epsilon > config.privacy.total_budget:
-            raise spend_log.SpendError(
-                f"this run and its data-dependent release would bring the privacy spent on this private data to "
-                f"epsilon {total.epsilon:.3f}, past [privacy] total_budget = {config.privacy.total_budget:g}; "
-                "nothing was released")
-    return spend_log.record(fingerprint, entry, total_budget=config.privacy.total_budget,
-                            conversion=config.privacy.conversion)
+    return spend_log.begin(entry, _charged_records(ctx), total_budget=config.privacy.total_budget,
+                           conversion=config.privacy.conversion, planned=planned)
 
 
-def _log_release(ctx: Context, fingerprint: str) -> None:
+def _log_release(ctx: Context) -> None:
     """Append one smooth-sensitivity draw to the spend log, before it is drawn."""
     config = ctx.config
     curve = privacy_settings(config, ctx.spec.num_classes, spend.ORDERS).release_rdp()
     eps = accounting.epsilon(curve, spend.ORDERS, config.privacy.delta, config.privacy.conversion)[0]
-    draw = spend_log.draws(fingerprint, ctx.run.run_id, "smooth-sensitivity") + 1
-    spend_log.record(fingerprint, _spend_entry(ctx, "smooth-sensitivity", draw, curve, eps),
-                     total_budget=config.privacy.total_budget, conversion=config.privacy.conversion)
+    draw = spend_log.draws(_nonce(ctx)) + 1
+    spend_log.begin(_spend_entry(ctx, "smooth-sensitivity", draw, curve, eps), _charged_records(ctx),
+                    total_budget=config.privacy.total_budget, conversion=config.privacy.conversion)
+
+
+def _write_chunk(ctx: Context, holder: spend_log.Holder, records: list, key: bytes, mac: str) -> str:
+    """One chunk's decisions onto the ledger (fsynced, before anything is released), claimed in the
+    spend log in the same locked step; returns the chain's new end."""
+    payload, next_mac = ledger.encode(records, key, mac)
+
+    def write() -> None:
+        try:
+            append_durable(ctx.run.file(LEDGER), payload)
+        except ShortWrite as exc:
+            raise RunError(str(exc)) from None
+
+    holder.extend(write, records[-1].query + 1, next_mac)
+    return next_mac
 
 
 def _check_votes(ctx: Context, votes: np.ndarray, query_index: np.ndarray) -> None:
@@ -132,7 +164,7 @@ def _existing_report(ctx: Context, asked: int) -> dict | None:
 
 
 def _decide_all(ctx: Context, settings: accounting.Settings, votes: np.ndarray, query_index: np.ndarray,
-                book: ledger.Ledger) -> bool:
+                book: ledger.Ledger, holder: spend_log.Holder) -> bool:
     """Decide every query after the ledger's last, chunk by chunk, ledger first; returns whether
     the Rényi filter stopped it."""
     mech, seed = settings.mechanism, ctx.config.aggregator.seed
@@ -153,12 +185,7 @@ def _decide_all(ctx: Context, settings: accounting.Settings, votes: np.ndarray, 
         labels = mech.decide(votes[chunk * CHUNK:end], noise_source(seed, stream=chunk))[done - chunk * CHUNK:]
         labels = labels[:allowed]
         new = _records(mech, votes[done:done + allowed], done, labels, query_index)
-        payload, next_mac = ledger.encode(new, key, mac)
-        try:
-            append_durable(ctx.run.file(LEDGER), payload)  # on disk before anything is released
-        except ShortWrite as exc:
-            raise RunError(str(exc)) from None
-        mac = next_mac
+        mac = _write_chunk(ctx, holder, new, key, mac)
         if filt is not None:
             filt.charge(allowed * plan.charge)
         done += allowed
@@ -183,20 +210,19 @@ def run(ctx: Context) -> None:
     if config.privacy.data_dependent_release and settings.release is None:
         raise RunError("[privacy] data_dependent_release: no order satisfies the smooth-sensitivity conditions "
                        f"C5/C6 at sigma2 = {config.aggregator.sigma2:g}; set it to false")
-    fingerprint = private_fingerprint(ctx)
-    total = _log_aggregation(ctx, fingerprint, settings)  # refused here, nothing about the run has changed
+    total = _log_aggregation(ctx, settings)  # refused here, nothing about the run has changed
     run_dir.begin(NAME)
-    book = _open_ledger(ctx, votes, query_index)
+    book, holder = _open_ledger(ctx, votes, query_index)
     if config.seeded:
         ctx.say("aggregate: noise is SEEDED (reproducible): not a production privacy guarantee")
-    stopped_by_budget = _decide_all(ctx, settings, votes, query_index, book)
+    stopped_by_budget = _decide_all(ctx, settings, votes, query_index, book, holder)
     records = load_ledger(run_dir, votes, query_index).records
     positions, public_index, labels = ledger.released_labels(records)
     atomic_save_npz(run_dir.file(LABELS), query_index=public_index, query=positions, label=labels)
     report = _existing_report(ctx, len(records))
     if report is None:  # the smooth-sensitivity noise is drawn once; a rerun keeps the released figure
         if settings.release is not None:
-            _log_release(ctx, fingerprint)
+            _log_release(ctx)
         answered = np.array([r.answered for r in records], dtype=bool)
         report = accounting.privacy_report(settings, votes[:len(records)], answered, seeded=config.seeded,
                                            stopped_by_budget=stopped_by_budget,
@@ -214,7 +240,7 @@ def run(ctx: Context) -> None:
             f"{guarantee.epsilon:.3f}, delta {guarantee.delta:g} ({guarantee.accountant}, from the settings alone)"
             + (f"; data-dependent cost released with smooth-sensitivity noise {release['epsilon']:.3f} (the papers' "
                "convention, not a guarantee)" if release else "")
-            + f"; this private data has now spent epsilon {total.epsilon:.3f} over {total.releases} release(s)")
+            + f"; a record of this private data has now spent at most epsilon {total.epsilon:.3f} over {total.releases} release(s)")
 
 
 # ----------------------------------------------------------------------------- private-knn
@@ -238,8 +264,11 @@ def _record_budgets(ctx: Context, records: np.ndarray) -> np.ndarray:
         root = Path(config.data.private_dir)
         names = [str(Path(p).relative_to(root)) for p, _ in ctx.run.read_json(DATA)["files"]["private"]]
     try:
-        every = budgets.resolve(path, config.privacy.record_epsilon, ctx.spec.num_private, names)
-    except budgets.BudgetError as exc:
+        if config.data.source == "arrays":  # by the private file's ids, never by position
+            names = records_mod.user_ids(config.data.private_file)
+        every = budgets.resolve(path, config.privacy.record_epsilon, ctx.spec.num_private, names,
+                                by_index=config.data.source == "builtin")
+    except (budgets.BudgetError, records_mod.RecordError) as exc:
         raise RunError(str(exc)) from None
     epsilon = every[records]
     atomic_save_npz(saved, private=True, epsilon=epsilon, source_sha256=np.array(digest))
@@ -257,12 +286,11 @@ def _run_individual(ctx: Context) -> None:
         raise RunError(f"{run_dir.file(NEIGHBOURS)} is for other queries; refusing to spend privacy on it")
     settings = privacy_settings(config, ctx.spec.num_classes)
     mech, m = settings.mechanism, ctx.spec.num_classes
-    fingerprint = private_fingerprint(ctx)
-    total = _log_aggregation(ctx, fingerprint, settings)  # refused here, nothing about the run has changed
+    total = _log_aggregation(ctx, settings)  # refused here, nothing about the run has changed
     run_dir.begin(NAME)
     eps_budget = _record_budgets(ctx, inputs.records)
     gaussian = gaussian_budgets(eps_budget, config)
-    book = _open_ledger(ctx, inputs.votes_of(gaussian), query_index)
+    book, holder = _open_ledger(ctx, inputs.votes_of(gaussian), query_index)
     if config.seeded:
         ctx.say("aggregate: noise is SEEDED (reproducible): not a production privacy guarantee")
     answered = np.array([r.answered for r in book.records], dtype=bool)
@@ -277,12 +305,7 @@ def _run_individual(ctx: Context) -> None:
                                        mech.sigma1, mech.sigma2)
         out, votes = individual.decide(inputs.hoods, inputs.labels, state, inputs.charges, start=done,
                                        threshold=mech.threshold, z1=z1[done - first:], z2=z2[done - first:])
-        payload, next_mac = ledger.encode(_records(mech, votes, done, out, query_index), key, mac)
-        try:
-            append_durable(run_dir.file(LEDGER), payload)  # on disk before anything is released
-        except ShortWrite as exc:
-            raise RunError(str(exc)) from None
-        mac, done = next_mac, end
+        mac, done = _write_chunk(ctx, holder, _records(mech, votes, done, out, query_index), key, mac), end
         answered_count += int((out >= 0).sum())
         run_dir.update(NAME, decided=done, progress=f"{done}/{len(query_index)} queries decided, "
                                                     f"{answered_count} answered")
@@ -295,7 +318,8 @@ def _run_individual(ctx: Context) -> None:
     if report is None:
         flags = np.array([r.answered for r in book_records], dtype=bool)
         final, votes, retired_after = inputs.replay(gaussian, flags)
-        report = accounting.individual_report(settings, budget_levels=sorted(set(eps_budget.tolist())),
+        levels = budgets.levels(config.privacy.record_budgets, config.privacy.record_epsilon)  # public policy
+        report = accounting.individual_report(settings, budget_levels=levels,
                                               spent=final.spent, budget=gaussian, votes=votes, answered=flags,
                                               retired=retired_after >= 0, seeded=config.seeded)
         atomic_write_json(run_dir.file(PRIVACY), report, private=True)
@@ -303,7 +327,7 @@ def _run_individual(ctx: Context) -> None:
     guarantee = accounting.guarantee(settings)
     ctx.say(f"aggregate: {len(book_records)} queries asked, {len(released)} answered; guarantee epsilon "
             f"{guarantee.epsilon:.3f}, delta {guarantee.delta:g} for every private record (individual Rényi "
-            f"filter: each record retired at its own budget); this private data has now spent epsilon "
+            f"filter: each record retired at its own budget); a record of this private data has now spent at most epsilon "
             f"{total.epsilon:.3f} over {total.releases} release(s)")
 
 
@@ -342,7 +366,6 @@ def _round_probabilities(ctx: Context, round_number: int, queries: np.ndarray, r
     bar.close()
     probs = probabilities(model, public_images(dataset, load_partition(ctx)["query_index"][queries]),
                           device=resolve_device(ctx.device)).numpy().astype(np.float64)
-    path.parent.mkdir(exist_ok=True)
     atomic_save_npz(path, private=True, queries=queries, probabilities=probs)
     return probs
 
@@ -356,10 +379,9 @@ def _run_interactive(ctx: Context) -> None:
     _check_votes(ctx, votes, query_index)
     settings = privacy_settings(config, ctx.spec.num_classes)
     mech, seed = settings.mechanism, config.aggregator.seed
-    fingerprint = private_fingerprint(ctx)
-    total = _log_aggregation(ctx, fingerprint, settings)
+    total = _log_aggregation(ctx, settings)
     run_dir.begin(NAME)
-    book = _open_ledger(ctx, votes, query_index)
+    book, holder = _open_ledger(ctx, votes, query_index)
     if config.seeded:
         ctx.say("aggregate: noise is SEEDED (reproducible): not a production privacy guarantee")
     records, mac, key = list(book.records), book.last_mac, ledger_key(run_dir)
@@ -378,12 +400,7 @@ def _run_interactive(ctx: Context) -> None:
             labels, asked = labels[done - first:end - first], asked[done - first:end - first]
             sources = ["teachers" if a else ("student" if y >= 0 else None) for a, y in zip(asked, labels)]
             new = _records(mech, votes[done:end], done, labels, query_index, sources)
-            payload, next_mac = ledger.encode(new, key, mac)
-            try:
-                append_durable(run_dir.file(LEDGER), payload)  # on disk before anything is released
-            except ShortWrite as exc:
-                raise RunError(str(exc)) from None
-            mac = next_mac
+            mac = _write_chunk(ctx, holder, new, key, mac)
             records += new
             by_teachers = sum(r.source == "teachers" for r in records)
             run_dir.update(NAME, decided=len(records), progress=f"{len(records)}/{len(votes)} queries decided, "
@@ -409,5 +426,5 @@ def _run_interactive(ctx: Context) -> None:
     ctx.say(f"aggregate: {len(records)} queries asked in {config.aggregator.interactive_rounds} rounds, "
             f"{len(labels)} labelled ({int(from_teachers.sum())} by the teachers, {int((~from_teachers).sum())} by the "
             f"student); guarantee epsilon {guarantee.epsilon:.3f}, delta {guarantee.delta:g} "
-            f"({guarantee.accountant}, from the settings alone); this private data has now spent epsilon "
+            f"({guarantee.accountant}, from the settings alone); a record of this private data has now spent at most epsilon "
             f"{total.epsilon:.3f} over {total.releases} release(s)")

@@ -115,9 +115,12 @@ def data_json(dataset: data_mod.Dataset, source: str) -> dict:
     return {"source": source, "name": dataset.name, "spec": dataset.spec._asdict(), "files": dataset.files}
 
 
-def partition_sizes(config: PipelineConfig, spec: DatasetSpec) -> dict[str, int]:
-    private, pool, test = config.data.sizes(spec)
-    return dict(num_train=spec.num_private, num_private=private, num_public=spec.num_public,
+def partition_sizes(config: PipelineConfig, spec: DatasetSpec) -> dict:
+    """The sizes a partition is made and checked with. A ``private_size`` draw keeps each record with
+    probability private_size / N, N a built-in dataset's public size (``pate.records.assign``)."""
+    _, pool, test = config.data.sizes(spec)
+    keep_rate = config.data.private_size / spec.num_private if config.data.private_size else 1.0
+    return dict(num_train=spec.num_private, keep_rate=keep_rate, num_public=spec.num_public,
                 num_teachers=config.teachers.count, student_pool=pool, test_size=test,
                 num_queries=config.aggregator.max_queries, num_pool=None if spec.shared_split else spec.num_pool)
 
@@ -263,12 +266,6 @@ def check_accountable(config: PipelineConfig, num_classes: int) -> accounting.Gu
                           "check [aggregator] sigma1, sigma2, gamma and [privacy] orders")
     return guarantee
 
-
-def private_fingerprint(ctx: "Context") -> str:
-    """The fingerprint of the private data (names its spend log), recorded when the partition
-    was made; computed from the dataset for runs that predate it."""
-    recorded = ctx.run.record("partition").get("private_data")
-    return recorded or load_dataset(ctx).private_fingerprint()
 
 def votes_file(config: PipelineConfig) -> str:
     """What the aggregator decides from: the vote histograms, or (private-knn) the neighbourhoods."""

@@ -1,12 +1,14 @@
 """Split the private set into K disjoint teacher shards and the public set into queries, student pool and held-out test.
 
-The split is seeded (``[data] split_seed``), written once, and verified whenever a later stage
-loads it, so every private record belongs to exactly one teacher for the life of the run.
+A record's shard is a keyed hash of the record itself (``pate.records``); the public split is
+seeded (``[data] split_seed``). Both are written once and verified whenever a later stage loads
+them, so every private record belongs to exactly one teacher for the life of the run.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import records, spend_log
 from ..io import atomic_save_npz, atomic_write_json
 from ..partition import make_partition, verify_partition
 from ..run import RunError
@@ -14,6 +16,19 @@ from . import finish
 from .context import DATA, PARTITION, Context, data_json, load_dataset, partition_sizes
 
 NAME = "partition"
+
+
+def record_names(config, dataset) -> list[bytes]:
+    """What each private record is (``pate.records.identities``): the user's ids, the image files'
+    hashes, or the images themselves, each with its label."""
+    file_hashes = None
+    if config.data.source == "folders":
+        file_hashes = [sha for _, sha in dataset.files["private"]]
+    ids = records.user_ids(config.data.private_file) if config.data.source == "arrays" else None
+    try:
+        return records.identities(dataset.private_x, dataset.private_y, file_hashes=file_hashes, ids=ids)
+    except records.RecordError as exc:
+        raise RunError(str(exc)) from None
 
 
 def run(ctx: Context) -> None:
@@ -28,13 +43,20 @@ def run(ctx: Context) -> None:
                        f"delete it and run `pate data prepare {config.data.dataset} --root {ctx.data_root}`")
     config.check_data(dataset.spec)
     sizes = partition_sizes(config, dataset.spec)
-    ctx.run.begin(NAME)
-    arrays = make_partition(seed=config.data.split_seed, **sizes)
+    names = record_names(config, dataset)
+    secret = spend_log.record_key()
+    arrays = make_partition(digests=records.shard_digests(secret, names, config.data.split_seed),
+                            fingerprints=records.fingerprints(secret, names), seed=config.data.split_seed, **sizes)
+    kept = int((arrays["teacher_of"] >= 0).sum())
+    if kept < config.teachers.count:
+        raise RunError(f"the [data] private_size draw kept {kept} records, fewer than the {config.teachers.count} "
+                       "teachers; raise private_size or lower [teachers] count")
     verify_partition(arrays, **sizes)
-    atomic_save_npz(ctx.run.file(PARTITION), **arrays)
+    ctx.run.begin(NAME)
+    atomic_save_npz(ctx.run.file(PARTITION), private=True, **arrays)
     atomic_write_json(ctx.run.file(DATA), data_json(dataset, config.data.source), private=True)
-    finish(ctx, NAME, private_data=dataset.private_fingerprint())
-    shard = np.bincount(arrays["teacher_of"][arrays["teacher_of"] >= 0])
-    ctx.say(f"partition: {sizes['num_private']} private records -> {config.teachers.count} shards of "
-            f"{shard.min()}-{shard.max()}; {sizes['num_queries']} queries, pool {sizes['student_pool']}, "
-            f"held-out test {sizes['test_size']}")
+    finish(ctx, NAME, scheme=records.SCHEME)
+    shard = np.bincount(arrays["teacher_of"][arrays["teacher_of"] >= 0], minlength=config.teachers.count)
+    ctx.say(f"partition: {kept} private records -> {config.teachers.count} shards of "
+            f"{shard.min()}-{shard.max()} (each record's teacher a keyed hash of the record); "
+            f"{sizes['num_queries']} queries, pool {sizes['student_pool']}, held-out test {sizes['test_size']}")

@@ -51,9 +51,9 @@ def epoch_batches(shards: Sequence[np.ndarray], teacher_ids: Sequence[int], *, s
     ceil(n / B) steps, the last one partly; later steps are all padding for that teacher.
     """
     sizes = [len(shards[t]) for t in teacher_ids]
-    if min(sizes) == 0:
-        raise ValueError(f"teacher {teacher_ids[sizes.index(0)]} has an empty shard")
-    steps = -(-max(sizes) // batch_size)
+    # A shard may be empty (shards are drawn per record by a keyed hash): that teacher's slots are
+    # all padding, so it learns nothing from any record (no loss, no gradient).
+    steps = max(1, -(-max(sizes) // batch_size))
     slots = steps * batch_size
     index = np.zeros((len(teacher_ids), slots), np.int64)
     mask = np.zeros((len(teacher_ids), slots), bool)
@@ -62,7 +62,7 @@ def epoch_batches(shards: Sequence[np.ndarray], teacher_ids: Sequence[int], *, s
         rng = np.random.default_rng([seed, TAG_SHUFFLE, t, epoch])
         n = sizes[g]
         index[g, :n] = shards[t][rng.permutation(n)]
-        index[g, n:] = shards[t][0]
+        index[g, n:] = shards[t][0] if n else 0
         mask[g, :n] = True
         if augment:
             shifts[g, :n] = rng.integers(-max_shift, max_shift + 1, size=(n, 2))

@@ -68,14 +68,16 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
         f"- Guarantee: ({g['epsilon']:.3f}, {g['delta']:g})-differential privacy for every private record, "
         f"computed from the settings alone ({g['accountant']} accountant, at most {g['queries']} queries). "
         "The student and the labels are post-processing of the release, so the guarantee covers them.",
+        f"- Neighbouring datasets: {p.get('neighbouring', 'differing by one record')}: the guarantee bounds what "
+        "anyone can learn about whether any one record was in the private data.",
         "- Mechanism settings: " + ", ".join(f"{k} {v}" for k, v in p["settings"].items() if v is not None) + ".",
     ]
     if release:
         lines.append(f"- Data-dependent cost released with smooth-sensitivity noise (not a guarantee): epsilon "
                      f"{release['epsilon']:.3f} at order {release['order']:g}.")
     if total:
-        lines.append(f"- Spent on the same private data by every run so far: epsilon {total['epsilon']:.3f} at delta "
-                     f"{total['delta']:g} over {total['releases']} release(s).")
+        lines.append(f"- Spent on the same private records by every run so far (the worst-off record): epsilon "
+                     f"{total['epsilon']:.3f} at delta {total['delta']:g} over {total['releases']} release(s).")
     if p.get("seeded"):
         lines.append("- **The noise was SEEDED for reproducibility: this is not a production privacy guarantee.**")
     lines += ["- The public images are not protected: the guarantee is about the private records only.",

@@ -31,7 +31,7 @@ def rows(run: RunDir) -> list[tuple[str, str, str]]:
     mech = mechanism(config)
     out = [("pipeline", config.name, ""), ("run directory", str(run.path), ""),
            ("config sha256", config.fingerprint()[:16], ""),
-           ("data", config.data.name, ""),
+           ("data", config.data.public_name, ""),
            ("teachers", "the private records near each query (private-knn)" if mech.individual
             else str(config.teachers.count), ""),
            ("mechanism", f"{mech.name} ({mech.describe()})", "")]
@@ -91,7 +91,7 @@ def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
         out.append(("ε data-dependent (papers' convention)", private.get("error", "unavailable"), PRIVATE))
     total = spent(run, g["delta"])
     if total is not None:
-        out.append(("ε spent on this private data, all runs composed",
+        out.append(("ε spent on this private data (worst record, all runs composed)",
                     f"{total.epsilon:.3f} at δ {total.delta:g} over {total.releases} release(s)", PUBLIC))
     if public.get("seeded"):
         out.append(("noise", "SEEDED: reproducible, not a production privacy guarantee", ""))
@@ -99,9 +99,14 @@ def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
 
 
 def spent(run: RunDir, delta: float):
-    """The composed spend on this run's private data (``pate.spend_log``), or None before partition."""
-    fingerprint = run.record("partition").get("private_data")
-    return None if not fingerprint else spend_log.total(fingerprint, delta, run.config.privacy.conversion)
+    """The composed spend of the worst-off record of this run's private data, over every release
+    that charged it in any run (``pate.spend_log``), or None before partition."""
+    if not run.is_done("partition"):
+        return None
+    parts = run.load_npz("partition.npz")
+    if "record_fingerprint" not in parts:
+        return None  # a partition of an earlier version: refused by every stage that reads it
+    return spend_log.total(parts["record_fingerprint"], delta, run.config.privacy.conversion)
 
 
 def render_text(run: RunDir) -> str:

@@ -26,7 +26,8 @@ def read(path, key=KEY):
 
 
 def check(path, **overrides):
-    header, recs, _ = read(path)
+    book = read(path)
+    header, recs = book.header, book.records
     kwargs = dict(config_sha256="c" * 64, votes_sha256="v" * 64, votes=VOTES, query_index=QUERY_INDEX)
     kwargs.update(overrides)
     ledger.check_against_votes(header, recs, **kwargs)

@@ -75,7 +75,8 @@ def test_the_statement_is_the_record_budget_and_no_record_passes_it(voted, tmp_p
     assert [g["budget_epsilon"] for g in public["per_budget_level"]] == [1.0]
     assert "teachers" not in public["settings"] and public["settings"]["knn_k"] == 10
     assert public["queries_answered"] > 0
-    spent, budget = _spent_directly(run_dir, np.ones(600))
+    kept = int((np.load(run_dir / "partition.npz")["teacher_of"] >= 0).sum())  # about 600: each drawn by its hash
+    spent, budget = _spent_directly(run_dir, np.ones(kept))
     assert (spent <= budget * (1 + 1e-12)).all() and (spent > 0).any()
     private = json.loads((run_dir / "privacy.json").read_text())["private"]
     assert private["records_retired"] == int((spent + 1 / 288 + 1 / 128 > budget * (1 + 1e-12)).sum())
@@ -94,14 +95,16 @@ def test_per_record_budgets(tmp_path, fake_data_root):
     assert invoke("partition", pipeline, *base).exit_code == 0
     records = np.flatnonzero(np.load(tmp_path / "run" / "partition.npz")["teacher_of"] >= 0)
     low, high = records[:300], records[300:310]  # budgets are read when aggregation begins
-    budgets.write_text("record,epsilon\n" + "".join(f"{i},0.25\n" for i in low) + "".join(f"{i},3\n" for i in high))
+    left_out = np.flatnonzero(np.load(tmp_path / "run" / "partition.npz")["teacher_of"] < 0)[0]
+    budgets.write_text("record,epsilon\n" + "".join(f"{i},0.25\n" for i in low) + "".join(f"{i},3\n" for i in high)
+                       + f"{left_out},2\n")  # a level no record of this run holds: published all the same
     result = invoke("run", pipeline, *base, "--until", "aggregate")
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
     public = json.loads((run_dir / "privacy.json").read_text())["public"]
-    assert [g["budget_epsilon"] for g in public["per_budget_level"]] == [0.25, 1.0, 3.0]
+    assert [g["budget_epsilon"] for g in public["per_budget_level"]] == [0.25, 1.0, 2.0, 3.0]  # the file's levels
     assert 2.9 < public["guarantee"]["epsilon"] <= 3.0  # the guarantee that holds for every record: the largest
-    eps = np.ones(600)
+    eps = np.ones(len(records))
     eps[:300], eps[300:310] = 0.25, 3.0
     spent, budget = _spent_directly(run_dir, eps)
     assert (spent <= budget * (1 + 1e-12)).all()

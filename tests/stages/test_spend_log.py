@@ -1,0 +1,185 @@
+"""The spend log charges records, not run directories: copies, changed datasets and a tampered log
+buy no fresh budget (issue rows: a copied run directory, a record removed, a log edited)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
+
+from pate import spend_log
+from pate.errors import PateError
+from pate.privacy import spend
+from pate.stages import aggregate as stage
+from pate.stages import open_run
+from pate.stages.context import Context
+
+from ..conftest import finish_votes_stage
+from .test_aggregate import make_run
+
+
+@pytest.fixture(autouse=True)
+def own_spend_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATE_SPEND_DIR", str(tmp_path / "spend"))
+
+
+def guarantee(ctx):
+    return json.loads(ctx.run.file("privacy.json").read_text())["public"]["guarantee"]["epsilon"]
+
+
+def labels(ctx):
+    with np.load(ctx.run.file("labels.npz")) as data:
+        return data["label"].copy()
+
+
+def copy_run(ctx, tmp_path, name):
+    shutil.copytree(ctx.run.path, tmp_path / name)
+    return Context(run=open_run(tmp_path / name, ctx.config), quiet=True)
+
+
+def unseeded_run(tmp_path, name, **privacy):
+    ctx, votes = make_run(tmp_path, name, privacy=privacy or None, seed=None)
+    finish_votes_stage(ctx.run, votes, private_data="one dataset")
+    return ctx
+
+
+def test_a_copied_voted_run_directory_is_a_second_spender(tmp_path):
+    a = unseeded_run(tmp_path, "a")
+    b = copy_run(a, tmp_path, "b")
+    stage.run(a)
+    stage.run(b)
+    assert not np.array_equal(labels(a), labels(b))  # fresh OS noise: two releases of the same queries
+    entries = spend_log.entries()
+    assert len(entries) == 2 and entries[0].nonce != entries[1].nonce
+    curve = entries[0].curve()
+    total = spend_log.total(np.load(a.run.file("partition.npz"))["record_fingerprint"], 1e-5)
+    assert total.releases == 2
+    assert total.epsilon == pytest.approx(dp_rdp.compute_epsilon(spend.ORDERS, 2 * curve, 1e-5)[0], rel=1e-9)
+
+
+def test_total_budget_holds_across_copies(tmp_path):
+    probe = unseeded_run(tmp_path, "probe")
+    stage.run(probe)
+    one = guarantee(probe)
+    a = unseeded_run(tmp_path, "a", total_budget=2.5 * one)  # room for two of these, not three
+    b = copy_run(a, tmp_path, "b")
+    stage.run(a)
+    with pytest.raises(PateError, match="total_budget"):
+        stage.run(b)
+    assert not b.run.file("ledger.jsonl").exists() and not b.run.file("labels.npz").exists()
+
+
+def interrupted_after_first_chunk(ctx, monkeypatch):
+    calls = {"n": 0}
+    extend = spend_log.Holder.extend
+
+    def once(self, write, decided, mac):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return extend(self, write, decided, mac)
+
+    monkeypatch.setattr(spend_log.Holder, "extend", once)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(ctx)
+    monkeypatch.setattr(spend_log.Holder, "extend", extend)
+
+
+def ledger_lines(ctx):
+    return len(ctx.run.file("ledger.jsonl").read_text().splitlines()) - 1
+
+
+def test_a_stale_copy_of_a_run_in_progress_is_refused(tmp_path, monkeypatch):
+    a = unseeded_run(tmp_path, "a")
+    interrupted_after_first_chunk(a, monkeypatch)
+    assert ledger_lines(a) == stage.CHUNK
+    b = copy_run(a, tmp_path, "b")
+    stage.run(a)  # the original resumes, and finishes
+    with pytest.raises(PateError, match="stale copy"):
+        stage.run(b)  # the copy would answer queries 256.. again, with other noise
+    assert ledger_lines(b) == stage.CHUNK and not b.run.file("labels.npz").exists()
+    assert len(spend_log.entries()) == 1
+
+
+def test_whichever_copy_moves_on_first_is_followed_and_the_other_refused(tmp_path, monkeypatch):
+    a = unseeded_run(tmp_path, "a")
+    interrupted_after_first_chunk(a, monkeypatch)
+    b = copy_run(a, tmp_path, "b")
+    stage.run(b)  # the copy resumes first
+    with pytest.raises(PateError, match="stale copy"):
+        stage.run(a)
+    assert ledger_lines(a) == stage.CHUNK
+
+
+def test_two_live_holders_of_one_aggregation_cannot_both_extend_it(tmp_path, monkeypatch):
+    a = unseeded_run(tmp_path, "a")
+    interrupted_after_first_chunk(a, monkeypatch)
+    nonce = a.run.record("aggregate")["nonce"]
+    from pate.privacy import ledger
+    from pate.stages.context import ledger_key
+
+    macs = ledger.parse(a.run.file("ledger.jsonl").read_text(), ledger_key(a.run)).macs
+    first = spend_log.Holder(nonce, macs)
+    second = spend_log.Holder(nonce, macs)  # a copy at the same point, in another process
+    written = []
+    with pytest.raises(PateError, match="took over"):
+        first.extend(lambda: written.append(1), len(macs) - 1 + 10, "f" * 64)
+    assert written == []  # nothing reached the first one's ledger
+    second.extend(lambda: written.append(2), len(macs) - 1 + 10, "e" * 64)
+    assert written == [2]
+
+
+def test_a_dataset_that_lost_a_record_composes_over_the_records_it_shares():
+    prints = np.arange(1, 601, dtype=np.uint64) * 7919
+    own = dp_rdp.compute_epsilon(spend.ORDERS, spend.ORDERS / 800.0, 1e-5)[0]
+    one = spend.Entry("aggregation", "1" * 32, 0, "/a", "p", "t", "gnmax", own, 1e-5,
+                      spend.curve_field(spend.ORDERS / 800.0), False, 0, "")
+    two = spend.Entry(**{**one.__dict__, "nonce": "2" * 32})
+    spend_log.begin(one, prints)
+    spend_log.begin(two, prints[:-1])  # the same data less its last record
+    assert spend_log.total(prints[-1:], 1e-5).releases == 1  # the removed record: only the first run
+    both = spend_log.total(prints[:5], 1e-5)
+    assert both.releases == 2
+    assert both.epsilon == pytest.approx(dp_rdp.compute_epsilon(spend.ORDERS, 2 * spend.ORDERS / 800.0, 1e-5)[0])
+    assert spend_log.total(prints, 1e-5).epsilon == both.epsilon  # worst over the records
+    assert spend_log.total(np.array([3], np.uint64), 1e-5).releases == 0  # another dataset's record
+
+
+def tamper_cases():
+    def drop_line(folder):
+        lines = (folder / spend_log.LOG).read_text().splitlines(keepends=True)
+        (folder / spend_log.LOG).write_text("".join(lines[:1] + lines[2:]))
+
+    def scale_curve(folder):
+        lines = (folder / spend_log.LOG).read_text().splitlines(keepends=True)
+        obj = json.loads(lines[1])
+        obj["rdp"] = [None if r is None else 0.01 * r for r in obj["rdp"]]
+        lines[1] = json.dumps(obj) + "\n"
+        (folder / spend_log.LOG).write_text("".join(lines))
+
+    def cut_last(folder):
+        lines = (folder / spend_log.LOG).read_text().splitlines(keepends=True)
+        (folder / spend_log.LOG).write_text("".join(lines[:-1]))
+
+    return {
+        "a line deleted": (drop_line, "integrity"),
+        "a curve scaled by 0.01": (scale_curve, "integrity"),
+        "the last line cut": (cut_last, "head file"),
+        "the log deleted": (lambda f: (f / spend_log.LOG).unlink(), "deleted"),
+        "the head deleted": (lambda f: (f / spend_log.HEAD).unlink(), "deleted"),
+        "the key deleted": (lambda f: (f / "record.key").unlink(), "missing"),
+        "the records file deleted": (lambda f: [p.unlink() for p in (f / "records").iterdir()], "missing or changed"),
+        "old per-dataset logs beside it": (lambda f: (f / ("0" * 64 + ".jsonl")).write_text("{}\n"), "earlier"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(tamper_cases()))
+def test_a_tampered_spend_log_refuses_the_next_aggregation(tmp_path, case):
+    damage, message = tamper_cases()[case]
+    first = unseeded_run(tmp_path, "first", total_budget=1e4)
+    stage.run(first)
+    damage(spend_log.directory())
+    second = unseeded_run(tmp_path, "second", total_budget=1e4)
+    with pytest.raises(PateError, match=message):
+        stage.run(second)
+    assert not second.run.file("ledger.jsonl").exists() and not second.run.file("labels.npz").exists()
