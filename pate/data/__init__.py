@@ -4,7 +4,8 @@
 and image shape (for a built-in dataset without reading it). The classes and the image shape are
 published, so for your own data they come from the config or the public images only, and the data
 is named by ``DataConfig.public_name``, never a path. ``root`` (``--data-root``) holds the
-built-in datasets and the decoded-image cache of the folder source.
+built-in datasets and the decoded-image cache of the folder source (DICOM files among the folders:
+``pate.data.dicom``).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def load(config: DataConfig, root: Path = DEFAULT_ROOT, quiet: bool = True, auto
     return folders.load(config.public_name, Path(config.private_dir), Path(config.public_dir),
                         Path(config.test_dir) if config.test_dir else None, root=root,
                         image_size=config.image_size, channels=config.channels, classes=config.classes,
-                        progress=progress)
+                        dicom_window=config.dicom_window, dicom_frames=config.dicom_frames, progress=progress)
 
 
 def describe(config: DataConfig, root: Path = DEFAULT_ROOT) -> DatasetSpec:

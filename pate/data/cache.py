@@ -1,10 +1,14 @@
 """Decode once: content hashes of image files, and their decoded arrays, cached under the data root.
 
 A file's sha256 is its identity. Hashing 70 000 files on every command would dominate a reload,
-so an index keeps each file's (size, mtime, sha256, width, height, bands) and a file is hashed
+so an index keeps each file's (size, mtime, sha256, width, height, bands, and for DICOM files
+frames) and a file is hashed
 again only when its size or modification time changed (the shortcut ``git`` takes). The decoded
 arrays are stored under a key made of every file's content hash and the decoding settings, so a
-changed, added or removed file gives another key and is decoded afresh.
+changed, added or removed file gives another key and is decoded afresh. Where DICOM files are among
+them, the key holds the DICOM settings as well (``dicom.Settings.key``: the window, the frame
+handling, the DICOM decoder's version), so changing ``[data] dicom_window`` decodes afresh; the
+index and the arrays hold no DICOM tag value (no patient name, id or date), only pixels and sizes.
 
 The cache holds decoded private images: it is PRIVATE (folders 0700, files 0600).
 """
@@ -20,6 +24,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..io import atomic_write_bytes, atomic_write_json
+from . import dicom
 from .images import opened
 
 DECODER_VERSION = 1
@@ -33,8 +38,8 @@ def _folder(root: Path) -> Path:
 
 
 def file_facts(paths: Sequence[Path], root: Path, progress: Optional[Callable[[int], None]] = None) -> list[dict]:
-    """Per file: its sha256 and header facts (width, height, bands), from the index where the file
-    is unchanged, else read (and the index updated)."""
+    """Per file: its sha256 and header facts (width, height, bands; ``frames`` for DICOM files),
+    from the index where the file is unchanged, else read (and the index updated)."""
     folder = _folder(root)
     try:
         index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
@@ -50,11 +55,13 @@ def file_facts(paths: Sequence[Path], root: Path, progress: Optional[Callable[[i
         entry = index.get(key)
         if not entry or entry["size"] != stat.st_size or entry["mtime_ns"] != stat.st_mtime_ns:
             data = Path(key).read_bytes()
-            with opened(io.BytesIO(data), path) as image:
-                width, height = image.size
-                bands = len(image.getbands())
+            if dicom.is_dicom(name):
+                header = dicom.header(data, path)
+            else:
+                with opened(io.BytesIO(data), path) as image:
+                    header = {"width": image.size[0], "height": image.size[1], "bands": len(image.getbands())}
             entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": hashlib.sha256(data).hexdigest(),
-                     "width": width, "height": height, "bands": bands}
+                     **header}
             index[key], changed = entry, True
             if progress and (i % 1024 == 0 or i + 1 == len(paths)):
                 progress(i + 1)  # only while files are read: an unchanged folder reloads silently

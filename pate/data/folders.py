@@ -9,6 +9,12 @@ What is published (the classes, the image size and channels) is never a function
 images: the classes are ``[data] classes`` or else the test_dir class folders (sorted), and every
 private class folder must be one of them; ``image_size`` and ``channels`` at 0 are read from the
 public images (pool and test) only, and the private images are converted to them.
+
+DICOM files (``.dcm``) are read by ``pate.data.dicom`` (``[data] dicom_window``, ``dicom_frames``).
+With ``dicom_frames = "split"`` a multi-frame file gives one record per frame, named
+``<file>#frame=<k>`` (k from 1) with the content hash ``<sha256>#frame=<k>``. The frames of a private
+file are one record for privacy: they share one teacher and one spend-log fingerprint
+(``pate.stages.partition.record_names``), so the guarantee covers the whole file.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from . import cache, images
+from . import cache, dicom, images
 from .dataset import DataError, Dataset, channel_stats
 
 MIN_IMAGE_SIZE = 8  # the smallest input the networks take (two 2x2 poolings, scattering's 2^J)
@@ -90,9 +96,11 @@ def _size_and_channels(facts: list[dict], image_size: int, channels: int) -> tup
 
 def load(name: str, private_dir: Path, public_dir: Path, test_dir: Optional[Path], *, root: Path,
          image_size: int = 0, channels: int = 0, classes: Sequence[str] = (),
+         dicom_window: Sequence[float] = (), dicom_frames: str = "refuse",
          progress: Optional[Callable[[str, int, int], None]] = None) -> Dataset:
     """The folders as a ``Dataset`` (decoded from the cache where possible). ``classes``: the
-    configured class names (() = the test_dir class folders). ``progress(what, done, total)``."""
+    configured class names (() = the test_dir class folders); ``dicom_window``, ``dicom_frames``:
+    how DICOM files are read (``pate.data.dicom``). ``progress(what, done, total)``."""
     private_classes, private, private_local, skipped = _labelled(Path(private_dir), "private_dir")
     if len(private_classes) < 2:
         raise DataError(f"[data] private_dir = {str(private_dir)!r} has one class ({private_classes[0]!r}); "
@@ -110,17 +118,26 @@ def load(name: str, private_dir: Path, public_dir: Path, test_dir: Optional[Path
     labels = _labels_in(classes, source, private_classes, private_local, "private_dir")
     every = private + public + test
     facts = cache.file_facts(every, root, progress=lambda done: progress and progress("hash", done, len(every)))
-    hashes = [f["sha256"] for f in facts]
-    _refuse_private_in_public(private, hashes[:len(private)], every[len(private):], hashes[len(private):])
+    settings = dicom.Settings(window=tuple(float(v) for v in dicom_window), frames=dicom_frames)
+    counts = _frame_counts(every, facts, settings)
+    records, hashes, facts = _records(every, facts, counts)
+    sizes = [sum(counts[:len(private)]), sum(counts[len(private):len(private) + len(public)])]
+    labels = [y for y, n in zip(labels, counts[:len(private)]) for _ in range(n)]
+    test_labels = [y for y, n in zip(test_labels, counts[len(private) + len(public):]) for _ in range(n)]
+    private, public, test = (records[:sizes[0]], records[sizes[0]:sum(sizes)], records[sum(sizes):])
+    _refuse_private_in_public(private, hashes[:len(private)], records[len(private):], hashes[len(private):])
     image_size, channels = _size_and_channels(facts[len(private):], image_size, channels)  # public images only
     parts = {"private": hashes[:len(private)], "public": hashes[len(private):len(private) + len(public)],
              "test": hashes[len(private) + len(public):],
              "labels": [str(x) for x in labels + test_labels], "classes": classes}
-    key = cache.key_of(parts, {"image_size": image_size, "channels": channels})
+    decoding = {"image_size": image_size, "channels": channels}
+    if any(map(dicom.is_dicom, every)):  # PNG-only folders keep the cache key they always had
+        decoding.update(settings.key())
+    key = cache.key_of(parts, decoding)
     arrays = cache.load_arrays(root, key)
     if arrays is None:
-        decoded, converted = images.decode(every, channels, image_size,
-                                           progress=lambda done: progress and progress("decode", done, len(every)))
+        decoded, converted = images.decode(every, channels, image_size, counts=counts, dicom_settings=settings,
+                                           progress=lambda done: progress and progress("decode", done, len(records)))
         arrays = {"images": decoded, "converted": np.array(converted)}
         cache.save_arrays(root, key, arrays)
     decoded = arrays["images"]
@@ -133,6 +150,35 @@ def load(name: str, private_dir: Path, public_dir: Path, test_dir: Optional[Path
     return Dataset(name=name, private_x=decoded[:n], private_y=np.asarray(labels, dtype=np.int64), public_x=public_x,
                    public_y=np.asarray([-1] * m + test_labels, dtype=np.int64), classes=tuple(classes), mean=mean,
                    std=std, num_pool=m, shared_split=False, files=files)
+
+
+def _frame_counts(paths: Sequence[Path], facts: list[dict], settings: dicom.Settings) -> list[int]:
+    """The records each file gives: 1, or (``dicom_frames = "split"``) a DICOM file's frame count;
+    with "refuse" a multi-frame file is refused, naming it."""
+    counts = [int(f.get("frames", 1)) for f in facts]
+    if settings.frames != "split":
+        for path, n in zip(paths, counts):
+            if n > 1:
+                raise DataError(f"{path} is a multi-frame DICOM file; set [data] dicom_frames = \"split\" to make "
+                                "each frame a record of its own, or store one frame per file")
+        return [1] * len(counts)
+    return counts
+
+
+def _records(paths: Sequence[Path], facts: list[dict], counts: Sequence[int]) -> tuple[list[str], list[str], list[dict]]:
+    """Each record's name, content hash and facts: a file's own, or one per frame of a split file."""
+    names, hashes, out = [], [], []
+    for path, entry, n in zip(paths, facts, counts):
+        if n == 1:
+            names.append(str(path))
+            hashes.append(entry["sha256"])
+            out.append(entry)
+            continue
+        for k in range(1, n + 1):
+            names.append(dicom.frame_name(str(path), k))
+            hashes.append(dicom.frame_name(entry["sha256"], k))
+            out.append(entry)
+    return names, hashes, out
 
 
 def _refuse_private_in_public(private, private_hashes, public, public_hashes) -> None:

@@ -1,7 +1,8 @@
 """Image files: finding them, hashing them, and decoding them to uint8 arrays in parallel.
 
-PNG, JPEG, BMP and TIFF, grayscale or colour, any size: each image is converted to the wanted
-channel count and resized (bilinear, with antialiasing) to a square ``image_size``. Other files are
+PNG, JPEG, BMP and TIFF, grayscale or colour, any size, and DICOM (``.dcm``, made 8-bit by
+``pate.data.dicom``; a multi-frame file may give one image per frame): each image is converted to
+the wanted channel count and resized (bilinear, with antialiasing) to a square ``image_size``. Other files are
 skipped and counted; an image that cannot be decoded is named in the error. Directories are walked
 following symbolic links, and a link that leads back into a directory already walked is refused
 (a loop would never end).
@@ -19,9 +20,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from . import dicom
 from .dataset import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} | dicom.SUFFIXES
 CHUNK = 512  # images per decoding task
 
 
@@ -78,27 +80,53 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _decode_one(path: str, channels: int, size: int) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """(C, size, size) uint8, the file's own channel count, and its (width, height)."""
+def _finish(image, channels: int, size: int) -> np.ndarray:
+    """A PIL image as (C, size, size) uint8: converted to ``channels``, resized to ``size``."""
     from PIL import Image
 
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _decode_one(path: str, channels: int, size: int) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """(C, size, size) uint8, the file's own channel count, and its (width, height)."""
     with opened(path, path) as image:
         image.load()
         native = len(image.getbands())
         original = image.size
-        image = image.convert("L" if channels == 1 else "RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
-        array = np.asarray(image, dtype=np.uint8)
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        array = _finish(image, channels, size)
     return array, native, original
 
 
-def _decode_chunk(paths: Sequence[str], channels: int, size: int):
-    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
-    native = np.empty(len(paths), dtype=np.int64)
-    for i, path in enumerate(paths):
-        out[i], native[i], _ = _decode_one(path, channels, size)
+def _decode_file(path: str, channels: int, size: int, settings: dicom.Settings) -> tuple[list[np.ndarray], int]:
+    """Every image of one file (several for a split multi-frame DICOM) and its own channel count."""
+    if not dicom.is_dicom(path):
+        array, native, _ = _decode_one(path, channels, size)
+        return [array], native
+    from PIL import Image
+
+    frames = dicom.decode(path, settings)
+    return [_finish(Image.fromarray(f), channels, size) for f in frames], 1 if frames[0].ndim == 2 else 3
+
+
+def _decode_chunk(paths: Sequence[str], channels: int, size: int, counts: Sequence[int] = (),
+                  settings: dicom.Settings = dicom.Settings()):
+    """The images of ``paths``, ``counts[i]`` of them from file i (1 each when not given)."""
+    counts = list(counts) or [1] * len(paths)
+    out = np.empty((sum(counts), channels, size, size), dtype=np.uint8)
+    native = np.empty(len(out), dtype=np.int64)
+    row = 0
+    for path, count in zip(paths, counts):
+        arrays, bands = _decode_file(path, channels, size, settings)
+        if len(arrays) != count:
+            raise DataError(f"{path} changed while it was read ({len(arrays)} images, {count} expected); "
+                            "run the command again")
+        out[row:row + count] = arrays
+        native[row:row + count] = bands
+        row += count
     return out, native
 
 
@@ -106,22 +134,31 @@ def image_sizes(paths: Sequence[Path]) -> np.ndarray:
     """(N, 2) width and height of each image, from its header only."""
     sizes = np.empty((len(paths), 2), dtype=np.int64)
     for i, path in enumerate(paths):
+        if dicom.is_dicom(path):
+            facts = dicom.header(Path(path).read_bytes(), path)
+            sizes[i] = facts["width"], facts["height"]
+            continue
         with opened(path, path) as image:
             sizes[i] = image.size
     return sizes
 
 
 def decode(paths: Sequence[Path], channels: int, size: int, *, workers: Optional[int] = None,
-           progress: Optional[Callable[[int], None]] = None) -> tuple[np.ndarray, int]:
+           progress: Optional[Callable[[int], None]] = None, counts: Optional[Sequence[int]] = None,
+           dicom_settings: dicom.Settings = dicom.Settings()) -> tuple[np.ndarray, int]:
     """(N, channels, size, size) uint8 images, and how many were converted from another channel
-    count. Decoded in chunks by a pool of processes (one per core)."""
+    count. Decoded in chunks by a pool of processes (one per core). ``counts``: the images each
+    file gives (a split multi-frame DICOM gives one per frame; default 1 each), ``dicom_settings``
+    how DICOM files are windowed and split. ``progress(images done)``."""
     paths = [str(p) for p in paths]
-    images = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+    counts = [1] * len(paths) if counts is None else [int(c) for c in counts]
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).tolist()
+    images = np.empty((starts[-1], channels, size, size), dtype=np.uint8)
     converted = 0
-    chunks = [(i, paths[i:i + CHUNK]) for i in range(0, len(paths), CHUNK)]
+    chunks = [(starts[i], paths[i:i + CHUNK], counts[i:i + CHUNK]) for i in range(0, len(paths), CHUNK)]
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     if workers <= 1:
-        results = ((start, _decode_chunk(chunk, channels, size)) for start, chunk in chunks)
+        results = ((start, _decode_chunk(chunk, channels, size, n, dicom_settings)) for start, chunk, n in chunks)
         for start, (array, native) in results:
             images[start:start + len(array)] = array
             converted += int((native != channels).sum())
@@ -129,7 +166,8 @@ def decode(paths: Sequence[Path], channels: int, size: int, *, workers: Optional
                 progress(start + len(array))
         return images, converted
     with ProcessPoolExecutor(workers) as pool:
-        futures = [(start, pool.submit(_decode_chunk, chunk, channels, size)) for start, chunk in chunks]
+        futures = [(start, pool.submit(_decode_chunk, chunk, channels, size, n, dicom_settings))
+                   for start, chunk, n in chunks]
         for start, future in futures:
             array, native = future.result()
             images[start:start + len(array)] = array

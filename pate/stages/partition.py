@@ -22,8 +22,8 @@ def record_names(config, dataset) -> list[bytes]:
     """What each private record is (``pate.records.identities``): the user's ids, the image files'
     hashes, or the images themselves, each with its label."""
     file_hashes = None
-    if config.data.source == "folders":
-        file_hashes = [sha for _, sha in dataset.files["private"]]
+    if config.data.source == "folders":  # the frames of a split multi-frame DICOM file are one record:
+        file_hashes = [sha.split("#frame=")[0] for _, sha in dataset.files["private"]]  # one teacher, one spend
     ids = records.user_ids(config.data.private_file) if config.data.source == "arrays" else None
     try:
         return records.identities(dataset.private_x, dataset.private_y, file_hashes=file_hashes, ids=ids)
