@@ -5,8 +5,10 @@
     run.guarantee            # {'epsilon': ..., 'delta': ..., 'accountant': ...}: publishable
     run.metrics              # student and label accuracy on the held-out public test split
     labels = run.labels      # (public_index, label) of every released label
-    student = run.student()  # or pate.load_student("runs/mnist-release/student.ts")
+    student = run.student()  # or pate.load_student("runs/mnist-release/student.onnx")
     student.predict(images)  # uint8 (N, C, H, W) -> (labels, confidences)
+
+``pate.load_student`` on a ``student.onnx`` runs it with onnxruntime and never imports torch.
 
 Everything here reads the run directory's verified artifacts and writes nothing. The private
 figures (``run.private_privacy``, the audit ledger) stay private: show them to no one outside the
@@ -85,5 +87,6 @@ def load_run(path: str | Path) -> Run:
 
 
 def load_student(path: str | Path):
-    """A student to label images with: an exported ``student.ts``, its folder, or a run directory."""
+    """A student to label images with: an exported ``student.onnx`` (onnxruntime, no torch),
+    ``student.pt2``, ``student.ts`` or ``student.safetensors``, their folder, or a run directory."""
     return deploy.load_student(path)

@@ -137,34 +137,38 @@ def status(run_dir: Path) -> None:
     click.echo(status_view.render(stages.existing_run(run_dir)), nl=False)
 
 
-def _export(run_dir: Path, out: Path | None) -> None:
-    folder = release_view.build(stages.existing_run(run_dir), out)
+def _export(run_dir: Path, out: Path | None, torchscript: bool = False) -> None:
+    folder = release_view.build(stages.existing_run(run_dir), out, torchscript=torchscript)
     click.echo((folder / release_view.STATEMENT_TEXT).read_text(encoding="utf-8"), nl=False)
-    click.echo(f"wrote {folder}: {', '.join(release_view.FILES)}")
+    click.echo(f"wrote {folder}: {', '.join(release_view.files(torchscript))}")
 
 
 _OUT_HELP = ("Output folder: new, empty or a previous export [default: RUN_DIR-release, beside the run "
              "directory]; never a run directory or the private data.")  # checked by release_view.check_out
+_TORCHSCRIPT_HELP = "Also write the student as TorchScript (student.ts; deprecated by PyTorch, not the default)."
 
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help=_OUT_HELP)
+@click.option("--torchscript", is_flag=True, help=_TORCHSCRIPT_HELP)
 @user_errors
-def export(run_dir: Path, out: Path | None) -> None:
-    """The public folder of RUN_DIR: labels.csv (index, file, label, class), the student as
-    TorchScript (student.ts) and state dict (student.pt, student.json), model-card.md and the
-    privacy statement. `pate run` writes it too."""
-    _export(run_dir, out)
+def export(run_dir: Path, out: Path | None, torchscript: bool) -> None:
+    """The public folder of RUN_DIR: labels.csv (index, file, label, class), the student as ONNX
+    (student.onnx: onnxruntime alone runs it), a torch.export program (student.pt2) and safetensors
+    weights (student.safetensors; student.json describes them), model-card.md and the privacy
+    statement. `pate run` writes it too."""
+    _export(run_dir, out, torchscript)
 
 
 @main.command("release", hidden=True)
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help=_OUT_HELP)
+@click.option("--torchscript", is_flag=True, help=_TORCHSCRIPT_HELP)
 @user_errors
-def release(run_dir: Path, out: Path | None) -> None:
+def release(run_dir: Path, out: Path | None, torchscript: bool) -> None:
     """Same as `pate export` (its earlier name)."""
-    _export(run_dir, out)
+    _export(run_dir, out, torchscript)
 
 
 @main.command("predict")
@@ -175,8 +179,9 @@ def release(run_dir: Path, out: Path | None) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @user_errors
 def predict(model: Path, images: tuple[Path, ...], out: Path | None, quiet: bool) -> None:
-    """Label IMAGES (files, or folders searched recursively) with MODEL: an exported student.ts,
-    its folder, or a finished run directory. Prints path,label,class,confidence as CSV."""
+    """Label IMAGES (files, or folders searched recursively) with MODEL: an exported student.onnx
+    (needs only onnxruntime, no torch), student.pt2, student.ts or student.safetensors, their
+    folder, or a finished run directory. Prints path,label,class,confidence as CSV."""
     if out is not None:
         deploy.check_csv_out(out)
     student = deploy.load_student(model)

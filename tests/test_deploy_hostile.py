@@ -1,9 +1,10 @@
 """Files pate writes, and files a user hands it, as a new user meets them.
 
 Every file of a run directory is 0600 and every folder 0700 whatever the umask (the public export
-keeps normal modes); `pate predict` / `pate.load_student` refuse a hostile or foreign student file
-in one line before sizing anything by it; `pate export --out` refuses a folder it must not write
-to (another run, the private data, the run itself, someone's files) in one line, writing nothing.
+keeps normal modes); `pate predict` / `pate.load_student` refuse a hostile, foreign or damaged
+student file (ONNX, torch.export, TorchScript, safetensors) in one line before sizing anything by
+it; `pate export --out` refuses a folder it must not write to (another run, the private data, the
+run itself, someone's files) in one line, writing nothing.
 """
 from __future__ import annotations
 
@@ -11,17 +12,22 @@ import json
 import os
 import stat
 import textwrap
+import warnings
+import zipfile
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from safetensors.torch import save as safetensors_save
 
 import pate
 from pate import io as pate_io
 from pate.cli import main
 from pate.errors import PateError
+from pate.models import build_model
 
 from .conftest import TINY_PIPELINE
 from .data.conftest import FOLDERS_PIPELINE, write_folders
@@ -83,7 +89,7 @@ def test_every_file_of_a_run_is_0600_and_every_folder_0700_whatever_the_umask(um
 
 
 class Tiny(torch.nn.Module):
-    """Scripts to a valid TorchScript module: (N, C, H, W) -> (N, 10) logits."""
+    """Exports (ONNX, torch.export, TorchScript) to a valid student: (N, C, H, W) -> (N, 10) logits."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)[:, :10] * 0.0 + torch.arange(10, dtype=torch.float32)
@@ -93,7 +99,7 @@ class Wrong(torch.nn.Module):
     """Answers logits of the wrong width."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(x.shape[0], 3)
+        return x.flatten(1)[:, :3] * 0.0
 
 
 class Raises(torch.nn.Module):
@@ -103,13 +109,61 @@ class Raises(torch.nn.Module):
 
 GOOD = {"format": "pate.student/1", "arch": "cnn-small", "classes": [str(d) for d in range(10)], "channels": 1,
         "image_size": 28, "mean": [0.1], "std": [0.3]}
+FORMATS = ("onnx", "pt2", "ts", "safetensors")
 
 
 def save_ts(path: Path, meta, module: torch.nn.Module | None = None) -> Path:
-    """A TorchScript file whose ``pate.json`` holds ``meta`` (a dict, raw bytes, or None for none)."""
+    """A TorchScript file whose ``pate.json`` holds ``meta`` (a dict, raw bytes, or None for none):
+    TorchScript asked for by name, so its deprecation warning is expected here and only here."""
     extra = {} if meta is None else {"pate.json": meta if isinstance(meta, bytes) else json.dumps(meta)}
-    torch.jit.save(torch.jit.script(module or Tiny()), str(path), _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        torch.jit.save(torch.jit.script(module or Tiny()), str(path), _extra_files=extra)
     return path
+
+
+@pytest.fixture(scope="module")
+def save_student():
+    """``save(fmt, folder, meta, module=Tiny, shape=(1, 28, 28), batch="dynamic")``: a student file
+    of format ``fmt`` describing itself with ``meta`` (a dict, raw bytes, or None for none); each
+    module exported once per module of tests."""
+    exported = {}
+
+    def export(kind, module, shape, batch):
+        key = (kind, module, shape, batch)
+        if key not in exported:
+            example = (torch.rand(2, *shape),)
+            dims = ({0: torch.export.Dim("batch")},) if batch == "dynamic" else None
+            if kind == "onnx":
+                exported[key] = torch.onnx.export(module().eval(), example, dynamo=True, dynamic_shapes=dims,
+                                                  input_names=["images"], verbose=False).model_proto
+            else:
+                exported[key] = torch.export.export(module().eval(), example, dynamic_shapes=dims)
+        return exported[key]
+
+    def save(fmt, folder: Path, meta, module=Tiny, shape=(1, 28, 28), batch="dynamic") -> Path:
+        path = folder / f"student.{fmt}"
+        raw = None if meta is None else meta if isinstance(meta, bytes) else json.dumps(meta).encode()
+        if fmt == "ts":
+            return save_ts(path, meta, module())
+        if fmt == "onnx":
+            model = onnx.ModelProto()
+            model.CopyFrom(export("onnx", module, shape, batch))
+            if raw is not None:
+                entry = model.metadata_props.add()
+                entry.key, entry.value = "pate.json", raw.decode("latin-1")  # a proto string is text
+            path.write_bytes(model.SerializeToString())
+        elif fmt == "pt2":
+            torch.export.save(export("pt2", module, shape, batch), str(path))
+            if raw is not None:  # torch.export.save takes text: the raw bytes go into the archive by hand
+                with zipfile.ZipFile(path, "a") as archive:
+                    archive.writestr(archive.namelist()[0].split("/")[0] + "/extra/pate.json", raw)
+        else:
+            weights = {k: v.contiguous() for k, v in build_model("cnn-small", 1, 10, 28).state_dict().items()}
+            path.write_bytes(safetensors_save(weights, None if raw is None else {"pate.json": raw.decode("latin-1")}))
+        return path
+
+    return save
 
 
 def without(key):
@@ -147,47 +201,100 @@ def image(tmp_path) -> Path:
     return path
 
 
+def never(*args, **kwargs):
+    raise AssertionError("a student that should have been refused was used")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_predict_refuses_a_hostile_student_in_one_line(case, tmp_path, image, monkeypatch):
+def test_predict_refuses_a_hostile_student_in_one_line(case, fmt, save_student, tmp_path, image, monkeypatch):
     meta, fragment = HOSTILE[case]
-    model = save_ts(tmp_path / "student.ts", meta)
-
-    def never(*args, **kwargs):
-        raise AssertionError("images decoded for a student that should have been refused")
-
+    model = save_student(fmt, tmp_path, meta)
     monkeypatch.setattr("pate.data.images.decode", never)  # nothing is sized by the bad description
+    monkeypatch.setattr(torch.export, "load", never)  # a .pt2's description is read before torch loads it
     out = tmp_path / "labels.csv"
     out.write_text("kept\n")
     one_line_refusal(invoke("predict", model, image, "--out", out, "-q"), fragment)
     assert out.read_text() == "kept\n"
-    with pytest.raises(PateError, match="student"):
+    with pytest.raises(PateError, match="student|pate's"):
         pate.load_student(model)
 
 
-@pytest.mark.parametrize("content", [b"not torchscript at all", b"", b"PK\x03\x04 a broken zip"])
-def test_predict_refuses_a_file_that_is_not_torchscript(content, tmp_path, image):
-    model = tmp_path / "student.ts"
+NOT_A_STUDENT = [
+    ("ts", b"not torchscript at all", "is not a TorchScript student exported by pate"),
+    ("ts", b"", "is not a TorchScript student exported by pate"),
+    ("ts", b"PK\x03\x04 a broken zip", "is not a TorchScript student exported by pate"),
+    ("onnx", b"not onnx at all", "is not an ONNX student exported by pate"),
+    ("onnx", b"", "is not an ONNX student exported by pate"),
+    ("pt2", b"not a zip", "is not a torch.export program (.pt2) exported by pate"),
+    ("pt2", b"", "is not a torch.export program (.pt2) exported by pate"),
+    ("pt2", b"PK\x03\x04 a broken zip", "is not a torch.export program (.pt2) exported by pate"),
+    ("safetensors", b"not safetensors", "is not a safetensors student exported by pate"),
+    ("safetensors", b"", "is not a safetensors student exported by pate"),
+]
+
+
+@pytest.mark.parametrize("fmt, content, fragment", NOT_A_STUDENT)
+def test_predict_refuses_a_file_that_is_not_a_student(fmt, content, fragment, tmp_path, image):
+    model = tmp_path / f"student.{fmt}"
     model.write_bytes(content)
-    one_line_refusal(invoke("predict", model, image), "is not a TorchScript student exported by pate")
-    with pytest.raises(PateError, match="not a TorchScript student"):
+    one_line_refusal(invoke("predict", model, image), fragment)
+    with pytest.raises(PateError, match="is not a"):
         pate.load_student(model)
 
 
-def test_predict_refuses_a_torch_save_pickle(tmp_path, image):
-    model = tmp_path / "student.pt"
-    torch.save({"state": torch.zeros(3)}, model)
-    one_line_refusal(invoke("predict", model, image), "is not a TorchScript student exported by pate")
-
-
-@pytest.mark.parametrize("module, fragment", [(Wrong(), "not logits of shape (1, 10)"),
-                                              (Raises(), "the student failed on images of shape")])
-def test_a_student_that_misbehaves_is_one_line(module, fragment, tmp_path, image):
-    model = save_ts(tmp_path / "student.ts", GOOD, module)
+@pytest.mark.parametrize("fmt, fragment", [("onnx", "is not an ONNX student exported by pate"),
+                                           ("pt2", "is not a torch.export program (.pt2) exported by pate"),
+                                           ("safetensors", "is not a safetensors student exported by pate")])
+def test_predict_refuses_a_damaged_student(fmt, fragment, save_student, tmp_path, image):
+    """A well-described student cut short (a download that stopped halfway)."""
+    model = save_student(fmt, tmp_path, GOOD)
+    whole = model.read_bytes()
+    model.write_bytes(whole[:len(whole) // 2])
     one_line_refusal(invoke("predict", model, image, "-q"), fragment)
 
 
-def test_a_well_described_student_predicts(tmp_path, image):
-    model = save_ts(tmp_path / "student.ts", GOOD)
+@pytest.mark.parametrize("fmt, shape, batch, fragment", [
+    ("onnx", (3, 32, 32), "dynamic", "the ONNX model's input is 'images', tensor(float) (N, 3, 32, 32)"),
+    ("onnx", (1, 28, 28), "fixed", "the ONNX model's input is 'images', tensor(float) (2, 1, 28, 28)"),
+    ("pt2", (3, 32, 32), "dynamic", "not float32 (N, 1, 28, 28) with any N"),
+    ("pt2", (1, 28, 28), "fixed", "the program has input (2, 1, 28, 28)"),
+])
+def test_predict_refuses_a_model_of_another_shape(fmt, shape, batch, fragment, save_student, tmp_path, image):
+    """A model made by another tool (or for other images) that carries a pate description: its
+    input is checked against the description before any image is decoded."""
+    model = save_student(fmt, tmp_path, GOOD, shape=shape, batch=batch)
+    one_line_refusal(invoke("predict", model, image, "-q"), fragment)
+
+
+def test_safetensors_weights_must_fit_the_description(tmp_path, image, save_student):
+    model = save_student("safetensors", tmp_path, {**GOOD, "image_size": 32})
+    one_line_refusal(invoke("predict", model, image, "-q"), "its weights do not fit a cnn-small")
+    model = save_student("safetensors", tmp_path, {**GOOD, "arch": "resnet-9000"})
+    one_line_refusal(invoke("predict", model, image, "-q"), "'arch' must be an architecture pate builds")
+    model = save_student("safetensors", tmp_path, {**GOOD, "std": [0.0]})
+    one_line_refusal(invoke("predict", model, image, "-q"), "'std' must be a list of 1 finite numbers > 0")
+
+
+@pytest.mark.parametrize("name", ["student.pt", "student.pt2"])
+def test_predict_refuses_a_torch_save_pickle(name, tmp_path, image):
+    model = tmp_path / name
+    torch.save({"state": torch.zeros(3)}, model)
+    one_line_refusal(invoke("predict", model, image), "is not a")
+
+
+@pytest.mark.parametrize("fmt, module, fragment", [("onnx", Wrong, "not logits of shape (1, 10)"),
+                                                   ("pt2", Wrong, "not logits of shape (1, 10)"),
+                                                   ("ts", Wrong, "not logits of shape (1, 10)"),
+                                                   ("ts", Raises, "the student failed on images of shape")])
+def test_a_student_that_misbehaves_is_one_line(fmt, module, fragment, save_student, tmp_path, image):
+    model = save_student(fmt, tmp_path, GOOD, module)
+    one_line_refusal(invoke("predict", model, image, "-q"), fragment)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "ts"])
+def test_a_well_described_student_predicts(fmt, save_student, tmp_path, image):
+    model = save_student(fmt, tmp_path, GOOD)
     result = invoke("predict", model, image, "-q")
     assert result.exit_code == 0, result.output
     confidence = torch.softmax(torch.arange(10, dtype=torch.float32), 0)[9].item()  # the constant logits'
@@ -286,7 +393,7 @@ def test_export_into_new_empty_or_previous_export_folders(finished, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert invoke("release", finished / "run", "--out", empty).exit_code == 0
-    assert (empty / "student.ts").is_file()
+    assert (empty / "student.onnx").is_file() and not (empty / "student.ts").exists()
 
 
 def test_predict_out_refuses_the_run_directory(finished, image):

@@ -5,11 +5,49 @@ does on held-out public images, and the privacy guarantee that covers it (Mitche
 It is written from the public statement and the run's settings only, never from the votes or
 the ledger. The number of private records is left out on purpose: with add/remove neighbours the
 count itself is a property of the private data.
+
+It opens with the Hugging Face model-card metadata (YAML front matter between ``---`` lines:
+license, tags, datasets, metrics and a model-index with the held-out accuracy), so that the Hub
+and the tools that read model cards recognise it.
 """
 from __future__ import annotations
 
+import json
+
 from ..run import RunDir
 from ..stages.context import data_spec
+
+TAGS = ("differential-privacy", "pate", "image-classification", "pytorch")
+
+
+def _yaml(value: str) -> str:
+    """A YAML double-quoted scalar (a JSON string is one; names hold no control characters)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def front_matter(run: RunDir, doc: dict) -> list[str]:
+    """The Hugging Face metadata block: public fields only (the settings' names, the data's public
+    name, the held-out accuracy); never a license pate cannot know."""
+    config, student = run.config, doc["student"]
+    dataset = _yaml(config.data.public_name)
+    lines = ["---",
+             "# Hugging Face model-card metadata (https://huggingface.co/docs/hub/model-cards)",
+             "license: other  # pate cannot know the data's or the model's license: set it before publishing",
+             "pipeline_tag: image-classification",
+             "tags:", *(f"- {_yaml(t)}" for t in (*TAGS, doc["privacy"]["mechanism"])),
+             "datasets:", f"- {dataset}",
+             "metrics:", "- accuracy"]
+    if student.get("accuracy") is not None:
+        size = student.get("test_size")
+        lines += ["model-index:",
+                  f"- name: {_yaml(f'{config.name}-student')}",
+                  "  results:",
+                  "  - task:", "      type: image-classification", "      name: Image classification",
+                  "    dataset:", f"      name: {dataset}", f"      type: {dataset}",
+                  "      split: held-out public test split",
+                  "    metrics:", "    - type: accuracy", f"      value: {round(float(student['accuracy']), 4)!r}",
+                  f"      name: {_yaml(f'accuracy on {size} held-out public images')}"]
+    return [*lines, "---", ""]
 
 
 def render(run: RunDir, doc: dict, classes: list[str]) -> str:
@@ -33,19 +71,23 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
     release = p.get("data_dependent_release")
     total = doc.get("spent_on_this_private_data")
     lines = [
+        *front_matter(run, doc),
         f"# Model card: {config.name} student",
         "",
         "## The model",
         f"A {student['arch']} image classifier of {len(classes)} classes, trained by pate {doc['pate_version']} on "
         f"{doc['generated'][:10]}. Input: float32 images (N, {spec.channels}, {spec.image_size}, {spec.image_size}) "
-        "with pixels in [0, 1] (the normalisation is inside `student.ts`); output: one logit per class.",
+        "with pixels in [0, 1] (the normalisation is inside `student.onnx` and `student.pt2`); "
+        "output: one logit per class.",
         "",
         "| label | class |",
         "|---|---|",
         *(f"| {i} | {name} |" for i, name in enumerate(classes)),
         "",
-        "Use it with `torch.jit.load(\"student.ts\")`, `pate predict student.ts IMAGES...` or "
-        "`pate.load_student(\"student.ts\")`; `student.pt` is the plain state dict (see `student.json`).",
+        "Use it with onnxruntime (`onnxruntime.InferenceSession(\"student.onnx\")`, no torch needed), "
+        "`torch.export.load(\"student.pt2\").module()`, `pate predict student.onnx IMAGES...` or "
+        "`pate.load_student(\"student.onnx\")`; `student.safetensors` holds the bare network's weights "
+        "(see `student.json`).",
         "",
         "## Data and training",
         f"- Source: {source}; images {spec.channels}x{spec.image_size}x{spec.image_size}.",

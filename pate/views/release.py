@@ -1,8 +1,9 @@
 """`pate export`: the public folder, apart from the private run directory.
 
 It holds exactly what may be shared: the released labels (``labels.csv`` with each public image's
-index, file and class name), the student (TorchScript with its normalisation inside, and a plain
-state dict with ``student.json`` saying how to rebuild it), a model card, and the public privacy
+index, file and class name), the student (ONNX and a ``torch.export`` program with its normalisation
+inside, its weights as safetensors, ``student.json`` saying how to use and rebuild it; TorchScript
+only on request), a model card, and the public privacy
 statement (JSON and text): the worst-case guarantee and δ, the accountant, the mechanism and
 every fixed setting, queries asked and answered, the smooth-sensitivity figure if one was
 released, whether noise was seeded, and the privacy spent on the same private data by every run.
@@ -24,13 +25,21 @@ from .. import __version__, deploy
 from ..io import atomic_write_bytes, atomic_write_json
 from ..run import RunDir, RunError, now, run_directory_holding
 from ..stages import NAMES
-from ..stages.context import DATA, LABELS, STUDENT_MODEL, data_spec, read_metrics, read_privacy, student_model
+from ..stages.context import DATA, LABELS, data_spec, read_metrics, read_privacy, student_model
 from . import model_card, summary
 
 STATEMENT_JSON, STATEMENT_TEXT = "statement.json", "statement.txt"
 LABELS_CSV, LABELS_NPZ, MODEL_CARD = "labels.csv", "labels.npz", "model-card.md"
-STUDENT_TS, STUDENT_PT, STUDENT_JSON = "student.ts", "student.pt", "student.json"
-FILES = (LABELS_CSV, LABELS_NPZ, STUDENT_TS, STUDENT_PT, STUDENT_JSON, MODEL_CARD, STATEMENT_JSON, STATEMENT_TEXT)
+STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS = deploy.STUDENT_ONNX, deploy.STUDENT_PT2, deploy.STUDENT_SAFETENSORS
+STUDENT_TS, STUDENT_JSON = deploy.STUDENT_TS, deploy.STUDENT_JSON
+FILES = (LABELS_CSV, LABELS_NPZ, STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS, STUDENT_JSON, MODEL_CARD,
+         STATEMENT_JSON, STATEMENT_TEXT)  # what an export writes (and ``student.ts`` with --torchscript)
+FORMER = ("student.pt",)  # written by earlier exports (the state dict, now student.safetensors): removed on re-export
+
+
+def files(torchscript: bool = False) -> tuple[str, ...]:
+    """The files of an export (with or without the TorchScript student)."""
+    return FILES[:5] + (STUDENT_TS,) + FILES[5:] if torchscript else FILES
 
 
 def default_out(run: RunDir) -> Path:
@@ -38,8 +47,8 @@ def default_out(run: RunDir) -> Path:
     return run.path.parent / f"{run.path.name}-release"
 
 
-def statement(run: RunDir) -> dict:
-    """The public statement of a finished run (JSON-ready)."""
+def statement(run: RunDir, written: tuple[str, ...] = FILES) -> dict:
+    """The public statement of a finished run (JSON-ready); ``written``: the export's files."""
     config = run.config
     public = read_privacy(run)["public"]
     metrics = read_metrics(run)
@@ -59,7 +68,7 @@ def statement(run: RunDir) -> dict:
                     "accuracy_note": "on held-out PUBLIC images; the student saw only public images and released "
                                      "labels, so it is covered by the guarantee"},
         "label_accuracy": metrics.get("label_accuracy"),
-        "files": list(FILES),
+        "files": list(written),
     }
 
 
@@ -91,27 +100,33 @@ def statement_text(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(run: RunDir, out: Path | None = None) -> Path:
-    """Write the public folder of a finished run; returns its path."""
+def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Path:
+    """Write the public folder of a finished run (``student.ts`` too with ``torchscript``); returns its path."""
     run.require(*NAMES)
     out = Path(out) if out is not None else default_out(run)
     check_out(run, out)  # before anything is written
+    deploy.check_export_tools(torchscript)
+    written = files(torchscript)
     spec, config = data_spec(run), run.config
     classes = list(spec.classes) or [str(c) for c in range(spec.num_classes)]
     labels = run.load_npz(LABELS)
-    doc = statement(run)
+    doc = statement(run, written)
     meta = deploy.describe(config.student.arch, classes, spec.channels, spec.image_size, spec.mean, spec.std,
                            pipeline=config.name, pate_version=__version__,
                            guarantee={"epsilon": doc["privacy"]["guarantee"]["epsilon"],
                                       "delta": doc["privacy"]["guarantee"]["delta"]},
                            seeded=bool(doc["privacy"].get("seeded")),
                            rebuild="pate.models.build_model(arch, channels, len(classes), image_size)"
-                                   ".load_state_dict(torch.load('student.pt')) on inputs normalised with mean/std")
-    files = {  # everything made (and every artifact verified) before the first write
+                                   ".load_state_dict(safetensors.torch.load_file('student.safetensors')) on "
+                                   "inputs normalised with mean/std")
+    model = student_model(run)  # its weights verified
+    made = {  # everything made (and every artifact verified) before the first write
         LABELS_NPZ: _npz(public_index=labels["query_index"], label=labels["label"]),
         LABELS_CSV: _labels_csv(run, labels["query_index"], labels["label"], classes).encode(),
-        STUDENT_PT: run.verified(STUDENT_MODEL).read_bytes(),
-        STUDENT_TS: deploy.torchscript_bytes(student_model(run), meta),
+        STUDENT_ONNX: deploy.onnx_bytes(model, meta),
+        STUDENT_PT2: deploy.program_bytes(model, meta),
+        STUDENT_SAFETENSORS: deploy.safetensors_bytes(model, meta),
+        **({STUDENT_TS: deploy.torchscript_bytes(model, meta)} if torchscript else {}),
         STATEMENT_JSON: (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(),
         STATEMENT_TEXT: statement_text(doc).encode(),
         MODEL_CARD: model_card.render(run, doc, classes).encode(),
@@ -120,8 +135,10 @@ def build(run: RunDir, out: Path | None = None) -> Path:
     # folder as a pate export, so a rerun after a crash here may write into it again.
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / STUDENT_JSON, meta, private=False)
-    for name, data in files.items():
+    for name, data in made.items():
         atomic_write_bytes(out / name, data, private=False)
+    for name in (*FORMER, *(() if torchscript else (STUDENT_TS,))):  # a previous export's, not of this student
+        (out / name).unlink(missing_ok=True)
     return out
 
 
@@ -161,8 +178,9 @@ def check_out(run: RunDir, out: Path) -> None:
 
 def _ours(name: str) -> bool:
     """A file an export writes, or a temporary file of one cut short (``.NAME.XXXX.tmp``)."""
-    return name in FILES or (name.startswith(".") and name.endswith(".tmp")
-                             and any(name.startswith(f".{f}.") for f in FILES))
+    known = (*files(torchscript=True), *FORMER)
+    return name in known or (name.startswith(".") and name.endswith(".tmp")
+                             and any(name.startswith(f".{f}.") for f in known))
 
 
 def _is_export(folder: Path) -> bool:
