@@ -26,9 +26,10 @@ from ..io import atomic_write_json, private_mkdir
 from ..progress import say
 from ..run import RunDir, RunError, locked
 from .. import data as data_mod
+from .. import tracking
 from .context import (DATA, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, LEDGER, METRICS, PARTITION, PRIVACY,
                       STUDENT_HISTORY, STUDENT_MODEL, TEACHERS_EVAL, Context, check_accountable, heads_part, mechanism,
-                      public_features_part, spec_from_json, teacher_part, votes_file)
+                      public_features_part, read_metrics, read_privacy, spec_from_json, teacher_part, votes_file)
 
 
 def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:
@@ -145,6 +146,7 @@ def session(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: 
     on the same directory is refused. Under torchrun only rank 0 takes the lock (its ranks share the
     work); every check of the settings happens before anything is written."""
     config = config_mod.load(pipeline_file)
+    tracking.check(config)  # [tracking] enabled without MLflow: refused before anything is written
     path = Path(run_dir or Path("runs") / config.name)
     spec = _known_spec(config, path, Path(data_root), quiet)
     config.check_data(spec)  # sizes against the data: for image folders only now that they are read
@@ -153,7 +155,19 @@ def session(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: 
     lock = locked(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     with lock:
         run = open_run(path, config, quiet)
-        yield Context(run=run, data_root=Path(data_root), device=device, quiet=quiet)
+        with tracking.track(run, lambda: _public_progress(run), quiet):  # public fields only (pate.tracking)
+            yield Context(run=run, data_root=Path(data_root), device=device, quiet=quiet)
+
+
+def _public_progress(run: RunDir) -> tracking.Progress:
+    """What experiment tracking may log of ``run``, each artifact checked against its recorded hash:
+    the stages' records, the public statement (never privacy.json's private section), the student's
+    held-out accuracy (never the teachers' or the labels')."""
+    student = None
+    if run.is_done("evaluate") and run.has(METRICS):
+        student = {k: read_metrics(run)[k] for k in tracking.STUDENT_METRICS}
+    return tracking.Progress(names=NAMES, manifest=run.manifest(), student=student,
+                             public=read_privacy(run)["public"] if run.has(PRIVACY) else None)
 
 
 def _check_teachers(config: PipelineConfig, path: Path) -> None:
