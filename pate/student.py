@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -129,10 +130,15 @@ def _check_inputs(labeled_x, labeled_y, unlabeled_x, *, method, num_classes, ste
                   unlabeled_ratio, threshold) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}. Found {method!r}.")
-    if labeled_x.ndim != 4 or labeled_y.shape != labeled_x.shape[:1] or len(labeled_y) == 0:
-        raise ValueError(f"labeled_x must be (N, C, H, W) and labeled_y (N,) with N > 0. "
+    if labeled_x.ndim != 4 or labeled_y.shape[:1] != labeled_x.shape[:1] or len(labeled_y) == 0:
+        raise ValueError(f"labeled_x must be (N, C, H, W) and labeled_y (N,) or (N, m) with N > 0. "
                          f"Found {tuple(labeled_x.shape)} and {tuple(labeled_y.shape)}.")
-    if labeled_y.dtype != torch.int64 or labeled_y.min() < 0 or labeled_y.max() >= num_classes:
+    if labeled_y.ndim == 2:  # soft targets: a distribution over the classes per image
+        if labeled_y.shape[1] != num_classes or not labeled_y.dtype.is_floating_point \
+                or not torch.isfinite(labeled_y).all() or (labeled_y < 0).any() \
+                or not torch.allclose(labeled_y.sum(1), torch.ones(len(labeled_y), dtype=labeled_y.dtype), atol=1e-4):
+            raise ValueError(f"soft labeled_y must be (N, {num_classes}) float rows of probabilities.")
+    elif labeled_y.ndim != 1 or labeled_y.dtype != torch.int64 or labeled_y.min() < 0 or labeled_y.max() >= num_classes:
         raise ValueError(f"labeled_y must be int64 in [0, {num_classes}).")
     semi = method != "supervised"
     if semi and (unlabeled_x is None or len(unlabeled_x) == 0):
@@ -172,7 +178,7 @@ def train_student(
     """Train a student of architecture ``arch`` and return ``(ema_model, history)``.
 
     ``labeled_x`` (N, C, H, W) float, normalised; ``labeled_y`` (N,) int64 labels as released
-    (possibly wrong); ``unlabeled_x`` (M, C, H, W) images of the public pool without labels
+    (possibly wrong), or (N, m) float soft targets (``soft_targets``); ``unlabeled_x`` (M, C, H, W) images of the public pool without labels
     (required for the semi-supervised methods, ignored by ``"supervised"``).
 
     One step = one labelled batch of ``batch_size`` (+ ``unlabeled_ratio · batch_size``
@@ -203,7 +209,8 @@ def train_student(
                        steps=steps, device=device)
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
         _resume(checkpoint_path, fingerprint, settings, state)
-    lx, ly = labeled_x.to(device, torch.float32), labeled_y.to(device)
+    lx = labeled_x.to(device, torch.float32)
+    ly = labeled_y.to(device, torch.float32) if labeled_y.ndim == 2 else labeled_y.to(device)
     ux = unlabeled_x.to(device, torch.float32) if semi else None
     step_kwargs = dict(method=method, batch_size=batch_size, threshold=threshold,
                        unlabeled_weight=unlabeled_weight, hflip=hflip)
@@ -283,8 +290,22 @@ def _train_step(model, optimizer, lx, ly, ux, n_unl, gen, *, method, batch_size,
     optimizer.step()
     stats["loss"] = loss.item()
     stats["loss_labeled"] = loss_l.item()
-    stats["labeled_accuracy"] = (logits[:batch_size].detach().argmax(1) == yb).float().mean().item()
+    hard = yb if yb.ndim == 1 else yb.argmax(1)
+    stats["labeled_accuracy"] = (logits[:batch_size].detach().argmax(1) == hard).float().mean().item()
     return stats
+
+
+def soft_targets(noisy: np.ndarray, labels: np.ndarray, temperature: float) -> torch.Tensor:
+    """(N, m) training targets from released soft labels: softmax(noisy vector / ``temperature``),
+    and one-hot rows where a label came without a vector (NaN rows: Interactive-GNMax's student
+    answers). Post-processing of the release: it costs nothing."""
+    noisy = np.asarray(noisy, dtype=np.float64)
+    missing = ~np.isfinite(noisy).all(axis=1)
+    logits = torch.from_numpy(np.where(missing[:, None], 0.0, noisy) / temperature)
+    probs = torch.softmax(logits, dim=1)
+    probs[torch.from_numpy(missing)] = F.one_hot(torch.from_numpy(np.asarray(labels, dtype=np.int64)[missing]),
+                                                 noisy.shape[1]).double()
+    return probs.float()
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -280,16 +280,28 @@ def round_sig(x: float, digits: int = 4) -> float:
 # ----------------------------------------------------------------------------- privacy.json
 
 
+SOFT_LABELS_NOTE = ("each answered query's noisy count vector is released with its label (soft labels); the "
+                    "worst-case guarantee covers the vector, query by query")
+SOFT_LABELS_PRIVATE = ("not applicable: soft labels release the noisy count vectors, and the papers' "
+                       "data-dependent analysis bounds the released argmax only")
+
+
 def privacy_report(settings: Settings, votes: np.ndarray, answered: np.ndarray, *, seeded: bool,
-                   stopped_by_budget: bool, noise: NoiseSource) -> dict:
+                   stopped_by_budget: bool, noise: NoiseSource, soft_labels: bool = False) -> dict:
     """privacy.json: ``public`` (the statement) and ``private`` (data-dependent) sections.
 
     ``votes`` are the decided queries' vote rows, ``answered`` their mask. ``noise`` draws the
-    smooth-sensitivity release once, when the settings ask for one.
+    smooth-sensitivity release once, when the settings ask for one. With ``soft_labels`` the
+    data-dependent figures are not computed: they would be about another release (the argmax).
     """
     mech, orders = settings.mechanism, settings.order_array
     answered = np.asarray(answered, dtype=bool)
     private, release = {"note": PRIVATE_NOTE}, None
+    if soft_labels:
+        public = public_statement(settings, asked=len(answered), answered=int(answered.sum()), release=None,
+                                  seeded=seeded, stopped_by_budget=stopped_by_budget)
+        public["soft_labels"] = SOFT_LABELS_NOTE
+        return {"public": public, "private": {**private, "error": SOFT_LABELS_PRIVATE}}
     try:  # the guarantee is already fixed: a failure here must not lose the record of what was spent
         realized = mech.per_query_rdp(votes, answered, orders).sum(axis=0) if len(answered) else np.zeros(orders.size)
         private.update(_data_dependent(settings, votes, realized))
@@ -306,7 +318,8 @@ def privacy_report(settings: Settings, votes: np.ndarray, answered: np.ndarray, 
 
 
 def individual_report(settings: Settings, *, budget_levels: Sequence[float], spent: np.ndarray, budget: np.ndarray,
-                      votes: np.ndarray, answered: np.ndarray, retired: np.ndarray, seeded: bool) -> dict:
+                      votes: np.ndarray, answered: np.ndarray, retired: np.ndarray, seeded: bool,
+                      soft_labels: bool = False) -> dict:
     """privacy.json of an individual mechanism (private-knn). Public: the guarantee of every budget
     level (each from the settings alone; which records have which level is not said). Private: how
     the records spent (a function of the data)."""
@@ -315,6 +328,8 @@ def individual_report(settings: Settings, *, budget_levels: Sequence[float], spe
                               seeded=seeded, stopped_by_budget=False)
     public["per_budget_level"] = individual.group_guarantees(np.asarray(budget_levels), settings.order_array,
                                                              settings.delta, settings.conversion)
+    if soft_labels:  # each voter is charged the Gaussian of the whole vector (sensitivity 1), not its argmax
+        public["soft_labels"] = SOFT_LABELS_NOTE
     spent_eps = np.array([individual.epsilon_of_budget(float(v), settings.order_array, settings.delta,
                                                        settings.conversion)[0] for v in np.quantile(spent, [0.5, 1.0])])
     voters = votes.sum(axis=1) if len(votes) else np.zeros(0)

@@ -15,13 +15,12 @@ to catch that.)
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
+
+from . import chain
 
 VERSION = 2
 KEY_BYTES = 32
@@ -44,6 +43,7 @@ class QueryRecord:
     logq: Optional[float]  # log of the GNMax bound q~ (Prop. 7), for answered queries
     logpr_answered: Optional[float]  # log Pr[threshold passed] (Confident-GNMax only)
     source: Optional[str] = None  # Interactive-GNMax: "teachers" or "student" (who gave the label)
+    noisy: Optional[tuple[float, ...]] = None  # soft labels: the released noisy count vector (label = its argmax)
 
 
 @dataclass(frozen=True)
@@ -65,27 +65,9 @@ def vote_facts(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return top_label, top, top - second
 
 
-def _body(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
-
-
-def _mac(key: bytes, previous: str, body: str) -> str:
-    return hmac.new(key, f"{previous}\n{body}".encode(), hashlib.sha256).hexdigest()
-
-
-def _chain(key: bytes, previous: str, objs: Sequence[dict]) -> tuple[str, str]:
-    """The lines of ``objs`` (each with its MAC, chained from ``previous``) and the last MAC."""
-    lines = []
-    for obj in objs:
-        body = _body(obj)
-        previous = _mac(key, previous, body)
-        lines.append(f'{body[:-1]},"mac":"{previous}"}}\n')
-    return "".join(lines), previous
-
-
 def encode_header(header: LedgerHeader, key: bytes) -> tuple[bytes, str]:
     """The header line and its MAC (the start of the chain)."""
-    text, mac = _chain(key, "", [{"kind": "header", **asdict(header)}])
+    text, mac = chain.encode(key, "", [{"kind": "header", **asdict(header)}])
     return text.encode(), mac
 
 
@@ -95,7 +77,7 @@ def encode(records: Sequence[QueryRecord], key: bytes, previous: str) -> tuple[b
     def body(record: QueryRecord) -> dict:
         return {k: v for k, v in asdict(record).items() if not (k in _OPTIONAL_FIELDS and v is None)}
 
-    text, mac = _chain(key, previous, [{"kind": "query", **body(r)} for r in records])
+    text, mac = chain.encode(key, previous, [{"kind": "query", **body(r)} for r in records])
     return text.encode(), mac
 
 
@@ -107,7 +89,7 @@ class Ledger(NamedTuple):
 
 
 _RECORD_FIELDS = {f.name for f in fields(QueryRecord)}
-_OPTIONAL_FIELDS = {"source"}  # absent from ledgers written before Interactive-GNMax
+_OPTIONAL_FIELDS = {"source", "noisy"}  # absent from ledgers written before Interactive-GNMax / soft labels
 _HEADER_FIELDS = {f.name for f in fields(LedgerHeader)}
 
 
@@ -120,19 +102,13 @@ def parse(text: str, key: bytes, path: str = "the ledger") -> Ledger:
     lines = text.splitlines()
     if not lines:
         raise LedgerError(f"{path} is empty (no header)")
-    objs, previous, macs = [], "", []
-    for number, line in enumerate(lines, start=1):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LedgerError(f"{path} line {number} is not JSON ({exc.msg}); the ledger is damaged") from None
-        mac = obj.pop("mac", None) if isinstance(obj, dict) else None
-        if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, previous, _body(obj))):
-            raise LedgerError(f"{path} line {number} fails its integrity check (edited, moved, or not written by "
-                              "this run); the ledger cannot be trusted, and its queries must not be answered again")
-        objs.append(obj)
-        previous = mac
-        macs.append(mac)
+    try:
+        objs, macs = chain.verify(lines, key)
+    except chain.ChainError as exc:
+        if exc.why.startswith("is not JSON"):
+            raise LedgerError(f"{path} {exc}; the ledger is damaged") from None
+        raise LedgerError(f"{path} line {exc.number} fails its integrity check (edited, moved, or not written by "
+                          "this run); the ledger cannot be trusted, and its queries must not be answered again") from None
     head = objs[0]
     if head.get("kind") != "header" or set(head) - {"kind"} != _HEADER_FIELDS:
         raise LedgerError(f"{path} does not start with a valid ledger header")
@@ -142,12 +118,13 @@ def parse(text: str, key: bytes, path: str = "the ledger") -> Ledger:
         keys = set(obj) - {"kind"}
         if obj.get("kind") != "query" or not _RECORD_FIELDS - _OPTIONAL_FIELDS <= keys <= _RECORD_FIELDS:
             raise LedgerError(f"{path} line {number} is not a query record")
-        record = QueryRecord(**{k: v for k, v in obj.items() if k != "kind"})
+        record = QueryRecord(**{k: tuple(v) if k == "noisy" and isinstance(v, list) else v
+                                for k, v in obj.items() if k != "kind"})
         if record.query != number - 2:
             raise LedgerError(f"{path} line {number} records query {record.query}, expected {number - 2} "
                               "(lines missing, repeated or reordered)")
         records.append(record)
-    return Ledger(header, records, previous, tuple(macs))
+    return Ledger(header, records, macs[-1], tuple(macs))
 
 
 def check_against_votes(header: LedgerHeader, records: list[QueryRecord], *, config_sha256: str,
@@ -170,10 +147,26 @@ def check_against_votes(header: LedgerHeader, records: list[QueryRecord], *, con
     mismatch = ((arr["public_index"] != query_index[:n]) | (arr["top_label"] != top_label)
                 | (arr["top_count"] != top) | (arr["gap"] != gap)
                 | (arr["answered"] != (arr["label"] >= 0)) | (arr["label"] >= votes.shape[1]))
+    soft = [i for i, r in enumerate(records) if r.noisy is not None]
+    for i in soft:  # a soft label is the vector whose argmax was released, on an answered query
+        vector = np.asarray(records[i].noisy, dtype=float)
+        if vector.shape != (votes.shape[1],) or not np.isfinite(vector).all() or not records[i].answered \
+                or records[i].source == "student" or int(np.argmax(vector)) != records[i].label:
+            mismatch[i] = True
     if mismatch.any():
         first = int(np.flatnonzero(mismatch)[0])
         raise LedgerError(f"ledger record for query {first} does not match votes.npz (tampered or from "
                           "another run)")
+
+
+def released_soft(records: list[QueryRecord], num_classes: int) -> np.ndarray | None:
+    """(answered, m) the noisy count vectors released with the answered labels (soft labels), in
+    the order of ``released_labels``; NaN rows where a label had no vector (Interactive-GNMax's
+    student answers); None when the run released none."""
+    answered = [r for r in records if r.answered]
+    if not any(r.noisy is not None for r in answered):
+        return None
+    return np.array([r.noisy if r.noisy is not None else (np.nan,) * num_classes for r in answered], dtype=float)
 
 
 def released_labels(records: list[QueryRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -37,10 +37,18 @@ def lnmax(votes, gamma, noise) -> np.ndarray:
     Args: votes (N, m) counts; gamma > 0 (Laplace scale 1/γ); noise: ``noise_source()``.
     Returns: (N,) int64 labels.
     """
+    return np.argmax(lnmax_noisy(votes, gamma, noise), axis=1)
+
+
+def lnmax_noisy(votes, gamma, noise) -> np.ndarray:
+    """LNMax's noisy count vectors v + Lap(1/γ)^m, (N, m) float: what LNMax's worst-case accounting
+    already pays for. One vote moving changes two counts by one, so the vector is two Laplace
+    mechanisms of sensitivity 1 (``lnmax_rdp``; the PLD event composes ``2·queries`` of them), and
+    its argmax is post-processing."""
     votes = check_votes(votes)
     gamma = check_positive("gamma", gamma)
     noise = check_noise(noise)
-    return np.argmax(votes + noise.laplace(votes.shape, scale=1.0 / gamma), axis=1)
+    return votes + noise.laplace(votes.shape, scale=1.0 / gamma)
 
 
 def gnmax(votes, sigma, noise) -> np.ndarray:
@@ -48,10 +56,18 @@ def gnmax(votes, sigma, noise) -> np.ndarray:
 
     Args: votes (N, m) counts; sigma > 0; noise: ``noise_source()``. Returns: (N,) int64 labels.
     """
+    return np.argmax(gnmax_noisy(votes, sigma, noise), axis=1)
+
+
+def gnmax_noisy(votes, sigma, noise) -> np.ndarray:
+    """GNMax's noisy count vectors v + N(0, σ² I), (N, m) float. The data-independent cost λ/σ²
+    (Papernot et al. 2018, Section 4.1) is the Gaussian mechanism's on the whole vector (L2
+    sensitivity √2: one vote moves), so releasing the vector costs nothing more than its argmax
+    under the worst-case guarantee; only the data-dependent analysis (Thm 6) is about the argmax."""
     votes = check_votes(votes)
     sigma = check_positive("sigma", sigma)
     noise = check_noise(noise)
-    return np.argmax(votes + noise.normal(votes.shape, scale=sigma), axis=1)
+    return votes + noise.normal(votes.shape, scale=sigma)
 
 
 def confident_gnmax(votes, threshold, sigma1, sigma2, noise) -> np.ndarray:
@@ -65,6 +81,20 @@ def confident_gnmax(votes, threshold, sigma1, sigma2, noise) -> np.ndarray:
     Args: votes (N, m); threshold T; sigma1, sigma2 > 0; noise: ``noise_source()``.
     Returns: (N,) int64 labels in {−1, 0, …, m − 1}.
     """
+    answered, noisy = confident_gnmax_noisy(votes, threshold, sigma1, sigma2, noise)
+    return np.where(answered, np.argmax(noisy, axis=1), -1)
+
+
+def confident_gnmax_noisy(votes, threshold, sigma1, sigma2, noise) -> tuple[np.ndarray, np.ndarray]:
+    """Confident-GNMax's release with its noisy vectors: (answered (N,) bool, v + N(0, σ2² I) (N, m),
+    NaN on rows not answered). The threshold step's noisy maximum is never part of it.
+
+    Why the vector is covered: one query's worst-case bound (``rdp.rdp_confident_gnmax_worst_case``)
+    is e^{(λ−1)D} ≤ P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ}·e^{(λ−1)λ/σ2²}, and e^{(λ−1)λ/σ2²} is exactly
+    ∫ N(x; v, σ2²I)^λ N(x; v', σ2²I)^{1−λ} dx for ‖v − v'‖² = 2: the divergence of the answered
+    branch's whole vector, not only of its argmax. So (answered, vector) is the mechanism the bound
+    is for (the threshold noise and the answer noise are independent), for add/remove neighbours,
+    whose histograms differ by one vote moved."""
     votes = check_votes(votes)
     threshold = check_finite("threshold", threshold)
     sigma1 = check_positive("sigma1", sigma1)
@@ -74,7 +104,7 @@ def confident_gnmax(votes, threshold, sigma1, sigma2, noise) -> np.ndarray:
     z1 = noise.normal((n_rows,), scale=sigma1)
     z2 = noise.normal(votes.shape, scale=sigma2)
     answered = votes.max(axis=1) + z1 >= threshold
-    return np.where(answered, np.argmax(votes + z2, axis=1), -1)
+    return answered, np.where(answered[:, None], votes + z2, np.nan)
 
 
 # ----------------------------------------------------------------------------- mechanism objects
@@ -114,7 +144,19 @@ class Mechanism:
 
     def decide(self, votes, noise: NoiseSource) -> np.ndarray:
         """(N,) labels, −1 for a query not answered."""
+        labels, _ = self.decide_noisy(votes, noise)
+        return labels
+
+    def decide_noisy(self, votes, noise: NoiseSource) -> tuple[np.ndarray, np.ndarray]:
+        """((N,) labels, −1 = not answered; (N, m) the noisy count vectors the labels are the argmax
+        of, NaN on rows not answered): the same draws as ``decide``, so a seeded run gives the same
+        labels with or without soft labels. Every mechanism's worst-case cost covers the vector."""
         raise NotImplementedError
+
+    @property
+    def answer_noise_std(self) -> float:
+        """The standard deviation of the noise on each released count (the scale soft labels are read at)."""
+        return self.sigma2
 
     def query_rdp(self, votes, orders) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per query: Pr[answered] (N,), threshold-step RDP (N, L), answer RDP (N, L), data-dependent."""
@@ -188,8 +230,13 @@ class LNMax(Mechanism):
     name: ClassVar[str] = "lnmax"
     data_dependent: ClassVar[bool] = False
 
-    def decide(self, votes, noise):
-        return lnmax(votes, self.gamma, noise)
+    def decide_noisy(self, votes, noise):
+        noisy = lnmax_noisy(votes, self.gamma, noise)
+        return np.argmax(noisy, axis=1), noisy
+
+    @property
+    def answer_noise_std(self) -> float:
+        return math.sqrt(2.0) / self.gamma  # Laplace of scale 1/gamma
 
     def query_rdp(self, votes, orders):
         n, orders = len(votes), rdp.check_orders(orders)
@@ -219,8 +266,9 @@ class GNMax(Mechanism):
     sigma2: float
     name: ClassVar[str] = "gnmax"
 
-    def decide(self, votes, noise):
-        return gnmax(votes, self.sigma2, noise)
+    def decide_noisy(self, votes, noise):
+        noisy = gnmax_noisy(votes, self.sigma2, noise)
+        return np.argmax(noisy, axis=1), noisy
 
     def query_facts(self, votes):
         return rdp.logq_gnmax(votes, self.sigma2), np.full(len(votes), np.nan)
@@ -290,8 +338,8 @@ class _CheckThenGNMax(Mechanism):
 class ConfidentGNMax(_CheckThenGNMax):
     name: ClassVar[str] = "confident-gnmax"
 
-    def decide(self, votes, noise):
-        return confident_gnmax(votes, self.threshold, self.sigma1, self.sigma2, noise)
+    def decide_noisy(self, votes, noise):
+        return _labels_of(*confident_gnmax_noisy(votes, self.threshold, self.sigma1, self.sigma2, noise))
 
     def answer_probability(self, votes):
         return np.exp(rdp.logpr_answered(votes, self.threshold, self.sigma1))
@@ -353,6 +401,14 @@ def interactive_gnmax(votes, student_probs, threshold, sigma1, sigma2, student_c
     confidence max_j p_j exceeds ``student_confidence``, and the query is rejected (−1) elsewhere.
     Noise is drawn as in ``confident_gnmax`` (the (N,) check noise, then the (N, m) answer noise).
     """
+    labels, ask, _ = interactive_gnmax_noisy(votes, student_probs, threshold, sigma1, sigma2, student_confidence,
+                                             noise)
+    return labels, ask
+
+
+def interactive_gnmax_noisy(votes, student_probs, threshold, sigma1, sigma2, student_confidence, noise):
+    """``interactive_gnmax`` with the teachers' noisy vectors: (labels, asked, noisy (N, m), NaN
+    where the teachers were not asked)."""
     votes = check_votes(votes)
     probs = np.asarray(student_probs, dtype=float)
     if probs.shape != votes.shape or not np.isfinite(probs).all() or (probs < 0).any():
@@ -365,7 +421,8 @@ def interactive_gnmax(votes, student_probs, threshold, sigma1, sigma2, student_c
     z2 = noise.normal(votes.shape, scale=sigma2)
     ask = (votes - k * probs).max(axis=1) + z1 >= threshold
     student = np.where(probs.max(axis=1) > student_confidence, probs.argmax(axis=1), -1)
-    return np.where(ask, np.argmax(votes + z2, axis=1), student), ask
+    return (np.where(ask, np.argmax(votes + z2, axis=1), student), ask,
+            np.where(ask[:, None], votes + z2, np.nan))
 
 
 @dataclass(frozen=True)
@@ -380,13 +437,19 @@ class InteractiveGNMax(_CheckThenGNMax):
     data_dependent: ClassVar[bool] = False
     interactive: ClassVar[bool] = True
 
-    def decide(self, votes, noise):
+    def decide_noisy(self, votes, noise):
         """Without a student (p = 0, the first round): Confident-GNMax's decisions."""
-        return confident_gnmax(votes, self.threshold, self.sigma1, self.sigma2, noise)
+        return _labels_of(*confident_gnmax_noisy(votes, self.threshold, self.sigma1, self.sigma2, noise))
 
     def decide_with_student(self, votes, student_probs, noise):
-        return interactive_gnmax(votes, student_probs, self.threshold, self.sigma1, self.sigma2,
-                                 self.student_confidence, noise)
+        labels, asked, _ = self.decide_with_student_noisy(votes, student_probs, noise)
+        return labels, asked
+
+    def decide_with_student_noisy(self, votes, student_probs, noise):
+        """(labels, asked, noisy): the teachers' noisy vector v + N(0, σ2² I) where they were asked
+        (their GNMax step, whose cost covers the vector), NaN where the student answered or nobody did."""
+        return interactive_gnmax_noisy(votes, student_probs, self.threshold, self.sigma1, self.sigma2,
+                                       self.student_confidence, noise)
 
     def query_rdp(self, votes, orders):
         """Whatever the votes: the check's Gaussian, and GNMax's when the teachers answer."""
@@ -414,8 +477,8 @@ class PrivateKNN(Mechanism):
     data_dependent: ClassVar[bool] = False
     individual: ClassVar[bool] = True
 
-    def decide(self, votes, noise):
-        return confident_gnmax(votes, self.threshold, self.sigma1, self.sigma2, noise)
+    def decide_noisy(self, votes, noise):
+        return _labels_of(*confident_gnmax_noisy(votes, self.threshold, self.sigma1, self.sigma2, noise))
 
     def answer_probability(self, votes):
         return np.exp(rdp.logpr_answered(votes, self.threshold, self.sigma1))
@@ -438,6 +501,11 @@ class PrivateKNN(Mechanism):
     def explain(self, row, answered, orders):
         return {"explanation": "every record that voted paid alpha/(2 sigma1^2), and alpha/(2 sigma2^2) more if "
                                "answered; records that could not afford a whole query did not vote (retired)"}
+
+
+def _labels_of(answered: np.ndarray, noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, −1 where not answered; the noisy vectors) of a thresholded release."""
+    return np.where(answered, np.argmax(np.nan_to_num(noisy, nan=0.0), axis=1), -1), noisy
 
 
 def _explain_gnmax(mech: Mechanism, row, answered: bool, orders, threshold_cost) -> dict:
@@ -481,5 +549,6 @@ def build(name: str, settings) -> Mechanism:
     return cls.from_settings(settings)
 
 
-__all__ = ["NoiseSource", "noise_source", "lnmax", "gnmax", "confident_gnmax", "Mechanism", "LNMax", "GNMax",
+__all__ = ["NoiseSource", "noise_source", "lnmax", "gnmax", "confident_gnmax", "lnmax_noisy", "gnmax_noisy",
+           "confident_gnmax_noisy", "interactive_gnmax_noisy", "Mechanism", "LNMax", "GNMax",
            "ConfidentGNMax", "InteractiveGNMax", "PrivateKNN", "interactive_gnmax", "MECHANISMS", "NAMES", "build", "lnmax_rdp"]

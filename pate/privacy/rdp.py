@@ -312,7 +312,9 @@ def rdp_confident_gnmax_worst_case(threshold, sigma1, sigma2, num_teachers, num_
                                     ≤ P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ} · e^{(λ−1)·λ/σ2²},
 
     because G_x is post-processing of the Gaussian mechanism x + N(0, σ2²I), whose L2 sensitivity
-    is √2 (D_λ ≤ λ·2/(2σ2²); Mironov 2017, Prop. 7), and λ − 1 > 0. The right side depends on x
+    is √2 (D_λ ≤ λ·2/(2σ2²); Mironov 2017, Prop. 7), and λ − 1 > 0. That last factor is the
+    divergence of the noisy vector x + N(0, σ2²I) itself, so the bound also holds when the answered
+    branch releases the whole vector (soft labels), not only its argmax. The right side depends on x
     only through (v, v'); its maximum over every realisable max count v ∈ [⌈n/m⌉, n] and
     neighbour v' in that range is returned, evaluated in log space. Composition over the queries
     asked is a sum (Mironov 2017, Prop. 1), whatever was answered.

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Sequence
 
 import numpy as np
 
-from . import rdp
+from . import chain, rdp
 
 VERSION = 2
 ORDERS = rdp.DEFAULT_ORDERS  # every entry's curve is on these orders, so entries compose
@@ -76,14 +75,9 @@ def chain_key(secret: bytes) -> bytes:
     return hmac.new(secret, b"pate.spend-log", hashlib.sha256).digest()
 
 
-def _mac(key: bytes, previous: str, body: str) -> str:
-    return hmac.new(key, f"{previous}\n{body}".encode(), hashlib.sha256).hexdigest()
-
-
 def _encode(key: bytes, previous: str, obj: dict) -> tuple[bytes, str]:
-    body = json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False)
-    mac = _mac(key, previous, body)
-    return (body[:-1] + f',"mac":"{mac}"}}\n').encode(), mac
+    text, mac = chain.encode(key, previous, [obj])
+    return text.encode(), mac
 
 
 def encode_header(key: bytes) -> tuple[bytes, str]:
@@ -121,21 +115,14 @@ def parse(text: str, key: bytes, head: dict, path: str = "the spend log") -> Log
     ``head`` ({"lines", "mac"}) is where the log must end."""
     if text and not text.endswith("\n"):
         raise SpendLogError(f"{path} ends in the middle of a line (truncated or damaged)")
-    entries, claims, previous, at_head = [], [], "", None
     lines = text.splitlines()
-    for number, line in enumerate(lines, start=1):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SpendLogError(f"{path} line {number} is not JSON ({exc.msg}); it is damaged") from None
-        mac = obj.pop("mac", None) if isinstance(obj, dict) else None
-        body = json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False) if mac else ""
-        if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, previous, body)):
-            raise SpendLogError(f"{path} line {number} fails its integrity check (edited, moved, deleted lines "
-                                "before it, or written with another key)")
-        previous = mac
-        if number == head.get("lines"):
-            at_head = mac
+    try:
+        objs, macs = chain.verify(lines, key)
+    except chain.ChainError as exc:
+        raise SpendLogError(f"{path} line {exc.number} {exc.why} (damaged, edited, moved, lines before it deleted, "
+                            "or written with another key)") from None
+    entries, claims = [], []
+    for number, obj in enumerate(objs, start=1):
         kind = obj.get("kind")
         if number == 1:
             if kind != "header" or obj.get("version") != VERSION:
@@ -152,10 +139,11 @@ def parse(text: str, key: bytes, head: dict, path: str = "the spend log") -> Log
         raise SpendLogError(f"{path} is empty (no header)")
     # The head is rewritten just after each append: a crash between the two leaves the log a line
     # ahead of it (that line's MAC checked, so written with the key); a log behind its head was cut.
-    if not isinstance(head.get("lines"), int) or head["lines"] > len(lines) or at_head != head.get("mac"):
+    count = head.get("lines")
+    if not isinstance(count, int) or not 1 <= count <= len(lines) or macs[count - 1] != head.get("mac"):
         raise SpendLogError(f"{path} holds {len(lines)} lines but its head file records {head.get('lines')}: lines "
                             "were cut from its end or it was replaced")
-    return Log(entries, claims, len(lines), previous)
+    return Log(entries, claims, len(lines), macs[-1])
 
 
 @dataclass(frozen=True)

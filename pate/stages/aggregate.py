@@ -40,16 +40,32 @@ INTERACTIVE_DIR = "interactive"  # the round students' probabilities (Interactiv
 
 
 def _records(mech: Mechanism, votes: np.ndarray, start: int, labels: np.ndarray,
-             query_index: np.ndarray, sources: list | None = None) -> list[ledger.QueryRecord]:
+             query_index: np.ndarray, sources: list | None = None,
+             noisy: np.ndarray | None = None) -> list[ledger.QueryRecord]:
+    """The ledger records of one chunk; ``noisy`` (soft labels): each row's released noisy vector,
+    NaN where none is released."""
     top_label, top, gap = ledger.vote_facts(votes)
     logq, logpr = mech.query_facts(votes)
+    soft = [None] * len(votes) if noisy is None else [
+        tuple(float(x) for x in row) if labels[i] >= 0 and np.isfinite(row).all() else None
+        for i, row in enumerate(noisy)]
     return [ledger.QueryRecord(
         query=start + i, public_index=int(query_index[start + i]), answered=bool(labels[i] >= 0),
         label=int(labels[i]), top_label=int(top_label[i]), top_count=int(top[i]), gap=int(gap[i]),
         logq=None if np.isnan(logq[i]) else float(logq[i]),
         logpr_answered=None if np.isnan(logpr[i]) else float(logpr[i]),
-        source=None if sources is None else sources[i])
+        source=None if sources is None else sources[i], noisy=soft[i])
         for i in range(len(votes))]
+
+
+def _save_labels(ctx: Context, records: list, **extra: np.ndarray) -> int:
+    """labels.npz from the ledger: the answered queries' labels (and with soft labels their noisy
+    vectors, ``soft``); returns how many were released."""
+    positions, public_index, labels = ledger.released_labels(records)
+    soft = ledger.released_soft(records, ctx.spec.num_classes)
+    atomic_save_npz(ctx.run.file(LABELS), query_index=public_index, query=positions, label=labels,
+                    **({} if soft is None else {"soft": soft}), **extra)
+    return len(labels)
 
 
 def _open_ledger(ctx: Context, votes, query_index: np.ndarray) -> tuple[ledger.Ledger, spend_log.Holder]:
@@ -182,9 +198,10 @@ def _decide_all(ctx: Context, settings: accounting.Settings, votes: np.ndarray, 
         if allowed == 0:
             stopped_by_budget = True
             break
-        labels = mech.decide(votes[chunk * CHUNK:end], noise_source(seed, stream=chunk))[done - chunk * CHUNK:]
-        labels = labels[:allowed]
-        new = _records(mech, votes[done:done + allowed], done, labels, query_index)
+        labels, noisy = mech.decide_noisy(votes[chunk * CHUNK:end], noise_source(seed, stream=chunk))
+        labels, noisy = labels[done - chunk * CHUNK:][:allowed], noisy[done - chunk * CHUNK:][:allowed]
+        new = _records(mech, votes[done:done + allowed], done, labels, query_index,
+                       noisy=noisy if ctx.config.aggregator.soft_labels else None)
         mac = _write_chunk(ctx, holder, new, key, mac)
         if filt is not None:
             filt.charge(allowed * plan.charge)
@@ -217,8 +234,7 @@ def run(ctx: Context) -> None:
         ctx.say("aggregate: noise is SEEDED (reproducible): not a production privacy guarantee")
     stopped_by_budget = _decide_all(ctx, settings, votes, query_index, book, holder)
     records = load_ledger(run_dir, votes, query_index).records
-    positions, public_index, labels = ledger.released_labels(records)
-    atomic_save_npz(run_dir.file(LABELS), query_index=public_index, query=positions, label=labels)
+    released = _save_labels(ctx, records)
     report = _existing_report(ctx, len(records))
     if report is None:  # the smooth-sensitivity noise is drawn once; a rerun keeps the released figure
         if settings.release is not None:
@@ -226,7 +242,8 @@ def run(ctx: Context) -> None:
         answered = np.array([r.answered for r in records], dtype=bool)
         report = accounting.privacy_report(settings, votes[:len(records)], answered, seeded=config.seeded,
                                            stopped_by_budget=stopped_by_budget,
-                                           noise=noise_source(config.aggregator.seed, stream=len(votes) // CHUNK + 1))
+                                           noise=noise_source(config.aggregator.seed, stream=len(votes) // CHUNK + 1),
+                                           soft_labels=config.aggregator.soft_labels)
         atomic_write_json(run_dir.file(PRIVACY), report, private=True)
     finish(ctx, NAME)
     for warning in report["private"].get("warnings", []):
@@ -236,7 +253,7 @@ def run(ctx: Context) -> None:
                 "it promises little (see `pate plan` for settings that cost less)")
     public = report["public"]
     release = public["data_dependent_release"]
-    ctx.say(f"aggregate: {len(records)} queries asked, {len(labels)} answered; guarantee epsilon "
+    ctx.say(f"aggregate: {len(records)} queries asked, {released} answered; guarantee epsilon "
             f"{guarantee.epsilon:.3f}, delta {guarantee.delta:g} ({guarantee.accountant}, from the settings alone)"
             + (f"; data-dependent cost released with smooth-sensitivity noise {release['epsilon']:.3f} (the papers' "
                "convention, not a guarantee)" if release else "")
@@ -305,15 +322,15 @@ def _run_individual(ctx: Context) -> None:
                                        mech.sigma1, mech.sigma2)
         out, votes = individual.decide(inputs.hoods, inputs.labels, state, inputs.charges, start=done,
                                        threshold=mech.threshold, z1=z1[done - first:], z2=z2[done - first:])
-        mac, done = _write_chunk(ctx, holder, _records(mech, votes, done, out, query_index), key, mac), end
+        noisy = votes + z2[done - first:] if config.aggregator.soft_labels else None
+        mac, done = _write_chunk(ctx, holder, _records(mech, votes, done, out, query_index, noisy=noisy), key, mac), end
         answered_count += int((out >= 0).sum())
         run_dir.update(NAME, decided=done, progress=f"{done}/{len(query_index)} queries decided, "
                                                     f"{answered_count} answered")
         progress.update(len(out), status=f"answered {answered_count}")
     progress.close()
     book_records = load_ledger(run_dir, inputs.votes_of(gaussian), query_index).records
-    positions, public_index, released = ledger.released_labels(book_records)
-    atomic_save_npz(run_dir.file(LABELS), query_index=public_index, query=positions, label=released)
+    released = _save_labels(ctx, book_records)
     report = _existing_report(ctx, len(book_records))
     if report is None:
         flags = np.array([r.answered for r in book_records], dtype=bool)
@@ -321,11 +338,12 @@ def _run_individual(ctx: Context) -> None:
         levels = budgets.levels(config.privacy.record_budgets, config.privacy.record_epsilon)  # public policy
         report = accounting.individual_report(settings, budget_levels=levels,
                                               spent=final.spent, budget=gaussian, votes=votes, answered=flags,
-                                              retired=retired_after >= 0, seeded=config.seeded)
+                                              retired=retired_after >= 0, seeded=config.seeded,
+                                              soft_labels=config.aggregator.soft_labels)
         atomic_write_json(run_dir.file(PRIVACY), report, private=True)
     finish(ctx, NAME)
     guarantee = accounting.guarantee(settings)
-    ctx.say(f"aggregate: {len(book_records)} queries asked, {len(released)} answered; guarantee epsilon "
+    ctx.say(f"aggregate: {len(book_records)} queries asked, {released} answered; guarantee epsilon "
             f"{guarantee.epsilon:.3f}, delta {guarantee.delta:g} for every private record (individual Rényi "
             f"filter: each record retired at its own budget); a record of this private data has now spent at most epsilon "
             f"{total.epsilon:.3f} over {total.releases} release(s)")
@@ -395,11 +413,12 @@ def _run_interactive(ctx: Context) -> None:
             done = len(records)
             chunk = done // CHUNK
             first, end = chunk * CHUNK, min((chunk + 1) * CHUNK, queries[-1] + 1)
-            labels, asked = mech.decide_with_student(votes[first:(chunk + 1) * CHUNK], probs[first:(chunk + 1) * CHUNK],
-                                                     noise_source(seed, stream=chunk))
-            labels, asked = labels[done - first:end - first], asked[done - first:end - first]
+            labels, asked, noisy = mech.decide_with_student_noisy(
+                votes[first:(chunk + 1) * CHUNK], probs[first:(chunk + 1) * CHUNK], noise_source(seed, stream=chunk))
+            labels, asked, noisy = (a[done - first:end - first] for a in (labels, asked, noisy))
             sources = ["teachers" if a else ("student" if y >= 0 else None) for a, y in zip(asked, labels)]
-            new = _records(mech, votes[done:end], done, labels, query_index, sources)
+            new = _records(mech, votes[done:end], done, labels, query_index, sources,
+                           noisy=noisy if config.aggregator.soft_labels else None)
             mac = _write_chunk(ctx, holder, new, key, mac)
             records += new
             by_teachers = sum(r.source == "teachers" for r in records)
@@ -408,23 +427,22 @@ def _run_interactive(ctx: Context) -> None:
             progress.update(len(new), status=f"teachers answered {by_teachers}")
     progress.close()
     records = load_ledger(run_dir, votes, query_index).records
-    positions, public_index, labels = ledger.released_labels(records)
     from_teachers = np.array([r.source == "teachers" for r in records if r.answered], dtype=bool)
-    atomic_save_npz(run_dir.file(LABELS), query_index=public_index, query=positions, label=labels,
-                    from_teachers=from_teachers)
+    released = _save_labels(ctx, records, from_teachers=from_teachers)
     report = _existing_report(ctx, len(records))
     if report is None:
         asked = np.array([r.source == "teachers" for r in records], dtype=bool)  # GNMax was drawn for these
         report = accounting.privacy_report(settings, votes[:len(records)], asked, seeded=config.seeded,
-                                           stopped_by_budget=False, noise=noise_source(seed, stream=0))
-        report["public"]["queries_answered"] = int(len(labels))
+                                           stopped_by_budget=False, noise=noise_source(seed, stream=0),
+                                           soft_labels=config.aggregator.soft_labels)
+        report["public"]["queries_answered"] = released
         report["public"]["answered_by_teachers"] = int(from_teachers.sum())
         report["public"]["answered_by_student"] = int((~from_teachers).sum())
         atomic_write_json(run_dir.file(PRIVACY), report, private=True)
     finish(ctx, NAME)
     guarantee = accounting.guarantee(settings)
     ctx.say(f"aggregate: {len(records)} queries asked in {config.aggregator.interactive_rounds} rounds, "
-            f"{len(labels)} labelled ({int(from_teachers.sum())} by the teachers, {int((~from_teachers).sum())} by the "
+            f"{released} labelled ({int(from_teachers.sum())} by the teachers, {int((~from_teachers).sum())} by the "
             f"student); guarantee epsilon {guarantee.epsilon:.3f}, delta {guarantee.delta:g} "
             f"({guarantee.accountant}, from the settings alone); a record of this private data has now spent at most epsilon "
             f"{total.epsilon:.3f} over {total.releases} release(s)")

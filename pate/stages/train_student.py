@@ -12,10 +12,10 @@ import torch
 from ..io import atomic_write_json, private_mkdir, save_checkpoint
 from ..progress import Progress
 from ..run import RunError
-from ..student import train_student
+from ..student import soft_targets, train_student
 from . import finish
 from .context import (LABELS, STUDENT_HISTORY, STUDENT_MODEL, Context, load_dataset, load_partition, public_images,
-                      resolve_device)
+                      mechanism, resolve_device)
 
 NAME = "train-student"
 
@@ -41,8 +41,12 @@ def run(ctx: Context) -> None:
             run_dir.progress(NAME, f"step {step}/{steps}")
 
     private_mkdir(run_dir.file(STUDENT_MODEL).parent)
+    targets = torch.from_numpy(np.asarray(released["label"], dtype=np.int64))
+    if "soft" in released:  # the noisy vectors released with the labels (post-processing: free)
+        targets = soft_targets(released["soft"], released["label"],
+                               cfg.soft_temperature or mechanism(ctx.config).answer_noise_std)
     model, history = train_student(
-        public_images(dataset, labeled_index), torch.from_numpy(np.asarray(released["label"], dtype=np.int64)),
+        public_images(dataset, labeled_index), targets,
         public_images(dataset, unlabeled_index) if cfg.method != "supervised" else None,
         arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
         batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,

@@ -83,3 +83,19 @@ def test_a_student_confidence_outside_0_1_is_refused(tmp_path, fake_data_root, v
     result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "--data-root", fake_data_root, "-q")
     assert result.exit_code == 2 and "[aggregator] student_confidence must be in (0, 1)" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_soft_labels_are_the_teachers_vectors_and_one_hot_where_the_student_answered(voted, tmp_path, fake_data_root):
+    run_dir = tmp_path / "run"
+    shutil.copytree(voted / "voted", run_dir)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(INTERACTIVE.replace("seed = 7", "seed = 7\nsoft_labels = true"))
+    result = invoke("run", pipeline, "--run-dir", run_dir, "--data-root", fake_data_root, "--until", "aggregate", "-q")
+    assert result.exit_code == 2 and "differ" in result.output  # a voted run of other settings is refused...
+    fresh = tmp_path / "fresh"
+    result = invoke("run", pipeline, "--run-dir", fresh, "--data-root", fake_data_root, "-q")
+    assert result.exit_code == 0, result.output  # ...a new one runs, the student trained on the mix
+    with np.load(fresh / "labels.npz") as data:
+        soft, label, teachers = data["soft"], data["label"], data["from_teachers"]
+    assert np.isfinite(soft[teachers]).all() and np.array_equal(soft[teachers].argmax(1), label[teachers])
+    assert np.isnan(soft[~teachers]).all()  # the student's own answers carry no vector of the teachers
