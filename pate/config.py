@@ -60,6 +60,7 @@ NOISE_RANGE = (1e-6, 1e9)  # noise scales where every bound is finite and repres
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 FEATURES = ("none", "simclr", "scattering", "pretrained")
 SOURCES = ("builtin", "folders", "arrays")
+DICOM_FRAMES = ("refuse", "split")  # [data] dicom_frames: what a multi-frame DICOM file is
 NAMED_WEIGHTS = re.compile(r"^[A-Z][A-Z0-9_]*$")  # DEFAULT, IMAGENET1K_V1: a library's weights, not a file
 PATH_KEYS = ("private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file")
 DATA_NAME_PATTERN = re.compile(r"[^/\\\x00-\x1f\x7f]{1,100}")  # [data] name: a name, never a path
@@ -99,6 +100,12 @@ class DataConfig:
     # folders (labels) must each be one of them.
     classes: tuple[str, ...] = ()
     name: str = ""  # what the data is called in public outputs; "" = the built-in dataset's name, else the source
+    # folders, DICOM files (pate.data.dicom): the VOI window [center, width] every monochrome file is
+    # shown through, after its Rescale Slope/Intercept ([] = each file's own Window Center/Width, else
+    # its pixel range); a multi-frame file "refuse"d or "split" into one image per frame (a private
+    # file's frames stay one record for privacy: one teacher, one spend; refused with private-knn).
+    dicom_window: tuple[float, ...] = ()
+    dicom_frames: str = "refuse"
 
     def validate(self) -> None:
         _check("data", "source", self.source in SOURCES, f"one of {list(SOURCES)}", self.source)
@@ -132,6 +139,15 @@ class DataConfig:
         # dataset's size), or the threshold itself would depend on the private set.
         _check("data", "private_size", self.private_size == 0 or self.source == "builtin",
                "0 with your own data (choose the records in the files themselves)", self.private_size)
+        _check("data", "dicom_window", not self.dicom_window or (len(self.dicom_window) == 2
+                                                                  and self.dicom_window[1] >= 1),
+               "[] (each file's own window) or [center, width] with width >= 1", list(self.dicom_window))
+        _check("data", "dicom_frames", self.dicom_frames in DICOM_FRAMES, f"one of {list(DICOM_FRAMES)}",
+               self.dicom_frames)
+        for key, default in (("dicom_window", ()), ("dicom_frames", "refuse")):
+            _check("data", key, getattr(self, key) == default or self.source == "folders",
+                   "left out unless source = 'folders' (DICOM files are read from image folders)",
+                   getattr(self, key))
         if self.spec is not None:
             self.check_sizes(self.spec)
 
@@ -239,6 +255,10 @@ class AggregatorConfig:
     student_confidence: float = 0.9
     interactive_rounds: int = 3
     interactive_steps: int = 1500
+    # Release, beside each answered label, the noisy count vector it is the argmax of (soft labels
+    # for the student): covered by every mechanism's worst-case guarantee; the papers'
+    # data-dependent analysis is about the argmax only, so it does not apply then.
+    soft_labels: bool = False
 
     def validate(self) -> None:
         _check("aggregator", "mechanism", self.mechanism in MECHANISMS, f"one of {list(MECHANISMS)}",
@@ -311,9 +331,14 @@ class StudentConfig:
     weight_decay: float = 5e-4
     threshold: float = 0.95
     seed: int = 0
+    # With [aggregator] soft_labels: the targets are softmax(noisy count vector / soft_temperature);
+    # 0 = the standard deviation of the answer noise (sigma2; sqrt(2)/gamma for LNMax).
+    soft_temperature: float = 0.0
 
     def validate(self) -> None:
         _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
+        _check("student", "soft_temperature", 0 <= self.soft_temperature <= 1e6, "in [0, 1e6] (0 = the noise's std)",
+               self.soft_temperature)
         _check("student", "method", self.method in STUDENT_METHODS, f"one of {list(STUDENT_METHODS)}",
                self.method)
         _check("student", "steps", self.steps >= 1, "at least 1", self.steps)
@@ -326,6 +351,22 @@ class StudentConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking (``pate.tracking``, MLflow): public fields only. No artifact depends on
+    it, so it is outside the fingerprint and may change in a run directory at any time."""
+    enabled: bool = False
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else ./mlruns (a local file store); a path or a URI
+    experiment: str = ""  # "" = the pipeline name
+
+    def validate(self) -> None:
+        _check("tracking", "tracking_uri", re.fullmatch(r"[^\x00-\x1f\x7f]{0,1000}", self.tracking_uri) is not None,
+               "a path or URI of at most 1000 characters without control characters", self.tracking_uri)
+        _check("tracking", "experiment", re.fullmatch(r"[^\x00-\x1f\x7f]{0,200}", self.experiment) is not None,
+               "a name of at most 200 characters without control characters ('' = the pipeline name)",
+               self.experiment)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str
     data: DataConfig = field(default_factory=DataConfig)
@@ -333,18 +374,23 @@ class PipelineConfig:
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
         _check("top level", "name", NAME_PATTERN.fullmatch(self.name) is not None,
                "a safe directory name: letters, digits, '.', '_', '-', starting with a letter or digit, "
                "at most 100 characters", self.name)
-        for section in (self.data, self.teachers, self.aggregator, self.privacy, self.student):
+        for section in (self.data, self.teachers, self.aggregator, self.privacy, self.student, self.tracking):
             section.validate()
         mech = MECHANISM_CLASSES[self.aggregator.mechanism]
         if mech.thresholded and not mech.individual:
             _check("aggregator", "threshold", self.aggregator.threshold <= self.teachers.count,
                    f"in [0, {self.teachers.count}] (the number of teachers)", self.aggregator.threshold)
         if mech.individual:
+            _check("data", "dicom_frames", self.data.dicom_frames != "split",
+                   f"'refuse' with mechanism {self.aggregator.mechanism!r} (each frame would vote and be charged "
+                   "as a record of its own; with teachers a split file's frames share one teacher)",
+                   self.data.dicom_frames)
             _check("teachers", "features", self.teachers.features != "none",
                    f"set for mechanism {self.aggregator.mechanism!r} (simclr, scattering or pretrained): the "
                    "neighbours are found in a public feature space", self.teachers.features)
@@ -368,6 +414,10 @@ class PipelineConfig:
             _check("privacy", "record_budgets", not self.privacy.record_budgets,
                    f"empty with mechanism {self.aggregator.mechanism!r} (per-record budgets are for "
                    f"{', '.join(individual)} only: bound the run with {bound})", self.privacy.record_budgets)
+        _check("privacy", "data_dependent_release", not (self.privacy.data_dependent_release
+                                                         and self.aggregator.soft_labels),
+               "false with [aggregator] soft_labels = true (the data-dependent analysis bounds the released "
+               "argmax only, not the noisy vectors soft labels release)", True)
         _check("privacy", "data_dependent_release", not self.privacy.data_dependent_release
                or MECHANISM_CLASSES[self.aggregator.mechanism].data_dependent,
                f"false with mechanism {self.aggregator.mechanism!r} (no data-dependent analysis)", True)
@@ -409,8 +459,9 @@ class PipelineConfig:
     def canonical_dict(self) -> dict:
         """``to_dict`` without the keys added by later versions of pate while they hold their default
         (``ADDED_LATER``): a run started before a key existed keeps its fingerprint, so upgrading pate
-        does not orphan it. A key that is set, or whose default changes, is part of it as usual."""
-        out = self.to_dict()
+        does not orphan it. A key that is set, or whose default changes, is part of it as usual.
+        The ``EXCLUDED_SECTIONS`` (no artifact depends on them) are never part of it."""
+        out = {k: v for k, v in self.to_dict().items() if k not in EXCLUDED_SECTIONS}
         for section, keys in ADDED_LATER.items():
             defaults = {f.name: f.default for f in dataclasses.fields(type(getattr(self, section)))}
             for key in keys:
@@ -433,12 +484,17 @@ class PipelineConfig:
 # private-knn, interactive-gnmax), left out of the fingerprint at their defaults.
 ADDED_LATER = {
     "data": ("source", "private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file",
-             "channels", "image_size", "classes", "name"),
+             "channels", "image_size", "classes", "name", "dicom_window", "dicom_frames"),
     "teachers": ("backbone", "weights", "backbone_size"),
-    "aggregator": ("knn_k", "knn_dim", "student_confidence", "interactive_rounds", "interactive_steps"),
+    "aggregator": ("knn_k", "knn_dim", "student_confidence", "interactive_rounds", "interactive_steps",
+                   "soft_labels"),
     "privacy": ("record_epsilon", "record_budgets"),
+    "student": ("soft_temperature",),
 }
 DOWNSTREAM_SECTIONS = ("student",)  # changing only these retrains the student, with no new aggregation
+# Settings no artifact depends on: outside the fingerprint and the manifest's config, so they may change
+# in a run directory (and a run started before they existed keeps its fingerprint).
+EXCLUDED_SECTIONS = ("tracking",)
 
 
 def differences(old: dict, new: dict) -> list[str]:
