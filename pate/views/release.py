@@ -121,7 +121,8 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
                                    "inputs normalised with mean/std")
     model = student_model(run)  # its weights verified
     made = {  # everything made (and every artifact verified) before the first write
-        LABELS_NPZ: _npz(public_index=labels["query_index"], label=labels["label"]),
+        LABELS_NPZ: _npz(public_index=labels["query_index"], label=labels["label"],  # soft: the noisy vectors
+                         **({"soft": labels["soft"]} if "soft" in labels else {})),  # (soft labels), public
         LABELS_CSV: _labels_csv(run, labels["query_index"], labels["label"], classes).encode(),
         STUDENT_ONNX: deploy.onnx_bytes(model, meta),
         STUDENT_PT2: deploy.program_bytes(model, meta),

@@ -70,3 +70,7 @@ def test_the_student_learns_from_soft_labels_end_to_end(tmp_path, fake_data_root
     with np.load(tmp_path / "run" / "labels.npz") as data:
         assert "soft" in data.files
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["student_accuracy"] is not None
+    with np.load(tmp_path / "run" / "labels.npz") as run_labels, np.load(tmp_path / "run-release" / "labels.npz") as out:
+        assert np.array_equal(out["soft"], run_labels["soft"]) and np.array_equal(out["label"], run_labels["label"])
+    statement = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
+    assert "soft_labels" in statement
