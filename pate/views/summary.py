@@ -8,7 +8,8 @@ from __future__ import annotations
 from .. import spend_log
 from ..run import RunDir
 from ..stages import NAMES
-from ..stages.context import METRICS, PRIVACY, TEACHERS_EVAL, WARN_EPSILON, mechanism, read_metrics, read_privacy
+from ..aggregation.settings import WARN_EPSILON
+from ..stages.context import METRICS, PRIVACY, TEACHERS_EVAL, mechanism, read_metrics, read_privacy
 
 PRIVATE, PUBLIC, NOT_COVERED = "private", "public", "not-covered"
 LABELS = {PRIVATE: "PRIVATE", PUBLIC: "safe to publish", NOT_COVERED: "not covered by the DP guarantee"}

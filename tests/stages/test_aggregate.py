@@ -11,9 +11,12 @@ from pate.errors import PateError
 from pate.privacy import ledger
 from pate.privacy import accounting
 from pate.run import RunError
+from pate.aggregation import protocol
 from pate.stages import aggregate as stage
 from pate.stages import open_run
-from pate.stages.context import Context, ledger_key, privacy_settings
+from pate.aggregation.ledger_files import ledger_key
+from pate.aggregation.settings import privacy_settings
+from pate.stages.context import Context
 
 from ..conftest import finish_votes_stage
 
@@ -67,7 +70,7 @@ def test_labels_equal_what_the_ledger_released(tmp_path):
 
 def test_crash_after_a_chunk_resumes_without_repeating(tmp_path, monkeypatch):
     ctx, _ = make_run(tmp_path, "crashed")
-    real_append, calls = stage.append_durable, []
+    real_append, calls = protocol.append_durable, []
 
     def append_then_crash(path, data):
         calls.append(len(data))
@@ -75,11 +78,11 @@ def test_crash_after_a_chunk_resumes_without_repeating(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")  # dies before the second chunk reaches the disk
         real_append(path, data)
 
-    monkeypatch.setattr(stage, "append_durable", append_then_crash)
+    monkeypatch.setattr(protocol, "append_durable", append_then_crash)
     with pytest.raises(KeyboardInterrupt):
         stage.run(ctx)
-    monkeypatch.setattr(stage, "append_durable", real_append)
-    assert len(ledger_records(ctx.run)) == stage.CHUNK
+    monkeypatch.setattr(protocol, "append_durable", real_append)
+    assert len(ledger_records(ctx.run)) == protocol.CHUNK
     assert not ctx.run.file("labels.npz").exists()  # nothing released yet
     stage.run(ctx)
     resumed = ledger_records(ctx.run)
@@ -135,7 +138,7 @@ def test_other_mechanisms_answer_everything(tmp_path, mechanism):
 
 def test_tampered_ledger_is_refused_and_nothing_changes(tmp_path, monkeypatch):
     ctx, _ = make_run(tmp_path)
-    monkeypatch.setattr(stage, "append_durable", lambda path, data: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(protocol, "append_durable", lambda path, data: (_ for _ in ()).throw(KeyboardInterrupt()))
     ctx.run.file("ledger.jsonl").unlink(missing_ok=True)
     with pytest.raises(KeyboardInterrupt):
         stage.run(ctx)
@@ -151,7 +154,7 @@ def test_tampered_ledger_is_refused_and_nothing_changes(tmp_path, monkeypatch):
 def partial_run(tmp_path, monkeypatch, name="partial"):
     """A run killed after two chunks of decisions reached the ledger."""
     ctx, _ = make_run(tmp_path, name)
-    real, calls = stage.append_durable, []
+    real, calls = protocol.append_durable, []
 
     def append(path, data):
         calls.append(1)
@@ -159,11 +162,11 @@ def partial_run(tmp_path, monkeypatch, name="partial"):
             raise KeyboardInterrupt
         real(path, data)
 
-    monkeypatch.setattr(stage, "append_durable", append)
+    monkeypatch.setattr(protocol, "append_durable", append)
     with pytest.raises(KeyboardInterrupt):
         stage.run(ctx)
     monkeypatch.undo()
-    assert len(ledger_records(ctx.run)) == 2 * stage.CHUNK and ctx.run.record("aggregate")["decided"] == 2 * stage.CHUNK
+    assert len(ledger_records(ctx.run)) == 2 * protocol.CHUNK and ctx.run.record("aggregate")["decided"] == 2 * protocol.CHUNK
     return ctx
 
 

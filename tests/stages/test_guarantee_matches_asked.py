@@ -31,7 +31,8 @@ from pate.privacy import ledger
 from pate.privacy.rdp import DEFAULT_ORDERS
 from pate.stages import aggregate as stage
 from pate.stages import open_run
-from pate.stages.context import Context, ledger_key
+from pate.aggregation.ledger_files import ledger_key
+from pate.stages.context import Context
 
 from ..conftest import TINY_PIPELINE, edit_pipeline, finish_votes_stage
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from pate.cli import main
 from pate.privacy import individual, rdp
-from pate.stages import aggregate
+from pate.aggregation import protocol
 
 from ..conftest import TINY_PIPELINE, edit_pipeline
 from ..faults_helpers import Stage
@@ -113,7 +113,7 @@ def test_per_record_budgets(tmp_path, fake_data_root):
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(voted, tmp_path, fake_data_root, monkeypatch):
-    monkeypatch.setattr(aggregate, "CHUNK", 4)  # several chunks for a kill to land between (the child: fault)
+    monkeypatch.setattr(protocol, "CHUNK", 4)  # several chunks for a kill to land between (the child: fault)
     _, whole = _copy(voted, tmp_path / "whole")
     pipeline, run_dir = _copy(voted, tmp_path / "killed")
     args = ["aggregate", pipeline, "--run-dir", whole, "--data-root", fake_data_root, "-q"]

@@ -10,6 +10,7 @@ from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
 from pate import spend_log
 from pate.errors import PateError
 from pate.privacy import spend
+from pate.aggregation import protocol
 from pate.stages import aggregate as stage
 from pate.stages import open_run
 from pate.stages.context import Context
@@ -92,12 +93,12 @@ def ledger_lines(ctx):
 def test_a_stale_copy_of_a_run_in_progress_is_refused(tmp_path, monkeypatch):
     a = unseeded_run(tmp_path, "a")
     interrupted_after_first_chunk(a, monkeypatch)
-    assert ledger_lines(a) == stage.CHUNK
+    assert ledger_lines(a) == protocol.CHUNK
     b = copy_run(a, tmp_path, "b")
     stage.run(a)  # the original resumes, and finishes
     with pytest.raises(PateError, match="stale copy"):
         stage.run(b)  # the copy would answer queries 256.. again, with other noise
-    assert ledger_lines(b) == stage.CHUNK and not b.run.file("labels.npz").exists()
+    assert ledger_lines(b) == protocol.CHUNK and not b.run.file("labels.npz").exists()
     assert len(spend_log.entries()) == 1
 
 
@@ -108,7 +109,7 @@ def test_whichever_copy_moves_on_first_is_followed_and_the_other_refused(tmp_pat
     stage.run(b)  # the copy resumes first
     with pytest.raises(PateError, match="stale copy"):
         stage.run(a)
-    assert ledger_lines(a) == stage.CHUNK
+    assert ledger_lines(a) == protocol.CHUNK
 
 
 def test_two_live_holders_of_one_aggregation_cannot_both_extend_it(tmp_path, monkeypatch):
@@ -116,7 +117,7 @@ def test_two_live_holders_of_one_aggregation_cannot_both_extend_it(tmp_path, mon
     interrupted_after_first_chunk(a, monkeypatch)
     nonce = a.run.record("aggregate")["nonce"]
     from pate.privacy import ledger
-    from pate.stages.context import ledger_key
+    from pate.aggregation.ledger_files import ledger_key
 
     macs = ledger.parse(a.run.file("ledger.jsonl").read_text(), ledger_key(a.run)).macs
     first = spend_log.Holder(nonce, macs)

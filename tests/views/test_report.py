@@ -20,7 +20,8 @@ from pate.cli import main
 from pate.run import RunDir
 from pate.stages import aggregate as aggregate_stage
 from pate.stages import existing_run, open_run
-from pate.stages.context import Context, mechanism, orders
+from pate.aggregation.settings import orders
+from pate.stages.context import Context, mechanism
 from pate.views import audit
 from pate.views import report as report_mod
 

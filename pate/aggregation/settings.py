@@ -1,0 +1,68 @@
+"""The privacy settings a run is accounted with, from its config: what the guarantee, the spend-log
+entry and the plan are computed from, before any vote is seen."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import budgets
+from ..config import ConfigError, PipelineConfig
+from ..privacy import accounting, individual
+from ..privacy.accounting import resolve_orders
+from ..stages.context import mechanism
+
+
+def orders(config: PipelineConfig) -> np.ndarray:
+    return resolve_orders(config.privacy.orders)
+
+
+def release_parameters(config: PipelineConfig, num_classes: int) -> accounting.ReleaseParameters | None:
+    """The smooth-sensitivity release's λ, β, σ_ss: as configured, or proposed from the settings
+    alone (``accounting.propose_release``); None when the run releases no data-dependent figure."""
+    priv = config.privacy
+    if not priv.data_dependent_release:
+        return None
+    if priv.ss_order:
+        return accounting.ReleaseParameters(priv.ss_order, priv.ss_beta, priv.ss_sigma)
+    return accounting.propose_release(mechanism(config), config.teachers.count, num_classes,
+                                      config.aggregator.max_queries, tuple(orders(config)), priv.delta,
+                                      priv.conversion)
+
+
+def privacy_settings(config: PipelineConfig, num_classes: int,
+                     order_list: np.ndarray | None = None) -> accounting.Settings:
+    """Everything the run's public statement is computed from (``order_list`` overrides the orders)."""
+    return accounting.Settings(
+        mechanism=mechanism(config), num_teachers=config.teachers.count, num_classes=num_classes,
+        max_queries=config.aggregator.max_queries, delta=config.privacy.delta,
+        orders=tuple(orders(config) if order_list is None else order_list), conversion=config.privacy.conversion,
+        epsilon_budget=config.aggregator.epsilon_budget, release=release_parameters(config, num_classes),
+        record_epsilon=max(budgets.levels(config.privacy.record_budgets, config.privacy.record_epsilon))
+        if mechanism(config).individual else 0.0)
+
+
+WARN_EPSILON = 10.0  # a guarantee above this promises little: say so
+
+
+def check_accountable(config: PipelineConfig, num_classes: int) -> accounting.Guarantee:
+    """The run's worst-case guarantee, computed before anything else happens; settings whose
+    privacy cannot be accounted (no finite guarantee) are refused here, before anything is written."""
+    try:
+        guarantee = accounting.guarantee(privacy_settings(config, num_classes))
+    except (ValueError, ArithmeticError) as exc:
+        raise ConfigError(f"the privacy settings cannot be accounted ({exc}); check [aggregator] and [privacy]") from None
+    if not math.isfinite(guarantee.epsilon):
+        raise ConfigError("the privacy settings give no finite guarantee (epsilon is infinite at every order); "
+                          "check [aggregator] sigma1, sigma2, gamma and [privacy] orders")
+    return guarantee
+
+
+def gaussian_budgets(epsilon: np.ndarray, config: PipelineConfig) -> np.ndarray:
+    """Each record's Gaussian budget (``pate.privacy.individual``) from its ε budget at δ."""
+    levels, inverse = np.unique(np.asarray(epsilon, dtype=float), return_inverse=True)
+    order_list, priv = orders(config), config.privacy
+    converted = np.array([individual.gaussian_budget(float(e), order_list, priv.delta, priv.conversion)
+                          for e in levels])
+    return converted[inverse]
+
