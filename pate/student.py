@@ -211,29 +211,41 @@ def train_student(
         _resume(checkpoint_path, fingerprint, settings, state)
     lx = labeled_x.to(device, torch.float32)
     ly = labeled_y.to(device, torch.float32) if labeled_y.ndim == 2 else labeled_y.to(device)
-    ux = unlabeled_x.to(device, torch.float32) if semi else None
+    data = (lx, ly, unlabeled_x.to(device, torch.float32) if semi else None,
+            batch_size * unlabeled_ratio if semi else 0)
     step_kwargs = dict(method=method, batch_size=batch_size, threshold=threshold,
                        unlabeled_weight=unlabeled_weight, hflip=hflip)
+    def save(done: int) -> None:
+        if checkpoint_path is not None and (done % checkpoint_every == 0 or done == steps):
+            _save(checkpoint_path, fingerprint, settings, state, seed)
+
+    _train_steps(state, data, steps=steps, seed=seed, ema_decay=ema_decay, log_every=log_every, device=device,
+                 step_kwargs=step_kwargs, save=save, progress=progress)
+    state.ema.eval()
+    return state.ema, state.history
+
+
+def _train_steps(state: _State, data: tuple, *, steps: int, seed: int, ema_decay: float, log_every: int,
+                 device: torch.device, step_kwargs: dict, save, progress) -> None:
+    """The steps from ``state.step`` to ``steps``: one seeded optimiser step, the EMA, the log window,
+    progress, and the checkpoint (``save(done)``) after each."""
+    lx, ly, ux, n_unl = data
     state.model.train()
     # Weights and momenta decaying towards zero become subnormal floats, which made CPU steps
     # several times slower late in training; flush them to zero while training.
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         for step in range(state.step, steps):
-            stats = _seeded_step(state, lx, ly, ux, batch_size * unlabeled_ratio if semi else 0,
-                                 _step_generator(seed, step, device), device, step_kwargs)
+            stats = _seeded_step(state, lx, ly, ux, n_unl, _step_generator(seed, step, device), device, step_kwargs)
             _ema_update(state.ema, state.model, min(ema_decay, (1.0 + step) / (10.0 + step)))
             state.step = done = step + 1
             _log(state, stats, done, steps, log_every)
             if progress is not None:
                 progress(done, steps, stats["loss"], stats)
-            if checkpoint_path is not None and (done % checkpoint_every == 0 or done == steps):
-                _save(checkpoint_path, fingerprint, settings, state, seed)
+            save(done)
     finally:
         if flush:
             torch.set_flush_denormal(False)
-    state.ema.eval()
-    return state.ema, state.history
 
 
 def _seeded_step(state: _State, lx, ly, ux, n_unl: int, gen: torch.Generator, device: torch.device,
