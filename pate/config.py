@@ -21,6 +21,7 @@ from .errors import PateError
 from .privacy.mechanisms import MECHANISMS as MECHANISM_CLASSES
 from .privacy.mechanisms import NAMES as MECHANISMS
 from .privacy.smooth_sensitivity import check_conditions
+from .selection import SELECTIONS
 
 
 class DatasetSpec(NamedTuple):
@@ -259,6 +260,9 @@ class AggregatorConfig:
     # for the student): covered by every mechanism's worst-case guarantee; the papers'
     # data-dependent analysis is about the argmax only, so it does not apply then.
     soft_labels: bool = False
+    # Which pool images are asked, on public information only (pate.selection): "random" (the first
+    # of the shuffled pool) or "k-center" (a greedy cover of the pool in its own pixel PCA space).
+    query_selection: str = "random"
 
     def validate(self) -> None:
         _check("aggregator", "mechanism", self.mechanism in MECHANISMS, f"one of {list(MECHANISMS)}",
@@ -280,6 +284,8 @@ class AggregatorConfig:
                f"between 1 and max_queries ({self.max_queries})", self.interactive_rounds)
         _check("aggregator", "interactive_steps", self.interactive_steps >= 1, "at least 1", self.interactive_steps)
         _check("aggregator", "knn_dim", 0 <= self.knn_dim <= 65536, "between 0 (all) and 65536", self.knn_dim)
+        _check("aggregator", "query_selection", self.query_selection in SELECTIONS, f"one of {list(SELECTIONS)}",
+               self.query_selection)
 
 
 @dataclass(frozen=True)
@@ -487,7 +493,7 @@ ADDED_LATER = {
              "channels", "image_size", "classes", "name", "dicom_window", "dicom_frames"),
     "teachers": ("backbone", "weights", "backbone_size"),
     "aggregator": ("knn_k", "knn_dim", "student_confidence", "interactive_rounds", "interactive_steps",
-                   "soft_labels"),
+                   "soft_labels", "query_selection"),
     "privacy": ("record_epsilon", "record_budgets"),
     "student": ("soft_temperature",),
 }

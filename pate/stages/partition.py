@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import records, spend_log
+from .. import records, selection, spend_log
 from ..io import atomic_save_npz, atomic_write_json
 from ..partition import make_partition, verify_partition
 from ..run import RunError
@@ -47,6 +47,9 @@ def run(ctx: Context) -> None:
     secret = spend_log.record_key()
     arrays = make_partition(digests=records.shard_digests(secret, names, config.data.split_seed),
                             fingerprints=records.fingerprints(secret, names), seed=config.data.split_seed, **sizes)
+    pool = selection.order_pool(arrays["student_pool_index"], dataset.public_x[arrays["student_pool_index"]],
+                                sizes["num_queries"], config.aggregator.query_selection)  # public images only
+    arrays.update(student_pool_index=pool, query_index=pool[:sizes["num_queries"]].copy())
     kept = int((arrays["teacher_of"] >= 0).sum())
     if kept < config.teachers.count:
         raise RunError(f"the [data] private_size draw kept {kept} records, fewer than the {config.teachers.count} "
