@@ -67,6 +67,7 @@ PATH_KEYS = ("private_dir", "public_dir", "test_dir", "private_file", "public_fi
 DATA_NAME_PATTERN = re.compile(r"[^/\\\x00-\x1f\x7f]{1,100}")  # [data] name: a name, never a path
 CLASS_NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
+PROPAGATION = ("none", "label-spreading")  # [student] propagation (pate.propagation)
 
 
 class ConfigError(PateError, ValueError):
@@ -340,9 +341,22 @@ class StudentConfig:
     # With [aggregator] soft_labels: the targets are softmax(noisy count vector / soft_temperature);
     # 0 = the standard deviation of the answer noise (sigma2; sqrt(2)/gamma for LNMax).
     soft_temperature: float = 0.0
+    # Post-processing over the public pool (pate.propagation): "label-spreading" fills in the
+    # unlabelled pool images from the released labels on a propagation_k-NN graph of public features
+    # (clamping propagation_alpha); those at least propagation_confidence sure join the labelled set.
+    propagation: str = "none"
+    propagation_k: int = 10
+    propagation_alpha: float = 0.8
+    propagation_confidence: float = 0.9
 
     def validate(self) -> None:
         _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
+        _check("student", "propagation", self.propagation in PROPAGATION, f"one of {list(PROPAGATION)}",
+               self.propagation)
+        _check("student", "propagation_k", 1 <= self.propagation_k <= 1000, "between 1 and 1000", self.propagation_k)
+        _check("student", "propagation_alpha", 0 < self.propagation_alpha < 1, "in (0, 1)", self.propagation_alpha)
+        _check("student", "propagation_confidence", 0 <= self.propagation_confidence <= 1, "in [0, 1]",
+               self.propagation_confidence)
         _check("student", "soft_temperature", 0 <= self.soft_temperature <= 1e6, "in [0, 1e6] (0 = the noise's std)",
                self.soft_temperature)
         _check("student", "method", self.method in STUDENT_METHODS, f"one of {list(STUDENT_METHODS)}",
@@ -495,7 +509,7 @@ ADDED_LATER = {
     "aggregator": ("knn_k", "knn_dim", "student_confidence", "interactive_rounds", "interactive_steps",
                    "soft_labels", "query_selection"),
     "privacy": ("record_epsilon", "record_budgets"),
-    "student": ("soft_temperature",),
+    "student": ("soft_temperature", "propagation", "propagation_k", "propagation_alpha", "propagation_confidence"),
 }
 DOWNSTREAM_SECTIONS = ("student",)  # changing only these retrains the student, with no new aggregation
 # Settings no artifact depends on: outside the fingerprint and the manifest's config, so they may change

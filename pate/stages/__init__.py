@@ -83,7 +83,8 @@ STAGES = (
     Stage("vote", lambda config, world: (votes_file(config), TEACHERS_EVAL)),
     Stage("aggregate", lambda config, world: (LABELS, PRIVACY, LEDGER)),
     # Post-processing of the released labels: retraining them costs no privacy.
-    Stage("train-student", lambda config, world: (STUDENT_MODEL, STUDENT_HISTORY), rerun_on=DOWNSTREAM_SECTIONS),
+    Stage("train-student", lambda config, world: (STUDENT_MODEL, STUDENT_HISTORY), rerun_on=DOWNSTREAM_SECTIONS,
+          checks=lambda config: config.student.propagation != "none"),
     Stage("evaluate", lambda config, world: (METRICS,), rerun_on=DOWNSTREAM_SECTIONS),
 )
 ATTEMPTS = "student-attempts"
@@ -149,6 +150,7 @@ def session(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: 
     work); every check of the settings happens before anything is written."""
     config = config_mod.load(pipeline_file)
     tracking.check(config)  # [tracking] enabled without MLflow: refused before anything is written
+    BY_NAME["train-student"].check(config)  # [student] propagation without scikit-learn: likewise
     path = Path(run_dir or Path("runs") / config.name)
     spec = _known_spec(config, path, Path(data_root), quiet)
     config.check_data(spec)  # sizes against the data: for image folders only now that they are read

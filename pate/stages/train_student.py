@@ -2,20 +2,26 @@
 
 The student sees only public images: those whose labels the aggregator released (``labels.npz``)
 and the unlabelled rest of the student pool, never the held-out test split. It is
-post-processing of the release, so it costs no further privacy.
+post-processing of the release, so it costs no further privacy. With ``[student] propagation``
+the released labels are first spread over a kNN graph of the pool's public features
+(``pate.propagation``): the unlabelled images it labels confidently enough join the labelled ones
+with their propagated distributions as soft targets, and the semi-supervised loss still runs on
+every unlabelled image. Post-processing as well: public images and released labels only.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..io import atomic_write_json, private_mkdir, save_checkpoint
+from .. import knn, propagation
+from ..io import CheckpointError, atomic_write_json, load_checkpoint, private_mkdir, save_checkpoint
 from ..progress import Progress
 from ..run import RunError
 from ..student import soft_targets, train_student
+from ..teachers import features
 from . import finish
-from .context import (LABELS, STUDENT_HISTORY, STUDENT_MODEL, Context, load_dataset, load_partition, public_images,
-                      mechanism, resolve_device)
+from .context import (EXTRACTOR, KNN_PUBLIC, LABELS, PUBLIC_FEATURES_PREFIX, STUDENT_HISTORY, STUDENT_MODEL, Context,
+                      load_dataset, load_partition, public_images, mechanism, resolve_device)
 
 NAME = "train-student"
 
@@ -45,8 +51,15 @@ def run(ctx: Context) -> None:
     if "soft" in released:  # the noisy vectors released with the labels (post-processing: free)
         targets = soft_targets(released["soft"], released["label"],
                                cfg.soft_temperature or mechanism(ctx.config).answer_noise_std)
+    trained_index = labeled_index
+    if cfg.propagation != "none":  # post-processing over the public pool: free
+        run_dir.progress(NAME, "label spreading over the public pool")
+        spread_index, spread = propagated(ctx, dataset, parts["student_pool_index"], labeled_index, targets)
+        trained_index = np.concatenate([labeled_index, spread_index])
+        targets = torch.cat([_rows(targets, dataset.num_classes), spread])
+        ctx.say(f"{NAME}: label spreading labelled {len(spread_index)} of {len(unlabeled_index)} unlabelled pool images")
     model, history = train_student(
-        public_images(dataset, labeled_index), targets,
+        public_images(dataset, trained_index), targets,
         public_images(dataset, unlabeled_index) if cfg.method != "supervised" else None,
         arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
         batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,
@@ -57,6 +70,66 @@ def run(ctx: Context) -> None:
     progress.close()
     save_checkpoint(run_dir.file(STUDENT_MODEL), {k: v.cpu() for k, v in model.state_dict().items()})
     atomic_write_json(run_dir.file(STUDENT_HISTORY), history)
-    finish(ctx, NAME, labeled=int(len(labeled_index)), unlabeled=int(len(unlabeled_index)))
+    finish(ctx, NAME, labeled=int(len(labeled_index)), unlabeled=int(len(unlabeled_index)),
+           **({"propagated": int(len(trained_index) - len(labeled_index))} if cfg.propagation != "none" else {}))
     ctx.say(f"{NAME}: {len(labeled_index)} labelled + {len(unlabeled_index)} unlabelled public images, "
             f"{cfg.method}, {cfg.steps} steps")
+
+
+def check(config) -> None:
+    """Before anything is written: label spreading needs scikit-learn."""
+    if config.student.propagation != "none":
+        propagation.check_available()
+
+
+def propagated(ctx: Context, dataset, pool_index: np.ndarray, labeled_index: np.ndarray,
+               targets: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """The unlabelled pool images that label spreading from the released ``targets`` (labels or
+    soft rows of ``labeled_index``) gives a class with probability at least ``[student]
+    propagation_confidence``, and their (n, m) float32 propagated distributions. Reads public
+    images, public features and the released targets only."""
+    cfg = ctx.config.student
+    space = pool_features(ctx, dataset, pool_index)
+    try:
+        spread = propagation.label_spreading(space, knn.rows_of(pool_index, labeled_index), targets.numpy(),
+                                             num_classes=dataset.num_classes, k=cfg.propagation_k,
+                                             alpha=cfg.propagation_alpha)
+    except ValueError as exc:
+        raise RunError(f"label spreading over the {len(pool_index)} pool images failed: {exc}") from None
+    unlabeled = np.setdiff1d(np.arange(len(pool_index)), knn.rows_of(pool_index, labeled_index))
+    confidence = spread[unlabeled].max(axis=1)
+    # Uniform rows were reached by no released label: they say nothing.
+    keep = unlabeled[(confidence >= cfg.propagation_confidence) & (confidence > 1.0 / dataset.num_classes)]
+    return pool_index[keep], torch.from_numpy(spread[keep]).float()
+
+
+def pool_features(ctx: Context, dataset, pool_index: np.ndarray) -> np.ndarray:
+    """The public feature space label spreading runs in: private-knn's projected pool features;
+    the run's ``[teachers] features`` extractor (fitted on public images only) on the pool; or,
+    with no extractor, the pool's pixels; these two on their top principal axes (of the pool)."""
+    config = ctx.config
+    try:
+        if mechanism(config).individual:  # private-knn: the pool in the projected space train-teachers made
+            public = load_checkpoint(ctx.run.verified(KNN_PUBLIC))
+            return public["features"][torch.from_numpy(knn.rows_of(public["pool_index"].numpy(), pool_index))].numpy()
+        if config.teachers.features == "none":
+            return propagation.principal_features(public_images(dataset, pool_index))
+        extractor = load_checkpoint(ctx.run.verified(EXTRACTOR))["extractor"]
+        if extractor.get("kind") == "pretrained":  # the backbone's features, cached by train-teachers
+            index, rows = [], []
+            for name in sorted(n for n in ctx.run.recorded() if n.startswith(PUBLIC_FEATURES_PREFIX)):
+                part = load_checkpoint(ctx.run.verified(name), features.CACHE_FORMAT)
+                index.append(part["index"].numpy())
+                rows.append(part["features"])
+            table = torch.cat(rows)[torch.from_numpy(knn.rows_of(np.concatenate(index), pool_index))]
+            pool = (table - extractor["mean"]) / extractor["std"]
+        else:
+            pool = features.embed(extractor, public_images(dataset, pool_index), device=resolve_device(ctx.device))
+    except (CheckpointError, ValueError) as exc:
+        raise RunError(f"the public features of the pool cannot be read ({exc}); rerun `pate train-teachers`") from None
+    return propagation.principal_features(pool)
+
+
+def _rows(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels as one-hot float rows; soft rows as they are."""
+    return targets.float() if targets.ndim == 2 else torch.nn.functional.one_hot(targets, num_classes).float()

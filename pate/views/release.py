@@ -68,6 +68,9 @@ def statement(run: RunDir, written: tuple[str, ...] = FILES) -> dict:
                     "accuracy_note": "on held-out PUBLIC images; the student saw only public images and released "
                                      "labels, so it is covered by the guarantee"},
         "label_accuracy": metrics.get("label_accuracy"),
+        # Post-processing of the release on public data (free): what the student was trained on besides the labels.
+        "post_processing": ["label-spreading on a kNN graph of the public pool"]
+        if config.student.propagation != "none" else [],
         "files": list(written),
     }
 
