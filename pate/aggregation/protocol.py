@@ -44,6 +44,7 @@ class Aggregation:
     settings: accounting.Settings
     book: ledger.Ledger
     holder: spend_log.Holder
+    key: bytes  # the ledger's HMAC key, read once
 
     @property
     def soft_labels(self) -> bool:
@@ -52,7 +53,7 @@ class Aggregation:
     def write(self, records: list[ledger.QueryRecord], mac: str) -> str:
         """One chunk's decisions onto the ledger (fsynced, before anything is released), claimed in
         the spend log in the same locked step; returns the chain's new end."""
-        payload, next_mac = ledger.encode(records, ledger_key(self.ctx.run), mac)
+        payload, next_mac = ledger.encode(records, self.key, mac)
 
         def append() -> None:
             try:
@@ -83,7 +84,7 @@ def run(ctx: Context, *, load: Callable, decide: Callable, conclude: Callable) -
     book, holder = open_ledger(ctx, inputs.ledger_votes, inputs.query_index)
     if ctx.config.seeded:
         ctx.say("aggregate: noise is SEEDED (reproducible): not a production privacy guarantee")
-    aggregation = Aggregation(ctx, settings, book, holder)
+    aggregation = Aggregation(ctx, settings, book, holder, ledger_key(ctx.run))
     state = decide(aggregation, inputs)
     records = load_ledger(ctx.run, inputs.ledger_votes, inputs.query_index).records
     outcome = conclude(aggregation, inputs, records, state, existing_report(ctx, len(records)))
