@@ -21,6 +21,7 @@ from .errors import PateError
 from .privacy.mechanisms import MECHANISMS as MECHANISM_CLASSES
 from .privacy.mechanisms import NAMES as MECHANISMS
 from .privacy.smooth_sensitivity import check_conditions
+from .models import ARCHITECTURES, TEACHER_ARCHITECTURES
 from .selection import SELECTIONS
 
 
@@ -50,7 +51,7 @@ DATASETS = {  # class names as torchvision's dataset classes give them (the digi
     "cifar10": DatasetSpec(50000, 10000, 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), classes=(
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
 }
-ARCHS = ("cnn-small", "cnn-deep")
+ARCHS = tuple(ARCHITECTURES)  # a student's; teachers take TEACHER_ARCHITECTURES (no scattering layer)
 # Bounds where every computation stays in memory and finishes in seconds: the worst-case guarantee
 # looks at every possible top vote count (0..K), planning at every class.
 MAX_TEACHERS = 100_000
@@ -227,7 +228,8 @@ class TeachersConfig:
         _check("teachers", "backbone_size", self.backbone_size == 0 or 16 <= self.backbone_size <= 1024,
                "0 (the weights' own) or between 16 and 1024", self.backbone_size)
         _check("teachers", "optimizer", self.optimizer in ("adam", "sgd"), "'adam' or 'sgd'", self.optimizer)
-        _check("teachers", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
+        _check("teachers", "arch", self.arch in TEACHER_ARCHITECTURES, f"one of {list(TEACHER_ARCHITECTURES)} "
+               "(the scattering students' feature map is [teachers] features = \"scattering\")", self.arch)
         _check("teachers", "epochs", self.epochs >= 1, "at least 1", self.epochs)
         _check("teachers", "batch_size", self.batch_size >= 1, "at least 1", self.batch_size)
         _check("teachers", "lr", self.lr > 0, "> 0", self.lr)

@@ -34,7 +34,7 @@ import numpy as np
 
 from .data import images as image_files
 from .errors import PateError
-from .models import build_model
+from .models import build_model, has_scattering
 from .run import run_directory_holding
 from .stages import existing_run
 from .stages.context import data_spec, student_model
@@ -81,8 +81,8 @@ def describe(arch: str, classes: Sequence[str], channels: int, image_size: int, 
 # ----------------------------------------------------------------------------- export
 
 
-def check_export_tools(torchscript: bool = False) -> None:
-    """Refuse, before anything is written, an export this installation cannot finish."""
+def check_export_tools(torchscript: bool = False, arch: str | None = None) -> None:
+    """Refuse, before anything is written, an export this installation (or this student) cannot finish."""
     missing = [name for name in EXPORT_TOOLS if not _importable(name)]
     if missing:
         raise PateError(f"exporting the student (ONNX, safetensors) needs {', '.join(missing)}: "
@@ -90,6 +90,9 @@ def check_export_tools(torchscript: bool = False) -> None:
     if torchscript and not _torchscript_available():
         raise PateError("this torch no longer ships TorchScript: export without --torchscript "
                         f"({STUDENT_ONNX} and {STUDENT_PT2} are written either way)")
+    if torchscript and arch is not None and has_scattering(arch):
+        raise PateError(f"TorchScript is not offered for the {arch} student (its scattering layer is written for "
+                        f"torch.export): export without --torchscript; {STUDENT_ONNX} and {STUDENT_PT2} hold it")
 
 
 def _example(meta: dict) -> Any:

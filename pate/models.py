@@ -4,6 +4,13 @@ A spec is a plain tuple of layers so that the same architecture can be built as 
 ordinary ``nn.Module`` (student, reference teacher) or as a batched K-teacher ensemble
 (``pate.ensemble``) without the two drifting apart. Both builders walk the same concrete
 ``layer_plan``, so shapes and the index of every parameterised layer agree by construction.
+
+A ``Scatter`` first layer (students only) is the fixed scattering transform of Tramèr & Boneh
+(2021), "Differentially Private Learning Needs Better Features": the network learns on its
+coefficients, normalised per sample by a GroupNorm without parameters (their choice, which needs no
+statistics of any data), and the transform lives inside the model, so the student still takes raw
+images wherever it goes. Teachers are ensembles of plain conv/dense layers (``TEACHER_ARCHITECTURES``);
+teachers on scattering features are ``[teachers] features = "scattering"``.
 """
 from __future__ import annotations
 
@@ -22,6 +29,14 @@ class Conv:
 
 
 @dataclass(frozen=True)
+class Scatter:
+    """The scattering transform with J scales and L orientations, then GroupNorm (3 channels a group)."""
+
+    J: int = 2
+    L: int = 8
+
+
+@dataclass(frozen=True)
 class Dense:
     out_features: int  # followed by ReLU; the final classifier layer is implicit
 
@@ -29,6 +44,13 @@ class Dense:
 ARCHITECTURES: dict[str, tuple] = {
     # 28x28 grey (MNIST, Fashion-MNIST): small enough to train 250 of them on a CPU.
     "cnn-small": (Conv(16, 5, True), Conv(32, 5, True), Dense(64)),
+    # Twice cnn-small's channels and four times its dense width: a student with room for the labels.
+    "cnn-wide": (Conv(32, 5, True), Conv(64, 5, True), Dense(256)),
+    # Students on the scattering coefficients (81 channels of 7x7 on a 28x28 grey image): Tramer &
+    # Boneh's ScatterNet + linear, and a ScatterNet + CNN (ReLU and max-pooling as the pixel CNNs,
+    # where theirs has tanh and a stride, chosen for DP-SGD's clipped gradients).
+    "scatter-linear": (Scatter(),),
+    "scatter-cnn": (Scatter(), Conv(64, 3, False), Conv(64, 3, True), Dense(128)),
     # 32x32 colour (SVHN, CIFAR-10).
     "cnn-deep": (
         Conv(32, 3, False), Conv(32, 3, True),
@@ -65,6 +87,29 @@ class DenseStep:
     relu: bool
 
 
+@dataclass(frozen=True)
+class ScatterStep:
+    """The scattering layer and its GroupNorm, at ``index`` and ``index + 1``."""
+
+    index: int
+    in_channels: int
+    out_channels: int
+    size: int  # spatial size of the input image (square)
+    J: int
+    L: int
+
+    @property
+    def groups(self) -> int:
+        return self.out_channels // 3
+
+
+def has_scattering(arch: str) -> bool:
+    return any(isinstance(layer, Scatter) for layer in ARCHITECTURES.get(arch, ()))
+
+
+TEACHER_ARCHITECTURES = tuple(name for name in ARCHITECTURES if not has_scattering(name))
+
+
 def architecture(name: str) -> tuple:
     try:
         return ARCHITECTURES[name]
@@ -79,8 +124,17 @@ def layer_plan(arch: str, in_channels: int, num_classes: int, image_size: int) -
     """
     steps: list = []
     channels, size, flat, index = in_channels, image_size, None, 0
-    for layer in architecture(arch):
-        if isinstance(layer, Conv):
+    for position, layer in enumerate(architecture(arch)):
+        if isinstance(layer, Scatter):
+            if position:
+                raise ValueError(f"architecture {arch!r}: the scattering layer must come first")
+            if size % 2 ** layer.J:
+                raise ValueError(f"architecture {arch!r} needs an image size that {2 ** layer.J} divides, not {size}")
+            out = channels * (1 + layer.J * layer.L + layer.L ** 2 * layer.J * (layer.J - 1) // 2)
+            steps.append(ScatterStep(index, channels, out, size, layer.J, layer.L))
+            index += 2
+            channels, size = out, size // 2 ** layer.J
+        elif isinstance(layer, Conv):
             if flat is not None:
                 raise ValueError(f"architecture {arch!r}: a Conv layer follows a Dense layer")
             steps.append(ConvStep(index, channels, layer.out_channels, layer.kernel, layer.pool, size))
@@ -107,7 +161,12 @@ def build_model(arch: str, in_channels: int, num_classes: int, image_size: int) 
 
     layers: list[nn.Module] = []
     for step in layer_plan(arch, in_channels, num_classes, image_size):
-        if isinstance(step, ConvStep):
+        if isinstance(step, ScatterStep):
+            from .scattering_layer import Scattering
+
+            layers += [Scattering(step.in_channels, step.size, step.J, step.L),
+                       nn.GroupNorm(step.groups, step.out_channels, affine=False)]
+        elif isinstance(step, ConvStep):
             layers += [nn.Conv2d(step.in_channels, step.out_channels, step.kernel, padding=step.padding), nn.ReLU()]
             if step.pool:
                 layers.append(nn.MaxPool2d(2))
@@ -119,5 +178,6 @@ def build_model(arch: str, in_channels: int, num_classes: int, image_size: int) 
                 layers.append(nn.ReLU())
     model = nn.Sequential(*layers)
     for step in layer_plan(arch, in_channels, num_classes, image_size):
-        assert isinstance(model[step.index], nn.Conv2d if isinstance(step, ConvStep) else nn.Linear)
+        expected = {ConvStep: nn.Conv2d, DenseStep: nn.Linear, ScatterStep: nn.Module}[type(step)]
+        assert isinstance(model[step.index], expected)
     return model

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import knn, propagation
+from ..models import layer_plan
 from ..io import CheckpointError, atomic_write_json, load_checkpoint, private_mkdir, save_checkpoint
 from ..progress import Progress
 from ..run import RunError
@@ -38,6 +39,10 @@ def run(ctx: Context) -> None:
     unlabeled_index = np.setdiff1d(parts["student_pool_index"], labeled_index)
     if len(labeled_index) == 0:
         raise RunError("no query was answered, so the student has no labels; revisit the aggregator settings")
+    try:  # the architecture against the data's shape, before any step
+        layer_plan(cfg.arch, dataset.spec.channels, dataset.num_classes, dataset.spec.image_size)
+    except ValueError as err:
+        raise RunError(f"[student] arch: {err}; choose another student or [data] image_size") from None
     run_dir.begin(NAME)
     progress = Progress(cfg.steps, NAME, ctx.quiet)
 
