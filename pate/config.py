@@ -264,7 +264,10 @@ class AggregatorConfig:
     # data-dependent analysis is about the argmax only, so it does not apply then.
     soft_labels: bool = False
     # Which pool images are asked, on public information only (pate.selection): "random" (the first
-    # of the shuffled pool) or "k-center" (a greedy cover of the pool in its own pixel PCA space).
+    # of the shuffled pool), "k-center" (a greedy cover of the pool in its own pixel PCA space) or,
+    # with interactive-gnmax only, "uncertainty" (the teachers vote on the whole pool; each round asks
+    # the images its student, trained on released labels, is least certain of: smallest top-1 minus
+    # top-2 margin; round 0 the first of the shuffled pool). Each asked query is charged its worst case.
     query_selection: str = "random"
 
     def validate(self) -> None:
@@ -289,6 +292,10 @@ class AggregatorConfig:
         _check("aggregator", "knn_dim", 0 <= self.knn_dim <= 65536, "between 0 (all) and 65536", self.knn_dim)
         _check("aggregator", "query_selection", self.query_selection in SELECTIONS, f"one of {list(SELECTIONS)}",
                self.query_selection)
+        _check("aggregator", "query_selection", self.query_selection != "uncertainty"
+               or MECHANISM_CLASSES[self.mechanism].interactive,
+               f"'random' or 'k-center' with mechanism {self.mechanism!r} ('uncertainty' needs a student between "
+               "rounds: mechanism = \"interactive-gnmax\")", self.query_selection)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,19 @@ the query set is fixed before any vote exists, every query is charged its data-i
 case as before, and the guarantee (computed from the settings and the number of queries) is
 unchanged (a choice that depended on released outputs would still be covered: each query's worst
 case holds whatever led to asking it).
+
+``uncertainty`` (Interactive-GNMax only) is that last case: the queries are chosen between rounds,
+by ``pate.aggregation.interactive``, as the pool images on which the round's student is least
+certain (margin sampling, Settles 2009). At partition time the pool keeps its shuffled order, like
+``random``; every pool image is a candidate the teachers vote on (``candidates``), and at most
+``max_queries`` of them are asked.
 """
 from __future__ import annotations
 
 import numpy as np
 
-SELECTIONS = ("random", "k-center")
+SELECTIONS = ("random", "k-center", "uncertainty")
+CHOSEN_BETWEEN_ROUNDS = ("uncertainty",)  # the selections that need a student between rounds
 PCA_DIMS = 64
 
 
@@ -46,10 +53,32 @@ def k_center(points: np.ndarray, count: int, first: int = 0) -> np.ndarray:
 def order_pool(pool_index: np.ndarray, pool_images: np.ndarray, num_queries: int, selection: str) -> np.ndarray:
     """The student pool reordered so that its first ``num_queries`` entries are the queries
     ``selection`` asks (the rest keep their shuffled order)."""
-    if selection == "random":
-        return pool_index
+    if selection == "random" or selection in CHOSEN_BETWEEN_ROUNDS:
+        return pool_index  # uncertainty: round 0 asks the first of the shuffled pool
     if selection != "k-center":
         raise ValueError(f"query selection must be one of {list(SELECTIONS)}. Found {selection!r}.")
     picks = k_center(pool_space(pool_images), num_queries)
     rest = np.setdiff1d(np.arange(len(pool_index)), picks, assume_unique=False)
     return pool_index[np.concatenate([picks, rest])]
+
+
+def candidates(parts: dict[str, np.ndarray], selection: str) -> np.ndarray:
+    """The public indices the teachers vote on: the partition's queries, or (a selection made
+    between rounds) the whole student pool, of which at most ``max_queries`` are asked."""
+    return parts["student_pool_index"] if selection in CHOSEN_BETWEEN_ROUNDS else parts["query_index"]
+
+
+def margins(probs: np.ndarray) -> np.ndarray:
+    """(N,) top-1 minus top-2 probability of each row: how certain a classifier is (0: a tie)."""
+    top2 = np.partition(probs, -2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def least_certain(probs: np.ndarray, available: np.ndarray, count: int) -> np.ndarray:
+    """Rows of the ``count`` ``available`` candidates with the smallest margin (margin sampling,
+    Settles 2009), least certain first; ties keep the candidates' (shuffled) order, so a student
+    that knows nothing (all probabilities equal) asks the first available ones."""
+    if count > int(available.sum()):
+        raise ValueError(f"{count} queries asked of {int(available.sum())} candidates left")
+    order = np.argsort(np.where(available, margins(probs), np.inf), kind="stable")
+    return order[:count].astype(np.int64)

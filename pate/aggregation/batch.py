@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import selection
 from ..privacy import accounting
 from ..privacy.noise import noise_source
 from ..progress import Progress
@@ -24,12 +25,13 @@ class Votes:
 
 
 def load(ctx: Context, settings: accounting.Settings) -> Votes:
-    """votes.npz, checked: one vote per teacher per query, for exactly the partition's queries."""
+    """votes.npz, checked: one vote per teacher per query, for exactly the partition's queries (with a
+    choice between rounds, ``pate.selection.candidates``: the whole student pool)."""
     config = ctx.config
     data = ctx.run.load_npz(VOTES)
     votes, query_index = data["votes"], data["query_index"]
     num_classes = ctx.spec.num_classes
-    expected_index = load_partition(ctx)["query_index"]
+    expected_index = selection.candidates(load_partition(ctx), config.aggregator.query_selection)
     problem = None
     if votes.ndim != 2 or votes.shape != (len(expected_index), num_classes) or votes.dtype.kind not in "iu":
         problem = f"must be an integer array of shape ({len(expected_index)}, {num_classes})"

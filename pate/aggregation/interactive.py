@@ -1,45 +1,64 @@
 """Interactive-GNMax (Papernot et al. 2018, Algorithm 2): the queries in fixed rounds; before each,
 a student trained on what was released so far answers where the teachers agree with it; each
 chunk's decisions in the ledger before the next. The round students see released labels and
-public images only, so choosing whom to ask from them keeps the per-query worst case."""
+public images only, so choosing whom to ask from them keeps the per-query worst case.
+
+With ``query_selection = "uncertainty"`` the rounds also choose which pool images are asked: the
+teachers have voted on every image of the student pool (the candidates), and round r asks the
+not-yet-asked candidates on which the round-r student is least certain, the smallest top-1 minus
+top-2 probability margin (margin sampling, Scheffer et al. 2001: one of the uncertainty-sampling
+strategies of active learning surveyed by Settles 2009, "Active Learning Literature Survey").
+Round 0 has no student and asks the first candidates of the shuffled pool.
+
+Why the published guarantee is unchanged: the choice is a function of public images and of labels
+already released, i.e. post-processing of earlier outputs of the mechanism; it reads no vote and
+no private record. Every asked query is charged its data-independent worst case, which holds
+whatever led to asking it (adaptive composition), so the guarantee, computed from the settings and
+the number of queries asked (at most ``max_queries``), is that of the same settings without the
+choice. Votes on candidates never asked are never used: they stay private in votes.npz.
+
+Each round's choice is saved (``interactive/round-<r>.npz``: the candidates in asked order, the
+student's probabilities on them and on every candidate) before any of that round's decisions reach
+the ledger, and a resumed run reuses it: a query is never re-chosen after it may have been decided,
+and seeded noise stays per ledger chunk, so a resumed run reproduces an uninterrupted one. Ledger
+positions stay 0, 1, 2, ... in the order asked; each record names the public image it asked.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .. import selection
+from ..io import atomic_save_npz
 from ..privacy import accounting, ledger
 from ..privacy.noise import noise_source
 from ..progress import Progress
 from ..stages.context import Context, load_dataset, load_partition, public_images, resolve_device
 from ..student import probabilities, train_student
-from ..io import atomic_save_npz
 from . import batch, protocol
+from .ledger_files import (ROUNDS_DIR, Candidates, candidates_of, chosen_between_rounds, read_round, round_file,
+                           round_positions)
 
-INTERACTIVE_DIR = "interactive"  # the round students' probabilities
-
-load = batch.load  # the teachers' vote histograms, checked the same way
+INTERACTIVE_DIR = ROUNDS_DIR  # the round students' probabilities (and, with uncertainty, their choices)
 
 
-def _round_probabilities(ctx: Context, round_number: int, queries: np.ndarray, records: list) -> np.ndarray:
-    """(len(queries), m) the class probabilities, on the round's query images, of a student trained
+def load(ctx: Context, settings: accounting.Settings) -> Candidates:
+    """The teachers' vote histograms on the candidates, checked as for the batch mechanisms, in the
+    ledger's order as far as the saved rounds say (the rest is chosen by ``decide``)."""
+    votes = batch.load(ctx, settings)
+    return candidates_of(ctx.run, votes.ledger_votes, votes.query_index)
+
+
+def _student_probabilities(ctx: Context, round_number: int, records: list, index: np.ndarray) -> np.ndarray | None:
+    """(len(index), m) the class probabilities, on the public images ``index``, of a student trained
     on the labels released before the round (and the unlabelled rest of the pool): a function of
-    released labels and public images only. Round 0 has no student (zeros: the teachers decide).
-    Kept in the run directory, so a resumed round uses the same student."""
-    m = ctx.spec.num_classes
-    if round_number == 0:
-        return np.zeros((len(queries), m))
-    path = ctx.run.file(f"{INTERACTIVE_DIR}/round-{round_number}.npz")
-    if path.exists():
-        with np.load(path, allow_pickle=False) as saved:
-            if np.array_equal(saved["queries"], queries):
-                return saved["probabilities"]
-    parts, dataset = load_partition(ctx), load_dataset(ctx)
+    released labels and public images only. None when nothing was released yet (no student)."""
     positions, public_index, labels = ledger.released_labels(records)
-    pool = parts["student_pool_index"]
     if len(labels) == 0:
-        return np.zeros((len(queries), m))
-    cfg, config = ctx.config.student, ctx.config
-    unlabeled = np.setdiff1d(pool, public_index)
+        return None
+    parts, dataset = load_partition(ctx), load_dataset(ctx)
+    cfg, config, m = ctx.config.student, ctx.config, ctx.spec.num_classes
+    unlabeled = np.setdiff1d(parts["student_pool_index"], public_index)
     ctx.say(f"aggregate: round {round_number}: training a student on the {len(labels)} labels released so far")
     bar = Progress(config.aggregator.interactive_steps, f"{protocol.STAGE}[student {round_number}]", ctx.quiet)
     model, _ = train_student(
@@ -50,23 +69,65 @@ def _round_probabilities(ctx: Context, round_number: int, queries: np.ndarray, r
         threshold=cfg.threshold, seed=cfg.seed + round_number, device=resolve_device(ctx.device),
         progress=lambda step, steps, loss, info: bar.update_to(step))
     bar.close()
-    probs = probabilities(model, public_images(dataset, parts["query_index"][queries]),
-                          device=resolve_device(ctx.device)).numpy().astype(np.float64)
+    return probabilities(model, public_images(dataset, index), device=resolve_device(ctx.device)).numpy().astype(
+        np.float64)
+
+
+def _fixed_round(ctx: Context, round_number: int, queries: np.ndarray, records: list, inputs: Candidates) -> np.ndarray:
+    """(len(queries), m) the round student's probabilities on the round's (fixed) queries; round 0
+    has no student (zeros: the teachers decide). Kept in the run directory, so a resumed round uses
+    the same student."""
+    m = ctx.spec.num_classes
+    if round_number == 0:
+        return np.zeros((len(queries), m))
+    path = ctx.run.file(round_file(round_number))
+    if path.exists():
+        with np.load(path, allow_pickle=False) as saved:
+            if np.array_equal(saved["queries"], queries):
+                return saved["probabilities"]
+    probs = _student_probabilities(ctx, round_number, records, inputs.query_index[queries])
+    if probs is None:
+        return np.zeros((len(queries), m))
     atomic_save_npz(path, private=True, queries=queries, probabilities=probs)
     return probs
 
 
-def decide(run: protocol.Aggregation, inputs: batch.Votes) -> None:
+def _chosen_round(ctx: Context, round_number: int, queries: np.ndarray, records: list,
+                  inputs: Candidates) -> np.ndarray:
+    """Choose the round's queries (uncertainty), or reuse the saved choice: the least certain
+    candidates not asked before, saved (atomically, 0600) before any of the round's decisions,
+    then written into ``inputs.asked``. Returns the student's probabilities on them."""
+    saved = read_round(ctx.run, round_number, queries, len(inputs.index))
+    if saved is None:
+        probs = None if round_number == 0 else _student_probabilities(ctx, round_number, records, inputs.index)
+        if probs is None:  # no student yet: every margin 0, so the first of the shuffled pool
+            probs = np.zeros((len(inputs.index), ctx.spec.num_classes))
+        available = np.ones(len(inputs.index), dtype=bool)
+        available[inputs.asked[inputs.asked >= 0]] = False
+        chosen = selection.least_certain(probs, available, len(queries))
+        saved = {"queries": queries, "chosen": chosen, "probabilities": probs[chosen],
+                 "candidate_probabilities": probs}
+        atomic_save_npz(ctx.run.file(round_file(round_number)), private=True, **saved)
+    inputs.asked[queries] = saved["chosen"]
+    return saved["probabilities"]
+
+
+def decide(run: protocol.Aggregation, inputs: Candidates) -> None:
+    """Each round after the ledger's last: its student (and, with uncertainty, its queries), then
+    its decisions chunk by chunk, each chunk's noise from stream ``chunk`` (a chunk's rows past the
+    round, not chosen yet, are drawn for and discarded, so the stream is the same whatever they are)."""
     ctx, config = run.ctx, run.ctx.config
-    votes, query_index = inputs.ledger_votes, inputs.query_index
     mech, seed, chunk_size = run.settings.mechanism, config.aggregator.seed, protocol.CHUNK
     records, mac = list(run.book.records), run.book.last_mac
-    progress = Progress(len(votes), protocol.STAGE, ctx.quiet, start=len(records))
-    for number, queries in enumerate(np.array_split(np.arange(len(votes)), config.aggregator.interactive_rounds)):
+    round_of = _chosen_round if chosen_between_rounds(config) else _fixed_round
+    progress = Progress(len(inputs.asked), protocol.STAGE, ctx.quiet, start=len(records))
+    for number, queries in enumerate(round_positions(config)):
         if len(queries) == 0 or len(records) > queries[-1]:
             continue
+        round_probs = round_of(ctx, number, queries, records, inputs)
+        votes, query_index = inputs.ledger_votes, inputs.query_index  # the round's queries now chosen
         probs = np.zeros(votes.shape)
-        probs[queries] = _round_probabilities(ctx, number, queries, records)
+        probs[queries] = round_probs
         while len(records) <= queries[-1]:
             done = len(records)
             chunk = done // chunk_size
@@ -85,7 +146,7 @@ def decide(run: protocol.Aggregation, inputs: batch.Votes) -> None:
     progress.close()
 
 
-def conclude(run: protocol.Aggregation, inputs: batch.Votes, records: list, state, report: dict | None):
+def conclude(run: protocol.Aggregation, inputs: Candidates, records: list, state, report: dict | None):
     ctx, settings, config = run.ctx, run.settings, run.ctx.config
     from_teachers = np.array([r.source == "teachers" for r in records if r.answered], dtype=bool)
     released = protocol.save_labels(ctx, records, from_teachers=from_teachers)
@@ -100,7 +161,8 @@ def conclude(run: protocol.Aggregation, inputs: batch.Votes, records: list, stat
         report["public"]["answered_by_teachers"] = int(from_teachers.sum())
         report["public"]["answered_by_student"] = int((~from_teachers).sum())
     guarantee = accounting.guarantee(settings)
-    summary = (f"aggregate: {len(records)} queries asked in {config.aggregator.interactive_rounds} rounds, "
+    chosen = (f" (the least certain of {len(inputs.index)} candidates)" if chosen_between_rounds(config) else "")
+    summary = (f"aggregate: {len(records)} queries asked{chosen} in {config.aggregator.interactive_rounds} rounds, "
                f"{released} labelled ({int(from_teachers.sum())} by the teachers, {int((~from_teachers).sum())} by "
                f"the student); guarantee epsilon {guarantee.epsilon:.3f}, delta {guarantee.delta:g} "
                f"({guarantee.accountant}, from the settings alone)")

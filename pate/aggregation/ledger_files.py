@@ -1,5 +1,7 @@
 """The ledger of a run directory: its key, its header, its checks against the votes (or, for
-Private-kNN, against the neighbourhoods it rebuilds them from)."""
+Private-kNN, against the neighbourhoods it rebuilds them from), and which vote row each ledger
+position was asked about (``Candidates``: with ``query_selection = "uncertainty"`` the rounds of
+Interactive-GNMax choose them, and their files say which)."""
 from __future__ import annotations
 
 import os
@@ -7,11 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import selection
 from ..config import PipelineConfig
 from ..io import create_exclusive, sha256_file
 from ..privacy import individual, ledger
 from ..run import RunDir, RunError
 from ..stages.context import LEDGER, LEDGER_KEY, NEIGHBOURS, VOTES, mechanism
+
+ROUNDS_DIR = "interactive"  # Interactive-GNMax: each round's student probabilities (and chosen queries)
 
 
 def votes_file(config: PipelineConfig) -> str:
@@ -84,6 +89,90 @@ def knn_inputs(run: RunDir, num_classes: int) -> KnnInputs:
     mech = mechanism(run.config)
     return KnnInputs(hoods, data["records"], data["labels"], data["query_index"],
                      individual.Charges.of(mech.sigma1, mech.sigma2), num_classes)
+
+
+def round_file(number: int) -> str:
+    return f"{ROUNDS_DIR}/round-{number}.npz"
+
+
+def round_positions(config: PipelineConfig) -> list[np.ndarray]:
+    """The ledger positions each Interactive-GNMax round asks: max_queries in interactive_rounds parts."""
+    return np.array_split(np.arange(config.aggregator.max_queries), config.aggregator.interactive_rounds)
+
+
+def chosen_between_rounds(config: PipelineConfig) -> bool:
+    """Whether the rounds choose which candidates are asked (``query_selection = "uncertainty"``)."""
+    return config.aggregator.query_selection in selection.CHOSEN_BETWEEN_ROUNDS
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What an aggregation decides from, in the ledger's order: ``votes`` (P, m) and ``index`` (P,)
+    are votes.npz (the candidates, as voted), ``asked[i]`` the candidate asked at ledger position i
+    (-1 while no round has chosen it; a round fills its positions in place before deciding them).
+    Without a choice between rounds P = Q and ``asked`` is 0..Q-1."""
+    votes: np.ndarray
+    index: np.ndarray
+    asked: np.ndarray
+
+    @property
+    def ledger_votes(self) -> np.ndarray:
+        """(Q, m) the vote row asked at each ledger position (zeros where none is chosen yet)."""
+        chosen = self.asked >= 0
+        return np.where(chosen[:, None], self.votes[np.where(chosen, self.asked, 0)], 0)
+
+    @property
+    def query_index(self) -> np.ndarray:
+        """(Q,) the public image asked at each ledger position (-1 where none is chosen yet)."""
+        chosen = self.asked >= 0
+        return np.where(chosen, self.index[np.where(chosen, self.asked, 0)], -1)
+
+
+def read_round(run: RunDir, number: int, positions: np.ndarray, num_candidates: int) -> dict | None:
+    """Round ``number``'s saved choice (``chosen``: its candidates in asked order, ``probabilities``
+    on them, ``candidate_probabilities`` on every candidate), None if not saved yet. A damaged one
+    is refused: the round's decisions may already be in the ledger, so it is never chosen again."""
+    path = run.file(round_file(number))
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            saved = {k: data[k] for k in ("queries", "chosen", "probabilities", "candidate_probabilities")}
+        chosen = saved["chosen"]
+        if not (np.array_equal(saved["queries"], positions) and chosen.shape == positions.shape
+                and chosen.dtype.kind == "i" and ((chosen >= 0) & (chosen < num_candidates)).all()
+                and len(saved["probabilities"]) == len(chosen)
+                and len(saved["candidate_probabilities"]) == num_candidates):
+            raise ValueError("it does not describe this round's queries")
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunError(f"{path} is damaged ({exc}); it says which images round {number} asks, which the ledger may "
+                       "already record: restore it from a backup or start a new run directory") from None
+    return saved
+
+
+def candidates_of(run: RunDir, votes: np.ndarray, index: np.ndarray) -> Candidates:
+    """``votes``/``index`` (votes.npz) in the ledger's order: as they are, or with a choice between
+    rounds, each saved round's candidates at its positions."""
+    config = run.config
+    if not chosen_between_rounds(config):
+        return Candidates(votes, index, np.arange(len(index)))
+    asked = np.full(config.aggregator.max_queries, -1, np.int64)
+    for number, positions in enumerate(round_positions(config)):
+        saved = read_round(run, number, positions, len(index)) if len(positions) else None
+        if saved is not None:
+            asked[positions] = saved["chosen"]
+    taken = asked[asked >= 0]
+    if np.unique(taken).size != taken.size:
+        raise RunError(f"{run.file(ROUNDS_DIR)} names an image asked twice: its round files are damaged; restore "
+                       "them from a backup or start a new run directory")
+    return Candidates(votes, index, asked)
+
+
+def ledger_order(run: RunDir) -> Candidates:
+    """votes.npz in the ledger's order (what ``pate audit`` and ``pate report`` read the asked
+    queries' votes from)."""
+    data = run.load_npz(VOTES)
+    return candidates_of(run, data["votes"], data["query_index"])
 
 
 def load_ledger(run: RunDir, votes, query_index: np.ndarray) -> ledger.Ledger:

@@ -60,6 +60,9 @@ def run(ctx: Context) -> None:
     atomic_write_json(ctx.run.file(DATA), data_json(dataset, config.data.source), private=True)
     finish(ctx, NAME, scheme=records.SCHEME)
     shard = np.bincount(arrays["teacher_of"][arrays["teacher_of"] >= 0], minlength=config.teachers.count)
+    later = config.aggregator.query_selection in selection.CHOSEN_BETWEEN_ROUNDS  # uncertainty: chosen in rounds
     ctx.say(f"partition: {kept} private records -> {config.teachers.count} shards of "
             f"{shard.min()}-{shard.max()} (each record's teacher a keyed hash of the record); "
-            f"{sizes['num_queries']} queries, pool {sizes['student_pool']}, held-out test {sizes['test_size']}")
+            f"{'at most ' if later else ''}{sizes['num_queries']} queries"
+            f"{' (chosen between rounds; every pool image a candidate)' if later else ''}, "
+            f"pool {sizes['student_pool']}, held-out test {sizes['test_size']}")

@@ -1,5 +1,9 @@
 """Each teacher votes once on each query -> votes.npz.
 
+With ``[aggregator] query_selection = "uncertainty"`` the queries are chosen later, between
+Interactive-GNMax's rounds, so the teachers vote on every candidate (the whole student pool); at
+most ``max_queries`` of those votes are ever used, each through the mechanism's noise.
+
 Voting runs in chunks of queries, each chunk's votes saved before the next, so an interrupted
 vote resumes after its last chunk. It reads every teacher part, whatever number of torchrun ranks
 trained them. Teacher and plurality accuracy on the held-out public test split are written for
@@ -15,7 +19,7 @@ import torch
 from ..io import CheckpointError, atomic_save_npz, atomic_write_json, load_checkpoint
 from ..progress import Progress
 from ..run import RunError
-from .. import knn
+from .. import knn, selection
 from ..teachers import ensemble, features
 from . import finish
 from .context import (EXTRACTOR, HEADS_PREFIX, KNN_PRIVATE, KNN_PUBLIC, NEIGHBOURS, PUBLIC_FEATURES_PREFIX,
@@ -116,7 +120,8 @@ def run(ctx: Context) -> None:
     device = resolve_device(ctx.device)
     predict = (_feature_predictor if config.teachers.features != "none" else _ensemble_predictor)(ctx, dataset, device)
     run_dir.begin(NAME)
-    num_classes, query_index = dataset.num_classes, parts["query_index"]
+    # the queries, or (uncertainty: chosen between Interactive-GNMax's rounds) every candidate in the pool
+    num_classes, query_index = dataset.num_classes, selection.candidates(parts, config.aggregator.query_selection)
     votes = _saved_votes(ctx, query_index, num_classes)
     progress = Progress(len(query_index), NAME, ctx.quiet, start=len(votes))
     while len(votes) < len(query_index):

@@ -14,9 +14,9 @@ import numpy as np
 
 from ..privacy import individual, rdp
 from ..run import RunDir, RunError
-from ..aggregation.ledger_files import knn_inputs, load_ledger
+from ..aggregation.ledger_files import knn_inputs, ledger_order, load_ledger
 from ..aggregation.settings import gaussian_budgets, orders
-from ..stages.context import DATA, RECORD_BUDGETS, VOTES, data_spec, mechanism, read_privacy
+from ..stages.context import DATA, RECORD_BUDGETS, data_spec, mechanism, read_privacy
 from . import figures
 
 PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not publish. "
@@ -24,11 +24,12 @@ PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not pu
 
 
 def _load(run: RunDir):
-    votes_data = run.load_npz(VOTES)
-    records = load_ledger(run, votes_data["votes"], votes_data["query_index"]).records
+    asked = ledger_order(run)  # votes.npz in the ledger's order (uncertainty: as the rounds chose)
+    votes = asked.ledger_votes
+    records = load_ledger(run, votes, asked.query_index).records
     if not records:
         raise RunError(f"{run.path} records no query yet; run `pate aggregate` first")
-    return votes_data["votes"][:len(records)], records
+    return votes[:len(records)], records
 
 
 def _cumulative_epsilon(costs: np.ndarray, orders: np.ndarray, delta: float, conversion: str) -> np.ndarray:

@@ -19,8 +19,9 @@ from .. import data as data_mod
 from ..io import atomic_write_text, private_mkdir
 from ..privacy import rdp
 from ..run import RunDir, RunError
+from ..aggregation.ledger_files import ledger_order
 from ..aggregation.settings import orders
-from ..stages.context import METRICS, PRIVACY, STUDENT_HISTORY, TEACHERS_EVAL, VOTES, mechanism
+from ..stages.context import METRICS, PRIVACY, STUDENT_HISTORY, TEACHERS_EVAL, mechanism
 from . import audit, figures, summary
 from .summary import NOT_COVERED, PRIVATE, PUBLIC
 
@@ -128,7 +129,7 @@ def build(run: RunDir, out: Path | None = None, data_root: Path = data_mod.DEFAU
     out = Path(out) if out is not None else run.path / "report"
     private_mkdir(out)  # the report shows private figures too
     rows, privacy = audit.query_table(run)
-    votes = run.load_npz(VOTES)["votes"][:len(rows)]
+    votes = ledger_order(run).ledger_votes[:len(rows)]  # the asked queries' votes, in the ledger's order
     answered = np.array([r["answered"] for r in rows], dtype=bool)
     teachers_eval = _optional(run, TEACHERS_EVAL)
     report = Report(out=out, html=out / HTML_NAME)
