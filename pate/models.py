@@ -14,11 +14,15 @@ teachers on scattering features are ``[teachers] features = "scattering"``.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+SCATTERING_LAYER = "pate.scattering_layer"
 
 
 @dataclass(frozen=True)
@@ -162,9 +166,10 @@ def build_model(arch: str, in_channels: int, num_classes: int, image_size: int) 
     layers: list[nn.Module] = []
     for step in layer_plan(arch, in_channels, num_classes, image_size):
         if isinstance(step, ScatterStep):
-            from .scattering_layer import Scattering
-
-            layers += [Scattering(step.in_channels, step.size, step.J, step.L),
+            # By name, as the stage registry loads stages: the layer module imports torch, and this
+            # one must not (the config and the ONNX-only deployment read the layer plans).
+            scattering = importlib.import_module(SCATTERING_LAYER).Scattering
+            layers += [scattering(step.in_channels, step.size, step.J, step.L),
                        nn.GroupNorm(step.groups, step.out_channels, affine=False)]
         elif isinstance(step, ConvStep):
             layers += [nn.Conv2d(step.in_channels, step.out_channels, step.kernel, padding=step.padding), nn.ReLU()]
