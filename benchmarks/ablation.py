@@ -36,18 +36,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from benchmarks.seeds import with_seed
-
-from pate import config as config_mod
-from pate import data, deploy, student
-from pate.run import RunDir
-from pate.stages import train_student as stage
-from pate.stages.context import Context
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a file, `benchmarks` is this folder, not opacus's package
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.seeds import with_seed  # noqa: E402
+from pate import config as config_mod  # noqa: E402
+from pate import data, deploy, student  # noqa: E402
+from pate.run import RunDir  # noqa: E402
+from pate.stages import train_student as stage  # noqa: E402
+from pate.stages.context import Context  # noqa: E402
 # name: (run, soft targets, propagation, arch or None for the pipeline's, method or None); None run:
 # the run's own student, not retrained.
 VARIANTS = {

@@ -70,3 +70,21 @@ def test_noisy_scoring_limits():
     # Huge argmax noise: about half the answered labels right (two classes).
     answered, right = knn_choice.noisy_labels(votes, labels, 2.0, 1e-9, 1e6, 1.0, draws=4000)
     assert answered == 1.0 and abs(right - 0.5) < 0.03
+
+
+def test_ablation_runs_as_a_file_and_sets_only_the_aggregator_settings(tmp_path):
+    # Run as a file, `import benchmarks` must find this folder, not the `benchmarks` package
+    # opacus installs at the top level of site-packages.
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "ablation.py"), "--help"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    ablation = _module("ablation")
+    pipeline = BENCHMARKS.parent / "pipelines" / "mnist-knn.toml"
+    original = tomllib.loads(pipeline.read_text())
+    raw = tomllib.loads(ablation.with_aggregator(pipeline.read_text(), soft_labels=True,
+                                                 query_selection="k-center"))
+    assert raw["aggregator"] == {**original["aggregator"], "soft_labels": True, "query_selection": "k-center"}
+    assert {t: v for t, v in raw.items() if t != "aggregator"} == \
+        {t: v for t, v in original.items() if t != "aggregator"}
