@@ -36,10 +36,8 @@ from ..progress import Progress
 from ..stages.context import Context, load_dataset, load_partition, public_images, resolve_device
 from ..student import probabilities, train_student
 from . import batch, protocol
-from .ledger_files import (ROUNDS_DIR, Candidates, candidates_of, chosen_between_rounds, read_round, round_file,
+from .ledger_files import (Candidates, candidates_of, chosen_between_rounds, read_round, round_file,
                            round_positions)
-
-INTERACTIVE_DIR = ROUNDS_DIR  # the round students' probabilities (and, with uncertainty, their choices)
 
 
 def load(ctx: Context, settings: accounting.Settings) -> Candidates:
