@@ -47,7 +47,7 @@ from pate import config as config_mod  # noqa: E402
 from pate import data, deploy, student  # noqa: E402
 from pate.run import RunDir  # noqa: E402
 from pate.stages import train_student as stage  # noqa: E402
-from pate.stages.context import Context  # noqa: E402
+from pate.stages.context import Context, mechanism  # noqa: E402
 # name: (run, soft targets, propagation, arch or None for the pipeline's, method or None); None run:
 # the run's own student, not retrained.
 VARIANTS = {
@@ -105,7 +105,6 @@ def variant_result(run_dir: Path, variant: str, data_root: Path) -> dict:
     labeled = released["query_index"]
     targets = torch.from_numpy(released["label"].astype(np.int64))
     if soft:
-        from pate.stages.context import mechanism
         targets = student.soft_targets(released["soft"], released["label"],
                                        s.soft_temperature or mechanism(cfg).answer_noise_std)
     trained = labeled
