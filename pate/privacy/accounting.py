@@ -6,7 +6,7 @@ orders, and the release parameters when the data-dependent cost is released), so
 number whatever the votes were. It is the least of two valid bounds: Rényi-DP composition of each
 mechanism's per-query worst case (``Mechanism.worst_case_rdp``), and ``dp_accounting``'s PLD
 accountant on the same queries with every one answered, where the mechanism is one it models
-(Gaussian and Laplace compositions). The data-dependent cost of Papernot et al. 2018
+(compositions of discrete Gaussians or discrete Laplaces: the noise pate draws). The data-dependent cost of Papernot et al. 2018
 (arXiv:1802.08908v1, Thm 6, Table 1) is a function of the votes: it stays PRIVATE, or is released
 through smooth sensitivity (App. B) with λ, β and σ_ss fixed before any vote is seen, and then
 only as the papers' per-instance figure, never as the guarantee.
@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-from dp_accounting import get_epsilon_gaussian
-from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.pld import pld_privacy_accountant, privacy_loss_distribution
 
 from . import individual, profiles, rdp, smooth_sensitivity
 from .mechanisms import Mechanism
@@ -92,6 +91,10 @@ class Settings:
     def per_query_worst_case(self) -> np.ndarray:
         return self.mechanism.worst_case_rdp(1, self.order_array, num_teachers=self.num_teachers,
                                              num_classes=self.num_classes)
+
+    def release_scale_cap(self) -> float:
+        """A public bound on the release's noise scale σ_ss·SS_β: every query's A⁽ᵈ⁾ is capped."""
+        return self.release.sigma_ss * max_queries(self) * self.mechanism.local_sensitivity_cap(self.release.order)
 
     def release_rdp(self) -> np.ndarray:
         """(L,) data-independent cost of one smooth-sensitivity release (zero without one)."""
@@ -189,17 +192,28 @@ def max_queries(settings: Settings) -> int:
     return settings.max_queries if plan is None else min(settings.max_queries, plan.max_queries)
 
 
+PLD_TAIL = 1e-15  # δ set aside for the noise beyond dp_accounting's discrete Gaussian support (1e-30 a draw)
+PLD_MAX_EPSILON = 20.0  # past it e^ε·(draws)·1e-30 could approach PLD_TAIL: the RDP bound is used
+
+
 def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
-    """ε of ``queries`` queries, every one answered, from the privacy-loss distribution: exact for
-    compositions of Gaussians (the analytic Gaussian conversion, Balle & Wang 2018,
-    arXiv:1805.06530v2, as ``dp_accounting.get_epsilon_gaussian``), otherwise ``dp_accounting``'s
-    PLD accountant (a pessimistic discretisation, so an upper bound); +inf where neither applies."""
+    """ε of ``queries`` queries, every one answered, from the privacy-loss distribution, or +inf
+    where it does not apply.
+
+    Discrete Gaussian mechanisms: ``dp_accounting``'s PLD of the discrete Gaussian itself
+    (``from_discrete_gaussian_mechanism``, sensitivity 1, pessimistic connect-the-dots: Doroshenko
+    et al. 2022, whose error does not grow with the loss's own grid), one per coordinate that a
+    moved vote changes, composed. That PLD is of the noise truncated where less than 1e-30 of its
+    mass lies beyond; pate draws it untruncated, so ``PLD_TAIL`` of δ pays for the difference
+    (total variation at most 1e-30 a draw, times 1 + e^ε). The continuous Gaussian's analytic
+    conversion would be about another mechanism: the discrete Gaussian is not always the more
+    private one (Canonne, Kamath & Steinke 2020, Sec. 4). Discrete Laplace (LNMax): the
+    accountant's own ``DiscreteLaplaceDpEvent``."""
     if queries == 0:
         return 0.0
-    multiplier = mechanism.gaussian_multiplier(queries)
-    if multiplier is not None:
-        with np.errstate(divide="ignore"):  # log of 0 for a negligible tail, inside dp_accounting
-            return float(get_epsilon_gaussian(multiplier, delta)) + 1e-9  # root-finding tolerance, rounded up
+    parts = mechanism.discrete_gaussians(queries)
+    if parts is not None:
+        return _pld_discrete_gaussian(tuple(parts), delta)
     try:
         event = mechanism.dp_event(queries)
     except NotImplementedError:
@@ -214,6 +228,21 @@ def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
 
 
 @functools.lru_cache(maxsize=64)
+def _pld_discrete_gaussian(parts: tuple[tuple[float, int], ...], delta: float) -> float:
+    draws = sum(count for _, count in parts)
+    if delta <= 2 * PLD_TAIL or draws * 1e-30 * (1 + math.exp(PLD_MAX_EPSILON)) > PLD_TAIL:
+        return math.inf
+    total = None
+    for sigma, count in parts:
+        one = privacy_loss_distribution.from_discrete_gaussian_mechanism(
+            float(sigma), sensitivity=1, value_discretization_interval=1e-4, use_connect_dots=True)
+        composed = one.self_compose(int(count))
+        total = composed if total is None else total.compose(composed)
+    eps = float(total.get_epsilon_for_delta(delta - PLD_TAIL))
+    return eps if eps <= PLD_MAX_EPSILON else math.inf
+
+
+@functools.lru_cache(maxsize=64)
 def guarantee(settings: Settings) -> Guarantee:
     """The guarantee users publish: the least of the valid worst-case bounds for this run."""
     queries = max_queries(settings)
@@ -221,8 +250,10 @@ def guarantee(settings: Settings) -> Guarantee:
         eps, order = individual.epsilon_of_budget(settings.record_budget(), settings.order_array, settings.delta,
                                                   settings.conversion)
         return Guarantee(eps, settings.delta, "individual-renyi-filter", order, queries)
-    eps, order = epsilon(worst_case_curve(settings, queries), settings.order_array, settings.delta,
-                         settings.conversion)
+    snap = snap_delta(settings)
+    eps, order = ((math.inf, math.nan) if snap >= settings.delta else
+                  epsilon(worst_case_curve(settings, queries), settings.order_array, settings.delta - snap,
+                          settings.conversion))
     best = Guarantee(eps, settings.delta, "rdp", order, queries)
     if settings.release is None:  # PLD cannot compose the smooth-sensitivity release's RDP bound
         pld = pld_epsilon(settings.mechanism, queries, settings.delta)
@@ -231,6 +262,18 @@ def guarantee(settings: Settings) -> Guarantee:
     if settings.epsilon_budget > 0 and settings.epsilon_budget < best.epsilon:
         best = Guarantee(settings.epsilon_budget, settings.delta, "renyi-filter", plan_filter(settings).order, queries)
     return best
+
+
+def snap_delta(settings: Settings) -> float:
+    """The δ the smooth-sensitivity release's snapping adds (0 without a release): (1 + e^ε̄)·TV,
+    TV the snapped draw's distance from the ideal Gaussian (``smooth_sensitivity.snap_tv``) and ε̄
+    the run's ε at δ/2, at least the ε it is converted at. Kept inside the statement's δ: the
+    guarantee is converted at δ less this."""
+    if settings.release is None:
+        return 0.0
+    bar, _ = epsilon(worst_case_curve(settings), settings.order_array, settings.delta / 2, settings.conversion)
+    extra = (1.0 + math.exp(min(bar, 700.0))) * smooth_sensitivity.snap_tv(settings.release_scale_cap())
+    return extra if extra <= settings.delta / 2 else settings.delta  # too large: no finite guarantee
 
 
 # ----------------------------------------------------------------------------- release parameters
@@ -396,4 +439,4 @@ def _release(settings: Settings, votes, answered, noise) -> smooth_sensitivity.S
     rdp_at_order = float(mech.per_query_rdp(votes, answered, [params.order]).sum())
     ls = mech.local_sensitivity(votes, answered, params.order)
     return smooth_sensitivity.release(ls, rdp_at_order, params.order, settings.delta, params.beta, params.sigma_ss,
-                                      noise, conversion=settings.conversion)
+                                      noise, conversion=settings.conversion, scale_cap=settings.release_scale_cap())

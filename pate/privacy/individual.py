@@ -21,8 +21,9 @@ Two facts keep the charges individual, and both are enforced here and tested:
   can still afford the whole query (threshold step and answer): ``spent + c1 + c2 ≤ budget``.
   Whether it is charged the answer c2 depends on the (released) threshold outcome.
 
-Under add/remove of one record both steps are Gaussian mechanisms of sensitivity 1 (the top
-count and the histogram change by one in one coordinate), so at every order α a member is charged
+Under add/remove of one record both steps are discrete Gaussian mechanisms of sensitivity 1 (the
+top count and the histogram change by one in one coordinate; Canonne, Kamath & Steinke 2020 bound
+their RDP by the continuous Gaussian's for an integer shift), so at every order α a member is charged
 α/(2σ1²) for the threshold step and α/(2σ2²) for an answer. All charges are α times a constant,
 so one number per record, its *Gaussian budget* S (the sum of 1/(2σ²) terms it may spend), bounds
 its RDP at every order at once: ρ(α) ≤ α·S, and its (ε, δ) follows from the usual conversion of
@@ -148,9 +149,11 @@ class Neighbourhoods:
 
 def draw_noise(noise: NoiseSource, rows: int, num_classes: int, sigma1: float, sigma2: float):
     """The noise of ``rows`` queries, in Confident-GNMax's order (the (rows,) threshold noise, then
-    the (rows, m) answer noise), drawn whatever the votes will be."""
+    the (rows, m) answer noise), drawn whatever the votes will be: integer, the discrete Gaussians
+    N_Z(0, σ1²) and N_Z(0, σ2²), so a noisy count is an integer (CKS 2020's bound α/(2σ²) for a
+    count moved by one is the continuous one)."""
     noise = check_noise(noise)
-    return noise.normal((rows,), scale=sigma1), noise.normal((rows, num_classes), scale=sigma2)
+    return noise.discrete_gaussian((rows,), sigma1), noise.discrete_gaussian((rows, num_classes), sigma2)
 
 
 def decide(hoods: Neighbourhoods, labels: np.ndarray, state: FilterState, charges: Charges, *, start: int,

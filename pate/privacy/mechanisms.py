@@ -4,7 +4,16 @@ LNMax (Papernot et al. 2017, arXiv:1610.05755v4, Eq. 1), GNMax and Confident-GNM
 et al. 2018, arXiv:1802.08908v1, Section 4.1 and Algorithm 1). Each function takes a
 ``NoiseSource`` (``noise_source()``): OS-secure by default, seeded only when a seed is given. Each
 draws the same amount of noise whatever the votes are (noise for every query, then masks), so
-neither timing nor the stream position of a seeded run depends on the private data.
+neither the stream position of a seeded run nor the number of draws depends on the private data.
+
+Every noisy count is an integer count plus integer noise: the discrete Gaussian N_Z(0, σ²) for
+the Gaussian mechanisms and the discrete Laplace for LNMax (Canonne, Kamath & Steinke 2020,
+exact samplers in ``pate.privacy.discrete``). A released noisy vector (soft labels) is then an
+integer vector, held in float64 only so that rows not answered can be NaN; a float64 draw
+``v + σ·Φ⁻¹(u)`` would instead carry the count in its low bits (Mironov 2012). The worst cases
+rest on: for the discrete Gaussian, CKS 2020's bound D_λ ≤ λΔ²/(2σ²) per coordinate for integer
+shifts, summed over independent coordinates (so GNMax's λ/σ² and the threshold's λ/(2σ1²) are the
+continuous values); for the discrete Laplace, its exact RDP (``discrete.rdp_discrete_laplace``).
 
 A mechanism object (``LNMax``, ``GNMax``, ``ConfidentGNMax``) is a frozen value holding the
 mechanism's settings; it decides queries and knows its own privacy cost: per query
@@ -25,6 +34,7 @@ from dp_accounting import dp_event
 
 from . import rdp
 from . import smooth_sensitivity as ss
+from . import discrete
 from .noise import NoiseSource, check_noise, noise_source
 from .numerics import check_finite, check_positive, check_votes
 
@@ -41,14 +51,14 @@ def lnmax(votes, gamma, noise) -> np.ndarray:
 
 
 def lnmax_noisy(votes, gamma, noise) -> np.ndarray:
-    """LNMax's noisy count vectors v + Lap(1/γ)^m, (N, m) float: what LNMax's worst-case accounting
-    already pays for. One vote moving changes two counts by one, so the vector is two Laplace
-    mechanisms of sensitivity 1 (``lnmax_rdp``; the PLD event composes ``2·queries`` of them), and
-    its argmax is post-processing."""
+    """LNMax's noisy count vectors v + Lap_Z(1/γ)^m (discrete Laplace, pmf ∝ e^{−γ|z|}), (N, m)
+    integer-valued float: what LNMax's worst-case accounting already pays for. One vote moving
+    changes two counts by one, so the vector is two discrete Laplace mechanisms of sensitivity 1
+    (``lnmax_rdp``; the PLD event composes ``2·queries`` of them), and its argmax is post-processing."""
     votes = check_votes(votes)
     gamma = check_positive("gamma", gamma)
     noise = check_noise(noise)
-    return votes + noise.laplace(votes.shape, scale=1.0 / gamma)
+    return (votes + noise.discrete_laplace(votes.shape, gamma)).astype(np.float64)
 
 
 def gnmax(votes, sigma, noise) -> np.ndarray:
@@ -60,21 +70,22 @@ def gnmax(votes, sigma, noise) -> np.ndarray:
 
 
 def gnmax_noisy(votes, sigma, noise) -> np.ndarray:
-    """GNMax's noisy count vectors v + N(0, σ² I), (N, m) float. The data-independent cost λ/σ²
-    (Papernot et al. 2018, Section 4.1) is the Gaussian mechanism's on the whole vector (L2
-    sensitivity √2: one vote moves), so releasing the vector costs nothing more than its argmax
-    under the worst-case guarantee; only the data-dependent analysis (Thm 6) is about the argmax."""
+    """GNMax's noisy count vectors v + N_Z(0, σ²)^m, (N, m) integer-valued float. The
+    data-independent cost λ/σ² (Papernot et al. 2018, Section 4.1) holds for the discrete Gaussian
+    on the whole vector (two counts move by one; CKS 2020's per-coordinate bound, summed), so
+    releasing the vector costs nothing more than its argmax under the worst-case guarantee; only
+    the data-dependent analysis (Thm 6) is about the argmax."""
     votes = check_votes(votes)
     sigma = check_positive("sigma", sigma)
     noise = check_noise(noise)
-    return votes + noise.normal(votes.shape, scale=sigma)
+    return (votes + noise.discrete_gaussian(votes.shape, sigma)).astype(np.float64)
 
 
 def confident_gnmax(votes, threshold, sigma1, sigma2, noise) -> np.ndarray:
     """Confident-GNMax (Algorithm 1 of Papernot et al. 2018); −1 marks a query not answered.
 
-    Answered iff max_j v_j + N(0, σ1²) ≥ T (the event whose log-probability is
-    ``rdp.logpr_answered``); an answered query gets fresh, independent N(0, σ2²) on every count,
+    Answered iff max_j v_j + N_Z(0, σ1²) ≥ T (the event whose log-probability is
+    ``rdp.logpr_answered``); an answered query gets fresh, independent N_Z(0, σ2²) on every count,
     then argmax. Noise of both steps is drawn for every query, in this order: the (N,) threshold
     noise, then the (N, m) answer noise; unanswered rows' answer noise is discarded unused.
 
@@ -86,13 +97,13 @@ def confident_gnmax(votes, threshold, sigma1, sigma2, noise) -> np.ndarray:
 
 
 def confident_gnmax_noisy(votes, threshold, sigma1, sigma2, noise) -> tuple[np.ndarray, np.ndarray]:
-    """Confident-GNMax's release with its noisy vectors: (answered (N,) bool, v + N(0, σ2² I) (N, m),
-    NaN on rows not answered). The threshold step's noisy maximum is never part of it.
+    """Confident-GNMax's release with its noisy vectors: (answered (N,) bool, v + N_Z(0, σ2²)^m (N, m),
+    integer-valued, NaN on rows not answered). The threshold step's noisy maximum is never part of it.
 
     Why the vector is covered: one query's worst-case bound (``rdp.rdp_confident_gnmax_worst_case``)
-    is e^{(λ−1)D} ≤ P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ}·e^{(λ−1)λ/σ2²}, and e^{(λ−1)λ/σ2²} is exactly
-    ∫ N(x; v, σ2²I)^λ N(x; v', σ2²I)^{1−λ} dx for ‖v − v'‖² = 2: the divergence of the answered
-    branch's whole vector, not only of its argmax. So (answered, vector) is the mechanism the bound
+    is e^{(λ−1)D} ≤ P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ}·e^{(λ−1)λ/σ2²}, and e^{(λ−1)λ/σ2²} bounds
+    Σ_x N_Z(x; v, σ2²)^λ N_Z(x; v', σ2²)^{1−λ} for two counts moved by one: the divergence of the
+    answered branch's whole vector, not only of its argmax. So (answered, vector) is the mechanism the bound
     is for (the threshold noise and the answer noise are independent), for add/remove neighbours,
     whose histograms differ by one vote moved."""
     votes = check_votes(votes)
@@ -101,10 +112,10 @@ def confident_gnmax_noisy(votes, threshold, sigma1, sigma2, noise) -> tuple[np.n
     sigma2 = check_positive("sigma2", sigma2)
     noise = check_noise(noise)
     n_rows = votes.shape[0]
-    z1 = noise.normal((n_rows,), scale=sigma1)
-    z2 = noise.normal(votes.shape, scale=sigma2)
+    z1 = noise.discrete_gaussian((n_rows,), sigma1)
+    z2 = noise.discrete_gaussian(votes.shape, sigma2)
     answered = votes.max(axis=1) + z1 >= threshold
-    return answered, np.where(answered[:, None], votes + z2, np.nan)
+    return answered, np.where(answered[:, None], (votes + z2).astype(np.float64), np.nan)
 
 
 # ----------------------------------------------------------------------------- mechanism objects
@@ -112,9 +123,11 @@ def confident_gnmax_noisy(votes, threshold, sigma1, sigma2, noise) -> tuple[np.n
 
 def lnmax_rdp(gamma: float, orders: np.ndarray) -> np.ndarray:
     """Per-answer RDP of LNMax, exact: one vote moving changes two counts by 1, each carrying
-    independent Laplace(1/γ) noise, so the cost is twice that of a sensitivity-1 Laplace mechanism
-    (``rdp.rdp_laplace``; RDP of independent mechanisms adds). At most 2γ, its pure-DP value."""
-    return 2.0 * rdp.rdp_laplace(1.0 / gamma, orders)
+    independent discrete Laplace noise (pmf ∝ e^{−γ|z|}), so the cost is twice that of a
+    sensitivity-1 discrete Laplace mechanism (``discrete.rdp_discrete_laplace``; RDP of independent
+    mechanisms adds). At most 2γ, its pure-DP value."""
+    orders = rdp.check_orders(orders)
+    return np.minimum(2.0 * discrete.rdp_discrete_laplace(gamma, orders), 2.0 * gamma)
 
 
 @dataclass(frozen=True)
@@ -197,18 +210,19 @@ class Mechanism:
 
     def dp_event(self, queries: int) -> dp_event.DpEvent:
         """The same ``queries`` queries as a ``dp_accounting`` event, every asked query answered
-        (for the PLD accountant, which is tighter on Gaussian and Laplace compositions)."""
+        (for the PLD accountant, which is tighter on Laplace compositions)."""
         raise NotImplementedError
+
+    def discrete_gaussians(self, queries: int) -> list[tuple[float, int]] | None:
+        """When ``queries`` queries, every one answered, are a composition of sensitivity-1 discrete
+        Gaussians only: [(σ, how many)], for the discrete Gaussian's own privacy-loss distribution
+        (the continuous Gaussian's PLD or analytic conversion would be about another mechanism);
+        None otherwise. One vote moved changes two counts by one: two coordinates per answer."""
+        return None
 
     def pure_epsilon(self, queries: int) -> float:
         """ε of pure DP of ``queries`` answers (+inf when there is none): sizes PLD computations."""
         return math.inf
-
-    def gaussian_multiplier(self, queries: int) -> float | None:
-        """When every asked query answered is a composition of Gaussian mechanisms only: the noise
-        multiplier of the one Gaussian mechanism it equals (Gaussians compose exactly:
-        1/s² = Σ 1/s_i²), for the exact analytic conversion; None otherwise."""
-        return None
 
     def local_sensitivity(self, votes, answered, order) -> np.ndarray:
         """(n,) A⁽ᵈ⁾ of the run's realized cost at ``order`` (2018 paper, App. B)."""
@@ -217,6 +231,11 @@ class Mechanism:
     @property
     def release_sigma(self) -> float:
         """σ of the GNMax step, whose conditions C5/C6 decide where smooth sensitivity applies."""
+        raise NotImplementedError(f"{self.name} has no smooth-sensitivity analysis")
+
+    def local_sensitivity_cap(self, order: float) -> float:
+        """The most one query adds to any A⁽ᵈ⁾ at ``order``, for every dataset (public): bounds the
+        smooth-sensitivity release's noise scale, which its snapping's accounting needs."""
         raise NotImplementedError(f"{self.name} has no smooth-sensitivity analysis")
 
     def explain(self, row, answered: bool, orders) -> dict:
@@ -236,7 +255,8 @@ class LNMax(Mechanism):
 
     @property
     def answer_noise_std(self) -> float:
-        return math.sqrt(2.0) / self.gamma  # Laplace of scale 1/gamma
+        r = math.exp(-self.gamma)  # the discrete Laplace's variance is 2r/(1 − r)²
+        return math.sqrt(2.0 * r) / (1.0 - r)
 
     def query_rdp(self, votes, orders):
         n, orders = len(votes), rdp.check_orders(orders)
@@ -254,8 +274,8 @@ class LNMax(Mechanism):
         return queries * lnmax_rdp(self.gamma, rdp.check_orders(orders))
 
     def dp_event(self, queries):
-        # Two sensitivity-1 Laplace mechanisms per query (the two counts a moved vote changes).
-        return dp_event.SelfComposedDpEvent(dp_event.LaplaceDpEvent(1.0 / self.gamma), 2 * queries)
+        # Two sensitivity-1 discrete Laplace mechanisms per query (the two counts a moved vote changes).
+        return dp_event.SelfComposedDpEvent(dp_event.DiscreteLaplaceDpEvent(self.gamma, 1), 2 * queries)
 
     def pure_epsilon(self, queries):
         return 2.0 * self.gamma * queries
@@ -290,12 +310,8 @@ class GNMax(Mechanism):
     def worst_case_rdp(self, queries, orders, *, num_teachers, num_classes):
         return queries * rdp.rdp_gnmax_data_independent(self.sigma2, orders)
 
-    def dp_event(self, queries):
-        # The Gaussian mechanism on the histogram, L2 sensitivity √2: noise multiplier σ/√2.
-        return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(2.0)), queries)
-
-    def gaussian_multiplier(self, queries):
-        return self.sigma2 / math.sqrt(2.0 * queries)
+    def discrete_gaussians(self, queries):
+        return [(self.sigma2, 2 * queries)]
 
     def local_sensitivity(self, votes, answered, order):
         votes, answered = check_votes(votes), np.asarray(answered, dtype=bool)
@@ -306,6 +322,9 @@ class GNMax(Mechanism):
     @property
     def release_sigma(self) -> float:
         return self.sigma2
+
+    def local_sensitivity_cap(self, order):
+        return float(order) / self.sigma2 ** 2  # 0 ≤ β ≤ λ/σ² (``local_sensitivity_gnmax`` caps at it)
 
     def explain(self, row, answered, orders):
         return _explain_gnmax(self, row, answered, orders, threshold_cost=None)
@@ -324,14 +343,9 @@ class _CheckThenGNMax(Mechanism):
         return (asked * rdp.rdp_threshold_data_independent(self.sigma1, orders)
                 + answered * rdp.rdp_gnmax_data_independent(self.sigma2, orders))
 
-    def dp_event(self, queries):
-        # Every asked query answered: the check's Gaussian (sensitivity 1) and GNMax's (√2).
-        one = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(self.sigma1),
-                                        dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(2.0))])
-        return dp_event.SelfComposedDpEvent(one, queries)
-
-    def gaussian_multiplier(self, queries):
-        return 1.0 / math.sqrt(queries * (1.0 / self.sigma1**2 + 2.0 / self.sigma2**2))
+    def discrete_gaussians(self, queries):
+        # Every asked query answered: the check (one count, sensitivity 1) and the answer's two counts.
+        return [(self.sigma1, queries), (self.sigma2, 2 * queries)]
 
 
 @dataclass(frozen=True)
@@ -385,6 +399,10 @@ class ConfidentGNMax(_CheckThenGNMax):
     def release_sigma(self) -> float:
         return self.sigma2
 
+    def local_sensitivity_cap(self, order):
+        # The GNMax step's cap plus the threshold step's: its RDP lies in [0, λ/(2σ1²)].
+        return float(order) / self.sigma2 ** 2 + float(order) / (2.0 * self.sigma1 ** 2)
+
     def explain(self, row, answered, orders):
         logpr = rdp.logpr_answered(row, self.threshold, self.sigma1)
         detail = _explain_gnmax(self, row, answered, orders,
@@ -396,8 +414,8 @@ def interactive_gnmax(votes, student_probs, threshold, sigma1, sigma2, student_c
     """Interactive-GNMax (Algorithm 2 of Papernot et al. 2018): (labels, from_teachers).
 
     The teachers are asked only where they disagree with the student: if
-    max_j (v_j − K·p_j) + N(0, σ1²) ≥ T (K = teachers, p the student's probabilities), the answer is
-    GNMax's argmax_j (v_j + N(0, σ2²)); otherwise the student's own label is accepted where its
+    max_j (v_j − ⌊K·p_j⌉) + N_Z(0, σ1²) ≥ T (K = teachers, p the student's probabilities, ⌊·⌉
+    rounding to the nearest integer), the answer is GNMax's argmax_j (v_j + N_Z(0, σ2²)); otherwise the student's own label is accepted where its
     confidence max_j p_j exceeds ``student_confidence``, and the query is rejected (−1) elsewhere.
     Noise is drawn as in ``confident_gnmax`` (the (N,) check noise, then the (N, m) answer noise).
     """
@@ -417,20 +435,24 @@ def interactive_gnmax_noisy(votes, student_probs, threshold, sigma1, sigma2, stu
     sigma1, sigma2 = check_positive("sigma1", sigma1), check_positive("sigma2", sigma2)
     noise = check_noise(noise)
     k = votes.sum(axis=1, keepdims=True)
-    z1 = noise.normal((votes.shape[0],), scale=sigma1)
-    z2 = noise.normal(votes.shape, scale=sigma2)
-    ask = (votes - k * probs).max(axis=1) + z1 >= threshold
+    z1 = noise.discrete_gaussian((votes.shape[0],), sigma1)
+    z2 = noise.discrete_gaussian(votes.shape, sigma2)
+    # An integer statistic: the student's expected counts ⌊K·p_j⌉ are public (the student is trained on
+    # released labels), so one moved vote changes max_j (v_j − ⌊K·p_j⌉) by at most one, an integer
+    # shift, which is what the discrete Gaussian's bound needs (a real-valued shift is not).
+    ask = (votes - np.rint(k * probs).astype(np.int64)).max(axis=1) + z1 >= threshold
     student = np.where(probs.max(axis=1) > student_confidence, probs.argmax(axis=1), -1)
-    return (np.where(ask, np.argmax(votes + z2, axis=1), student), ask,
-            np.where(ask[:, None], votes + z2, np.nan))
+    noisy = (votes + z2).astype(np.float64)
+    return np.where(ask, np.argmax(noisy, axis=1), student), ask, np.where(ask[:, None], noisy, np.nan)
 
 
 @dataclass(frozen=True)
 class InteractiveGNMax(_CheckThenGNMax):
     """Interactive-GNMax (Papernot et al. 2018, Algorithm 2): the student, trained on the labels
     released in earlier rounds, answers where the teachers agree with it; the teachers answer
-    where they disagree. Every query pays the check (a Gaussian on max_j (v_j − K·p_j), sensitivity
-    1: one teacher changes two counts by one); a query the teachers answer pays GNMax too. The
+    where they disagree. Every query pays the check (a discrete Gaussian on the integer
+    max_j (v_j − ⌊K·p_j⌉), sensitivity 1: one teacher changes two counts by one); a query the teachers
+    answer pays GNMax too. The
     worst case of one query is that composition (no mixture bound is claimed for this statistic)."""
     student_confidence: float  # accept the student's label above this probability
     name: ClassVar[str] = "interactive-gnmax"

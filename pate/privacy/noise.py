@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 from typing import Optional
 
 import numpy as np
 from scipy.special import ndtri, ndtri_exp
 
+from . import discrete
 from .numerics import check_positive
 
 _TWO_53 = float(2**53)
@@ -112,6 +114,7 @@ class NoiseSource:
         self._rng = (None if seed is None else
                      np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(stream)]))))
         self._tail_rng = None  # seeded mode's exact-tail uniforms, made on first use
+        self._int_bits = None  # seeded mode's integer stream for the discrete samplers, made on first use
 
     @property
     def seeded(self) -> bool:
@@ -184,9 +187,72 @@ class NoiseSource:
             x.flat[edge] = np.where(u.flat[edge] == _U_LOW, low, -low)
         return x
 
+    def _below(self):
+        """A function n -> an integer uniform on [0, n): OS bits (``secrets.randbelow``), or the
+        seeded stream's own 64-bit words (PCG64's raw output, the same on every machine and numpy
+        version), by rejection so it is exactly uniform."""
+        if self._rng is None:
+            return secrets.randbelow
+        if self._int_bits is None:
+            self._int_bits = _SeededWords(np.random.PCG64(np.random.SeedSequence([int(self._seed), self._stream],
+                                                                                 spawn_key=(1,))))
+        return self._int_bits.below
+
+    def discrete_gaussian(self, size, sigma: float) -> np.ndarray:
+        """int64 draws of the discrete Gaussian N_Z(0, σ²), pmf ∝ exp(−z²/(2σ²)) on the integers, exact
+        (``pate.privacy.discrete``): what every noisy count pate releases carries."""
+        sigma = check_positive("sigma", sigma)
+        p, q = discrete.exact_square(sigma)
+        below, shape = self._below(), _shape(size)
+        out = [discrete.discrete_gaussian_one(below, p, q) for _ in range(int(np.prod(shape, dtype=np.int64)))]
+        return np.array(out, dtype=np.int64).reshape(shape)
+
+    def discrete_gaussian_exact(self, p: int, q: int) -> int:
+        """One draw of N_Z(0, p/q) as a Python integer (any size: the smooth-sensitivity release
+        draws at σ = 2⁹⁶)."""
+        if not (isinstance(p, int) and isinstance(q, int) and p > 0 and q > 0):
+            raise ValueError(f"p and q must be positive integers. Found {p!r}, {q!r}.")
+        return discrete.discrete_gaussian_one(self._below(), p, q)
+
+    def discrete_laplace(self, size, gamma: float) -> np.ndarray:
+        """int64 draws of the discrete Laplace Lap_Z(1/γ), pmf ∝ exp(−γ|z|), exact (LNMax's noise)."""
+        gamma = check_positive("gamma", gamma)
+        s, t = discrete.exact_rate(gamma)
+        below, shape = self._below(), _shape(size)
+        out = [discrete.discrete_laplace_one(below, s, t) for _ in range(int(np.prod(shape, dtype=np.int64)))]
+        return np.array(out, dtype=np.int64).reshape(shape)
+
     def __repr__(self) -> str:
         kind = f"seeded(seed={self._seed}, stream={self._stream})" if self.seeded else "os-secure"
         return f"NoiseSource({kind})"
+
+
+def _shape(size) -> tuple[int, ...]:
+    return () if size is None else tuple(int(n) for n in np.atleast_1d(size))
+
+
+class _SeededWords:
+    """Uniform integers below n from a seeded PCG64's raw 64-bit words (buffered)."""
+
+    def __init__(self, bit_generator: np.random.PCG64):
+        self._gen, self._buf, self._pos = bit_generator, np.zeros(0, dtype=np.uint64), 0
+
+    def _word(self) -> int:
+        if self._pos == len(self._buf):
+            self._buf, self._pos = self._gen.random_raw(4096), 0
+        self._pos += 1
+        return int(self._buf[self._pos - 1])
+
+    def below(self, n: int) -> int:
+        bits = max(int(n - 1).bit_length(), 1)
+        words = -(-bits // 64)
+        while True:
+            value = 0
+            for _ in range(words):
+                value = (value << 64) | self._word()
+            value >>= words * 64 - bits
+            if value < n:
+                return value
 
 
 def noise_source(seed: Optional[int] = None, stream: int = 0) -> NoiseSource:

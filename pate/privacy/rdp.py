@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import log_ndtr
 
+from . import discrete
 from .numerics import check_finite, check_orders, check_positive, check_votes, log1mexp, logsumexp_rows
 
 DEFAULT_ORDERS = np.unique(
@@ -35,15 +36,18 @@ class OrderAtEdgeWarning(UserWarning):
 
 
 def logq_gnmax(votes, sigma) -> np.ndarray:
-    """log q̃ per query: the bound on Pr[GNMax ≠ argmax] of Proposition 7 (2018 paper).
+    """log q̃ per query: the bound on Pr[GNMax ≠ argmax] of Proposition 7 (2018 paper), for the
+    discrete Gaussian noise pate draws.
 
-    q̃ = min( Σ_{j≠i*} Φ̄((v_{i*} − v_j)/(√2 σ)), 1 − 1/m ), i* = argmax v (first index on ties).
-    Each term bounds Pr[v_j + Z_j ≥ v_{i*} + Z_{i*}], since Z_j − Z_{i*} ~ N(0, 2σ²); the union
-    bound sums them, and 1 − 1/m is the trivial cap. Computed as logsumexp of log Φ̄ terms
-    (``scipy.special.log_ndtr``) so q̃ far below 1e-308 keeps its logarithm. Integer gaps make
-    the log Φ̄ values a lookup table of size n + 1.
+    q̃ = min( Σ_{j≠i*} Φ̄((v_{i*} − v_j − c)/(√2 σ)), 1 − 1/m ), i* = argmax v (first index on ties).
+    The paper's term Φ̄(gap/(√2σ)) is Pr[Z_j − Z_{i*} ≥ gap] for continuous noise; pate's noise is
+    N_Z(0, σ²) on integer counts, whose overtaking probability (ties included) is bounded by the same
+    form at the gap less c = ``discrete.gap_shift(σ, n)`` (about ½, a continuity correction, computed
+    exactly from the discrete pmfs for σ and n). The union bound sums the terms, and 1 − 1/m is the
+    trivial cap. Computed as logsumexp of log Φ̄ terms (``scipy.special.log_ndtr``) so q̃ far
+    below 1e-308 keeps its logarithm; integer gaps make them a lookup table of size n + 1.
 
-    Args: votes (N, m) non-negative integer counts; sigma > 0 (GNMax noise std).
+    Args: votes (N, m) non-negative integer counts; sigma > 0 (GNMax noise parameter).
     Returns: (N,) float array, log q̃ ∈ [−inf, log(1 − 1/m)].
     """
     votes = check_votes(votes)
@@ -54,10 +58,17 @@ def logq_gnmax(votes, sigma) -> np.ndarray:
     top_idx = np.argmax(votes, axis=1)
     top = votes[np.arange(n_rows), top_idx]
     gaps = top[:, None] - votes  # ≥ 0
-    table = log_ndtr(-np.arange(int(gaps.max()) + 1) / (math.sqrt(2.0) * sigma))
+    table = gap_log_terms(int(gaps.max()), sigma, int(votes.sum(axis=1).max()))
     terms = table[gaps]
     terms[np.arange(n_rows), top_idx] = -np.inf
     return np.minimum(logsumexp_rows(terms), math.log1p(-1.0 / m))
+
+
+def gap_log_terms(max_gap: int, sigma: float, num_teachers: int) -> np.ndarray:
+    """(max_gap + 1,) log Φ̄((g − c)/(√2σ)), g = 0..max_gap: each count's term of q̃ (``logq_gnmax``),
+    with the discrete noise's shift c = ``discrete.gap_shift(σ, n)`` (n teachers: a public number)."""
+    shift = discrete.gap_shift(float(sigma), max(int(num_teachers), int(max_gap)))
+    return log_ndtr(-(np.arange(int(max_gap) + 1) - shift) / (math.sqrt(2.0) * sigma))
 
 
 class _Prop10(NamedTuple):
@@ -222,14 +233,16 @@ def rdp_gnmax_total(votes, sigma, orders=DEFAULT_ORDERS) -> np.ndarray:
 
 
 def logpr_answered(votes, threshold, sigma1) -> np.ndarray:
-    """log Pr[Confident-GNMax answers] = log Φ̄((T − max_j v_j)/σ1) (Algorithm 1, 2018 paper).
+    """log Pr[Confident-GNMax answers] (Algorithm 1, 2018 paper), exact for pate's integer noise.
 
-    The query is answered iff max_j v_j + N(0, σ1²) ≥ T (``aggregate.confident_gnmax``).
+    The query is answered iff max_j v_j + Z ≥ T with Z ~ N_Z(0, σ1²) (``confident_gnmax``), i.e.
+    Z ≥ ⌈T − max_j v_j⌉: a tail of the discrete Gaussian, summed exactly (``discrete.log_pr_at_least``),
+    where the paper's continuous noise would give Φ̄((T − max_j v_j)/σ1).
     """
     votes = check_votes(votes)
     threshold = check_finite("threshold", threshold)
     sigma1 = check_positive("sigma1", sigma1)
-    return log_ndtr((votes.max(axis=1) - threshold) / sigma1)
+    return discrete.log_pr_at_least(votes.max(axis=1), threshold, sigma1)
 
 
 def rdp_threshold(logpr, sigma1, orders, *, return_used: bool = False):
@@ -257,7 +270,7 @@ def _threshold_logq(logpr) -> np.ndarray:
 
 
 def logq_threshold(votes, threshold, sigma1) -> np.ndarray:
-    """log min(Pr, 1 − Pr) of the threshold step, each tail from ``log_ndtr`` directly.
+    """log min(Pr, 1 − Pr) of the threshold step, each tail of the discrete Gaussian summed directly.
 
     Same value as ``_threshold_logq(logpr_answered(...))`` but exact when Pr is within 1e-16 of 1
     (there log(1 − Pr) cannot be recovered from log Pr). Feed it to ``rdp_gnmax`` at √2·σ1.
@@ -265,8 +278,8 @@ def logq_threshold(votes, threshold, sigma1) -> np.ndarray:
     votes = check_votes(votes)
     threshold = check_finite("threshold", threshold)
     sigma1 = check_positive("sigma1", sigma1)
-    z = (votes.max(axis=1) - threshold) / sigma1
-    return np.minimum(log_ndtr(z), log_ndtr(-z))
+    top = votes.max(axis=1)
+    return np.minimum(discrete.log_pr_at_least(top, threshold, sigma1), discrete.log_pr_below(top, threshold, sigma1))
 
 
 def rdp_threshold_data_independent(sigma1, orders) -> np.ndarray:
@@ -301,23 +314,24 @@ _WORST_BLOCK = 4096  # max counts per block in the worst-case search
 def rdp_confident_gnmax_worst_case(threshold, sigma1, sigma2, num_teachers, num_classes, orders) -> np.ndarray:
     """(L,) per-query RDP of Confident-GNMax that holds for every dataset: the guarantee's building block.
 
-    One query on votes x with max count v is one mechanism with outputs {⊥} ∪ {labels}:
-    Pr[⊥] = P0 = Φ̄((v − T)/σ1) and Pr[j] = P1·G_x(j), P1 = 1 − P0, where G_x is the law of
-    argmax(x + N(0, σ2²I)) drawn with fresh noise (Algorithm 1 of Papernot et al. 2018,
-    arXiv:1802.08908v1). For a neighbour x' (one teacher's vote moved), with Q0, Q1, G_x' its
-    probabilities, and v' ∈ {v − 1, v, v + 1} its max count (the max moves by at most 1):
+    One query on votes x with max count v is one mechanism with outputs {⊥} ∪ {labels or vectors}.
+    pate's noise is integer (``pate.privacy.discrete``): Pr[⊥] = P0 = Pr[v + Z1 < T] and
+    P1 = 1 − P0 = Pr[Z1 ≥ ⌈T − v⌉] for Z1 ~ N_Z(0, σ1²), summed exactly; an answered query
+    releases x + Z2 (or its argmax), Z2 ~ N_Z(0, σ2²)^m (Algorithm 1 of Papernot et al. 2018,
+    arXiv:1802.08908v1, with the discrete Gaussian of Canonne, Kamath & Steinke 2020). For a
+    neighbour x' (one teacher's vote moved), with Q0, Q1 its probabilities and v' ∈ {v − 1, v, v + 1}
+    its max count (the max moves by at most 1):
 
-        e^{(λ−1)·D_λ(M(x) ‖ M(x'))} = P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ} · Σ_j G_x(j)^λ G_x'(j)^{1−λ}
-                                    = P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ} · e^{(λ−1)·D_λ(G_x ‖ G_x')}
+        e^{(λ−1)·D_λ(M(x) ‖ M(x'))} = P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ} · e^{(λ−1)·D_λ(x + Z2 ‖ x' + Z2)}
                                     ≤ P0^λ Q0^{1−λ} + P1^λ Q1^{1−λ} · e^{(λ−1)·λ/σ2²},
 
-    because G_x is post-processing of the Gaussian mechanism x + N(0, σ2²I), whose L2 sensitivity
-    is √2 (D_λ ≤ λ·2/(2σ2²); Mironov 2017, Prop. 7), and λ − 1 > 0. That last factor is the
-    divergence of the noisy vector x + N(0, σ2²I) itself, so the bound also holds when the answered
-    branch releases the whole vector (soft labels), not only its argmax. The right side depends on x
-    only through (v, v'); its maximum over every realisable max count v ∈ [⌈n/m⌉, n] and
-    neighbour v' in that range is returned, evaluated in log space. Composition over the queries
-    asked is a sum (Mironov 2017, Prop. 1), whatever was answered.
+    because x − x' moves two counts by one each, the coordinates are independent, and for an
+    integer shift the discrete Gaussian's divergence is at most the continuous one's, λ/(2σ2²) per
+    coordinate (CKS 2020; ``discrete``). The bound covers the whole released vector (soft labels),
+    not only its argmax. The right side depends on x only through (v, v'); its maximum over every
+    realisable max count v ∈ [⌈n/m⌉, n] and neighbour v' in that range is returned, evaluated in
+    log space. Composition over the queries asked is a sum (Mironov 2017, Prop. 1), whatever was
+    answered.
     """
     threshold = check_finite("threshold", threshold)
     sigma1, sigma2 = check_positive("sigma1", sigma1), check_positive("sigma2", sigma2)
@@ -327,8 +341,8 @@ def rdp_confident_gnmax_worst_case(threshold, sigma1, sigma2, num_teachers, num_
         raise ValueError(f"need at least 1 teacher and 2 classes. Found {n} and {m}.")
     lo = -(-n // m)
     counts = np.arange(lo, n + 1)
-    z = (counts - threshold) / sigma1
-    log_p1, log_p0 = log_ndtr(z), log_ndtr(-z)
+    log_p1 = discrete.log_pr_at_least(counts, threshold, sigma1)
+    log_p0 = discrete.log_pr_below(counts, threshold, sigma1)
     gnmax = (lam - 1.0) * lam / sigma2**2
     worst = np.zeros(lam.size)
     for start in range(0, counts.size, _WORST_BLOCK):

@@ -22,11 +22,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 from scipy.special import log_ndtr, ndtri_exp
 
-from . import rdp
+from . import discrete, rdp
 from .numerics import check_finite, check_orders, check_positive, check_votes, logsumexp_rows
 
 _BLOCK_ROWS = 1024  # queries per block in the (queries × n × m) walks
@@ -231,7 +232,7 @@ def local_sensitivity_gnmax(votes, sigma, order) -> np.ndarray:
                 4.0 * float(-finite.min()) if finite.size else 0.0)
     u_max = 10.0 ** math.ceil(math.log10(u_max))  # few distinct cache keys
     geo = _geometry(sigma, order, m, u_max)
-    table = log_ndtr(-np.arange(n + 2) / (math.sqrt(2.0) * sigma))
+    table = rdp.gap_log_terms(n + 1, sigma, n)  # the same terms as rdp.logq_gnmax (discrete noise's shift)
     out = np.full((n_rows, n), geo.plateau)
     s = -np.sort(-votes, axis=1)
     for direction in ("right", "left"):
@@ -286,8 +287,9 @@ def local_sensitivity_threshold(votes, threshold, sigma1, order) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _threshold_rdp_table(n: int, threshold: float, sigma1: float, order: float) -> np.ndarray:
-    z = (np.arange(n + 1) - threshold) / sigma1
-    logq = np.minimum(log_ndtr(z), log_ndtr(-z))  # = rdp.logq_threshold for max vote v
+    top = np.arange(n + 1)
+    logq = np.minimum(discrete.log_pr_at_least(top, threshold, sigma1),  # = rdp.logq_threshold for max vote v
+                      discrete.log_pr_below(top, threshold, sigma1))
     return rdp.rdp_gnmax(logq, math.sqrt(2.0) * sigma1, [order])[:, 0]
 
 
@@ -357,6 +359,35 @@ def choose_parameters(ls_total, rdp_at_order, order, delta, *, conversion: str =
     return float(grid[i]), float(sig[i])
 
 
+SNAP_GRID = 2.0 ** -20  # every released ε lies on this grid
+_Z_BITS = 96  # the release's normal draw is an exact discrete Gaussian on the grid 2⁻⁹⁶
+
+
+def snapped_gaussian(center: float, scale: float, noise) -> float:
+    """center + scale·Z rounded to ``SNAP_GRID``, Z ~ N(0, 1), computed without a floating-point draw.
+
+    A float64 ``center + scale·Φ⁻¹(u)`` carries its inputs in its low bits (Mironov 2012), and
+    rounding it afterwards does not mend that for a small scale. Here Z is K/2⁹⁶ with K an exact
+    discrete Gaussian of σ = 2⁹⁶ (``NoiseSource.discrete_gaussian_exact``), the sum is formed and
+    rounded in exact rational arithmetic, and only the grid point is returned. This equals the ideal
+    mechanism round(center + scale·Z*), Z* ~ N(0, 1) exactly (a post-processing of GNSS), except
+    with probability ``snap_tv(scale_cap)`` at most: K matches round(2⁹⁶·Z*) but for a total
+    variation below 2⁻⁶⁰ (the discrete Gaussian against the rounded normal at σ = 2⁹⁶), and the two
+    roundings to the grid differ only when center + scale·Z* lies within scale·2⁻⁹⁷ of a grid
+    boundary, which a unimodal density of peak 1/(scale·√(2π)) allows with probability at most
+    2·scale·2⁻⁹⁷·(1/SNAP_GRID + 1/(scale·√(2π))). The accountant adds (1 + e^ε) times that to δ."""
+    k = noise.discrete_gaussian_exact(2 ** (2 * _Z_BITS), 1)
+    value = Fraction(float(center)) + Fraction(float(scale)) * Fraction(k, 2 ** _Z_BITS)
+    steps = round(value / Fraction(SNAP_GRID))
+    return float(steps * Fraction(SNAP_GRID))
+
+
+def snap_tv(scale_cap: float) -> float:
+    """The total variation between ``snapped_gaussian`` and the ideal rounded Gaussian, at any
+    scale up to ``scale_cap`` (see there)."""
+    return 2.0 ** -60 + 2.0 ** -(_Z_BITS - 1) * (float(scale_cap) / SNAP_GRID + 1.0)
+
+
 @dataclass(frozen=True)
 class SmoothSensitivityRelease:
     """A data-dependent ε released through GNSS with β and σ_ss fixed in advance (Theorem 23).
@@ -380,8 +411,10 @@ class SmoothSensitivityRelease:
 
 
 def release(ls_total, rdp_at_order, order, delta, beta, sigma_ss, noise, *,
-            conversion: str = "improved") -> SmoothSensitivityRelease:
-    """Release ε(R(λ) + rdp_ss) + σ_ss·SS_β(x)·Z, Z ~ N(0, 1) from ``noise`` (GNSS, §B.3).
+            conversion: str = "improved", scale_cap: float | None = None) -> SmoothSensitivityRelease:
+    """Release ε(R(λ) + rdp_ss) + σ_ss·SS_β(x)·Z, Z ~ N(0, 1) from ``noise`` (GNSS, §B.3), snapped to
+    the public grid ``SNAP_GRID`` (``snapped_gaussian``; ``scale_cap`` is the public bound on
+    σ_ss·SS_β that its accounting assumed, checked here).
 
     ε(·) is the fixed-order conversion ``rdp.eps_at_order``, affine with slope 1 in R, so its
     smooth sensitivity is that of R. λ, β and σ_ss must be fixed before the votes are seen: this
@@ -403,8 +436,10 @@ def release(ls_total, rdp_at_order, order, delta, beta, sigma_ss, noise, *,
     cost_ss = rdp_gnss(beta, sigma_ss, order)
     eps = rdp.eps_at_order(rdp_at_order + cost_ss, order, delta, conversion)
     noise_std = sigma_ss * ss
-    z = float(np.asarray(noise.normal(size=1)).ravel()[0])
+    if scale_cap is not None and noise_std > scale_cap * (1 + 1e-9):
+        raise ValueError(f"the release's noise scale {noise_std:g} is above its public bound {scale_cap:g}")
     return SmoothSensitivityRelease(
-        released_epsilon=eps + noise_std * z, order=order, beta=beta, sigma_ss=sigma_ss, delta=delta,
+        released_epsilon=snapped_gaussian(eps, noise_std, noise), order=order, beta=beta, sigma_ss=sigma_ss,
+        delta=delta,
         rdp_ss=cost_ss, conversion=conversion, epsilon=eps, rdp=float(rdp_at_order), smooth_sensitivity=ss,
         noise_std=noise_std)

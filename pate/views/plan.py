@@ -277,9 +277,9 @@ def calibrate(target_eps: float, cost_fn: Callable[[float], float], lo: float, h
 
 
 def calibrate_sigma2(params: PlanParams, target_eps: float) -> float:
-    """σ2 for a guarantee ≤ target over Q queries, the plan's T and σ1 kept. GNMax is one Gaussian
-    mechanism, so ``dp_accounting``'s analytic calibration (``get_sigma_gaussian``) gives its σ2
-    exactly; either way the never-overshooting bisection (``calibrate``) settles σ2 on ``guarantee``."""
+    """σ2 for a guarantee ≤ target over Q queries, the plan's T and σ1 kept. For GNMax the continuous
+    Gaussian's analytic calibration (``get_sigma_gaussian``) brackets it from below; either way the
+    never-overshooting bisection (``calibrate``) settles σ2 on ``guarantee`` (the discrete noise's own bounds)."""
     lo = 1e-3 * params.teachers
     if not params.thresholded:
         lo = 0.5 * get_sigma_gaussian(target_eps, params.delta) * math.sqrt(2.0 * params.queries)
@@ -289,18 +289,19 @@ def calibrate_sigma2(params: PlanParams, target_eps: float) -> float:
 def max_queries_within(params: PlanParams, target_eps: float) -> int:
     """The most queries (≤ the planned number) whose guarantee is within ``target_eps``.
 
-    The RDP worst case grows linearly in Q, so every Q is converted at once; the exact Gaussian
-    bound (where the mechanism is a composition of Gaussians) gives Q in closed form; the larger
-    count is checked against ``guarantee`` itself, which is what a run would publish.
+    The RDP worst case grows linearly in Q, so every Q is converted at once; the count is then moved
+    up and down against ``guarantee`` itself (the least of the RDP and PLD bounds), which is what a
+    run would publish.
     """
     rho = settings_of(replace(params, queries=1)).per_query_worst_case()
     q = np.arange(1, params.queries + 1)
     fits = rdp.eps_from_rdp_rows(q[:, None] * rho[None, :], params.order_array, params.delta, params.conversion)
     best = int(np.count_nonzero(fits <= target_eps))
-    multiplier = params.mechanism_object.gaussian_multiplier(1)
-    if multiplier is not None:
-        needed = get_sigma_gaussian(target_eps, params.delta)
-        best = max(best, min(params.queries, int((multiplier / needed) ** 2)))
+    lo, hi = best, params.queries  # the PLD bound may admit more than the RDP one: bisect (monotone in Q)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if guarantee(replace(params, queries=mid)).epsilon <= target_eps else (lo, mid - 1)
+    best = lo
     while best > 0 and guarantee(replace(params, queries=best)).epsilon > target_eps:
         best -= 1
     return best

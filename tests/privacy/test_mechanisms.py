@@ -18,30 +18,63 @@ def _binomial_ok(successes, trials, p):
     return stats.binomtest(int(successes), trials, p).pvalue > ALPHA
 
 
+# pate's noise is integer (the discrete Gaussian / discrete Laplace): the reference distributions
+# below are summed by brute force over the integers from their definitions, not from pate's tables.
+# Ties go to the first index (np.argmax), which the closed forms of the continuous noise never see.
+
+
+def _pmf(log_kernel, bound):
+    z = np.arange(-bound, bound + 1)
+    w = np.exp([log_kernel(int(k)) for k in z])
+    return z, w / w.sum()
+
+
+def _gauss(sigma):
+    return _pmf(lambda k: -k * k / (2 * sigma * sigma), int(40 * sigma) + 5)
+
+
+def _dlap(gamma):
+    return _pmf(lambda k: -gamma * abs(k), int(60 / gamma) + 5)
+
+
+def _first_wins_two(v1, v2, pmf):
+    """Pr[v1 + Z1 ≥ v2 + Z2]: class 0 wins ties."""
+    z, p = pmf
+    return float(np.sum(p[:, None] * p[None, :] * ((v1 + z)[:, None] >= (v2 + z)[None, :])))
+
+
 @pytest.mark.parametrize("v1, v2, gamma", [(10, 8, 0.5), (5, 5, 1.0), (3, 7, 0.25)])
 def test_lnmax_two_classes_closed_form(v1, v2, gamma):
-    # L2 − L1 of two iid Laplace(b): Pr[L2 − L1 < g] = 1 − ½e^{−g/b}(1 + g/(2b)) for g ≥ 0.
-    b, g = 1 / gamma, abs(v1 - v2)
-    p_top = 1 - 0.5 * math.exp(-g / b) * (1 + g / (2 * b))
-    p0 = p_top if v1 >= v2 else 1 - p_top
     labels = mechanisms.lnmax(np.tile([v1, v2], (N, 1)), gamma, noise_source(11))
-    assert _binomial_ok(np.sum(labels == 0), N, p0)
+    assert _binomial_ok(np.sum(labels == 0), N, _first_wins_two(v1, v2, _dlap(gamma)))
 
 
 @pytest.mark.parametrize("v1, v2, sigma", [(10, 8, 2.0), (6, 6, 1.0), (2, 9, 5.0)])
 def test_gnmax_two_classes_closed_form(v1, v2, sigma):
-    p0 = norm.cdf((v1 - v2) / (math.sqrt(2) * sigma))
     labels = mechanisms.gnmax(np.tile([v1, v2], (N, 1)), sigma, noise_source(12))
-    assert _binomial_ok(np.sum(labels == 0), N, p0)
+    assert _binomial_ok(np.sum(labels == 0), N, _first_wins_two(v1, v2, _gauss(sigma)))
+
+
+def test_the_continuous_closed_form_is_not_what_gnmax_draws():
+    # The float noise of earlier versions followed Φ((v1 − v2)/(√2σ)); with integer noise a tie has
+    # positive probability and goes to class 0: at v1 = v2, σ = 1, class 0 wins 0.64, not 0.5.
+    assert _first_wins_two(6, 6, _gauss(1.0)) == pytest.approx(0.5 + 0.5 * 0.2788, abs=2e-3)
+    labels = mechanisms.gnmax(np.tile([6, 6], (N, 1)), 1.0, noise_source(12))
+    assert not _binomial_ok(np.sum(labels == 0), N, norm.cdf(0.0))
 
 
 def test_gnmax_three_classes_chi_square():
     votes, sigma = np.array([12, 10, 6]), 3.0
-    # Pr[i wins] = ∫ φ(z) Π_{j≠i} Φ((v_i − v_j)/σ + z) dz on a fine grid
-    z = np.linspace(-10, 10, 20001)
-    probs = np.array([np.trapz(norm.pdf(z) * np.prod(
-        norm.cdf((votes[i] - np.delete(votes, i))[:, None] / sigma + z), axis=0), z)
-        for i in range(3)])
+    z, p = _gauss(sigma)
+    keep = p > 1e-15
+    z, p = z[keep], p[keep]
+    noisy = [votes[i] + z.reshape([-1 if a == i else 1 for a in range(3)]) for i in range(3)]
+    weight = p[:, None, None] * p[None, :, None] * p[None, None, :]
+    best = np.maximum(np.maximum(noisy[0], noisy[1]), noisy[2])
+    won0 = noisy[0] == best
+    won1 = (noisy[1] == best) & ~won0
+    won2 = ~won0 & ~won1
+    probs = np.array([np.sum(weight * won0), np.sum(weight * won1), np.sum(weight * won2)])
     labels = mechanisms.gnmax(np.tile(votes, (N, 1)), sigma, noise_source(13))
     observed = np.bincount(labels, minlength=3)
     assert stats.chisquare(observed, probs / probs.sum() * N).pvalue > ALPHA
@@ -52,18 +85,26 @@ def test_confident_gnmax_answer_rate_and_labels():
     threshold, sigma1, sigma2 = 32.0, 4.0, 3.0
     labels = mechanisms.confident_gnmax(votes, threshold, sigma1, sigma2, noise_source(14))
     answered = labels >= 0
-    assert _binomial_ok(answered.sum(), N, norm.sf((threshold - 30) / sigma1))
-    # fresh N(0, σ2²) on every count: label 0 vs 1 as GNMax(σ2) (class 2 is ~never chosen)
-    p0 = norm.cdf(5 / (math.sqrt(2) * sigma2))
-    assert _binomial_ok(np.sum(labels[answered] == 0), answered.sum(), p0)
+    z, p = _gauss(sigma1)
+    assert _binomial_ok(answered.sum(), N, float(p[30 + z >= threshold].sum()))
+    # fresh N_Z(0, σ2²) on every count: label 0 vs 1 as GNMax(σ2) (class 2 is ~never chosen)
+    assert _binomial_ok(np.sum(labels[answered] == 0), answered.sum(), _first_wins_two(30, 25, _gauss(sigma2)))
     assert set(np.unique(labels)) <= {-1, 0, 1, 2}
+
+
+def test_noisy_counts_are_integers():
+    votes = np.array([[7, 2, 1], [3, 3, 4]])
+    src = noise_source()
+    for noisy in (mechanisms.gnmax_noisy(votes, 3.3, src), mechanisms.lnmax_noisy(votes, 0.7, src),
+                  mechanisms.confident_gnmax_noisy(votes, -100.0, 2.5, 3.3, src)[1]):
+        assert np.array_equal(noisy, np.round(noisy))
 
 
 def test_draw_count_does_not_depend_on_votes():
     a, b = noise_source(5), noise_source(5)
     mechanisms.confident_gnmax(np.array([[9, 1], [0, 10]]), 5, 1, 1, a)
     mechanisms.confident_gnmax(np.array([[0, 10], [5, 5]]), 500, 1, 1, b)
-    assert a.normal(4).tolist() == b.normal(4).tolist()
+    assert a.discrete_gaussian(8, 3.0).tolist() == b.discrete_gaussian(8, 3.0).tolist()
 
 
 # ----------------------------------------------------------------------------- noise source
@@ -141,12 +182,20 @@ def test_gnmax_and_lnmax_costs():
                                rtol=1e-10)
     np.testing.assert_allclose(gn.data_independent_rdp(50, 50, ORDERS), 50 * ORDERS / 1600)
     ln = mechanisms.LNMax(gamma=0.05)
-    # Two exact Laplace(20) mechanisms per answer (checked against integration in test_worst_case),
-    # never above the generic bounds: 2γ-DP, and ε²/2-zCDP from pure DP (Bun & Steinke 2016).
-    per_answer = 2 * rdp.rdp_laplace(20.0, ORDERS)
-    np.testing.assert_allclose(ln.data_independent_rdp(7, 7, ORDERS), 7 * per_answer)
+    # Two discrete Laplace mechanisms (pmf ∝ e^{−γ|z|}) per answer, their Rényi divergence summed by
+    # brute force over the integers; never above the generic bounds: 2γ-DP, and ε²/2-zCDP from pure
+    # DP (Bun & Steinke 2016). (The continuous Laplace(20)'s would be lower: the discrete one is a
+    # little less private at the same γ, so the earlier closed form would understate the cost.)
+    z = np.arange(-4000, 4001)
+    log_p = -0.05 * np.abs(z) - math.log((1 + math.exp(-0.05)) / (1 - math.exp(-0.05)))
+    log_q = -0.05 * np.abs(z - 1) - math.log((1 + math.exp(-0.05)) / (1 - math.exp(-0.05)))
+    summed = np.array([np.logaddexp.reduce(a * log_p + (1 - a) * log_q) / (a - 1) for a in ORDERS])
+    per_answer = 2 * summed
+    assert np.all(per_answer > 2 * rdp.rdp_laplace(20.0, ORDERS))
+    np.testing.assert_allclose(ln.data_independent_rdp(7, 7, ORDERS), 7 * per_answer, rtol=1e-9)
     assert np.all(per_answer <= np.minimum(0.1, ORDERS * 0.005) + 1e-15)
-    np.testing.assert_allclose(ln.per_query_rdp(votes[:3], [True, False, True], ORDERS).sum(0), 2 * per_answer)
+    np.testing.assert_allclose(ln.per_query_rdp(votes[:3], [True, False, True], ORDERS).sum(0), 2 * per_answer,
+                               rtol=1e-9)
     assert not ln.data_dependent and not ln.thresholded
 
 
