@@ -39,15 +39,17 @@ def split_public(*, num_public: int, student_pool: int, test_size: int, num_quer
             "test_index": test_index}
 
 
-def make_partition(*, digests: np.ndarray, fingerprints: np.ndarray, num_teachers: int, keep_rate: float = 1.0,
-                   num_train: int | None = None, **public) -> dict[str, np.ndarray]:
+def make_partition(*, digests: np.ndarray, fingerprints: np.ndarray, key_id: str, num_teachers: int,
+                   keep_rate: float = 1.0, num_train: int | None = None, **public) -> dict[str, np.ndarray]:
     """Shards from each record's keyed digests (``pate.records.shard_digests``), and the public split.
 
     ``teacher_of[i]`` is record i's teacher, or -1 when the ``keep_rate`` draw leaves it out;
-    ``record_fingerprint[i]`` names it in the spend log. Both are PRIVATE."""
+    ``record_fingerprint[i]`` names it in the spend log. Both are PRIVATE. ``key_id`` names the
+    spend directory's key the fingerprints were made with (``pate.records.key_id``)."""
     if num_train is not None and len(digests) != num_train:
         raise PartitionError(f"{len(digests)} record digests for {num_train} private records")
-    return {"scheme": np.array(SCHEME), "teacher_of": assign(digests, num_teachers, keep_rate),
+    return {"scheme": np.array(SCHEME), "key_id": np.array(key_id),
+            "teacher_of": assign(digests, num_teachers, keep_rate),
             "shard_digest": np.asarray(digests, dtype=np.uint64),
             "record_fingerprint": np.asarray(fingerprints, dtype=np.uint64), **split_public(**public)}
 
@@ -59,6 +61,10 @@ def verify_partition(arrays: dict[str, np.ndarray], *, num_train: int, num_publi
     if "scheme" not in arrays or str(arrays["scheme"]) != SCHEME:
         raise PartitionError("it was made by an earlier version of pate (a shuffle of all records, whose guarantee "
                              "covers replacing a record, not adding or removing one); start a new run directory")
+    if "key_id" not in arrays or arrays["key_id"].shape != () or arrays["key_id"].dtype.kind != "U":
+        raise PartitionError("it was made by an earlier version of pate, which did not record which spend directory's "
+                             "key names its records (so its spend could be charged to another spend log); start a "
+                             "new run directory")
     missing = {"teacher_of", "shard_digest", "record_fingerprint", "query_index", "student_pool_index",
                "test_index"} - set(arrays)
     if missing:

@@ -17,10 +17,23 @@ What is hashed is the record: its content (image bytes, or for image folders the
 and its label, or, for ``.npz`` arrays holding an ``ids`` array, the stable id the user gave.
 The key is random, made once per spend directory (beside the spend log, ``pate.spend_log``), mode
 0600. It is PRIVATE: with it, anyone holding a guessed record can find its teacher and its spend.
+A run records the key's *id* (``key_id``: a keyed hash of a constant, never the key), and every
+later stage refuses to run under a spend directory with another key: the fingerprints it would
+charge would never meet that directory's, so its spend would compose with nothing.
+
+A *seeded* run (``[aggregator] seed``) keys its shard digests from the seed instead
+(``seeded_shard_key``), so the same config and data give the same shards, votes and labels on any
+machine and under any spend directory, as a seed promises. That is sound: a record's teacher and
+draw then depend on that record and public settings only, so adding or removing one record still
+changes only its own shard (the neighbour argument needs no secret), and hiding which teacher holds
+a record is no part of any guarantee; a seeded run is marked not for production anyway (its noise
+is reproducible). Its fingerprints still use the spend directory's key, so seeded and unseeded runs
+over the same records compose in the spend log, and the key-id binding holds for seeded runs too.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import zipfile
 from pathlib import Path
 
@@ -32,6 +45,7 @@ KEY_FILE = "record.key"
 KEY_BYTES = 32
 SCHEME = "keyed-hash/1"  # partition.npz's `scheme`: earlier partitions (a permutation of all records) lack it
 _SHARD, _FINGERPRINT = b"pate.shard", b"pate.record"
+_KEY_ID, _SEEDED_SHARDS = b"pate.key-id", b"pate.seeded-shards"
 MAX_ID_CHARS = 1000
 
 
@@ -46,6 +60,16 @@ def load_key(path: Path) -> bytes:
         raise RecordError(f"{path} is damaged ({len(data)} bytes, expected {KEY_BYTES}); restore it from a backup "
                           "(without it no record's teacher or spend can be found)")
     return data
+
+
+def key_id(secret: bytes) -> str:
+    """The key's public id (32 hex digits): which spend directory's key named a run's records."""
+    return hmac.new(secret, _KEY_ID, hashlib.sha256).hexdigest()[:32]
+
+
+def seeded_shard_key(seed: int) -> bytes:
+    """The shard-digest key of a seeded run: a function of the seed alone (see the module docstring)."""
+    return hmac.new(_SEEDED_SHARDS, str(int(seed)).encode(), hashlib.sha256).digest()
 
 
 def user_ids(private_file: str) -> list[str] | None:

@@ -2,14 +2,16 @@
 
 Default location ``~/.local/share/pate/spend`` (``$XDG_DATA_HOME/pate/spend`` when set);
 ``PATE_SPEND_DIR`` overrides it. It holds the secret record key (``pate.records``), the log
-(``spend.jsonl``), its head (``spend.head``: how many lines and the last MAC), and for each
+(``spend.jsonl``), its head (``spend.head``: how many lines and the last MAC, under an HMAC of their
+own so that nobody without the key can make it name an earlier line), and for each
 aggregation the sorted fingerprints of the records it charges (``records/<nonce>.npy``). Every
 file is PRIVATE (fingerprints confirm guessed records) and created 0600. An entry is appended,
 under an OS file lock, before the release it records happens.
 
 What it cannot protect against: a user who deletes the whole directory (log, head and key) starts
 afresh, as one who runs pate on another machine does; the guarantee of each release still holds,
-only their composition is no longer counted.
+only their composition is no longer counted. Nor can it tell a restore of a consistent older log,
+head and key (a backup) from the genuine older state: keep the directory where that is hard.
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ def _secret(folder: Path) -> bytes:
     secret = os.urandom(records.KEY_BYTES)
     text, mac = spend.encode_header(spend.chain_key(secret))
     atomic_write_bytes(log, text, private=True)
-    atomic_write_json(head, {"lines": 1, "mac": mac}, private=True)
+    atomic_write_json(head, spend.seal_head(spend.head_key(secret), 1, mac), private=True)
     create_exclusive(key_path, secret)
     return secret
 
@@ -89,6 +91,16 @@ def record_key() -> bytes:
     """The secret key that names records (``pate.records``), made with the spend log on first use."""
     with _locked() as (_, secret):
         return secret
+
+
+def key_id(create: bool = True) -> Optional[str]:
+    """The public id of this spend directory's record key (``pate.records.key_id``); None when there
+    is no spend log there yet and ``create`` is false (then nothing is made). A log without its key
+    is refused, as every use of the log refuses it."""
+    folder = directory()
+    if not create and not (folder / records.KEY_FILE).exists() and not (folder / LOG).exists():
+        return None
+    return records.key_id(record_key())
 
 
 def _read(folder: Path, secret: bytes) -> spend.Log:
@@ -107,7 +119,14 @@ def _read(folder: Path, secret: bytes) -> spend.Log:
     except (OSError, ValueError) as exc:
         raise _refuse(f"the spend log in {folder} is unreadable ({exc})") from None
     try:
-        return spend.parse(text, key, head_doc if isinstance(head_doc, dict) else {}, str(log))
+        return spend.parse(text, key, head_doc if isinstance(head_doc, dict) else {}, str(log),
+                           head_key=spend.head_key(secret))
+    except spend.UnsealedLogError:
+        raise SpendError(f"{log} was written by an earlier pate, whose head file ({head.name}) has no MAC, so a log "
+                         f"cut back under it cannot be detected: move {folder} aside (keep it as the record of what "
+                         "was spent) and run again to start a new spend log; its releases are then no longer "
+                         "composed with new ones, and run directories partitioned under it need a new run "
+                         "directory") from None
     except spend.SpendLogError as exc:
         raise _refuse(str(exc)) from None
 
@@ -115,7 +134,7 @@ def _read(folder: Path, secret: bytes) -> spend.Log:
 def _append(folder: Path, log: spend.Log, secret: bytes, item) -> spend.Log:
     payload, mac = spend.encode(spend.chain_key(secret), log.last_mac, item)
     append_durable(folder / LOG, payload)
-    atomic_write_json(folder / HEAD, {"lines": log.lines + 1, "mac": mac}, private=True)
+    atomic_write_json(folder / HEAD, spend.seal_head(spend.head_key(secret), log.lines + 1, mac), private=True)
     entries = log.entries + [item] if isinstance(item, spend.Entry) else log.entries
     claims = log.claims + [item] if isinstance(item, spend.Claim) else log.claims
     return spend.Log(entries, claims, log.lines + 1, mac)

@@ -94,11 +94,13 @@ def finish_votes_stage(run, votes: np.ndarray, private_data: str | None = None) 
     """Give ``run`` a real partition and the given vote matrix, as if train-teachers and vote had run.
 
     ``private_data`` names the (fake) private records: runs given the same name share their
-    records, hence their spend in the spend log (default: records of their own)."""
+    records, hence their spend in the spend log (default: records of their own). The partition
+    carries the key id of the current spend directory (``PATE_SPEND_DIR``), as the partition stage
+    writes it: later stages refuse a run partitioned under another spend directory's key."""
     import hashlib
     import uuid
 
-    from pate import records
+    from pate import records, spend_log
     from pate.io import atomic_save_npz
     from pate.partition import make_partition
     from pate.stages.context import partition_sizes
@@ -106,10 +108,11 @@ def finish_votes_stage(run, votes: np.ndarray, private_data: str | None = None) 
     sizes = partition_sizes(run.config, run.config.data.spec)
     secret = hashlib.sha256((private_data or uuid.uuid4().hex).encode()).digest()
     names = [b"%d" % i for i in range(sizes["num_train"])]
+    key_id = spend_log.key_id()
     parts = make_partition(digests=records.shard_digests(secret, names, 0),
-                           fingerprints=records.fingerprints(secret, names), seed=0, **sizes)
+                           fingerprints=records.fingerprints(secret, names), key_id=key_id, seed=0, **sizes)
     atomic_save_npz(run.file("partition.npz"), **parts)
-    run.finish("partition", ["partition.npz"])
+    run.finish("partition", ["partition.npz"], key_id=key_id)
     run.update("train-teachers", status="done", outputs={})
     atomic_save_npz(run.file("votes.npz"), private=True, votes=votes, query_index=parts["query_index"])
     run.finish("vote", ["votes.npz"])

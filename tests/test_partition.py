@@ -19,7 +19,8 @@ def dataset(n, seed=0):
 def partition(x, y, keep_rate=1.0, split_seed=0, secret=SECRET, **kw):
     names = records.identities(x, y, **kw)
     return make_partition(digests=records.shard_digests(secret, names, split_seed),
-                          fingerprints=records.fingerprints(secret, names), num_teachers=K, keep_rate=keep_rate,
+                          fingerprints=records.fingerprints(secret, names), key_id=records.key_id(secret),
+                          num_teachers=K, keep_rate=keep_rate,
                           seed=split_seed, **PUBLIC)
 
 
@@ -113,6 +114,7 @@ def test_assign_against_its_definition():
     (lambda p: p["query_index"].__setitem__(0, p["query_index"][1]), "distinct"),
     (lambda p: p.pop("test_index"), "lacks"),
     (lambda p: p.pop("scheme"), "earlier version"),
+    (lambda p: p.pop("key_id"), "earlier version of pate, which did not record which spend directory"),
     (lambda p: p.__setitem__("record_fingerprint", p["record_fingerprint"][:-1]), "describe"),
 ])
 def test_damaged_partition_is_refused(damage, message):

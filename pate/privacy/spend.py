@@ -9,12 +9,16 @@ the worst over its records. So a deleted run, a copied run directory or a datase
 lost records buys no fresh start.
 
 The log is a chain: each line carries an HMAC of itself and of the line before (a key derived from
-the spend directory's secret record key), and a head file names the last line, so an edited,
-deleted, reordered or cut line is detected. Besides entries the log holds *claims*: which process
-(a random token) may extend an aggregation's ledger, and how far that ledger had got. A copy of a
-run directory shares its aggregation's nonce; one whose ledger is behind the log's record of it,
-or a second copy at the same point once one of them has moved on, is refused, so the same queries
-are never answered twice under one entry.
+the spend directory's secret record key), and a head file names the last line, under an HMAC of
+its own (another key derived from the same secret), so an edited, deleted, reordered or cut line is
+detected: a head rewritten to name an earlier line does not verify without the key. (A restore of a
+consistent older log, head and key together cannot be told from the genuine older state.)
+
+Besides entries the log holds *claims*: which process (a random token) may extend an aggregation's
+ledger, and how far that ledger had got. A copy of a run directory shares its aggregation's nonce;
+one whose ledger is behind the log's record of it, or a second copy at the same point once one of
+them has moved on, is refused, so the same queries are never answered twice under one entry. The
+claims are the ledger's keyed tail marker: a ledger cut back is behind its latest claim.
 """
 from __future__ import annotations
 
@@ -28,13 +32,18 @@ import numpy as np
 
 from . import chain, rdp
 
-VERSION = 2
+VERSION = 3  # 3: the head file carries an HMAC (``seal_head``); 2 (an earlier pate) had a bare head
+UNSEALED_VERSION = 2
 ORDERS = rdp.DEFAULT_ORDERS  # every entry's curve is on these orders, so entries compose
 KINDS = ("aggregation", "smooth-sensitivity")
 
 
 class SpendLogError(ValueError):
     """The spend log is damaged, truncated, or edited."""
+
+
+class UnsealedLogError(SpendLogError):
+    """The spend log was written by an earlier pate, whose head file had no MAC."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,20 @@ def chain_key(secret: bytes) -> bytes:
     return hmac.new(secret, b"pate.spend-log", hashlib.sha256).digest()
 
 
+def head_key(secret: bytes) -> bytes:
+    """The key of the head file's MAC: derived from the spend directory's secret, apart from the chain key."""
+    return hmac.new(secret, b"pate.spend-head", hashlib.sha256).digest()
+
+
+def _head_mac(key: bytes, lines: int, mac: str) -> str:
+    return hmac.new(key, f"pate.spend-head/{VERSION}:{lines}:{mac}".encode(), hashlib.sha256).hexdigest()
+
+
+def seal_head(key: bytes, lines: int, mac: str) -> dict:
+    """The head file's content: the log holds ``lines`` lines ending in ``mac``, under ``head_key``."""
+    return {"lines": lines, "mac": mac, "head_mac": _head_mac(key, lines, mac)}
+
+
 def _encode(key: bytes, previous: str, obj: dict) -> tuple[bytes, str]:
     text, mac = chain.encode(key, previous, [obj])
     return text.encode(), mac
@@ -110,9 +133,11 @@ _ENTRY_FIELDS = {f.name for f in fields(Entry)}
 _CLAIM_FIELDS = {f.name for f in fields(Claim)}
 
 
-def parse(text: str, key: bytes, head: dict, path: str = "the spend log") -> Log:
+def parse(text: str, key: bytes, head: dict, path: str = "the spend log", *, head_key: bytes) -> Log:
     """The log, strictly: a line that is damaged, edited, moved, missing or cut is an error;
-    ``head`` ({"lines", "mac"}) is where the log must end."""
+    ``head`` ({"lines", "mac", "head_mac"}, ``seal_head``) is where the log must end, and its MAC
+    under ``head_key`` must hold. A log of an earlier pate (whose head had no MAC) raises
+    ``UnsealedLogError``: nothing tells a log cut under such a head from the genuine one."""
     if text and not text.endswith("\n"):
         raise SpendLogError(f"{path} ends in the middle of a line (truncated or damaged)")
     lines = text.splitlines()
@@ -125,6 +150,8 @@ def parse(text: str, key: bytes, head: dict, path: str = "the spend log") -> Log
     for number, obj in enumerate(objs, start=1):
         kind = obj.get("kind")
         if number == 1:
+            if kind == "header" and obj.get("version") == UNSEALED_VERSION:
+                raise UnsealedLogError(f"{path} was written by an earlier pate, whose head file has no MAC")
             if kind != "header" or obj.get("version") != VERSION:
                 raise SpendLogError(f"{path} does not start with a spend-log header of version {VERSION}")
             continue
@@ -139,10 +166,16 @@ def parse(text: str, key: bytes, head: dict, path: str = "the spend log") -> Log
         raise SpendLogError(f"{path} is empty (no header)")
     # The head is rewritten just after each append: a crash between the two leaves the log a line
     # ahead of it (that line's MAC checked, so written with the key); a log behind its head was cut.
+    # The head's own MAC stops a head rewritten to name an earlier line (its count and that line's
+    # MAC are in the log for anyone to copy; the head key is not).
     count = head.get("lines")
     if not isinstance(count, int) or not 1 <= count <= len(lines) or macs[count - 1] != head.get("mac"):
         raise SpendLogError(f"{path} holds {len(lines)} lines but its head file records {head.get('lines')}: lines "
                             "were cut from its end or it was replaced")
+    if not isinstance(head.get("head_mac"), str) or not hmac.compare_digest(
+            head["head_mac"], _head_mac(head_key, count, macs[count - 1])):
+        raise SpendLogError(f"the head file of {path} does not carry a valid MAC (it was rewritten without the "
+                            "key: lines cut from the log's end with the head made to match, or the head replaced)")
     return Log(entries, claims, len(lines), macs[-1])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import data as data_mod
+from .. import spend_log
 from ..config import DatasetSpec, PipelineConfig
 from ..io import CheckpointError, load_checkpoint
 from ..models import build_model
@@ -122,12 +123,27 @@ def partition_sizes(config: PipelineConfig, spec: DatasetSpec) -> dict:
 
 
 def load_partition(ctx: Context) -> dict[str, np.ndarray]:
+    """The run's partition, checked, and only under the spend directory whose key named its records."""
     arrays = ctx.run.load_npz(PARTITION)
     try:
         verify_partition(arrays, **partition_sizes(ctx.config, ctx.spec))
     except PartitionError as exc:
         raise RunError(f"{ctx.run.file(PARTITION)} is invalid: {exc}") from None
+    check_record_key(ctx.run, str(arrays["key_id"]))
     return arrays
+
+
+def check_record_key(run: RunDir, recorded: str) -> None:
+    """Refuse a run partitioned under another spend directory's record key: its fingerprints would
+    never meet this directory's, so its spend would compose with nothing (and ``total_budget`` would
+    not see it). Makes no spend directory where there is none."""
+    current = spend_log.key_id(create=False)
+    if current != recorded:
+        where = spend_log.directory()
+        this = f"this one is {where} (key id {current})" if current else f"this one, {where}, has no key yet"
+        raise RunError(f"{run.path} was partitioned under the record key of another spend directory (key id "
+                       f"{recorded}); {this}: run it with PATE_SPEND_DIR set to the one it was partitioned under, or "
+                       "start a new run directory")
 
 
 def load_dataset(ctx: Context) -> data_mod.Dataset:

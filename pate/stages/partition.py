@@ -45,8 +45,13 @@ def run(ctx: Context) -> None:
     sizes = partition_sizes(config, dataset.spec)
     names = record_names(config, dataset)
     secret = spend_log.record_key()
-    arrays = make_partition(digests=records.shard_digests(secret, names, config.data.split_seed),
-                            fingerprints=records.fingerprints(secret, names), seed=config.data.split_seed, **sizes)
+    # A seeded run's shards come from the seed (the same on every machine and spend directory); its
+    # fingerprints, like every run's, from the spend directory's key (``pate.records``).
+    shard_key = records.seeded_shard_key(config.aggregator.seed) if config.seeded else secret
+    key_id = records.key_id(secret)
+    arrays = make_partition(digests=records.shard_digests(shard_key, names, config.data.split_seed),
+                            fingerprints=records.fingerprints(secret, names), key_id=key_id,
+                            seed=config.data.split_seed, **sizes)
     pool = selection.order_pool(arrays["student_pool_index"], dataset.public_x[arrays["student_pool_index"]],
                                 sizes["num_queries"], config.aggregator.query_selection)  # public images only
     arrays.update(student_pool_index=pool, query_index=pool[:sizes["num_queries"]].copy())
@@ -58,7 +63,7 @@ def run(ctx: Context) -> None:
     ctx.run.begin(NAME)
     atomic_save_npz(ctx.run.file(PARTITION), private=True, **arrays)
     atomic_write_json(ctx.run.file(DATA), data_json(dataset, config.data.source), private=True)
-    finish(ctx, NAME, scheme=records.SCHEME)
+    finish(ctx, NAME, scheme=records.SCHEME, key_id=key_id)
     shard = np.bincount(arrays["teacher_of"][arrays["teacher_of"] >= 0], minlength=config.teachers.count)
     later = config.aggregator.query_selection in selection.CHOSEN_BETWEEN_ROUNDS  # uncertainty: chosen in rounds
     ctx.say(f"partition: {kept} private records -> {config.teachers.count} shards of "

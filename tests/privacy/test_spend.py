@@ -1,13 +1,19 @@
 """The spend log's per-record composition and its chain, against hand-composed RDP and brute force."""
+import json
 import math
 
 import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
 
-from pate.privacy import spend
+from pate.privacy import chain, spend
 
 KEY = spend.chain_key(bytes(32))
+HEAD_KEY = spend.head_key(bytes(32))
+
+
+def parse(text, head, key=KEY, head_key=HEAD_KEY):
+    return spend.parse(text, key, head, head_key=head_key)
 
 
 def entry(nonce="a" * 32, kind="aggregation", draw=0, scale=1.0, eps=1.0, delta=1e-5):
@@ -54,13 +60,13 @@ def log_text(*items):
     for item in items:
         more, mac = spend.encode(KEY, mac, item)
         text += more
-    return text.decode(), {"lines": 1 + len(items), "mac": mac}
+    return text.decode(), spend.seal_head(HEAD_KEY, 1 + len(items), mac)
 
 
 def test_parse_round_trip():
     claim = spend.Claim("a" * 32, "t" * 32, 256, "m" * 64)
     text, head = log_text(entry("a" * 32), claim, entry("b" * 32))
-    log = spend.parse(text, KEY, head)
+    log = parse(text, head)
     assert [e.nonce for e in log.entries] == ["a" * 32, "b" * 32] and log.claims == [claim]
     assert log.latest_claim("a" * 32) == claim and log.latest_claim("b" * 32) is None
 
@@ -80,18 +86,47 @@ def test_edits_deletions_and_cuts_are_refused(damage, message):
     assert "0.0625" in text  # the curve value edited below (order 100 / 1600)
     lines, head = damage(text.splitlines(keepends=True), head)
     with pytest.raises(spend.SpendLogError, match=message):
-        spend.parse("".join(lines), KEY, head)
+        parse("".join(lines), head)
 
 
 def test_another_key_is_refused():
     text, head = log_text(entry())
     with pytest.raises(spend.SpendLogError, match="integrity"):
-        spend.parse(text, spend.chain_key(bytes([1] * 32)), head)
+        parse(text, head, key=spend.chain_key(bytes([1] * 32)))
 
 
 def test_a_crash_between_an_append_and_the_head_update_loses_nothing():
     text, head = log_text(entry("a" * 32), entry("b" * 32))
-    behind = {"lines": head["lines"] - 1, "mac": spend.parse(log_text(entry("a" * 32))[0], KEY,
-                                                             log_text(entry("a" * 32))[1]).last_mac}
-    log = spend.parse(text, KEY, behind)  # the head still names the line before the last append
+    behind = log_text(entry("a" * 32))[1]  # the head as the append before the last one sealed it
+    log = parse(text, behind)  # the head still names the line before the last append
     assert [e.nonce for e in log.entries] == ["a" * 32, "b" * 32]
+
+
+def test_a_log_cut_back_under_a_head_rewritten_from_its_own_lines_is_refused():
+    """Issue 30 row 3: cut before the second entry, head set to the line count and the MAC on the new
+    last line (both readable in the log, no key needed): the head's own MAC does not verify."""
+    claim = spend.Claim("a" * 32, "t" * 32, 256, "m" * 64)
+    text, head = log_text(entry("a" * 32), claim, entry("b" * 32), claim)
+    lines = text.splitlines(keepends=True)[:3]  # header, first entry, its claim
+    last_mac = json.loads(lines[-1])["mac"]
+    for forged in ({"lines": 3, "mac": last_mac},  # a bare head, as an earlier pate wrote it
+                   {"lines": 3, "mac": last_mac, "head_mac": head["head_mac"]},  # the old head's MAC kept
+                   spend.seal_head(spend.head_key(bytes([1] * 32)), 3, last_mac)):  # sealed under another key
+        with pytest.raises(spend.SpendLogError, match="valid MAC"):
+            parse("".join(lines), forged)
+    assert len(parse("".join(lines), spend.seal_head(HEAD_KEY, 3, last_mac)).entries) == 1  # with the key: fine
+
+
+def test_an_edited_head_mac_is_refused():
+    text, head = log_text(entry("a" * 32), entry("b" * 32))
+    flipped = head["head_mac"][:-1] + ("0" if head["head_mac"][-1] != "0" else "1")
+    with pytest.raises(spend.SpendLogError, match="valid MAC"):
+        parse(text, {**head, "head_mac": flipped})
+
+
+def test_a_log_of_an_earlier_pate_with_a_bare_head_is_refused_as_such():
+    text, mac = chain.encode(KEY, "", [{"kind": "header", "version": spend.UNSEALED_VERSION}])
+    more, mac = spend.encode(KEY, mac, entry("a" * 32))
+    with pytest.raises(spend.UnsealedLogError, match="earlier pate"):
+        parse(text + more.decode(), {"lines": 2, "mac": mac})
+

@@ -179,8 +179,80 @@ def test_a_tampered_spend_log_refuses_the_next_aggregation(tmp_path, case):
     damage, message = tamper_cases()[case]
     first = unseeded_run(tmp_path, "first", total_budget=1e4)
     stage.run(first)
-    damage(spend_log.directory())
+    # made before the damage: its partition records the spend directory's key id, read from the log
     second = unseeded_run(tmp_path, "second", total_budget=1e4)
+    damage(spend_log.directory())
     with pytest.raises(PateError, match=message):
         stage.run(second)
     assert not second.run.file("ledger.jsonl").exists() and not second.run.file("labels.npz").exists()
+
+
+def test_a_log_cut_back_under_a_head_rewritten_from_its_own_lines_is_refused(tmp_path):
+    """Issue 30 row 3: two releases; the log cut before the second entry and spend.head rewritten to
+    the line count and the MAC printed on the new last line (no key needed). The head's own MAC does
+    not verify, so every read of the log (``pate status``'s and an aggregation's) refuses it."""
+    first = unseeded_run(tmp_path, "first", total_budget=1e4)
+    copy = copy_run(first, tmp_path, "copy")  # a second release on the same records
+    stage.run(first)
+    stage.run(copy)
+    third = unseeded_run(tmp_path, "third", total_budget=1e4)
+    folder = spend_log.directory()
+    lines = (folder / spend_log.LOG).read_text().splitlines(keepends=True)
+    second = [i for i, line in enumerate(lines) if json.loads(line).get("kind") == "aggregation"][1]
+    (folder / spend_log.LOG).write_text("".join(lines[:second]))
+    (folder / spend_log.HEAD).write_text(json.dumps({"lines": second, "mac": json.loads(lines[second - 1])["mac"]}))
+    for read in (spend_log.entries, lambda: spend_log.total(np.arange(3, dtype=np.uint64), 1e-5),
+                 lambda: stage.run(third)):
+        with pytest.raises(spend_log.SpendError, match="valid MAC") as refused:
+            read()
+        assert "\n" not in str(refused.value)
+    assert not third.run.file("ledger.jsonl").exists() and not third.run.file("labels.npz").exists()
+
+
+def test_an_edited_head_mac_is_refused_and_a_log_one_line_ahead_of_its_head_accepted(tmp_path, monkeypatch):
+    first = unseeded_run(tmp_path, "first", total_budget=1e4)
+    stage.run(first)
+    head = spend_log.directory() / spend_log.HEAD
+    sealed = json.loads(head.read_text())
+    # a crash between the log append and the head rewrite: the log is one line ahead of its head
+    write = spend_log.atomic_write_json
+
+    def crash_on_head(path, *args, **kwargs):
+        if path == head:
+            raise KeyboardInterrupt
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(spend_log, "atomic_write_json", crash_on_head)
+    one = spend_log.entries()[0]
+    with pytest.raises(KeyboardInterrupt):
+        spend_log.begin(spend.Entry(**{**one.__dict__, "nonce": "9" * 32}), np.arange(3, dtype=np.uint64))
+    monkeypatch.setattr(spend_log, "atomic_write_json", write)
+    assert json.loads(head.read_text()) == sealed  # the head still names the line before
+    assert [e.nonce for e in spend_log.entries()][-1] == "9" * 32  # accepted, the appended entry counted
+    second = unseeded_run(tmp_path, "second", total_budget=1e4)
+    stage.run(second)  # and the next aggregation goes on
+    sealed = json.loads(head.read_text())
+    bare = {k: v for k, v in sealed.items() if k != "head_mac"}  # as an earlier pate wrote it, on a new log
+    for edit in ({**sealed, "head_mac": sealed["head_mac"][::-1]}, bare):
+        head.write_text(json.dumps(edit))
+        with pytest.raises(spend_log.SpendError, match="valid MAC"):
+            spend_log.entries()
+
+
+def test_a_spend_directory_of_an_earlier_pate_is_refused_with_what_to_do():
+    """A head with no MAC cannot show the log was not cut: refused in one line, never upgraded (an
+    upgrade on read would accept a log cut under an earlier pate's head)."""
+    from pate import records
+    from pate.privacy import chain
+
+    folder = spend_log.directory()
+    folder.mkdir(parents=True)
+    secret = bytes(range(32))
+    text, mac = chain.encode(spend.chain_key(secret), "", [{"kind": "header", "version": spend.UNSEALED_VERSION}])
+    (folder / spend_log.LOG).write_text(text)
+    (folder / spend_log.HEAD).write_text(json.dumps({"lines": 1, "mac": mac}))
+    (folder / records.KEY_FILE).write_bytes(secret)
+    with pytest.raises(spend_log.SpendError, match=f"earlier pate.*has no MAC.*move {folder} aside") as refused:
+        spend_log.entries()
+    assert "\n" not in str(refused.value)
+    assert json.loads((folder / spend_log.HEAD).read_text()) == {"lines": 1, "mac": mac}  # left as it was
