@@ -40,10 +40,11 @@ def test_worst_case_is_the_composition_of_its_two_gaussians():
     np.testing.assert_allclose(mech.worst_case_rdp(640, orders, num_teachers=250, num_classes=10), 640 * per_query)
     settings = accounting.Settings(mech, 250, 10, 640, 1e-5, tuple(orders))
     g = accounting.guarantee(settings)
-    # The exact conversion of a composition of Gaussians: one Gaussian of noise multiplier
-    # 1/sqrt(Q (1/σ1² + 2/σ2²)) (analytic Gaussian mechanism, Balle & Wang 2018).
+    # The continuous Gaussians' exact conversion: one Gaussian of noise multiplier
+    # 1/sqrt(Q (1/σ1² + 2/σ2²)) (analytic Gaussian mechanism, Balle & Wang 2018). pate's noise is the
+    # discrete Gaussian, whose own PLD (connect-the-dots, pessimistic) lands within 1e-5 of it here.
     exact = get_epsilon_gaussian(1 / math.sqrt(640 * (1 / 150 ** 2 + 2 / 40 ** 2)), 1e-5)
-    assert g.epsilon == pytest.approx(exact, rel=1e-6) and g.accountant == "pld"
+    assert g.epsilon == pytest.approx(exact, rel=1e-5) and g.accountant == "pld"
     # and it costs more than Confident-GNMax's mixture bound on the same settings (no free lunch claimed)
     confident = accounting.guarantee(accounting.Settings(mechanisms.ConfidentGNMax(200, 150, 40), 250, 10, 640,
                                                          1e-5, tuple(orders)))

@@ -2,8 +2,10 @@
 
 import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
+from scipy import stats
 import pytest
 
 from pate.privacy.mechanisms import ConfidentGNMax
@@ -121,12 +123,15 @@ def test_release_by_hand():
     smooth = max(1.0, 2 * math.exp(-0.1), 3 * math.exp(-0.2))
     rdp_ss = order * math.exp(2 * beta) / sigma_ss**2 + (beta * order - 0.5 * math.log(1 - 2 * order * beta)) / (order - 1)
     eps = 0.5 + rdp_ss + math.log(1 - 1 / order) - math.log(delta * order) / (order - 1)
-    z = noise_source(7).normal(size=1)[0]
+    # the draw: Z = K/2⁹⁶, K an exact discrete Gaussian of σ 2⁹⁶; the sum rounded to the public grid
+    k = noise_source(7).discrete_gaussian_exact(2 ** 192, 1)
+    exact = Fraction(eps) + Fraction(sigma_ss * smooth) * Fraction(k, 2 ** 96)
     assert res.smooth_sensitivity == pytest.approx(smooth)
     assert res.sigma_ss == sigma_ss and res.beta == beta and res.rdp_ss == pytest.approx(rdp_ss)
     assert res.epsilon == pytest.approx(eps)
     assert res.noise_std == pytest.approx(sigma_ss * smooth)
-    assert res.released_epsilon == pytest.approx(eps + sigma_ss * smooth * z)
+    assert res.released_epsilon == pytest.approx(float(exact), abs=ss.SNAP_GRID)
+    assert res.released_epsilon / ss.SNAP_GRID == round(res.released_epsilon / ss.SNAP_GRID)  # on the grid
     # the release's own cost at every order below 1/(2β), +inf above
     curve = ss.rdp_gnss_curve(beta, sigma_ss, [2.0, 4.0, 5.0, 6.0])
     assert curve[0] == pytest.approx(rdp_ss) and np.isfinite(curve[1]) and np.isinf(curve[2:]).all()
@@ -144,7 +149,16 @@ def test_choose_parameters_picks_the_least_expected_bound():
     assert beta == pytest.approx(ss.default_betas(10.0)[best])
     assert sigma == pytest.approx((10 * math.exp(2 * beta) / ss.smooth_sensitivity(ls, beta)) ** (1 / 3))
     zero = ss.release(np.zeros(250), 1.0, 10.0, 1e-5, beta, sigma, noise_source(1))
-    assert zero.noise_std == 0 and zero.released_epsilon == zero.epsilon
+    assert zero.noise_std == 0 and zero.released_epsilon == pytest.approx(zero.epsilon, abs=ss.SNAP_GRID / 2)
+
+
+def test_snapped_release_is_the_rounded_gaussian():
+    draws = np.array([ss.snapped_gaussian(1.25, 0.03, noise_source()) for _ in range(3000)])
+    assert np.all(draws / ss.SNAP_GRID == np.round(draws / ss.SNAP_GRID))  # every value on the public grid
+    assert stats.kstest(draws, "norm", args=(1.25, 0.03)).pvalue > 1e-4
+    # the low bits carry nothing: a float draw c + s·Φ⁻¹(u) would be on no common grid
+    assert len(np.unique(np.round(draws / ss.SNAP_GRID) % 1)) == 1
+    assert ss.snap_tv(1e3) < 1e-15
 
 
 @pytest.mark.parametrize("kwargs, message", [
