@@ -310,7 +310,9 @@ class PrivacyConfig:
     ss_order: float = 0.0
     ss_beta: float = 0.0
     ss_sigma: float = 0.0
-    total_budget: float = 0.0  # epsilon over every release on this private data (spend log); 0 = none
+    # Each record's epsilon over every release in the spend log: an individual filter (the partition leaves
+    # out a record this run would take past it; a run whose own worst case passes it is refused); 0 = none.
+    total_budget: float = 0.0
     # Individual mechanisms (private-knn): each private record's budget, epsilon at delta; a CSV of
     # `record,epsilon` rows (record = file path under private_dir, or index) sets it per record.
     record_epsilon: float = 1.0

@@ -54,6 +54,18 @@ def make_partition(*, digests: np.ndarray, fingerprints: np.ndarray, key_id: str
             "record_fingerprint": np.asarray(fingerprints, dtype=np.uint64), **split_public(**public)}
 
 
+def leave_out(arrays: dict[str, np.ndarray], past: np.ndarray) -> dict[str, np.ndarray]:
+    """The partition less the drawn records that ``past`` marks: the individual filter of ``[privacy]
+    total_budget`` (``pate.spend_log.past_budget``), applied before anything learns from the data.
+    A left-out record's ``teacher_of`` becomes -1, as if the draw had left it out: no teacher trains
+    on it, no neighbourhood holds it, the spend log never charges it. ``left_out`` says which
+    (PRIVATE, as is how many: both depend on the spend log and on which records are in the data)."""
+    teacher_of = np.array(arrays["teacher_of"], copy=True)
+    left = np.asarray(past, dtype=bool).reshape(teacher_of.shape) & (teacher_of >= 0)
+    teacher_of[left] = -1
+    return {**arrays, "teacher_of": teacher_of, "left_out": left}
+
+
 def verify_partition(arrays: dict[str, np.ndarray], *, num_train: int, num_public: int, num_teachers: int,
                      student_pool: int, test_size: int, num_queries: int, keep_rate: float = 1.0,
                      num_pool: int | None = None) -> None:
@@ -73,9 +85,13 @@ def verify_partition(arrays: dict[str, np.ndarray], *, num_train: int, num_publi
     if teacher_of.shape != (num_train,) or prints.shape != (num_train,) or prints.dtype != np.uint64 \
             or digests.shape != (num_train, 2) or digests.dtype != np.uint64:
         raise PartitionError(f"teacher_of, shard_digest and record_fingerprint must describe {num_train} records")
-    if (teacher_of >= 0).sum() == 0 or not np.array_equal(teacher_of, assign(digests, num_teachers, keep_rate)):
+    drawn = assign(digests, num_teachers, keep_rate)
+    left_out = arrays["left_out"] if "left_out" in arrays else np.zeros(num_train, dtype=bool)
+    if left_out.shape != (num_train,) or left_out.dtype != bool or (left_out & (drawn < 0)).any():
+        raise PartitionError(f"left_out must mark which of the {num_train} records drawn [privacy] total_budget left out")
+    if (drawn >= 0).sum() == 0 or not np.array_equal(teacher_of, np.where(left_out, -1, drawn)):
         raise PartitionError("teacher_of does not assign each record to the teacher its keyed hash names "
-                             f"(teachers 0..{num_teachers - 1}, the configured draw)")
+                             f"(teachers 0..{num_teachers - 1}, the configured draw, less the records left out)")
     pool, test, queries = arrays["student_pool_index"], arrays["test_index"], arrays["query_index"]
     for name, index, size in (("student_pool_index", pool, student_pool), ("test_index", test, test_size),
                               ("query_index", queries, num_queries)):

@@ -159,11 +159,16 @@ def _total(folder, log, fingerprints, delta, conversion, extra=None) -> spend.To
 
 
 def _refuse_past_budget(total: spend.Total, before: spend.Total, total_budget: float, what: str) -> None:
+    """The safety net behind the partition's individual filter (``past_budget``): that filter leaves
+    out every record this run would take past ``total_budget``, so this refusal only happens when
+    releases on the run's records were logged after its partition (PRIVATE: it depends on them)."""
     if total_budget and total.epsilon > total_budget:
         raise SpendError(
-            f"{what} would bring the privacy spent on a record of this private data to epsilon {total.epsilon:.3f} "
-            f"(delta {total.delta:g}, {total.releases} releases), past [privacy] total_budget = {total_budget:g}; "
-            f"spent so far: {before.epsilon:.3f}. Nothing was released")
+            f"{what} would bring a record of this run to epsilon {total.epsilon:.3f} (delta {total.delta:g}, "
+            f"{total.releases} releases; {before.epsilon:.3f} before it), past [privacy] total_budget = "
+            f"{total_budget:g}: releases on its records were logged after this run's partition left them room (a copy "
+            "of this run directory or another run on the same records aggregated meanwhile, or a smooth-sensitivity "
+            "draw was repeated). Nothing was released; a new run directory's partition leaves such records out")
 
 
 def begin(entry: spend.Entry, fingerprints: np.ndarray, *, total_budget: float = 0.0, conversion: str = "improved",
@@ -171,7 +176,8 @@ def begin(entry: spend.Entry, fingerprints: np.ndarray, *, total_budget: float =
     """Charge ``entry`` to the records ``fingerprints`` before its release begins, unless an entry
     with its nonce is there already (a resumed aggregation); refuse it when the worst record's
     composed total would pass ``total_budget`` (0 = none), counting ``planned`` (a curve about to
-    be drawn as well, e.g. the smooth-sensitivity release) too. Returns the worst record's total."""
+    be drawn as well, e.g. the smooth-sensitivity release) too: a safety net, since the partition
+    left out every record that would (``past_budget``). Returns the worst record's total (PRIVATE)."""
     prints = np.unique(np.asarray(fingerprints, dtype=np.uint64))
     with _locked() as (folder, secret):
         log = _read(folder, secret)
@@ -254,3 +260,30 @@ class Holder:
                                  "(nothing more is released from it)")
             write()
             self._claim(folder, secret, log, decided, mac)
+
+
+def each_total(fingerprints: np.ndarray, delta: float, conversion: str = "improved",
+               extra: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N,) the composed ε of each record named by ``fingerprints`` over every entry of the log that
+    charges it, and ``extra`` (an RDP curve on ``spend.ORDERS`` about to charge all of them) if
+    given. PRIVATE: a record's total depends on which releases hold it. Records held by the same
+    entries share one total, computed once."""
+    prints = np.asarray(fingerprints, dtype=np.uint64).reshape(-1)
+    unique, inverse = np.unique(prints, return_inverse=True)
+    with _locked() as (folder, secret):
+        log = _read(folder, secret)
+        totals = spend.each(log.entries, _members(folder, log.entries, unique), delta, conversion, extra)
+    return totals[np.asarray(inverse).reshape(-1)] if len(prints) else np.zeros(0)
+
+
+def past_budget(fingerprints: np.ndarray, extra: np.ndarray, total_budget: float, delta: float,
+                conversion: str = "improved") -> np.ndarray:
+    """(N,) bool: which records named by ``fingerprints`` a release of RDP curve ``extra`` (on
+    ``spend.ORDERS``) would take past ``total_budget`` (0 = none: no record). The individual filter
+    of ``[privacy] total_budget`` (Feldman & Zrnic 2021, arXiv:2008.11193, individual privacy
+    accounting via a Rényi filter): a run leaves such records out of its data, so every record's
+    total over this log stays within the budget whichever records a dataset holds. PRIVATE."""
+    prints = np.asarray(fingerprints, dtype=np.uint64).reshape(-1)
+    if not total_budget or not len(prints):
+        return np.zeros(len(prints), dtype=bool)
+    return each_total(prints, delta, conversion, extra) > total_budget

@@ -111,6 +111,15 @@ def finish_votes_stage(run, votes: np.ndarray, private_data: str | None = None) 
     key_id = spend_log.key_id()
     parts = make_partition(digests=records.shard_digests(secret, names, 0),
                            fingerprints=records.fingerprints(secret, names), key_id=key_id, seed=0, **sizes)
+    if run.config.privacy.total_budget:  # the partition stage's individual filter, against the log as it is now
+        from pate import spend_log
+        from pate.aggregation.settings import spend_curve
+        from pate.partition import leave_out
+
+        priv = run.config.privacy
+        parts = leave_out(parts, spend_log.past_budget(
+            parts["record_fingerprint"], spend_curve(run.config, run.config.data.spec.num_classes),
+            priv.total_budget, priv.delta, priv.conversion))
     atomic_save_npz(run.file("partition.npz"), **parts)
     run.finish("partition", ["partition.npz"], key_id=key_id)
     run.update("train-teachers", status="done", outputs={})

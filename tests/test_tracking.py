@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from pate import config as config_mod
-from pate import tracking
+from pate import spend_log, tracking
 from pate.cli import main
 
 from .conftest import TINY_PIPELINE, edit_pipeline
@@ -54,6 +54,14 @@ def _private_tokens(run_dir: Path, images: Path) -> tuple[set[str], set[str]]:
     long_tokens |= {repr(v) for v in figures}
     with np.load(run_dir / "partition.npz") as parts:
         assert len(parts["teacher_of"]) == PRIVATE_SIZE
+        prints = parts["record_fingerprint"]
+    # what the data's records spent over the spend log, composed: it depends on which records are in
+    # the data (issue 30 row 2), so it is as private as the rest (the test gives them an earlier release)
+    public = json.loads((run_dir / "privacy.json").read_text())["public"]
+    total = spend_log.total(prints, public["delta"])
+    assert total.releases == 2 and f"{total.epsilon:.3f}" != f"{public['guarantee']['epsilon']:.3f}"
+    long_tokens |= {"spent_on_this_private_data", "release(s)", repr(total.epsilon)}
+    figures.append(total.epsilon)
     short_numbers = {f"{v:.3f}" for v in figures} | {f"{v:.2f}" for v in figures[:3]} | {str(PRIVATE_SIZE)}
     assert len(data["files"]["private"]) == PRIVATE_SIZE and len(long_tokens) > 2 * PRIVATE_SIZE
     return long_tokens, short_numbers
@@ -74,6 +82,19 @@ def _leaks(store: Path, long_tokens: set[str], short_numbers: set[str]) -> list[
     return found
 
 
+def _an_earlier_release_on(run_dir: Path) -> None:
+    """Charge the run's records an earlier release (another run's, at another cost) in the spend
+    log, so that their composed total differs from this run's guarantee."""
+    from pate.privacy import spend
+
+    with np.load(run_dir / "partition.npz") as parts:
+        prints = parts["record_fingerprint"][parts["teacher_of"] >= 0]
+    curve = 0.37 * np.asarray(spend.ORDERS, dtype=float) ** 0  # a flat RDP curve: any earlier release
+    spend_log.begin(spend.Entry(kind="aggregation", nonce="e" * 32, draw=0, run_dir="elsewhere", pipeline="other",
+                                time="earlier", mechanism="gnmax", epsilon=2.5, delta=1e-4,
+                                rdp=spend.curve_field(curve), seeded=False, records=0, records_sha256=""), prints)
+
+
 @pytest.mark.slow
 def test_a_tracked_run_holds_the_public_fields_and_nothing_private(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
@@ -82,6 +103,7 @@ def test_a_tracked_run_holds_the_public_fields_and_nothing_private(tmp_path, mon
     from pate.stages import vote
 
     images, run_dir, store = tmp_path / "images", tmp_path / "run", tmp_path / "mlruns"
+    monkeypatch.setenv("PATE_SPEND_DIR", str(tmp_path / "spend"))
     write_folders(images, private=PRIVATE_SIZE)
     pipeline = tmp_path / "tiny.toml"
     pipeline.write_text(FOLDERS_PIPELINE + TRACKING.format(uri=store))
@@ -101,6 +123,7 @@ def test_a_tracked_run_holds_the_public_fields_and_nothing_private(tmp_path, mon
     (first,) = client.search_runs([experiment.experiment_id])
     assert first.info.status == "FAILED" and first.data.tags["pate.stages_done"] == "2/6"
     assert {"seconds/partition", "seconds/train-teachers"} == set(first.data.metrics)
+    _an_earlier_release_on(run_dir)
 
     # the rerun resumes the pate run and continues the same MLflow run
     result = invoke("run", pipeline, *args)

@@ -2,7 +2,8 @@
 
 1. the family loads and checks what it decides from, before any privacy is spent;
 2. the run's worst-case cost is charged to each of its records in the spend log, under a fresh
-   nonce (refused past ``[privacy] total_budget``; nothing about the run has changed then);
+   nonce (the partition left out every record it would take past ``[privacy] total_budget``; a
+   release logged on the others since is refused here, before anything about the run has changed);
 3. the ledger is created, or resumed after checking it, and this process claims it in the spend
    log (a stale copy of the run directory is refused);
 4. the family decides the queries after the ledger's last, a chunk at a time; each chunk goes to the
@@ -31,7 +32,7 @@ from ..run import RunError, now
 from ..stages import finish
 from ..stages.context import LABELS, LEDGER, PRIVACY, Context, load_partition
 from .ledger_files import decided, expected_ledger_header, ledger_key, load_ledger
-from .settings import privacy_settings
+from .settings import privacy_settings, spend_curves
 
 STAGE = "aggregate"
 CHUNK = 256  # queries decided, and written to the ledger, at a time
@@ -92,7 +93,7 @@ def run(ctx: Context, *, load: Callable, decide: Callable, conclude: Callable) -
         atomic_write_json(ctx.run.file(PRIVACY), outcome.report, private=True)
     finish(ctx, STAGE)
     ctx.say(f"{outcome.summary}; a record of this private data has now spent at most epsilon {total.epsilon:.3f} "
-            f"over {total.releases} release(s)")
+            f"over {total.releases} release(s) (PRIVATE: it depends on which records are in the data)")
 
 
 def records_of(mech: Mechanism, votes: np.ndarray, start: int, labels: np.ndarray, query_index: np.ndarray,
@@ -156,7 +157,9 @@ def nonce(ctx: Context) -> str:
 
 
 def _charged_records(ctx: Context) -> np.ndarray:
-    """Keyed fingerprints of the records this run's teachers (or voters) learn from (PRIVATE)."""
+    """Keyed fingerprints of the records this run's teachers (or voters) learn from (PRIVATE): every
+    record with a teacher, none that the ``private_size`` draw or the ``total_budget`` filter left
+    out (``teacher_of`` -1), so a left-out record is neither charged nor named in the log."""
     parts = load_partition(ctx)
     return parts["record_fingerprint"][parts["teacher_of"] >= 0]
 
@@ -171,12 +174,12 @@ def _spend_entry(ctx: Context, kind: str, draw: int, curve, eps: float) -> spend
 
 def log_aggregation(ctx: Context, settings: accounting.Settings) -> spend.Total:
     """Charge the run's worst-case cost to each of its records in the spend log before any query is
-    decided (once per aggregation; the planned smooth-sensitivity release counts against the budget)."""
+    decided (once per aggregation; the planned smooth-sensitivity release counts against the budget).
+    The curves are those the partition's individual filter checked each kept record against
+    (``spend_curves``), so past ``total_budget`` this refuses only after a race."""
     config = ctx.config
-    on_log_orders = privacy_settings(config, ctx.spec.num_classes, spend.ORDERS)
-    queries_only = accounting.worst_case_curve(replace(on_log_orders, release=None), accounting.max_queries(settings))
+    queries_only, planned = spend_curves(config, ctx.spec.num_classes)
     eps = accounting.guarantee(replace(settings, release=None)).epsilon
-    planned = on_log_orders.release_rdp() if settings.release is not None else None
     entry = _spend_entry(ctx, "aggregation", 0, queries_only, eps)
     return spend_log.begin(entry, _charged_records(ctx), total_budget=config.privacy.total_budget,
                            conversion=config.privacy.conversion, planned=planned)

@@ -3,12 +3,13 @@ entry and the plan are computed from, before any vote is seen."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from .. import budgets
 from ..config import ConfigError, PipelineConfig
-from ..privacy import accounting, individual
+from ..privacy import accounting, individual, spend
 from ..privacy.accounting import resolve_orders
 from ..stages.context import mechanism
 
@@ -55,7 +56,40 @@ def check_accountable(config: PipelineConfig, num_classes: int) -> accounting.Gu
     if not math.isfinite(guarantee.epsilon):
         raise ConfigError("the privacy settings give no finite guarantee (epsilon is infinite at every order); "
                           "check [aggregator] sigma1, sigma2, gamma and [privacy] orders")
+    check_total_budget(config, num_classes)
     return guarantee
+
+
+def spend_curves(config: PipelineConfig, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """What this run charges each of its records in the spend log, on ``spend.ORDERS``, from the
+    settings alone: its queries at their worst (the aggregation's entry) and its planned
+    smooth-sensitivity release (None without one)."""
+    on_log = privacy_settings(config, num_classes, spend.ORDERS)
+    queries = accounting.worst_case_curve(replace(on_log, release=None),
+                                          accounting.max_queries(privacy_settings(config, num_classes)))
+    return queries, (on_log.release_rdp() if on_log.release is not None else None)
+
+
+def spend_curve(config: PipelineConfig, num_classes: int) -> np.ndarray:
+    """This run's whole worst-case charge to each record (``spend_curves`` summed)."""
+    queries, planned = spend_curves(config, num_classes)
+    return queries + (0 if planned is None else planned)
+
+
+def check_total_budget(config: PipelineConfig, num_classes: int) -> None:
+    """Refuse a run whose own worst case, composed as the spend log composes it (RDP on its orders),
+    is above ``[privacy] total_budget``: its individual filter would leave out every record. A
+    public fact, decided from the settings alone, whatever the data and the spend log hold."""
+    budget = config.privacy.total_budget
+    if not budget:
+        return
+    own = spend.composed([], np.zeros((1, 0), dtype=bool), config.privacy.delta, config.privacy.conversion,
+                         spend_curve(config, num_classes)).epsilon
+    if own > budget:
+        raise ConfigError(f"[privacy] total_budget = {budget:g} is below this run's own worst case (epsilon {own:.3f} "
+                          f"at delta {config.privacy.delta:g}, composed in RDP as the spend log composes releases): "
+                          "every record would be left out; raise total_budget or lower the run's worst case "
+                          "(`pate plan` shows it)")
 
 
 def gaussian_budgets(epsilon: np.ndarray, config: PipelineConfig) -> np.ndarray:

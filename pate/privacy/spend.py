@@ -219,3 +219,18 @@ def _one(held: list[Entry], curves: np.ndarray, delta: float, conversion: str, e
         return Total(count, math.inf, delta, None)
     eps, order = rdp.eps_from_rdp(total[finite], ORDERS[finite], delta, conversion, warn_edge=False)
     return Total(count, float(eps), delta, float(order))
+
+
+def each(entries: Sequence[Entry], members: np.ndarray, delta: float, conversion: str = "improved",
+         extra: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N,) each record's composed ε, as ``composed`` computes the worst one: records held by the
+    same entries share one total, computed once per group (PRIVATE: a record's total depends on
+    which releases hold it, hence on which other records were in their data)."""
+    members = np.asarray(members, dtype=bool).reshape(len(members), len(entries))
+    if not len(members):
+        return np.zeros(0)
+    curves = np.array([e.curve() for e in entries]).reshape(len(entries), len(ORDERS))
+    groups, inverse = np.unique(members, axis=0, return_inverse=True)
+    totals = np.array([_one([e for e, m in zip(entries, group) if m], curves[group], delta, conversion,
+                            extra).epsilon for group in groups])
+    return totals[np.asarray(inverse).reshape(-1)]

@@ -1,7 +1,8 @@
 """Answer queries with the noisy aggregator, writing the ledger before each label; account privacy.
 
 Before the first query the run's worst-case guarantee is charged to each of its records in the spend
-log (refused if it would pass ``[privacy] total_budget``). Queries are decided in fixed chunks; a
+log (the partition left out those it would take past ``[privacy] total_budget``; a release logged on
+the others since then is refused). Queries are decided in fixed chunks; a
 chunk's decisions go to the ledger in one fsynced write before anything else happens, and
 ``labels.npz`` (the release) is written from the ledger only at the end, so a rerun continues after
 the ledger's last line and never re-decides a recorded query. The protocol and each mechanism

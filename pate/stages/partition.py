@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import records, selection, spend_log
 from ..io import atomic_save_npz, atomic_write_json
-from ..partition import make_partition, verify_partition
+from ..aggregation.settings import check_total_budget, spend_curve
+from ..partition import leave_out, make_partition, verify_partition
 from ..run import RunError
 from . import finish
 from .context import DATA, PARTITION, Context, data_json, load_dataset, partition_sizes
@@ -59,6 +60,11 @@ def run(ctx: Context) -> None:
     if kept < config.teachers.count:
         raise RunError(f"the [data] private_size draw kept {kept} records, fewer than the {config.teachers.count} "
                        "teachers; raise private_size or lower [teachers] count")
+    if config.privacy.total_budget:  # an individual filter: a record this run would take past it is left out
+        check_total_budget(config, dataset.spec.num_classes)  # the run alone above it: refused, whatever the data
+        arrays = leave_out(arrays, spend_log.past_budget(
+            arrays["record_fingerprint"], spend_curve(config, dataset.spec.num_classes), config.privacy.total_budget,
+            config.privacy.delta, config.privacy.conversion))  # how many: PRIVATE (`pate status`), never published
     verify_partition(arrays, **sizes)
     ctx.run.begin(NAME)
     atomic_save_npz(ctx.run.file(PARTITION), private=True, **arrays)

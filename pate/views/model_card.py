@@ -69,7 +69,7 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
                 if student.get("accuracy") is not None else "unknown: this data has no labelled test split")
     label_accuracy = doc.get("label_accuracy")
     release = p.get("data_dependent_release")
-    total = doc.get("spent_on_this_private_data")
+    claim = doc.get("spend_log")
     lines = [
         *front_matter(run, doc),
         f"# Model card: {config.name} student",
@@ -117,9 +117,8 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
     if release:
         lines.append(f"- Data-dependent cost released with smooth-sensitivity noise (not a guarantee): epsilon "
                      f"{release['epsilon']:.3f} at order {release['order']:g}.")
-    if total:
-        lines.append(f"- Spent on the same private records by every run so far (the worst-off record): epsilon "
-                     f"{total['epsilon']:.3f} at delta {total['delta']:g} over {total['releases']} release(s).")
+    if claim:  # what holds for every dataset; a record's composed total is PRIVATE (``summary.spend_log_claim``)
+        lines.append(f"- Earlier releases: {claim['statement']}")
     if p.get("seeded"):
         lines.append("- **The noise was SEEDED for reproducibility: this is not a production privacy guarantee.**")
     lines += ["- The public images are not protected: the guarantee is about the private records only.",

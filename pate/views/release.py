@@ -6,10 +6,12 @@ inside, its weights as safetensors, ``student.json`` saying how to use and rebui
 only on request), a model card, and the public privacy
 statement (JSON and text): the worst-case guarantee and δ, the accountant, the mechanism and
 every fixed setting, queries asked and answered, the smooth-sensitivity figure if one was
-released, whether noise was seeded, and the privacy spent on the same private data by every run.
-Nothing in it is computed from the votes except through a mechanism's noise (the labels, what was
-answered, the noisy release) and post-processing of those on public data (the student, its
-accuracy on the public test split).
+released, whether noise was seeded, and with ``[privacy] total_budget`` that budget's promise. What
+earlier releases spent on the same records is never in it: that total depends on which records are
+in the data (whether one record is in it is readable from two runs' totals), so it stays in the
+private views (``pate status``, the summary). Nothing in it is computed from the votes except
+through a mechanism's noise (the labels, what was answered, the noisy release) and post-processing
+of those on public data (the student, its accuracy on the public test split).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from ..io import atomic_write_bytes, atomic_write_json
 from ..run import RunDir, RunError, now, run_directory_holding
 from ..stages import NAMES
 from ..stages.context import DATA, LABELS, data_spec, read_metrics, read_privacy, student_model
-from . import model_card, summary
+from . import model_card
+from .summary import spend_log_claim
 
 STATEMENT_JSON, STATEMENT_TEXT = "statement.json", "statement.txt"
 LABELS_CSV, LABELS_NPZ, MODEL_CARD = "labels.csv", "labels.npz", "model-card.md"
@@ -52,15 +55,12 @@ def statement(run: RunDir, written: tuple[str, ...] = FILES) -> dict:
     config = run.config
     public = read_privacy(run)["public"]
     metrics = read_metrics(run)
-    total = summary.spent(run, public["delta"])
     spec = data_spec(run)
     return {
         "pipeline": config.name, "dataset": config.data.public_name, "classes": list(spec.classes) or None,
         "generated": now(), "pate_version": __version__,
         "privacy": public,
-        "spent_on_this_private_data": None if total is None else {
-            "epsilon": total.epsilon, "delta": total.delta, "releases": total.releases,
-            "note": "every aggregation and smooth-sensitivity release over the same private data, composed (RDP)"},
+        "spend_log": spend_log_claim(config.privacy.total_budget, public["delta"]),
         "student": {"arch": config.student.arch, "method": config.student.method, "classes": spec.num_classes,
                     "input": [spec.channels, spec.image_size, spec.image_size], "mean": list(spec.mean),
                     "std": list(spec.std), "accuracy": metrics.get("student_accuracy"),
@@ -77,7 +77,7 @@ def statement(run: RunDir, written: tuple[str, ...] = FILES) -> dict:
 
 def statement_text(doc: dict) -> str:
     p = doc["privacy"]
-    g, release, total = p["guarantee"], p.get("data_dependent_release"), doc["spent_on_this_private_data"]
+    g, release, claim = p["guarantee"], p.get("data_dependent_release"), doc["spend_log"]
     settings = ", ".join(f"{k} {v}" for k, v in p["settings"].items() if v is not None)
     lines = [f"Privacy statement: {doc['pipeline']} ({doc['dataset']}), pate {doc['pate_version']}",
              "",
@@ -90,9 +90,7 @@ def statement_text(doc: dict) -> str:
         lines.append(f"Data-dependent cost, released with smooth-sensitivity noise (the PATE papers' convention, "
                      f"not a guarantee): epsilon {release['epsilon']:.3f} at order {release['order']:g} "
                      f"(beta {release['beta']:g}, sigma_ss {release['sigma_ss']:g}, fixed in advance).")
-    if total:
-        lines.append(f"Privacy spent on the same private data by every run so far: epsilon {total['epsilon']:.3f} "
-                     f"at delta {total['delta']:g} over {total['releases']} release(s).")
+    lines.append(claim["statement"])
     if p.get("seeded"):
         lines.append("Noise was SEEDED for reproducibility: this is not a production privacy guarantee.")
     student = doc["student"]

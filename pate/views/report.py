@@ -23,7 +23,7 @@ from ..aggregation.ledger_files import ledger_order
 from ..aggregation.settings import orders
 from ..stages.context import METRICS, PRIVACY, STUDENT_HISTORY, TEACHERS_EVAL, mechanism
 from . import audit, figures, summary
-from .summary import NOT_COVERED, PRIVATE, PUBLIC
+from .summary import NOT_COVERED, PRIVATE, PUBLIC, spend_log_claim
 
 HTML_NAME = "report.html"
 BADGES = summary.LABELS
@@ -257,8 +257,10 @@ def _figure_html(out: Path, section: Section, wide: bool) -> str:
             "</figure>")
 
 
-def publishable_html(privacy: dict, total=None) -> str:
-    """The statement box: the guarantee first; the papers' data-dependent figure, if released, beside it."""
+def publishable_html(privacy: dict, claim: dict | None = None) -> str:
+    """The statement box: the guarantee first; the papers' data-dependent figure, if released, beside it;
+    ``claim`` (``summary.spend_log_claim``): what it says of earlier releases, the same for every
+    dataset (a record's composed total is PRIVATE: it is in the summary table, marked so)."""
     public, esc = privacy["public"], html.escape
     g, release = public["guarantee"], public.get("data_dependent_release")
     parts = [f"<p><b>The guarantee (safe to publish).</b> ε = {g['epsilon']:.3f} at δ = {g['delta']:g}, "
@@ -270,9 +272,8 @@ def publishable_html(privacy: dict, total=None) -> str:
                      f"order {release['order']:g}, β {release['beta']:g}, σ_ss {release['sigma_ss']:g}, fixed in "
                      f"advance): ε = {release['epsilon']:.3f}. This is the convention of the PATE papers, for "
                      "comparison with them; it is not a guarantee.</p>")
-    if total is not None:
-        parts.append(f"<p>Privacy spent on this private data by every run so far, composed: ε = {total.epsilon:.3f} "
-                     f"at δ = {total.delta:g} over {total.releases} release(s).</p>")
+    if claim is not None:
+        parts.append(f"<p>{esc(claim['statement'])}</p>")
     if public.get("seeded"):
         parts.append('<p class="seeded">Noise was SEEDED: the run is reproducible, which is not a production '
                      "privacy guarantee.</p>")
@@ -304,7 +305,7 @@ def render_html(run: RunDir, report: Report, privacy: dict) -> str:
 <p class="meta">Run directory {esc(str(run.path))} · config {esc(config.fingerprint()[:16])} · {esc(config.data.public_name)},
 {config.teachers.count} teachers, {esc(config.aggregator.mechanism)} · generated {esc(generated)} by <code>pate report</code></p>
 <div class="publish">
-{publishable_html(privacy, summary.spent(run, config.privacy.delta))}
+{publishable_html(privacy, spend_log_claim(config.privacy.total_budget, privacy["public"]["delta"]))}
 </div>
 <div class="privacy">
 <p><b>PRIVATE page: do not publish it as a whole.</b> Views marked {_badge(PRIVATE)} are derived from the ledger

@@ -91,9 +91,9 @@ def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
     else:
         out.append(("ε data-dependent (papers' convention)", private.get("error", "unavailable"), PRIVATE))
     total = spent(run, g["delta"])
-    if total is not None:
+    if total is not None:  # which records two runs share is a fact about the data: never published
         out.append(("ε spent on this private data (worst record, all runs composed)",
-                    f"{total.epsilon:.3f} at δ {total.delta:g} over {total.releases} release(s)", PUBLIC))
+                    f"{total.epsilon:.3f} at δ {total.delta:g} over {total.releases} release(s)", PRIVATE))
     if public.get("seeded"):
         out.append(("noise", "SEEDED: reproducible, not a production privacy guarantee", ""))
     return out
@@ -101,13 +101,39 @@ def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
 
 def spent(run: RunDir, delta: float):
     """The composed spend of the worst-off record of this run's private data, over every release
-    that charged it in any run (``pate.spend_log``), or None before partition."""
+    that charged it in any run (``pate.spend_log``), or None before partition. PRIVATE: it depends
+    on which records are in the data, so no release, model card, public report or MLflow holds it."""
     if not run.is_done("partition"):
         return None
     parts = run.load_npz("partition.npz")
     if "record_fingerprint" not in parts:
         return None  # a partition of an earlier version: refused by every stage that reads it
     return spend_log.total(parts["record_fingerprint"], delta, run.config.privacy.conversion)
+
+
+def spend_log_claim(total_budget: float, delta: float) -> dict:
+    """What the statement says about earlier releases on the same records: only what holds for
+    every dataset (the settings alone). The composed total a record has spent is PRIVATE: runs over
+    records r300-r599 and over those plus r0 would show 1 and 2 releases once r0 was in an earlier
+    run, so publishing it (or refusing the run for it) would tell whether r0 is in the data."""
+    if total_budget:
+        budget = f"{total_budget:g}" if float(f"{total_budget:g}") == total_budget else repr(float(total_budget))
+        return {"total_budget": total_budget, "delta": delta, "statement": (
+            f"Every record this release used has spent at most epsilon {budget} at delta {delta:g} over all "
+            "releases recorded in its spend log, this one included ([privacy] total_budget, composed in Renyi DP): "
+            "records that this run would have taken past it were left out of the run; how many is not published.")}
+    return {"total_budget": None, "delta": delta, "statement": (
+        "What earlier releases spent on the same records is not published: it depends on which records are in "
+        "the data. The data holder's spend log composes it.")}
+
+
+def left_out(run: RunDir) -> int | None:
+    """How many records ``[privacy] total_budget``'s filter left out of the run (PRIVATE), or None
+    before partition or without a budget."""
+    if not run.is_done("partition") or not run.config.privacy.total_budget:
+        return None
+    parts = run.load_npz("partition.npz")
+    return int(parts["left_out"].sum()) if "left_out" in parts else 0
 
 
 def render_text(run: RunDir) -> str:

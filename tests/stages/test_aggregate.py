@@ -318,11 +318,33 @@ def test_the_spend_log_composes_every_aggregation_of_the_same_private_data(tmp_p
     assert f"epsilon {total.epsilon:.3f}" in status.output and "2 release(s)" in status.output
     stage.run(runs[1])  # a rerun of a finished aggregation adds nothing
     assert summary.spent(runs[1].run, 1e-5).releases == 2
-    # a third aggregation past the total budget is refused before anything is decided
-    ctx, votes = make_run(tmp_path, "third", privacy={"total_budget": total.epsilon + 1.0})
+    # a third run with a total budget its records would pass: the partition leaves them out (it is
+    # never refused for them), the release goes ahead and charges none of them
+    from pate import spend_log
+
+    ctx, votes = make_run(tmp_path, "third", privacy={"total_budget": total.epsilon + 1e-6})
     finish_votes_stage(ctx.run, votes, private_data="same-private-data")
+    with np.load(ctx.run.file("partition.npz")) as parts:
+        prints, left_out, teacher_of = parts["record_fingerprint"], parts["left_out"], parts["teacher_of"]
+    assert left_out.any() and (teacher_of[left_out] == -1).all()
+    stage.run(ctx)
+    assert ctx.run.is_done("aggregate") and spend_log.total(prints, 1e-5).releases == 2
+    assert spend_log.total(prints, 1e-5).epsilon <= total.epsilon + 1e-6
+    # past the budget only through a race (a release logged after the partition): refused, nothing decided
+    from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
+
+    from pate.privacy import spend
+
+    curve = spend_log.entries()[0].curve()
+    three, four = (dp_rdp.compute_epsilon(spend.ORDERS, k * curve, 1e-5)[0] for k in (3, 4))
+    ctx, votes = make_run(tmp_path, "fourth", privacy={"total_budget": (three + four) / 2})  # room for one more
+    finish_votes_stage(ctx.run, votes, private_data="same-private-data")
+    assert not np.load(ctx.run.file("partition.npz"))["left_out"].any()
+    race, race_votes = make_run(tmp_path, "race")
+    finish_votes_stage(race.run, race_votes, private_data="same-private-data")
+    stage.run(race)
     before = ctx.run.file("manifest.json").read_text()
-    with pytest.raises(PateError, match="total_budget"):
+    with pytest.raises(PateError, match="total_budget.*logged after this run's partition"):
         stage.run(ctx)
     assert not ctx.run.file("ledger.jsonl").exists()
     after = json.loads(ctx.run.file("manifest.json").read_text())

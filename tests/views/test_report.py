@@ -96,7 +96,11 @@ def test_page_says_which_epsilon_to_publish_and_what_is_private(report_out, run_
     g = privacy["public"]["guarantee"]
     assert f'<p class="eps">ε = {g["epsilon"]:.3f} · δ = {g["delta"]:g}</p>' in page
     assert "The guarantee (safe to publish)" in page and "PRIVATE page: do not publish it as a whole" in page
-    assert "Privacy spent on this private data by every run so far" in page
+    # the composed spend of the data's records is PRIVATE: in the summary table, marked so, not in the box
+    assert "Privacy spent on this private data by every run so far" not in page
+    assert "What earlier releases spent on the same records is not published" in page
+    assert re.search(r"<th>ε spent on this private data \(worst record, all runs composed\)</th><td>[^<]*release\(s\)"
+                     r'</td><td><span class="badge private">PRIVATE</span>', page)
     assert "ledger.jsonl" in page and "SEEDED" in page
     for section in ("cumulative_epsilon", "vote_gaps", "label_accuracy_consensus"):
         figure = re.search(rf'<figure id="{section}".*?</figure>', page, re.S).group(0)
