@@ -193,7 +193,6 @@ def max_queries(settings: Settings) -> int:
 
 
 PLD_TAIL = 1e-15  # δ set aside for the noise beyond dp_accounting's discrete Gaussian support (1e-30 a draw)
-PLD_MAX_EPSILON = 20.0  # past it e^ε·(draws)·1e-30 could approach PLD_TAIL: the RDP bound is used
 
 
 def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
@@ -203,9 +202,12 @@ def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
     Discrete Gaussian mechanisms: ``dp_accounting``'s PLD of the discrete Gaussian itself
     (``from_discrete_gaussian_mechanism``, sensitivity 1, pessimistic connect-the-dots: Doroshenko
     et al. 2022, whose error does not grow with the loss's own grid), one per coordinate that a
-    moved vote changes, composed. That PLD is of the noise truncated where less than 1e-30 of its
-    mass lies beyond; pate draws it untruncated, so ``PLD_TAIL`` of δ pays for the difference
-    (total variation at most 1e-30 a draw, times 1 + e^ε). The continuous Gaussian's analytic
+    moved vote changes, composed. That PLD is of the noise truncated to |z| ≤ ⌈11.6σ⌉, beyond which
+    less than 1e-30 of its mass lies; pate draws it untruncated. The truncated pair is the same pmf
+    shifted by the sensitivity, so both have the same normaliser and the same likelihood ratio
+    wherever both are defined: the untruncated pair's hockey-stick divergence exceeds the truncated
+    one's by at most the mass outside the truncation, 1e-30 a draw, with no e^ε factor.
+    ``PLD_TAIL`` of δ pays for it (up to 10¹⁵ draws). The continuous Gaussian's analytic
     conversion would be about another mechanism: the discrete Gaussian is not always the more
     private one (Canonne, Kamath & Steinke 2020, Sec. 4). Discrete Laplace (LNMax): the
     accountant's own ``DiscreteLaplaceDpEvent``."""
@@ -230,7 +232,7 @@ def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
 @functools.lru_cache(maxsize=64)
 def _pld_discrete_gaussian(parts: tuple[tuple[float, int], ...], delta: float) -> float:
     draws = sum(count for _, count in parts)
-    if delta <= 2 * PLD_TAIL or draws * 1e-30 * (1 + math.exp(PLD_MAX_EPSILON)) > PLD_TAIL:
+    if delta <= 2 * PLD_TAIL or draws * 1e-30 > PLD_TAIL:
         return math.inf
     total = None
     for sigma, count in parts:
@@ -238,8 +240,7 @@ def _pld_discrete_gaussian(parts: tuple[tuple[float, int], ...], delta: float) -
             float(sigma), sensitivity=1, value_discretization_interval=1e-4, use_connect_dots=True)
         composed = one.self_compose(int(count))
         total = composed if total is None else total.compose(composed)
-    eps = float(total.get_epsilon_for_delta(delta - PLD_TAIL))
-    return eps if eps <= PLD_MAX_EPSILON else math.inf
+    return float(total.get_epsilon_for_delta(delta - PLD_TAIL))
 
 
 @functools.lru_cache(maxsize=64)
