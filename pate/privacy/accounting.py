@@ -193,6 +193,8 @@ def max_queries(settings: Settings) -> int:
 
 
 PLD_TAIL = 1e-15  # δ set aside for the noise beyond dp_accounting's discrete Gaussian support (1e-30 a draw)
+PLD_SIGMA = (0.5, 1e4)  # outside, the discrete Gaussian's PLD takes seconds to minutes (its support is ~23σ
+# integers, its loss range ~23/σ): the RDP bound is used there
 
 
 def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
@@ -230,15 +232,19 @@ def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
 
 
 @functools.lru_cache(maxsize=64)
+def _discrete_gaussian_pld(sigma: float):
+    return privacy_loss_distribution.from_discrete_gaussian_mechanism(
+        sigma, sensitivity=1, value_discretization_interval=1e-4, use_connect_dots=True)
+
+
+@functools.lru_cache(maxsize=64)
 def _pld_discrete_gaussian(parts: tuple[tuple[float, int], ...], delta: float) -> float:
     draws = sum(count for _, count in parts)
-    if delta <= 2 * PLD_TAIL or draws * 1e-30 > PLD_TAIL:
+    if delta <= 2 * PLD_TAIL or draws * 1e-30 > PLD_TAIL or not all(PLD_SIGMA[0] <= s <= PLD_SIGMA[1] for s, _ in parts):
         return math.inf
     total = None
     for sigma, count in parts:
-        one = privacy_loss_distribution.from_discrete_gaussian_mechanism(
-            float(sigma), sensitivity=1, value_discretization_interval=1e-4, use_connect_dots=True)
-        composed = one.self_compose(int(count))
+        composed = _discrete_gaussian_pld(float(sigma)).self_compose(int(count))
         total = composed if total is None else total.compose(composed)
     return float(total.get_epsilon_for_delta(delta - PLD_TAIL))
 

@@ -4,6 +4,13 @@ Secure by default (privacy invariant 3): draws come from the OS CSPRNG. A seed m
 reproducible for tests and debugging, and every privacy output then says it is not a production
 guarantee (``NoiseSource.seeded``).
 
+Every noisy count is drawn with ``discrete_gaussian`` or ``discrete_laplace``: exact integer
+samplers (``pate.privacy.discrete``; Canonne, Kamath & Steinke 2020) fed with uniform integers from
+the OS (``secrets.randbelow``) or, seeded, from a PCG64 stream's raw 64-bit words, which are the
+same on every machine. The float draws below (``normal``, ``laplace``, ``uniform``) are kept for
+what is not a released count; the one real number pate releases, the smooth-sensitivity figure,
+is drawn exactly and snapped to a public grid (``smooth_sensitivity.snapped_gaussian``).
+
 Tails are drawn exactly (issue 22). An inverse CDF applied to 53-bit uniforms alone cannot go
 beyond its outermost grid point, |Z| ≈ 8.2 (Φ⁻¹(2⁻⁵³)) for the normal and 36·b for the Laplace, and
 such a truncated mechanism is not the Gaussian (Laplace) mechanism whose exact tails the accountant
@@ -97,11 +104,10 @@ class NoiseSource:
                  tail as above, with uniforms from a separate generator (the SeedSequence's child
                  0), so every value not in those bins is the same as before, draw for draw.
     ``uniform`` is unchanged in both modes.
-    What remains (both modes): inside the bulk a draw is the inverse CDF of a 53-bit grid point,
-    rounded to float64: a discrete approximation of the real distribution, whose bins are hit with
-    probability 1/(2⁵³ − 1) rather than their exact mass, and whose outputs' low-order bits are not
-    those of a real-valued draw (Mironov 2012). The privacy analysis treats each draw as exact; a
-    label release exposes only the argmax, a soft-label release the float64 vector itself.
+    What remains (both modes): inside the bulk a float draw is the inverse CDF of a 53-bit grid
+    point, rounded to float64, whose low-order bits are not those of a real-valued draw (Mironov
+    2012): that is why no released count is drawn this way (``discrete_gaussian``,
+    ``discrete_laplace``).
     """
 
     def __init__(self, seed: Optional[int] = None, stream: int = 0):
