@@ -223,6 +223,8 @@ def _train_epoch(ensemble, opt, slices, plans, data, device, amp, report, epoch,
     params = list(ensemble.weights) + list(ensemble.biases)
     steps, done = sum(p[0].shape[0] for p in plans), 0
     loss_sum = torch.zeros(ensemble.num_teachers, dtype=torch.float64)
+    if len(x_all) == 0:  # every shard empty (a total_budget filter left every record out): nothing to learn
+        return loss_sum
     for sl, (index, mask, shifts) in zip(slices, plans):
         # A group trains as its own small module: slicing the big parameters would make every
         # backward allocate and zero a gradient for all K teachers.

@@ -242,3 +242,16 @@ def test_private_knn_left_out_records_neither_vote_nor_are_charged(tmp_path, fak
 def hoods_records(run_dir):
     with np.load(run_dir / "neighbours.npz") as hoods:
         return hoods["records"].copy()
+
+
+def test_a_run_whose_every_record_is_left_out_still_runs_to_its_release(tmp_path):
+    # Every record spent one run in A and the budget has room for one: B on the same records leaves
+    # them all out; its teachers learn from nothing (empty shards), and the run ends in a release as
+    # any other (refusing it would tell that the records were there), without a traceback.
+    one, two = run_curve_epsilons(config_mod.load(pipeline_for(tmp_path / "probe", np.arange(10))))
+    release_labels(partition(tmp_path / "a", np.arange(300)))
+    pipeline = pipeline_for(tmp_path / "b", np.arange(300), (one + two) / 2)
+    result = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(tmp_path / "b" / "run"), "-q"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    b = Context(run=open_run(tmp_path / "b" / "run", config_mod.load(pipeline)), quiet=True)
+    assert (parts_of(b)["teacher_of"] == -1).all() and (tmp_path / "b" / "run-release" / "statement.json").exists()
