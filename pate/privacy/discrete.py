@@ -136,14 +136,18 @@ def log_upper_tail(sigma: float, at) -> np.ndarray:
 def log_pr_at_least(counts, threshold: float, sigma: float) -> np.ndarray:
     """log Pr[c + Z ≥ T] = log Pr[Z ≥ ⌈T − c⌉] for integer counts c, Z ~ N_Z(0, σ²): the
     threshold step of Confident-GNMax on integer counts."""
-    need = np.ceil(float(threshold) - np.asarray(counts, dtype=float)).astype(np.int64)
-    return log_upper_tail(sigma, need)
+    return log_upper_tail(sigma, _needed(counts, threshold))
+
+
+def _needed(counts, threshold: float) -> np.ndarray:
+    """⌈T − c⌉ = ⌈T⌉ − c for integer counts, in integers: the float T − c may round (T = 1e-14, c = 250
+    gives exactly −250.0), the mechanism's own comparison c + z ≥ T does not."""
+    return math.ceil(float(threshold)) - np.asarray(counts, dtype=np.int64)
 
 
 def log_pr_below(counts, threshold: float, sigma: float) -> np.ndarray:
     """log Pr[c + Z < T] = log Pr[Z ≤ ⌈T − c⌉ − 1] = log Pr[Z ≥ 1 − ⌈T − c⌉] (symmetry)."""
-    need = np.ceil(float(threshold) - np.asarray(counts, dtype=float)).astype(np.int64)
-    return log_upper_tail(sigma, 1 - need)
+    return log_upper_tail(sigma, 1 - _needed(counts, threshold))
 
 
 @functools.lru_cache(maxsize=64)

@@ -67,7 +67,8 @@ def logq_gnmax(votes, sigma) -> np.ndarray:
 def gap_log_terms(max_gap: int, sigma: float, num_teachers: int) -> np.ndarray:
     """(max_gap + 1,) log Φ̄((g − c)/(√2σ)), g = 0..max_gap: each count's term of q̃ (``logq_gnmax``),
     with the discrete noise's shift c = ``discrete.gap_shift(σ, n)`` (n teachers: a public number)."""
-    shift = discrete.gap_shift(float(sigma), max(int(num_teachers), int(max_gap)))
+    # One shift for every table of n teachers (up to gap n + 1, which the smooth-sensitivity walks index).
+    shift = discrete.gap_shift(float(sigma), max(int(num_teachers) + 1, int(max_gap)))
     return log_ndtr(-(np.arange(int(max_gap) + 1) - shift) / (math.sqrt(2.0) * sigma))
 
 

@@ -316,3 +316,13 @@ def test_rdp_at_fixed_votes_is_not_monotone_in_sigma():
     small = rdp.rdp_gnmax(rdp.logq_gnmax(votes, 1.0), 1.0, ORDERS)
     large = rdp.rdp_gnmax(rdp.logq_gnmax(votes, 2.0), 2.0, ORDERS)
     assert np.any(large > small) and np.all(large <= ORDERS / 4)
+
+
+def test_threshold_tails_are_exact_for_a_threshold_just_above_an_integer():
+    # T − c in floats rounds for T = 1e-14 and c = 250 (−250.0 exactly); the mechanism answers iff
+    # 250 + Z ≥ 1e-14, i.e. Z ≥ −249: the tail the accountant uses must be that one.
+    z = np.arange(-3000, 3001)
+    w = np.exp(-z.astype(float) ** 2 / (2 * 100.0 ** 2))
+    answered = w[250 + z >= 1e-14].sum() / w.sum()
+    assert math.exp(rdp.logpr_answered([[250, 0]], 1e-14, 100.0)[0]) == pytest.approx(answered, rel=1e-12)
+    assert math.exp(rdp.logq_threshold([[250, 0]], 1e-14, 100.0)[0]) == pytest.approx(1 - answered, rel=1e-9)
