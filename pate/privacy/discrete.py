@@ -169,6 +169,9 @@ def log_tail_difference(sigma: float, max_gap: int) -> np.ndarray:
     return np.minimum(np.logaddexp(out, dropped), 0.0)
 
 
+MAX_DIFFERENCE_WORK = 10 ** 9  # terms summed by ``log_tail_difference`` (about 20 s on one core)
+
+
 def _tail_difference(sigma: float, max_gap: int, bound: int) -> tuple[np.ndarray, float]:
     big, tail = _log_tail_table(sigma, bound + max_gap)  # Pr[Z ≥ k] for every k = g + z needed
     zs = np.arange(-bound, bound + 1)
@@ -191,7 +194,11 @@ def gap_shift(sigma: float, num_teachers: int) -> float:
     replaced by Φ̄((gap_j − c)/(√2σ)): an upper bound on the discrete overtaking probability
     (``log_tail_difference``), so q̃ still bounds Pr[GNMax ≠ i*], and a function of the gaps of the
     same form, so every step of the analysis that only uses how gaps move (one vote moves each gap
-    by at most 2) holds unchanged. c depends on σ and n only (public), a little above 0.5."""
+    by at most 2) holds unchanged. c depends on σ and n only (public), a little above 0.5; +inf (q̃ at
+    its cap, the data-independent cost) where the exact table is too large to sum (``MAX_DIFFERENCE_WORK``)."""
+    smallest = (int(num_teachers) + 1) * (2 * (int(num_teachers) + int(math.ceil(12.0 * sigma)) + 2) + 1)
+    if smallest > MAX_DIFFERENCE_WORK:  # ten thousands of teachers: the exact table would take minutes
+        return math.inf  # q̃ is then its cap 1 − 1/m: the data-dependent cost falls back to λ/σ², still valid
     logt = log_tail_difference(float(sigma), int(num_teachers))
     gaps = np.arange(logt.size, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
