@@ -17,6 +17,7 @@ import os
 import secrets
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -280,7 +281,13 @@ def locked(path: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            holder = ""
+            for _ in range(50):  # the holder writes who it is just after taking the lock: give it 0.5 s
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
+            holder = holder or "another process"
             raise RunError(f"{path} is in use by {holder}; wait for it to finish (or stop it), then rerun") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()} (`{' '.join(['pate', *sys.argv[1:]])[:200]}`, "
