@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Optional, Union, get_args, get_origin, get_t
 from .errors import PateError
 from .privacy.mechanisms import MECHANISMS as MECHANISM_CLASSES
 from .privacy.mechanisms import NAMES as MECHANISMS
+from .privacy.discrete import MAX_TABLE_SIGMA
 from .privacy.smooth_sensitivity import check_conditions
 from .models import ARCHITECTURES, TEACHER_ARCHITECTURES
 from .selection import SELECTIONS
@@ -276,7 +277,9 @@ class AggregatorConfig:
         _check("aggregator", "max_queries", self.max_queries >= 1, "at least 1", self.max_queries)
         _check("aggregator", "threshold", self.threshold >= 0, ">= 0", self.threshold)
         lo, hi = NOISE_RANGE
-        _check("aggregator", "sigma1", lo <= self.sigma1 <= hi, f"in [{lo:g}, {hi:g}]", self.sigma1)
+        # sigma1's noise is compared with a threshold: its discrete tails are summed exactly, up to MAX_TABLE_SIGMA
+        _check("aggregator", "sigma1", lo <= self.sigma1 <= MAX_TABLE_SIGMA, f"in [{lo:g}, {MAX_TABLE_SIGMA:g}]",
+               self.sigma1)
         _check("aggregator", "sigma2", lo <= self.sigma2 <= hi, f"in [{lo:g}, {hi:g}]", self.sigma2)
         _check("aggregator", "gamma", 1 / hi <= self.gamma <= 1 / lo, f"in [{1 / hi:g}, {1 / lo:g}]", self.gamma)
         _check("aggregator", "seed", self.seed is None or 0 <= self.seed <= MAX_SEED,

@@ -43,6 +43,7 @@ BAD = [
     ("[teachers]\nwidth = 3\n", "unknown key 'width'"),
     ("[aggregator]\nmechanism = 'median'\n", "[aggregator] mechanism"),
     ("[aggregator]\nsigma1 = 0\n", "[aggregator] sigma1"),
+    ("[aggregator]\nsigma1 = 2e5\n", "[aggregator] sigma1"),  # above the discrete tails' exact tables
     ("[aggregator]\nsigma2 = -4\n", "[aggregator] sigma2"),
     ("[aggregator]\nmax_queries = 20000\n", "[aggregator] max_queries"),
     ("[privacy]\ndelta = 1e-4\n", "below 1/N"),  # N = 60000

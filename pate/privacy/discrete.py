@@ -197,7 +197,7 @@ def gap_shift(sigma: float, num_teachers: int) -> float:
     by at most 2) holds unchanged. c depends on σ and n only (public), a little above 0.5; +inf (q̃ at
     its cap, the data-independent cost) where the exact table is too large to sum (``MAX_DIFFERENCE_WORK``)."""
     smallest = (int(num_teachers) + 1) * (2 * (int(num_teachers) + int(math.ceil(12.0 * sigma)) + 2) + 1)
-    if smallest > MAX_DIFFERENCE_WORK:  # ten thousands of teachers: the exact table would take minutes
+    if smallest > MAX_DIFFERENCE_WORK or float(sigma) > MAX_TABLE_SIGMA:  # ten thousands of teachers: the exact table would take minutes
         return math.inf  # q̃ is then its cap 1 − 1/m: the data-dependent cost falls back to λ/σ², still valid
     logt = log_tail_difference(float(sigma), int(num_teachers))
     gaps = np.arange(logt.size, dtype=float)

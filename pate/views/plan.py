@@ -29,10 +29,11 @@ from typing import Callable, Optional
 import numpy as np
 from dp_accounting import get_sigma_gaussian
 
-from ..config import MAX_CLASSES, MAX_TEACHERS, PipelineConfig
+from ..config import MAX_CLASSES, MAX_TEACHERS, NOISE_RANGE, PipelineConfig
 from ..aggregation.settings import WARN_EPSILON, privacy_settings
 from ..errors import PateError
 from ..privacy import accounting, mechanisms, profiles, rdp
+from ..privacy.discrete import MAX_TABLE_SIGMA
 from ..privacy.smooth_sensitivity import rdp_gnss
 from . import figures
 
@@ -74,13 +75,15 @@ class PlanParams:
         _require(isinstance(self.classes, int) and 2 <= self.classes <= MAX_CLASSES, "classes",
                  f"an integer in [2, {MAX_CLASSES}]", self.classes)
         _require(isinstance(self.queries, int) and self.queries >= 1, "queries", "an integer >= 1", self.queries)
-        _require(_positive(self.sigma2), "sigma2", "> 0", self.sigma2)
+        lo, hi = NOISE_RANGE  # the config's ranges: every bound finite, the threshold's tails summable
+        _require(_finite(self.sigma2) and lo <= self.sigma2 <= hi, "sigma2", f"in [{lo:g}, {hi:g}]", self.sigma2)
         _require(_finite(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)", self.delta)
         _require(self.conversion in ("improved", "classic"), "conversion", "'improved' or 'classic'",
                  self.conversion)
         _require(all(_finite(o) and o > 1 for o in self.orders), "orders", "all > 1", list(self.orders))
         if self.thresholded:
-            _require(self.sigma1 is not None and _positive(self.sigma1), "sigma1", "> 0", self.sigma1)
+            _require(self.sigma1 is not None and _finite(self.sigma1) and lo <= self.sigma1 <= MAX_TABLE_SIGMA,
+                     "sigma1", f"in [{lo:g}, {MAX_TABLE_SIGMA:g}]", self.sigma1)
             _require(self.threshold is not None and _finite(self.threshold) and 0 <= self.threshold <= self.teachers,
                      "threshold", f"in [0, teachers = {self.teachers}]", self.threshold)
 
@@ -378,6 +381,7 @@ def make_plan(params: PlanParams, profile: Profile | None = None, target_eps: fl
             "data_independent": di, "best_case_unanimous": best,
             "per_query": cost_table(params, order_ref)}
     if target_eps is not None:
+        _require(_positive(target_eps), "--target-epsilon", "a finite number > 0", target_eps)
         plan["search"] = {"target_epsilon": target_eps, "best": search(params, target_eps, profile),
                           "calibrated_sigma2": _calibrated_or_none(params, target_eps)}
     return plan

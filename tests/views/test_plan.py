@@ -237,8 +237,13 @@ def test_cli_explicit_options_override_and_replace_the_file():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sigma2", "0"], "sigma2 must be > 0"),
-    (["--sigma1", "-1"], "sigma1 must be > 0"),
+    (["--sigma2", "0"], "sigma2 must be in [1e-06, 1e+09]"),
+    (["--sigma1", "-1"], "sigma1 must be in [1e-06, 100000]"),
+    (["--sigma1", "1e-300"], "sigma1 must be in [1e-06, 100000]"),  # squared to 0: the bounds were NaN
+    (["--sigma1", "2e5"], "sigma1 must be in [1e-06, 100000]"),  # the threshold's discrete tails are summed
+    (["--target-epsilon", "nan"], "--target-epsilon must be a finite number > 0"),
+    (["--target-epsilon", "inf"], "--target-epsilon must be a finite number > 0"),
+    (["--target-epsilon", "-1"], "--target-epsilon must be a finite number > 0"),
     (["--threshold", "300"], "threshold must be in [0, teachers = 250]"),
     (["--delta", "1"], "delta must be in (0, 1)"),
     (["--consensus", "0.05"], "consensus must be in"),
