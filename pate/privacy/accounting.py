@@ -260,10 +260,10 @@ def guarantee(settings: Settings) -> Guarantee:
         eps, order = individual.epsilon_of_budget(settings.record_budget(), settings.order_array, settings.delta,
                                                   settings.conversion)
         return Guarantee(eps, settings.delta, "individual-renyi-filter", order, queries)
-    snap = snap_delta(settings)
+    curve = worst_case_curve(settings, queries)
+    snap = snap_delta(settings, curve)
     eps, order = ((math.inf, math.nan) if snap >= settings.delta else
-                  epsilon(worst_case_curve(settings, queries), settings.order_array, settings.delta - snap,
-                          settings.conversion))
+                  epsilon(curve, settings.order_array, settings.delta - snap, settings.conversion))
     best = Guarantee(eps, settings.delta, "rdp", order, queries)
     if settings.release is None:  # PLD cannot compose the smooth-sensitivity release's RDP bound
         pld = pld_epsilon(settings.mechanism, queries, settings.delta)
@@ -274,14 +274,14 @@ def guarantee(settings: Settings) -> Guarantee:
     return best
 
 
-def snap_delta(settings: Settings) -> float:
+def snap_delta(settings: Settings, curve: np.ndarray) -> float:
     """The δ the smooth-sensitivity release's snapping adds (0 without a release): (1 + e^ε̄)·TV,
     TV the snapped draw's distance from the ideal Gaussian (``smooth_sensitivity.snap_tv``) and ε̄
-    the run's ε at δ/2, at least the ε it is converted at. Kept inside the statement's δ: the
-    guarantee is converted at δ less this."""
+    the run's ε at δ/2 (``curve``: its worst case), at least the ε it is converted at. Kept inside
+    the statement's δ: the guarantee is converted at δ less this."""
     if settings.release is None:
         return 0.0
-    bar, _ = epsilon(worst_case_curve(settings), settings.order_array, settings.delta / 2, settings.conversion)
+    bar, _ = epsilon(curve, settings.order_array, settings.delta / 2, settings.conversion)
     extra = (1.0 + math.exp(min(bar, 700.0))) * smooth_sensitivity.snap_tv(settings.release_scale_cap())
     return extra if extra <= settings.delta / 2 else settings.delta  # too large: no finite guarantee
 

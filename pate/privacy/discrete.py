@@ -128,7 +128,7 @@ def log_upper_tail(sigma: float, at) -> np.ndarray:
     """log Pr[Z ≥ k] for Z ~ N_Z(0, σ²) and each integer k of ``at``, exact in log space at any
     depth (the pmf is summed in log space over a support reaching 40σ past every k)."""
     at = np.asarray(at, dtype=np.int64)
-    reach = int(np.abs(at).max(initial=0))
+    reach = 1 << int(np.abs(at).max(initial=0)).bit_length()  # a power of two: calls with nearby k share a table
     zs, tail = _log_tail_table(float(sigma), reach)
     return tail[at - zs[0]]
 
@@ -197,8 +197,8 @@ def gap_shift(sigma: float, num_teachers: int) -> float:
     by at most 2) holds unchanged. c depends on σ and n only (public), a little above 0.5; +inf (q̃ at
     its cap, the data-independent cost) where the exact table is too large to sum (``MAX_DIFFERENCE_WORK``)."""
     smallest = (int(num_teachers) + 1) * (2 * (int(num_teachers) + int(math.ceil(12.0 * sigma)) + 2) + 1)
-    if smallest > MAX_DIFFERENCE_WORK or float(sigma) > MAX_TABLE_SIGMA:  # ten thousands of teachers: the exact table would take minutes
-        return math.inf  # q̃ is then its cap 1 − 1/m: the data-dependent cost falls back to λ/σ², still valid
+    if smallest > MAX_DIFFERENCE_WORK or float(sigma) > MAX_TABLE_SIGMA:  # minutes of summing (tens of thousands
+        return math.inf  # of teachers): q̃ is then its cap 1 − 1/m, the data-dependent cost λ/σ², still valid
     logt = log_tail_difference(float(sigma), int(num_teachers))
     gaps = np.arange(logt.size, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):

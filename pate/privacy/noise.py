@@ -207,11 +207,7 @@ class NoiseSource:
     def discrete_gaussian(self, size, sigma: float) -> np.ndarray:
         """int64 draws of the discrete Gaussian N_Z(0, σ²), pmf ∝ exp(−z²/(2σ²)) on the integers, exact
         (``pate.privacy.discrete``): what every noisy count pate releases carries."""
-        sigma = check_positive("sigma", sigma)
-        p, q = discrete.exact_square(sigma)
-        below, shape = self._below(), _shape(size)
-        out = [discrete.discrete_gaussian_one(below, p, q) for _ in range(int(np.prod(shape, dtype=np.int64)))]
-        return np.array(out, dtype=np.int64).reshape(shape)
+        return self._integers(size, discrete.discrete_gaussian_one, *discrete.exact_square(check_positive("sigma", sigma)))
 
     def discrete_gaussian_exact(self, p: int, q: int) -> int:
         """One draw of N_Z(0, p/q) as a Python integer (any size: the smooth-sensitivity release
@@ -222,10 +218,12 @@ class NoiseSource:
 
     def discrete_laplace(self, size, gamma: float) -> np.ndarray:
         """int64 draws of the discrete Laplace Lap_Z(1/γ), pmf ∝ exp(−γ|z|), exact (LNMax's noise)."""
-        gamma = check_positive("gamma", gamma)
-        s, t = discrete.exact_rate(gamma)
+        return self._integers(size, discrete.discrete_laplace_one, *discrete.exact_rate(check_positive("gamma", gamma)))
+
+    def _integers(self, size, draw_one, *parameters) -> np.ndarray:
+        """An int64 array of ``size`` draws of ``draw_one(below, *parameters)``."""
         below, shape = self._below(), _shape(size)
-        out = [discrete.discrete_laplace_one(below, s, t) for _ in range(int(np.prod(shape, dtype=np.int64)))]
+        out = [draw_one(below, *parameters) for _ in range(int(np.prod(shape, dtype=np.int64)))]
         return np.array(out, dtype=np.int64).reshape(shape)
 
     def __repr__(self) -> str:

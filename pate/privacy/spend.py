@@ -194,17 +194,25 @@ def composed(entries: Sequence[Entry], members: np.ndarray, delta: float, conver
     to happen that charges all N), converted at ``delta``, and the worst record is returned. A
     record held by a single release (and no ``extra``) has that release's own guarantee, which may
     come from a tighter accountant than RDP."""
-    members = np.asarray(members, dtype=bool).reshape(len(members), len(entries))
-    if not len(members):
-        return Total(0, 0.0, delta, None)
-    curves = np.array([e.curve() for e in entries]).reshape(len(entries), len(ORDERS))
     worst = Total(0, 0.0, delta, None)
-    for group in np.unique(members, axis=0):  # records held by the same entries have the same spend
-        held = [e for e, m in zip(entries, group) if m]
-        total = _one(held, curves[group], delta, conversion, extra)
+    for total in _group_totals(entries, members, delta, conversion, extra)[0]:
         if (total.epsilon, total.releases) > (worst.epsilon, worst.releases):
             worst = total
     return worst
+
+
+def _group_totals(entries: Sequence[Entry], members: np.ndarray, delta: float, conversion: str,
+                  extra) -> tuple[list[Total], np.ndarray]:
+    """The composed total of each distinct set of entries holding a record (records held by the same
+    entries have the same spend: computed once), and which set each of the N records is in."""
+    members = np.asarray(members, dtype=bool).reshape(len(members), len(entries))
+    if not len(members):
+        return [], np.zeros(0, dtype=np.int64)
+    curves = np.array([e.curve() for e in entries]).reshape(len(entries), len(ORDERS))
+    groups, inverse = np.unique(members, axis=0, return_inverse=True)
+    totals = [_one([e for e, m in zip(entries, group) if m], curves[group], delta, conversion, extra)
+              for group in groups]
+    return totals, np.asarray(inverse).reshape(-1)
 
 
 def _one(held: list[Entry], curves: np.ndarray, delta: float, conversion: str, extra) -> Total:
@@ -226,11 +234,5 @@ def each(entries: Sequence[Entry], members: np.ndarray, delta: float, conversion
     """(N,) each record's composed ε, as ``composed`` computes the worst one: records held by the
     same entries share one total, computed once per group (PRIVATE: a record's total depends on
     which releases hold it, hence on which other records were in their data)."""
-    members = np.asarray(members, dtype=bool).reshape(len(members), len(entries))
-    if not len(members):
-        return np.zeros(0)
-    curves = np.array([e.curve() for e in entries]).reshape(len(entries), len(ORDERS))
-    groups, inverse = np.unique(members, axis=0, return_inverse=True)
-    totals = np.array([_one([e for e, m in zip(entries, group) if m], curves[group], delta, conversion,
-                            extra).epsilon for group in groups])
-    return totals[np.asarray(inverse).reshape(-1)]
+    totals, inverse = _group_totals(entries, members, delta, conversion, extra)
+    return np.array([t.epsilon for t in totals])[inverse] if totals else np.zeros(0)

@@ -14,7 +14,6 @@ Real runs, OS noise (no seed).
 """
 from __future__ import annotations
 
-import itertools
 import os
 
 import numpy as np
@@ -25,6 +24,7 @@ from pate.aggregation.ledger_files import ledger_key
 from pate.privacy import ledger
 from pate.stages import aggregate as stage
 
+from ..privacy.test_worst_case import neighbours  # one vote moved
 from .test_aggregate import make_run as make_batch_run
 from .test_guarantee_matches_asked import _fake_neighbourhoods
 from .test_guarantee_matches_asked import make_run as make_reviewed_run
@@ -52,15 +52,6 @@ def reachable_float_gaussian(released: float, count: int, sigma: float) -> bool:
         else:
             hi = mid
     return value(lo) == released
-
-
-def vote_moved_neighbours(row: np.ndarray):
-    for a, b in itertools.permutations(range(len(row)), 2):
-        if row[a] > 0:
-            other = row.copy()
-            other[a] -= 1
-            other[b] += 1
-            yield other
 
 
 def voter_neighbours(row: np.ndarray):
@@ -104,7 +95,7 @@ def test_no_neighbour_is_impossible_for_any_released_vector(tmp_path, mechanism)
     stage.run(ctx)
     out = released(ctx)
     assert len(out) >= 5
-    assert impossible_fraction(out, reachable_integer, vote_moved_neighbours) == 0.0
+    assert impossible_fraction(out, reachable_integer, neighbours) == 0.0
 
 
 def test_no_neighbour_is_impossible_for_interactive_gnmax(tmp_path, fake_data_root):
@@ -112,7 +103,7 @@ def test_no_neighbour_is_impossible_for_interactive_gnmax(tmp_path, fake_data_ro
                             student_confidence=0.5, soft_labels=True, seed=None)
     stage.run(ctx)
     out = released(ctx)
-    assert out and impossible_fraction(out, reachable_integer, vote_moved_neighbours) == 0.0
+    assert out and impossible_fraction(out, reachable_integer, neighbours) == 0.0
 
 
 def test_no_neighbour_is_impossible_for_private_knn(tmp_path):
@@ -135,6 +126,6 @@ def test_the_attack_finds_the_float_noise_of_earlier_versions():
     out = list(zip(votes, noisy))
     assert impossible_fraction(out[:1], lambda r, c: reachable_float_gaussian(r, c, sigma),
                                lambda row: iter([row])) == 0.0  # its own counts explain it
-    fraction = impossible_fraction(out, lambda r, c: reachable_float_gaussian(r, c, sigma), vote_moved_neighbours)
+    fraction = impossible_fraction(out, lambda r, c: reachable_float_gaussian(r, c, sigma), neighbours)
     assert fraction > 0.3
-    assert impossible_fraction(out, reachable_integer, vote_moved_neighbours) == 1.0  # and not integers
+    assert impossible_fraction(out, reachable_integer, neighbours) == 1.0  # and not integers
