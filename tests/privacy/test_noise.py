@@ -209,3 +209,41 @@ def test_seeded_laplace_bulk_never_reaches_the_edge_threshold():
     assert 51 * LOG2 < noise._NUMPY_LAPLACE_EDGE < OLD_LAPLACE_CUTOFF
     x = noise_source(0).laplace(10**6, scale=1e-3)
     assert np.max(np.abs(x)) < 1e-3 * 51 * LOG2
+
+
+# ----------------------------------------------------------------------------- the integer samplers
+
+
+def _chi_square_against_pmf(draws, log_kernel, inner):
+    """Chi-square of ``draws`` against the pmf ∝ exp(log_kernel(z)) summed from its definition: one bin
+    per integer |z| ≤ inner, and one for each tail beyond (the tails tested as bins of their own)."""
+    z = np.arange(-20 * inner - 50, 20 * inner + 51)
+    p = np.exp(log_kernel(z.astype(float)))
+    p /= p.sum()
+    inside = np.abs(z) <= inner
+    expected = np.concatenate([[p[z < -inner].sum()], p[inside], [p[z > inner].sum()]]) * len(draws)
+    observed = np.concatenate([[np.sum(draws < -inner)], [np.sum(draws == k) for k in z[inside]],
+                               [np.sum(draws > inner)]])
+    return stats.chisquare(observed, expected).pvalue
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+@pytest.mark.parametrize("sigma", [0.7, 3.0])
+def test_discrete_gaussian_matches_its_pmf_and_tails(seed, sigma):
+    draws = noise_source(seed).discrete_gaussian(20_000, sigma)
+    assert draws.dtype == np.int64
+    assert _chi_square_against_pmf(draws, lambda z: -z * z / (2 * sigma * sigma), int(2 * sigma) + 1) > 1e-4
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+@pytest.mark.parametrize("gamma", [0.4, 1.5])
+def test_discrete_laplace_matches_its_pmf_and_tails(seed, gamma):
+    draws = noise_source(seed).discrete_laplace(20_000, gamma)
+    assert draws.dtype == np.int64
+    assert _chi_square_against_pmf(draws, lambda z: -gamma * np.abs(z), int(2 / gamma) + 1) > 1e-4
+
+
+def test_the_integer_samplers_reproduce_with_a_seed_and_differ_without():
+    assert noise_source(9, 2).discrete_gaussian(50, 4.0).tolist() == noise_source(9, 2).discrete_gaussian(50, 4.0).tolist()
+    assert noise_source(9, 2).discrete_gaussian(50, 4.0).tolist() != noise_source(9, 3).discrete_gaussian(50, 4.0).tolist()
+    assert noise_source().discrete_laplace(50, 0.2).tolist() != noise_source().discrete_laplace(50, 0.2).tolist()
