@@ -19,6 +19,7 @@ import io
 import json
 import os
 import pickle
+import stat as _stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -32,12 +33,69 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+class InputError(PateError):
+    """An input file is not a regular file, or is larger than pate reads for its purpose."""
+
+
 class CheckpointError(PateError, ValueError):
     """A checkpoint is damaged, or is not the kind of checkpoint expected."""
 
 
 class CheckpointMismatch(CheckpointError):
     """A checkpoint was written by a run with another configuration, settings or data."""
+
+
+# ----------------------------------------------------------------------------- bounded reads
+
+
+def read_bytes_limited(path: str | Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of ``path``, refused in one line unless it is a regular file of at most ``limit``
+    bytes: a FIFO would block the open or the read forever, ``/dev/zero`` would be read until the
+    kernel stops the process. The file is opened non-blocking (a FIFO with no writer does not
+    hang the open), checked with ``fstat`` on that same descriptor, then read to ``limit + 1``
+    bytes at most (a file growing while it is read is caught too)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder; the {what} must be a file") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not _stat.S_ISREG(mode):
+            kind = "folder" if _stat.S_ISDIR(mode) else "FIFO" if _stat.S_ISFIFO(mode) else \
+                "device" if _stat.S_ISCHR(mode) or _stat.S_ISBLK(mode) else "socket" if _stat.S_ISSOCK(mode) \
+                else "special file"
+            raise InputError(f"{path} is a {kind}, not a regular file; the {what} must be a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            block = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not block:
+                break
+            chunks.append(block)
+            size += len(block)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise InputError(f"{path} is larger than {_human(limit)}, the most pate reads for a {what}")
+    return b"".join(chunks)
+
+
+def read_text_limited(path: str | Path, limit: int, what: str = "file") -> str:
+    """``read_bytes_limited`` decoded as UTF-8 (a byte-order mark is dropped: editors on Windows
+    write one); undecodable bytes are one line naming where."""
+    data = read_bytes_limited(path, limit, what)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text (byte {exc.start}); save the {what} as UTF-8") from None
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:g} {unit}" if unit == "bytes" else f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n} GiB"
 
 
 # ----------------------------------------------------------------------------- atomic writes
