@@ -14,9 +14,9 @@ import click
 
 from . import config as config_mod
 from . import data as data_mod
-from . import deploy, stages
+from . import deploy, outputs, stages
 from .errors import PateError
-from .io import atomic_write_text
+from .io import atomic_write_bytes
 from .progress import Progress, say
 from .views import audit as audit_view
 from .views import plan as plan_view
@@ -78,6 +78,7 @@ def data() -> None:
 @user_errors
 def data_prepare(name: str, root: Path) -> None:
     """Fetch or convert dataset NAME into ROOT (offline for mnist and fashion-mnist)."""
+    outputs.check_output(root, outputs.DATA_ROOT)
     data_mod.prepare(name, root)
     dataset = data_mod.builtin.load(name, root, auto_prepare=False)
     click.echo(f"{name}: {len(dataset.private_y)} train (private) / {len(dataset.public_y)} test (public) "
@@ -183,7 +184,7 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, quiet: bool
     (needs only onnxruntime, no torch), student.pt2, student.ts or student.safetensors, their
     folder, or a finished run directory. Prints path,label,class,confidence as CSV."""
     if out is not None:
-        deploy.check_csv_out(out)
+        outputs.check_output(out, outputs.PREDICT_CSV)
     student = deploy.load_student(model)
     paths, skipped = deploy.image_paths(images)
     if not paths:
@@ -193,12 +194,13 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, quiet: bool
     bar.close()
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "label", "class", "confidence"])
+    writer.writerow(outputs.PREDICT_HEADER.split(","))  # the header marks the file as pate's (pate.outputs)
     writer.writerows((path, label, name, f"{confidence:.4f}") for path, label, name, confidence in rows)
+    csv_bytes = text.getvalue().encode("utf-8", "surrogateescape")  # a file name's undecodable bytes, as they are
     if out is None:
-        click.echo(text.getvalue(), nl=False)
+        click.echo(csv_bytes, nl=False)
     else:
-        atomic_write_text(out, text.getvalue(), private=False)  # the user's own file: normal mode
+        atomic_write_bytes(out, csv_bytes, private=False)  # the user's own file: normal mode
         say(f"predict: {len(rows)} images labelled -> {out}", quiet)
     if skipped:
         say(f"predict: {skipped} file(s) that are not images were skipped", quiet)
@@ -248,6 +250,8 @@ def _floats(text: str | None) -> list[float] | None:
 def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1, sigma2, delta, consensus,
          consensus_weights, target_epsilon, fmt, plot) -> None:
     """Plan the privacy of PIPELINE.toml (or of explicit options) from public settings only."""
+    if plot is not None:
+        outputs.check_output(plot, outputs.PLAN_PLOT)  # before anything is computed
     config = config_mod.load(pipeline_file) if pipeline_file is not None else None
     if config is not None and config_mod.MECHANISM_CLASSES[config.aggregator.mechanism].individual:
         result = plan_view.knn_plan(config)

@@ -17,6 +17,7 @@ from ..run import RunDir, RunError
 from ..aggregation.ledger_files import knn_inputs, ledger_order, load_ledger
 from ..aggregation.settings import gaussian_budgets, orders
 from ..stages.context import DATA, RECORD_BUDGETS, data_spec, mechanism, read_privacy
+from ..outputs import AUDIT_PLOT, check_output
 from . import figures
 
 PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not publish. "
@@ -182,9 +183,12 @@ def render(run: RunDir, *, query: int | None = None, fmt: str = "table", plot: P
             lines += ["  ".join(f"{v:>22.6g}" if isinstance(v, float) else f"{str(v):>22}" for v in d.values())
                       for d in detail["per_order"]]
         return "\n".join(lines) + "\n"
+    if plot is not None:
+        check_output(plot, AUDIT_PLOT, run)  # before anything is computed
+        figures.require_matplotlib("pate audit --plot")
     rows, report = query_table(run)
     if plot is not None:
-        figures.cumulative_epsilon_png(rows, report, plot)
+        figures.cumulative_epsilon_png(rows, report, plot, made_for=AUDIT_PLOT.name)
     if fmt == "json":
         return json.dumps({"private": PRIVATE, "totals": report, "queries": rows}, indent=2) + "\n"
     if fmt == "csv":

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import PateError
 from ..io import atomic_write_bytes
+from ..outputs import PNG_MARKER_KEY, PNG_SIGNATURE, png_marker  # noqa: F401 (PNG_SIGNATURE: for tests)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INSTALL_HINT = "pip install 'pate[plot]'"
 PRIVATE_COLOR, PUBLIC_COLOR = "tab:purple", "tab:red"
 
@@ -41,11 +41,13 @@ def require_matplotlib(what: str = "plots") -> None:
     pyplot(what)
 
 
-def save(fig, plt, path: Path) -> None:
-    """Write ``fig`` to ``path`` as PNG, atomically, and close it."""
+def save(fig, plt, path: Path, made_for: str = "report") -> None:
+    """Write ``fig`` to ``path`` as PNG, atomically, and close it; its ``Software`` text names what
+    it was ``made_for``, so a later plot of that same kind may replace it and nothing else
+    (``pate.outputs``)."""
     buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", metadata={PNG_MARKER_KEY: png_marker(made_for)})
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
@@ -57,7 +59,8 @@ def _integer_ticks(ax) -> None:
 
 
 def cumulative_epsilon_png(rows: list[dict], report: dict, path: Path, *,
-                           expected: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
+                           expected: tuple[Sequence[float], Sequence[float]] | None = None,
+                           made_for: str = "report") -> None:
     """Cumulative data-dependent ε against queries asked (PRIVATE), answered queries marked, with
     the run's worst-case guarantee (safe to publish) as a horizontal line.
 
@@ -86,7 +89,7 @@ def cumulative_epsilon_png(rows: list[dict], report: dict, path: Path, *,
     ax.set_ylim(bottom=0)
     ax.set_title("Privacy against queries (solid/dotted: PRIVATE, derived from the votes)")
     ax.legend(loc="upper left", fontsize=8)
-    save(fig, plt, path)
+    save(fig, plt, path, made_for)
 
 
 def vote_gap_png(gaps: np.ndarray, answered: np.ndarray, num_teachers: int, path: Path) -> None:

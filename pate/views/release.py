@@ -25,7 +25,8 @@ import numpy as np
 
 from .. import __version__, deploy
 from ..io import atomic_write_bytes, atomic_write_json
-from ..run import RunDir, RunError, now, run_directory_holding
+from ..outputs import EXPORT, check_output, release_tag
+from ..run import RunDir, RunError, now
 from ..stages import NAMES
 from ..stages.context import DATA, LABELS, data_spec, read_metrics, read_privacy, student_model
 from . import model_card
@@ -116,7 +117,7 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
                            pipeline=config.name, pate_version=__version__,
                            guarantee={"epsilon": doc["privacy"]["guarantee"]["epsilon"],
                                       "delta": doc["privacy"]["guarantee"]["delta"]},
-                           seeded=bool(doc["privacy"].get("seeded")),
+                           seeded=bool(doc["privacy"].get("seeded")), release_of=release_tag(run),
                            rebuild="pate.models.build_model(arch, channels, len(classes), image_size)"
                                    ".load_state_dict(safetensors.torch.load_file('student.safetensors')) on "
                                    "inputs normalised with mean/std")
@@ -146,36 +147,15 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
 
 def check_out(run: RunDir, out: Path) -> None:
     """Refuse an output folder the public release must not be written to, before writing anything:
-    the run directory or anything inside it, another run directory (or inside one), the private
-    data (or a folder holding it, or inside it), a file, or a folder holding anything but a
-    previous pate export (recognised by its ``student.json``). Absent or empty folders are fine."""
-    real = out.resolve()
-    if real == run.path.resolve() or run.path.resolve() in real.parents:
-        raise RunError(f"{out} is inside the private run directory; give the release a folder of its own")
-    other = run_directory_holding(real)
-    if other is not None:
-        where = "is" if other == real else f"is inside {other}, which is"
-        raise RunError(f"{out} {where} another pate run directory (private); give the release a folder of its own")
-    data = run.config.data
-    for key in ("private_dir", "private_file"):
-        value = getattr(data, key, "")
-        if not value:
-            continue
-        private = Path(value).resolve()
-        if real == private or private in real.parents or real in private.parents:
-            raise RunError(f"{out} is, holds or is inside the private data ([data] {key} = {value!r}); "
-                           "give the release a folder of its own")
+    the output rule (``pate.outputs``: no run directory, no other run's release, not the data, not
+    over what pate did not write), and a previous export of this run holding other files."""
+    check_output(out, EXPORT, run)
     if not out.exists():
         return
-    if not out.is_dir():
-        raise RunError(f"{out} exists and is not a folder; give the release a folder of its own")
     others = sorted(p.name for p in out.iterdir() if not _ours(p.name))
     if others:
         raise RunError(f"{out} holds files that are not part of a pate export ({', '.join(others[:3])}"
                        f"{', ...' if len(others) > 3 else ''}); give an empty or new folder")
-    if any(out.iterdir()) and not _is_export(out):
-        raise RunError(f"{out} holds files that are not a pate export (no pate {STUDENT_JSON}); "
-                       "give an empty or new folder")
 
 
 def _ours(name: str) -> bool:
@@ -183,14 +163,6 @@ def _ours(name: str) -> bool:
     known = (*files(torchscript=True), *FORMER)
     return name in known or (name.startswith(".") and name.endswith(".tmp")
                              and any(name.startswith(f".{f}.") for f in known))
-
-
-def _is_export(folder: Path) -> bool:
-    try:
-        meta = json.loads((folder / STUDENT_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == deploy.FORMAT
 
 
 def _labels_csv(run: RunDir, public_index: np.ndarray, label: np.ndarray, classes: list[str]) -> str:

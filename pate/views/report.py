@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import data as data_mod
 from ..io import atomic_write_text, private_mkdir
+from ..outputs import REPORT, REPORT_GENERATOR, check_output
 from ..privacy import rdp
 from ..run import RunDir, RunError
 from ..aggregation.ledger_files import ledger_order
@@ -127,6 +128,7 @@ def build(run: RunDir, out: Path | None = None, data_root: Path = data_mod.DEFAU
         raise RunError(f"nothing to report yet: aggregation has not finished in {run.path}; "
                        f"run `pate aggregate PIPELINE.toml --run-dir {run.path}` first")
     out = Path(out) if out is not None else run.path / "report"
+    check_output(out, REPORT, run)  # private figures: never in a release, another run or over others' files
     private_mkdir(out)  # the report shows private figures too
     rows, privacy = audit.query_table(run)
     votes = ledger_order(run).ledger_votes[:len(rows)]  # the asked queries' votes, in the ledger's order
@@ -297,6 +299,7 @@ def render_html(run: RunDir, report: Report, privacy: dict) -> str:
                    for s in report.sections)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+{REPORT_GENERATOR}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>PATE report: {esc(config.name)}</title>
 <style>{_CSS}</style></head>
