@@ -8,6 +8,7 @@ import csv
 import functools
 import io
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -30,6 +31,21 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+# What only an input can cause (a file nested too deep, sizes beyond memory, numbers beyond a
+# float, bytes that are no text): each has a limit checked where the input is read; this is the
+# boundary behind those checks, so one that is missed is still one line.
+BAD_INPUT = (RecursionError, MemoryError, OverflowError, UnicodeError)
+
+
+def bad_input_line(exc: BaseException) -> str:
+    what = {RecursionError: "an input is nested too deeply to read",
+            MemoryError: "an input asks for more memory than this machine has",
+            OverflowError: "a number in the input is too large",
+            }.get(type(exc), "an input holds bytes that are not text in its encoding")
+    detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return f"{what} ({detail}); check the files and settings given, or lower the sizes in the pipeline"
+
+
 def user_errors(func):
     """Turn errors a user can cause into one clear line (exit 2) instead of a traceback."""
 
@@ -44,12 +60,37 @@ def user_errors(func):
         except OSError as exc:  # disk full, permissions: nothing half-written, so a rerun resumes
             where = f"{exc.filename}: " if exc.filename else ""
             raise UserError(f"{where}{exc.strerror or exc}; fix it and rerun the same command to resume") from None
+        except BAD_INPUT as exc:  # a limit an input passed that no check caught first: one line, never a traceback
+            raise UserError(bad_input_line(exc)) from None
 
     return wrapper
 
 
 class PipelineOrder(click.Group):
-    """Lists commands as a user meets them: set-up, the stages in pipeline order, then the views."""
+    """Lists commands as a user meets them: set-up, the stages in pipeline order, then the views;
+    a usage error (unknown option, bad value, missing argument) is one line, naming the help."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `pate`: the help, as usual
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(0)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "pate"
+            click.echo(f"Error: {exc.format_message()} (see `{command} -h`)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Error: interrupted; rerun the same command to resume", err=True)
+            sys.exit(2)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        sys.exit(0)
 
     def list_commands(self, ctx) -> list[str]:
         first = ["data", "plan", "run", *stages.NAMES, "status", "audit", "report", "export", "predict"]

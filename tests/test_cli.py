@@ -59,3 +59,38 @@ def test_missing_data_is_a_clear_error(tmp_path, tiny_pipeline, monkeypatch):
                         lambda name, root: (_ for _ in ()).throw(data.DataError("offline")))
     result = invoke("partition", tiny_pipeline, "--run-dir", tmp_path / "run", "--data-root", tmp_path / "d")
     assert result.exit_code == 2 and "pate data prepare mnist" in result.output
+
+
+def test_usage_errors_are_one_line_naming_the_help():
+    for args, says in ((["plan", "--foo"], "No such option"), (["plan", "--teachers", "x"], "not a valid integer"),
+                       (["nosuch"], "No such command"), (["run"], "Missing argument")):
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0] and "-h`)" in lines[0], result.output
+    bare = invoke()
+    assert bare.exit_code == 0 and "Usage: " in bare.output and "Stages, in order" in bare.output  # its help
+
+
+def test_inputs_beyond_a_limit_nobody_checked_are_still_one_line(monkeypatch, tmp_path):
+    """The boundary behind every load-time check: what only an input can cause is one line, exit 2."""
+    import pate.views.status as status_view
+
+    for error in (RecursionError("maximum recursion depth exceeded"), MemoryError(), OverflowError("int too big"),
+                  UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")):
+        def explode(run_dir, error=error):
+            raise error
+
+        monkeypatch.setattr("pate.stages.existing_run", explode)
+        result = invoke("status", tmp_path)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert status_view  # the command under test
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    def explode(run_dir):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("pate.stages.existing_run", explode)
+    assert isinstance(invoke("status", tmp_path).exception, KeyError)
