@@ -90,6 +90,18 @@ def read_text_limited(path: str | Path, limit: int, what: str = "file") -> str:
         raise InputError(f"{path} is not UTF-8 text (byte {exc.start}); save the {what} as UTF-8") from None
 
 
+def read_json_limited(path: str | Path, limit: int, what: str = "file"):
+    """The JSON value in ``path`` (``read_text_limited``); malformed or nested too deep to parse
+    (Python's parser recurses) is one line naming the file."""
+    text = read_text_limited(path, limit, what)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); the {what} is damaged") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be a {what}; it is damaged or not pate's") from None
+
+
 def _human(n: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

@@ -25,10 +25,12 @@ import numpy as np
 
 from . import config as config_mod
 from .errors import PateError
-from .io import atomic_write_json, atomic_write_text, private_mkdir, sha256_file
+from .io import InputError, atomic_write_json, atomic_write_text, private_mkdir, read_json_limited, sha256_file
 
 MANIFEST, CONFIG, LOCK = "manifest.json", "config.toml", ".lock"
 STATUSES = ("pending", "partial", "done")
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest is a few KiB; its run's attempts and outputs keep it far below
+MAX_JSON_BYTES = 1 << 30  # the JSON artifacts (data listing of a million files) stay well below
 
 
 class RunError(PateError):
@@ -102,6 +104,7 @@ class RunDir:
         path = Path(path)
         if not (path / MANIFEST).exists() or not (path / CONFIG).exists():
             raise RunError(f"{path} is not a pate run directory (no {MANIFEST} / {CONFIG})")
+        cls(path, None).manifest()  # a damaged manifest says so itself, not "config.toml was edited"
         try:
             return cls.open(path, config_mod.load(path / CONFIG), stages)
         except RunError as exc:
@@ -111,9 +114,11 @@ class RunDir:
     def manifest(self) -> dict:
         path = self.path / MANIFEST
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
-            raise RunError(f"{path} is unreadable: {exc}") from None
+            manifest = read_json_limited(path, MAX_MANIFEST_BYTES, "run manifest")
+        except InputError as exc:
+            raise RunError(f"{exc}; it cannot be trusted") from None
+        except OSError as exc:
+            raise RunError(f"{path} is unreadable: {exc.strerror or exc}") from None
         if not _valid_manifest(manifest):
             raise RunError(f"{path} is not a valid pate manifest (damaged or edited); it cannot be trusted")
         return manifest
@@ -215,9 +220,11 @@ class RunDir:
     def read_json(self, name: str) -> dict:
         path = self.verified(name)
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RunError(f"{path} is unreadable: {exc}") from None
+            obj = read_json_limited(path, MAX_JSON_BYTES, f"run's {name}")
+        except InputError as exc:
+            raise RunError(str(exc)) from None
+        except OSError as exc:
+            raise RunError(f"{path} is unreadable: {exc.strerror or exc}") from None
         if not isinstance(obj, dict):
             raise RunError(f"{path} does not hold a JSON object")
         return obj

@@ -116,7 +116,7 @@ def _read(folder: Path, secret: bytes) -> spend.Log:
         text = log.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise _refuse(f"{exc.filename} is missing (the spend log or its head was deleted)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise _refuse(f"the spend log in {folder} is unreadable ({exc})") from None
     try:
         return spend.parse(text, key, head_doc if isinstance(head_doc, dict) else {}, str(log),

@@ -109,3 +109,34 @@ def test_run_directory_holding_finds_the_run_above_a_path(tmp_path):
     assert run_directory_holding(tmp_path / "elsewhere") is None
     os.symlink(run.path, tmp_path / "link")
     assert run_directory_holding(tmp_path / "link" / "labels.npz") == run.path.resolve()
+
+
+def test_json_nested_too_deep_is_one_line_where_pate_reads_it(tmp_path):
+    """Python's JSON parser recurses: a manifest (or a spend-log line) nested 100 000 deep is a
+    damaged file, named in one line, never a RecursionError."""
+    from click.testing import CliRunner
+
+    from pate.cli import main
+    from pate.privacy import chain
+
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "manifest.json").write_text(deep)
+    (tmp_path / "config.toml").write_text("")
+    result = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "manifest.json is nested too deeply" in result.output and "edited" not in result.output
+    with pytest.raises(chain.ChainError, match="line 1 .*nested too deeply"):
+        chain.verify([deep], b"k" * 32)
+
+
+def test_a_manifest_that_is_a_fifo_or_too_large_is_refused_without_blocking(tmp_path, monkeypatch):
+    from pate.run import RunDir
+
+    os.mkfifo(tmp_path / "manifest.json")
+    with pytest.raises(RunError, match="FIFO, not a regular file"):
+        RunDir(tmp_path, None).manifest()
+    os.unlink(tmp_path / "manifest.json")
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {}, "pad": "x" * 100}))
+    monkeypatch.setattr("pate.run.MAX_MANIFEST_BYTES", 64)
+    with pytest.raises(RunError, match="larger than 64 bytes"):
+        RunDir(tmp_path, None).manifest()

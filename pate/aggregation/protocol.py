@@ -202,8 +202,8 @@ def existing_report(ctx: Context, asked: int) -> dict | None:
         return None
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path} is unreadable ({exc}); its smooth-sensitivity noise was already drawn, so "
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RunError(f"{path} is unreadable ({type(exc).__name__}); its smooth-sensitivity noise was already drawn, so "
                        "it is not recomputed: restore it from a backup or start a new run") from None
     public = report.get("public") if isinstance(report, dict) else None
     if not isinstance(public, dict) or public.get("queries_asked") != asked:

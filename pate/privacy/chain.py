@@ -47,6 +47,8 @@ def verify(lines: Sequence[str], key: bytes) -> tuple[list[dict], list[str]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ChainError(number, f"is not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ChainError(number, "is nested too deeply to be a log line") from None
         found = obj.pop("mac", None) if isinstance(obj, dict) else None
         if not isinstance(found, str) or not hmac.compare_digest(found, mac(key, previous, _body(obj))):
             raise ChainError(number, "fails its integrity check")

@@ -184,7 +184,7 @@ def _check_teachers(config: PipelineConfig, path: Path) -> None:
         record = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["stages"]["train-teachers"]
         if record["status"] == "done":
             return
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         pass  # no run yet (or a damaged manifest, which opening the run reports)
     BY_NAME["train-teachers"].check(config)
 
@@ -198,7 +198,7 @@ def _known_spec(config: PipelineConfig, path: Path, data_root: Path, quiet: bool
     if recorded.exists():
         try:
             return spec_from_json(json.loads(recorded.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             pass  # a damaged data.json is refused by the stage that reads it, with its hash
     return data_mod.load(config.data, data_root, quiet=quiet).spec
 
