@@ -147,6 +147,14 @@ def _any_folder(folder: Path, run: Optional[RunDir]) -> bool:
     return True
 
 
+def _spend_folder(folder: Path, run: Optional[RunDir]) -> bool:
+    """A spend directory pate made: its lock, log, head or record key is there."""
+    from .records import KEY_FILE
+    from .spend_log import HEAD, LOG
+
+    return any((folder / name).exists() for name in (LOG, HEAD, KEY_FILE, "spend.lock"))
+
+
 # ----------------------------------------------------------------------------- purposes
 
 PLAN_PLOT = Purpose("plan plot", private=False, folder=False, ours=_png_written_for("plan plot"))
@@ -159,7 +167,11 @@ RUN_DIRECTORY = Purpose("run directory", private=True, folder=True, ours=_run_fo
                         hint="give --run-dir a new folder")
 DATA_ROOT = Purpose("dataset cache", private=True, folder=True, ours=_any_folder, data_nearby=True)  # holds decoded private images
 
-PURPOSES = {p.name: p for p in (PLAN_PLOT, AUDIT_PLOT, PREDICT_CSV, EXPORT, REPORT, RUN_DIRECTORY, DATA_ROOT)}
+SPEND_DIR = Purpose("spend directory", private=True, folder=True, ours=_spend_folder,  # the record key: never shared
+                    hint="point PATE_SPEND_DIR at a new folder (or the one earlier runs used)")
+
+PURPOSES = {p.name: p for p in (PLAN_PLOT, AUDIT_PLOT, PREDICT_CSV, EXPORT, REPORT, RUN_DIRECTORY, DATA_ROOT,
+                                SPEND_DIR)}
 
 
 # ----------------------------------------------------------------------------- the rule

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from . import records
+from . import outputs, records
 from .errors import PateError
 from .io import append_durable, atomic_write_bytes, atomic_write_json, create_exclusive, sha256_file
 from .privacy import spend
@@ -41,10 +41,14 @@ class SpendError(PateError):
 
 
 def directory() -> Path:
+    """The spend directory, checked by the output rule: it holds the secret record key, so never
+    inside a run directory (deleting a run must not delete what every run spent) nor a release."""
     if os.environ.get("PATE_SPEND_DIR"):
-        return Path(os.environ["PATE_SPEND_DIR"])
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "pate" / "spend"
+        folder = Path(os.environ["PATE_SPEND_DIR"])
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+        folder = base / "pate" / "spend"
+    return outputs.check_output(folder, outputs.SPEND_DIR)
 
 
 def _refuse(problem: str) -> SpendError:

@@ -216,3 +216,16 @@ def test_commands_replace_their_own_earlier_outputs(finished, tmp_path):
         __import__("pate.stages", fromlist=["existing_run"]).existing_run(run))
     # audit's plot is refused as a plan plot's target and the other way round
     assert "is not a plan plot" in one_line_refusal(["plan", finished / "tiny.toml", "--plot", tmp_path / "audit.png"])
+
+
+def test_the_spend_directory_never_lands_in_a_run_or_a_release(finished, tmp_path, monkeypatch, fake_data_root):
+    """It holds the secret record key and every run's spend: in a release it would be published, in
+    a run directory deleted with it. Refused before the new run directory is made."""
+    pipeline = finished / "tiny.toml"
+    for inside in (finished / "run-release" / "spend", finished / "run" / "spend", pipeline):
+        monkeypatch.setenv("PATE_SPEND_DIR", str(inside))
+        out = one_line_refusal(["run", pipeline, "--run-dir", tmp_path / "new", "--data-root", fake_data_root, "-q"])
+        assert "spend directory" in out and not (tmp_path / "new").exists() and not inside.with_name("spend").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("")
+    assert "not a pate spend directory" in refused(tmp_path / "mine", outputs.SPEND_DIR)

@@ -26,7 +26,7 @@ from ..io import atomic_write_json, private_mkdir
 from ..progress import say
 from ..run import RunDir, RunError, locked
 from .. import data as data_mod
-from .. import outputs, tracking
+from .. import outputs, spend_log, tracking
 from ..aggregation.ledger_files import votes_file
 from ..aggregation.settings import check_accountable
 from .context import (DATA, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, LEDGER, METRICS, PARTITION, PRIVACY,
@@ -154,6 +154,7 @@ def session(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: 
     path = Path(run_dir or Path("runs") / config.name)
     outputs.check_output(path, outputs.RUN_DIRECTORY, RunDir(path, config))  # not in another run, a release, the data
     outputs.check_output(data_root, outputs.DATA_ROOT, RunDir(path, config))  # the decode cache holds private images
+    spend_log.directory()  # the spend directory too (it holds the record key), before anything is written
     spec = _known_spec(config, path, Path(data_root), quiet)
     config.check_data(spec)  # sizes against the data: for image folders only now that they are read
     check_accountable(config, spec.num_classes)  # refuse settings with no finite guarantee before anything is written
