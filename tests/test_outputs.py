@@ -229,3 +229,19 @@ def test_the_spend_directory_never_lands_in_a_run_or_a_release(finished, tmp_pat
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("")
     assert "not a pate spend directory" in refused(tmp_path / "mine", outputs.SPEND_DIR)
+
+
+def test_predict_writes_undecodable_file_names_as_their_bytes(finished, tmp_path):
+    from PIL import Image
+
+    folder = os.fsencode(tmp_path / "images")
+    os.mkdir(folder)
+    with open(folder + b"/\xff\xfe.png", "wb") as f:
+        Image.new("L", (28, 28)).save(f, format="PNG")
+    out = tmp_path / "labels.csv"
+    result = CliRunner().invoke(main, ["predict", str(finished / "run-release"), os.fsdecode(folder), "--out",
+                                       str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().splitlines()[1].startswith(folder + b"/\xff\xfe.png,")
+    printed = CliRunner().invoke(main, ["predict", str(finished / "run-release"), os.fsdecode(folder), "-q"])
+    assert printed.exit_code == 0 and printed.stdout_bytes.splitlines()[1] == out.read_bytes().splitlines()[1]
