@@ -34,25 +34,43 @@ put in a message, a log line, a warning or the cache; messages name the file's p
 pydicom's own warnings and log lines are silenced while a file is read (they may quote values).
 A file that is not DICOM (no "DICM" header), has no Pixel Data, or cannot be decoded is refused in
 one line naming it.
+
+Hostile files end in one line too, before the code that would hang or fill the memory runs: a
+Deflated Explicit VR Little Endian file is inflated by pate first, a bounded amount at a time, and
+refused once it passes ``MAX_INFLATED`` bytes (a few hundred KB may inflate to gigabytes; pydicom
+would inflate it whole); a JPEG 2000 frame in a JP2 wrapper has its box structure checked before
+any decoder sees it (a box of length 0 or 1 before the codestream box made pydicom's box walk loop
+forever); a Rescale Slope or Rescale Intercept that is not a finite number is refused, naming the
+tag (never its value). ``pate.data.images`` puts a time limit on every file's decoding as a second
+guard.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import math
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from ..config import DICOM_FRAMES
+from ..io import read_bytes_limited
 from .dataset import DataError
 
 SUFFIXES = {".dcm", ".dicom"}
 FRAMES = DICOM_FRAMES
 DECODER_VERSION = 1  # part of the decoded-image cache key of folders holding DICOM files
 MAX_SAMPLES = 2**28  # samples of one file (rows x columns x frames x samples per pixel): 512 MiB at 16 bits
+# A deflated dataset inflated beyond the largest Pixel Data decoded (MAX_SAMPLES at 16 bits) and
+# 16 MiB of other attributes is refused while it is inflated.
+MAX_INFLATED = 2 * MAX_SAMPLES + (16 << 20)
+MAX_FILE_BYTES = 4 * MAX_SAMPLES + (16 << 20)  # a file read whole: MAX_SAMPLES at 32 bits, uncompressed
+INFLATE_STEP = 1 << 24  # bytes inflated at a time
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "  # the first box of a JP2 file (how pydicom recognises one)
 SUPPORTED = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"}
 KNOWN = SUPPORTED | {"PALETTE COLOR", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT", "HSV", "ARGB", "CMYK"}
 FRAME_MARK = "#frame="
@@ -110,7 +128,10 @@ def _read(data: bytes, name):
     from pydicom.errors import InvalidDicomError
 
     try:
+        _check_inflated_size(data, name)
         return pydicom.dcmread(io.BytesIO(data))
+    except DataError:
+        raise
     except InvalidDicomError:
         raise DataError(f"{name} is not a DICOM file (no 'DICM' file header); remove it or give it another "
                         "suffix") from None
@@ -118,6 +139,32 @@ def _read(data: bytes, name):
         raise DataError(f"{name} is too large to read in memory; shrink or remove it") from None
     except Exception:  # noqa: BLE001 — pydicom's errors may quote tag values: none is shown
         raise DataError(f"{name} is a damaged DICOM file (it cannot be parsed); remove or replace it") from None
+
+
+def _check_inflated_size(data: bytes, name) -> None:
+    """A Deflated Explicit VR Little Endian file inflated here first, ``INFLATE_STEP`` bytes at a
+    time and nothing kept, refused once it passes ``MAX_INFLATED`` bytes: pydicom inflates the
+    whole dataset at once, so a small file could fill the memory. Other files pass untouched."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    handle = io.BytesIO(data)
+    read_preamble(handle, False)  # no "DICM": InvalidDicomError, as dcmread says it
+    meta = _read_file_meta_info(handle)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    pending = memoryview(data)[handle.tell():]
+    try:
+        while pending and not inflater.eof:
+            size += len(inflater.decompress(pending, INFLATE_STEP))
+            if size > MAX_INFLATED:
+                raise DataError(f"{name} is refused: its deflated DICOM data inflates to more than "
+                                f"{MAX_INFLATED >> 20} MiB, a possible decompression bomb; shrink or remove it")
+            pending = memoryview(inflater.unconsumed_tail)
+    except zlib.error:
+        raise DataError(f"{name} is a damaged DICOM file (its deflated data cannot be inflated); remove or "
+                        "replace it") from None
 
 
 def _int(ds, keyword: str, default: Optional[int] = None) -> Optional[int]:
@@ -183,9 +230,30 @@ def _inspect(ds, name) -> dict:
         raise DataError(f"{name}: the DICOM image attributes (Rows, Columns, Samples per Pixel, Number of Frames) "
                         "are missing or inconsistent; the file is damaged")
     _check_pixel_count(rows * columns, rows * columns * frames * samples, name)
+    _check_rescale(ds, name)
     _check_decoder(ds, name)
     return {"width": columns, "height": rows, "bands": bands, "frames": frames,
             "monochrome1": photometric == "MONOCHROME1"}
+
+
+RESCALE_TAGS = {"RescaleSlope": "Rescale Slope (0028,1053)", "RescaleIntercept": "Rescale Intercept (0028,1052)"}
+
+
+def _check_rescale(ds, name) -> None:
+    """Rescale Slope and Rescale Intercept, where present, must be finite numbers: pydicom applies
+    them only when both are there (and never with a Modality LUT Sequence), so a NaN or an infinity
+    would otherwise pass unseen. The message names the tag, never its value."""
+    for keyword, tag in RESCALE_TAGS.items():
+        if keyword not in ds:
+            continue
+        try:
+            value = ds[keyword].value
+            fine = value is not None and value != "" and math.isfinite(float(value))
+        except (TypeError, ValueError, OverflowError, KeyError):
+            fine = False
+        if not fine:
+            raise DataError(f"{name}: its DICOM {tag} is not a finite number; the file is damaged: fix the tag or "
+                            "remove the file")
 
 
 def _check_pixel_count(per_frame: int, total: int, name) -> None:
@@ -243,13 +311,55 @@ def decode(path, settings: Settings = Settings(), data: Optional[bytes] = None) 
     unless ``settings.frames == "split"``. Every failure is one ``DataError`` naming ``path``."""
     name = str(path)
     if data is None:
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise DataError(f"{name} cannot be read ({exc.strerror or type(exc).__name__})") from None
+        data = read(path)
     with _quiet():
         return _decode(data, name, settings)
+
+
+def read(path) -> bytes:
+    """The bytes of the DICOM file ``path``: a regular file of at most ``MAX_FILE_BYTES`` (a FIFO or
+    a device would block or never end), every failure one line naming it."""
+    try:
+        return read_bytes_limited(path, MAX_FILE_BYTES, "DICOM file")
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def _check_jpeg2000(ds, name: str, frames: int) -> None:
+    """Every JPEG 2000 frame as pydicom will hand it to its decoders, checked first: a frame in a
+    JP2 wrapper must be a chain of boxes of at least 8 bytes each up to the contiguous codestream
+    box (``jp2c``). pydicom walks the boxes by their 4-byte lengths until it finds that box, so a
+    box of length 0 (legal only for the last box) would keep it in one place forever, and one of
+    length 1 (a 64-bit length, never needed in a DICOM frame) would send it astray."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEG2000TransferSyntaxes
+
+    if ds.file_meta.TransferSyntaxUID not in JPEG2000TransferSyntaxes:
+        return
+    try:
+        extended = None
+        if "ExtendedOffsetTable" in ds:
+            extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        encoded = list(generate_frames(ds.PixelData, number_of_frames=frames, extended_offsets=extended))
+    except Exception:  # noqa: BLE001 — pydicom's errors may quote the data: none is shown
+        raise DataError(f"{name}: its DICOM pixel data cannot be decoded (damaged or truncated); remove or "
+                        "replace it") from None
+    for frame in encoded:
+        if not frame.startswith(JP2_SIGNATURE):
+            continue  # a bare codestream: no boxes
+        offset = 0
+        while True:
+            if offset + 8 > len(frame):
+                raise DataError(f"{name}: its JPEG 2000 data has no codestream box (jp2c); the file is damaged "
+                                "or hostile: remove or replace it")
+            if frame[offset + 4:offset + 8] == b"jp2c":
+                break
+            length = int.from_bytes(frame[offset:offset + 4], "big")
+            if length < 8:
+                raise DataError(f"{name}: its JPEG 2000 data holds a box of length {length} before the codestream "
+                                "(a decoder would loop on it forever); the file is damaged or hostile: remove or "
+                                "replace it")
+            offset += length
 
 
 def _decode(data: bytes, name: str, settings: Settings) -> list[np.ndarray]:
@@ -260,6 +370,7 @@ def _decode(data: bytes, name: str, settings: Settings) -> list[np.ndarray]:
                         "frame a record of its own, or store one frame per file")
     from pydicom.pixels import apply_modality_lut
 
+    _check_jpeg2000(ds, name, facts["frames"])
     try:
         pixels = ds.pixel_array
     except MemoryError:
