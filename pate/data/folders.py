@@ -8,7 +8,10 @@ files and their content hashes are recorded with the run, so different data is r
 What is published (the classes, the image size and channels) is never a function of the private
 images: the classes are ``[data] classes`` or else the test_dir class folders (sorted), and every
 private class folder must be one of them; ``image_size`` and ``channels`` at 0 are read from the
-public images (pool and test) only, and the private images are converted to them.
+public images (pool and test) only, and the private images are converted to them. An inferred
+``image_size`` above ``MAX_INFERRED_IMAGE_SIZE`` (512) is refused, in one line that says to set
+``[data] image_size`` (8 to 1024): photos of thousands of pixels would otherwise be decoded at their
+own size, and every image at once would not fit in memory.
 
 DICOM files (``.dcm``) are read by ``pate.data.dicom`` (``[data] dicom_window``, ``dicom_frames``).
 With ``dicom_frames = "split"`` a multi-frame file gives one record per frame, named
@@ -28,6 +31,7 @@ from . import cache, dicom, images
 from .dataset import DataError, Dataset, channel_stats
 
 MIN_IMAGE_SIZE = 8  # the smallest input the networks take (two 2x2 poolings, scattering's 2^J)
+MAX_INFERRED_IMAGE_SIZE = 512  # the largest image_size read from the public images; set a larger one in the config
 
 
 def _class_folders(folder: Path, key: str) -> list[Path]:
@@ -86,6 +90,10 @@ def _size_and_channels(facts: list[dict], image_size: int, channels: int) -> tup
     if not image_size:
         median = float(np.median([max(f["width"], f["height"]) for f in facts]))
         image_size = max(4, int(round(median / 4)) * 4)
+        if image_size > MAX_INFERRED_IMAGE_SIZE:
+            raise DataError(f"the public images are about {image_size} pixels across (their median), larger than the "
+                            f"{MAX_INFERRED_IMAGE_SIZE} pate takes without being told; set image_size = N (8 to 1024, "
+                            "e.g. 224) in the [data] section of the pipeline and they are resized to N x N")
     if image_size < MIN_IMAGE_SIZE:
         raise DataError(f"[data] image_size {image_size} is too small for the networks (at least {MIN_IMAGE_SIZE}); "
                         "set a larger [data] image_size to enlarge the images")
@@ -134,7 +142,7 @@ def load(name: str, private_dir: Path, public_dir: Path, test_dir: Optional[Path
     if any(map(dicom.is_dicom, every)):  # PNG-only folders keep the cache key they always had
         decoding.update(settings.key())
     key = cache.key_of(parts, decoding)
-    arrays = cache.load_arrays(root, key)
+    arrays = cache.load_arrays(root, key, shape=(len(records), channels, image_size, image_size))
     if arrays is None:
         decoded, converted = images.decode(every, channels, image_size, counts=counts, dicom_settings=settings,
                                            progress=lambda done: progress and progress("decode", done, len(records)))
