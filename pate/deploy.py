@@ -15,6 +15,14 @@ torch only to export, or to run a ``.pt2``, ``.ts`` or ``.safetensors`` student 
 
 The student is post-processing of the privately released labels on public images, so it is as
 private as the release: it may be shared with the privacy statement.
+
+An ONNX file is read whole (at most ``MAX_ONNX_BYTES``) and its graph checked before onnxruntime
+sees it: every node must be one of ``ONNX_OPS`` in the default domain, the operations pate's
+exporter writes for its architectures and a few plain ones other exporter versions use for the
+same layers; no control flow (Loop, If, Scan: a 10^15-step Loop would run forever), no subgraph,
+no local function, no external or sparse data. The graph is read from the protobuf here (the
+``onnx`` package is not needed to predict). Each batch the session runs has a time limit as well
+(``INFER_SECONDS`` and a little per input value), past which onnxruntime is told to stop.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import io
 import json
 import logging
 import math
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -34,6 +43,7 @@ import numpy as np
 
 from .data import images as image_files
 from .errors import PateError
+from .io import read_bytes_limited
 from .models import build_model, has_scattering
 from .run import run_directory_holding
 from .stages import existing_run
@@ -51,6 +61,15 @@ EXPORT_TOOLS = ("onnx", "onnxscript", "safetensors")  # what `pate export` needs
 CHANNELS, MAX_IMAGE_SIZE, MAX_CLASSES = (1, 3), 4096, 100_000
 MAX_META_BYTES = 16 << 20  # a pate.json larger than this (100,000 long class names) is not pate's
 DECODE_BYTES = 256 << 20  # images decoded (and labelled) at once by ``predict_files``: about this many bytes
+MAX_ONNX_BYTES = 2 << 30  # protobuf's own limit: pate's students are a few MB
+# The operations an ONNX student may hold: what pate's exporter writes (cnn-*, scatter-*), and the
+# plain, bounded ones other exporter versions use for the same layers. No control flow.
+ONNX_OPS = frozenset({
+    "Add", "Concat", "Conv", "Gather", "Gemm", "InstanceNormalization", "MatMul", "MaxPool", "Mul", "Pad",
+    "ReduceSum", "Relu", "Reshape", "Shape", "Slice", "Sqrt", "Sub", "Unsqueeze",
+    "AveragePool", "BatchNormalization", "Cast", "Constant", "Div", "Flatten", "GroupNormalization", "Identity",
+    "LayerNormalization", "Neg", "Pow", "ReduceMean", "Squeeze", "Transpose"})
+INFER_SECONDS, INFER_SECONDS_PER_VALUE = 60.0, 2e-6  # one batch's time limit: 61 s for 512 MNIST images
 
 
 def normalised(model: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
@@ -296,13 +315,139 @@ def _torch_runner(module: Any) -> Callable[[np.ndarray], Any]:
 
 
 def _onnx_runner(session: Any) -> Callable[[np.ndarray], Any]:
+    """Runs ``session`` on a batch within ``INFER_SECONDS`` (and ``INFER_SECONDS_PER_VALUE`` per
+    input value): past it onnxruntime is told to stop (its run options' ``terminate``)."""
+    import onnxruntime as ort
+
     def run(batch: np.ndarray) -> Any:
+        options = ort.RunOptions()
+        options.log_severity_level = 4  # its errors come back as exceptions, made one line below
+        limit = INFER_SECONDS + INFER_SECONDS_PER_VALUE * batch.size
+        timer = threading.Timer(limit, setattr, (options, "terminate", True))
+        timer.daemon = True
+        timer.start()
         try:
-            return session.run(None, {INPUT_NAME: batch})[0]
+            return session.run(None, {INPUT_NAME: batch}, options)[0]
         except Exception as exc:  # onnxruntime's errors share no public base class beyond Exception
+            if options.terminate:
+                raise PateError(f"the student took longer than {limit:.0f} s on images of shape {tuple(batch.shape)} "
+                                "and was stopped; the file is damaged or not a pate student") from None
             raise _failed(batch, (str(exc).strip().splitlines() or [type(exc).__name__])[0]) from None
+        finally:
+            timer.cancel()
 
     return run
+
+
+# ----------------------------------------------------------------------------- an ONNX file's graph
+
+_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
+
+
+class _Damaged(ValueError):
+    """The bytes are not a well-formed protobuf message."""
+
+
+def _varint(data: memoryview, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise _Damaged("a truncated or overlong varint")
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+
+
+def _fields(data: memoryview):
+    """(field number, value) of each field of the protobuf message ``data``: an int for numbers, a
+    memoryview for length-delimited fields. Groups and unknown wire types are damage."""
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _Damaged("field number 0")
+        if wire == _WIRE_VARINT:
+            value, at = _varint(data, at)
+        elif wire in (_WIRE_I64, _WIRE_I32):
+            size = 8 if wire == _WIRE_I64 else 4
+            if at + size > len(data):
+                raise _Damaged("a truncated number")
+            value, at = int.from_bytes(data[at:at + size], "little"), at + size
+        elif wire == _WIRE_LEN:
+            size, at = _varint(data, at)
+            if at + size > len(data):
+                raise _Damaged("a truncated field")
+            value, at = data[at:at + size], at + size
+        else:
+            raise _Damaged(f"wire type {wire}")
+        yield number, value
+
+
+def _text(value: memoryview) -> str:
+    return bytes(value[:64]).decode("utf-8", "replace")
+
+
+def check_onnx_graph(data: bytes, path: Path) -> None:
+    """Refuse, before onnxruntime sees it, an ONNX model (the bytes ``data``) that is not made of
+    ``ONNX_OPS`` in the default domain: control flow, subgraphs, local functions, training graphs,
+    sparse or external data are things pate's exporter never writes."""
+    def refuse(what: str) -> PateError:
+        return PateError(f"{path}: its ONNX graph holds {what}, which pate's exporter never writes (control flow "
+                         "may run without end); it is not a pate student")
+
+    try:
+        graphs = 0
+        for number, value in _fields(memoryview(data)):
+            if number == 7 and isinstance(value, memoryview):  # graph (several are merged: each checked)
+                graphs += 1
+                _check_graph(value, refuse)
+            elif number in (20, 25):  # training_info, functions
+                raise refuse("a local function" if number == 25 else "a training graph")
+    except _Damaged as exc:
+        raise PateError(f"{path} is not an ONNX student exported by pate (its protobuf is damaged: {exc})") from None
+    if not graphs:
+        raise PateError(f"{path} is not an ONNX student exported by pate (it holds no graph)")
+
+
+def _check_graph(graph: memoryview, refuse: Callable[[str], PateError]) -> None:
+    for number, value in _fields(graph):
+        if not isinstance(value, memoryview):
+            continue
+        if number == 1:  # node
+            op_type, domain, attributes = "", "", []
+            for field, item in _fields(value):
+                if field == 4 and isinstance(item, memoryview):  # op_type: the last one counts, as in protobuf
+                    op_type = _text(item)
+                elif field == 7 and isinstance(item, memoryview):
+                    domain = _text(item)
+                elif field == 5 and isinstance(item, memoryview):  # attribute
+                    attributes.append(item)
+            if domain not in ("", "ai.onnx"):
+                raise refuse(f"a node of the operator domain {domain!r}")
+            if op_type not in ONNX_OPS:
+                raise refuse(f"a {op_type!r} node")
+            for attribute in attributes:
+                for part, inner in _fields(attribute):
+                    if part in (6, 11):  # g, graphs
+                        raise refuse(f"a subgraph in a {op_type!r} node")
+                    if part in (22, 23):  # sparse_tensor(s)
+                        raise refuse("sparse data")
+                    if part in (5, 10) and isinstance(inner, memoryview):  # t, tensors
+                        _check_tensor(inner, refuse)
+        elif number == 5:  # initializer
+            _check_tensor(value, refuse)
+        elif number == 15:  # sparse_initializer
+            raise refuse("sparse data")
+
+
+def _check_tensor(tensor: memoryview, refuse: Callable[[str], PateError]) -> None:
+    for number, value in _fields(tensor):
+        if number == 13 or (number == 14 and value == 1):  # external_data, data_location EXTERNAL
+            raise refuse("a tensor stored in another file")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -348,10 +493,15 @@ def _load_onnx(path: Path) -> Student:
         import onnxruntime as ort
     except ImportError:
         raise PateError(f"{path}: running an ONNX student needs onnxruntime: pip install 'pate[onnx]'") from None
+    try:
+        data = read_bytes_limited(path, MAX_ONNX_BYTES, "ONNX student")
+    except OSError as exc:
+        raise PateError(f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    check_onnx_graph(data, path)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: they come back as exceptions, made one line below
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         raw = session.get_modelmeta().custom_metadata_map.get(META, "")
     except Exception as exc:  # onnxruntime's errors (InvalidProtobuf, InvalidArgument, Fail, ...) share no base
         raise PateError(f"{path} is not an ONNX student exported by pate ({_first_line(exc)})") from None

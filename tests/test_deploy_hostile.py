@@ -301,6 +301,118 @@ def test_a_well_described_student_predicts(fmt, save_student, tmp_path, image):
     assert f"{image},9,9,{confidence:.4f}" in result.output.splitlines()
 
 
+def loop_student(steps: int = 10**15, meta=GOOD) -> onnx.ModelProto:
+    """An ONNX model with pate's description, the right input and output, and a Loop of ``steps``
+    steps: the logits wait for the loop's count."""
+    from onnx import TensorProto, helper
+
+    scalar = helper.make_tensor_value_info
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
+        "body", [scalar("i", TensorProto.INT64, []), scalar("cond_in", TensorProto.BOOL, []),
+                 scalar("acc_in", TensorProto.FLOAT, [])],
+        [scalar("cond_out", TensorProto.BOOL, []), scalar("acc_out", TensorProto.FLOAT, [])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    nodes = [helper.make_node("Loop", ["steps", "true", "zero"], ["count"], body=body),
+             helper.make_node("ReduceSum", ["images", "axes"], ["sum"], keepdims=0),
+             helper.make_node("Mul", ["sum", "count"], ["scaled"]),
+             helper.make_node("Unsqueeze", ["scaled", "one_axis"], ["column"]),
+             helper.make_node("Expand", ["column", "ten"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "looping", [scalar("images", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [scalar("logits", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor("steps", TensorProto.INT64, [], [steps]),
+         helper.make_tensor("true", TensorProto.BOOL, [], [True]),
+         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+         helper.make_tensor("one_axis", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("ten", TensorProto.INT64, [2], [1, 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "pate.json", json.dumps(meta)
+    return model
+
+
+def plain_student() -> onnx.ModelProto:
+    """An ONNX model of allowed operations only (Reshape, Gemm), described as pate's."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["images", "flat"], ["rows"]),
+         helper.make_node("Gemm", ["rows", "weight", "bias"], ["logits"])],
+        "plain", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor("flat", TensorProto.INT64, [2], [-1, 784]),
+         helper.make_tensor("weight", TensorProto.FLOAT, [784, 10], [0.0] * 7840),
+         helper.make_tensor("bias", TensorProto.FLOAT, [10], list(range(10)))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "pate.json", json.dumps(GOOD)
+    return model
+
+
+def _custom_domain(model: onnx.ModelProto) -> None:
+    model.graph.node[1].domain = "com.example"
+
+
+def _function(model: onnx.ModelProto) -> None:
+    model.functions.add().CopyFrom(onnx.helper.make_function("com.example", "Relu", ["x"], ["y"], [
+        onnx.helper.make_node("Identity", ["x"], ["y"])], [onnx.helper.make_opsetid("", 20)]))
+
+
+def _external(model: onnx.ModelProto) -> None:
+    tensor = model.graph.initializer[1]  # weight
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "/dev/zero"
+
+
+@pytest.mark.parametrize("change, fragment", [(None, "holds a 'Loop' node, which pate's exporter never writes"),
+                                              (_custom_domain, "a node of the operator domain 'com.example'"),
+                                              (_function, "holds a local function"),
+                                              (_external, "holds a tensor stored in another file")],
+                         ids=["Loop", "custom domain", "local function", "external data"])
+def test_predict_refuses_an_onnx_graph_pate_never_writes(change, fragment, tmp_path, image, monkeypatch, capfd):
+    """A 10^15-step Loop (would run for ever) and the other things pate's exporter never writes are
+    refused from the graph itself, before onnxruntime makes a session of it."""
+    model = loop_student() if change is None else plain_student()
+    if change is not None:
+        change(model)
+    path = tmp_path / "student.onnx"
+    path.write_bytes(model.SerializeToString())
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", never)
+    one_line_refusal(invoke("predict", path, image, "-q"), fragment, "it is not a pate student")
+    assert not capfd.readouterr().err
+
+
+def test_a_student_past_its_time_limit_is_stopped(tmp_path, image, monkeypatch, capfd):
+    """The second guard: were a Loop let through, onnxruntime is told to stop at the batch's time
+    limit, in one line (and nothing from onnxruntime's log)."""
+    from pate import deploy
+
+    monkeypatch.setattr(deploy, "check_onnx_graph", lambda *args: None)  # the first guard let it through
+    monkeypatch.setattr(deploy, "INFER_SECONDS", 0.5)
+    monkeypatch.setattr(deploy, "INFER_SECONDS_PER_VALUE", 0.0)
+    path = tmp_path / "student.onnx"
+    path.write_bytes(loop_student().SerializeToString())
+    one_line_refusal(invoke("predict", path, image, "-q"), "the student took longer than 0 s on images of shape "
+                     "(1, 1, 28, 28) and was stopped")
+    assert not capfd.readouterr().err
+    path.write_bytes(loop_student(steps=3).SerializeToString())  # a short loop answers
+    labels, _ = pate.load_student(path).predict(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    assert labels.tolist() == [0, 0]
+    path.write_bytes(plain_student().SerializeToString())  # what the graph check lets through runs
+    monkeypatch.undo()
+    labels, _ = pate.load_student(path).predict(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    assert labels.tolist() == [9, 9]
+
+
 # ----------------------------------------------------------------------------- export / release --out
 
 
