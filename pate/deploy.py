@@ -43,16 +43,16 @@ import numpy as np
 
 from .data import images as image_files
 from .errors import PateError
+from .outputs import RELEASE_FORMAT
 from .io import read_bytes_limited
 from .models import build_model, has_scattering
-from .run import run_directory_holding
 from .stages import existing_run
 from .stages.context import data_spec, student_model
 
 META = "pate.json"  # the student's description, inside every exported file
 STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS = "student.onnx", "student.pt2", "student.safetensors"
 STUDENT_TS, STUDENT_JSON = "student.ts", "student.json"
-FORMAT = "pate.student/1"
+FORMAT = RELEASE_FORMAT  # student.json marks a folder as a pate export (pate.outputs)
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # of the ONNX graph
 EXPORT_TOOLS = ("onnx", "onnxscript", "safetensors")  # what `pate export` needs beside torch (the export extra)
 # What a student file may claim, checked before anything is allocated for its images: pate trains
@@ -678,16 +678,6 @@ def _from_run(run_path: Path) -> Student:
     meta = describe(config.student.arch, classes, spec.channels, spec.image_size, spec.mean, spec.std,
                     pipeline=config.name)
     return Student(normalised(model, spec.mean, spec.std), meta)
-
-
-def check_csv_out(out: str | Path) -> None:
-    """Refuse a CSV destination inside a pate run directory (it would overwrite or sit among the
-    private artifacts), before anything is computed."""
-    run = run_directory_holding(Path(out).parent)
-    if run is not None:
-        raise PateError(f"{out} is inside the pate run directory {run} (private); write the labels elsewhere")
-    if Path(out).is_dir():
-        raise PateError(f"{out} is a folder; give a file name for the CSV")
 
 
 def image_paths(arguments: Iterable[str | Path]) -> tuple[list[Path], int]:

@@ -193,9 +193,10 @@ def check_output(path: str | Path, purpose: Purpose, run: Optional[RunDir] = Non
                                 "holds another: give --run-dir a folder outside it")
     elif holder is not None and holder != own:
         whose = "another run's private folder" if own is not None else "a private folder"
-        raise OutputRefused(f"{path} is inside the pate run directory {holder}, {whose}; write {what} elsewhere")
+        raise OutputRefused(f"{path} is {_in(holder, real)}the pate run directory {holder}, {whose}; "
+                            f"write {what} elsewhere")
     elif holder is not None and not purpose.private:
-        raise OutputRefused(f"{path} is inside the private run directory {holder}; {what} is public: "
+        raise OutputRefused(f"{path} is {_in(holder, real)}the private run directory {holder}; {what} is public: "
                             "write it in a folder of its own")
 
     release = release_holding(real)

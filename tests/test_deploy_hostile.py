@@ -28,6 +28,7 @@ from pate import io as pate_io
 from pate.cli import main
 from pate.errors import PateError
 from pate.models import build_model
+from pate.outputs import PREDICT_HEADER
 
 from .conftest import TINY_PIPELINE
 from .data.conftest import FOLDERS_PIPELINE, write_folders
@@ -213,9 +214,9 @@ def test_predict_refuses_a_hostile_student_in_one_line(case, fmt, save_student, 
     monkeypatch.setattr("pate.data.images.decode", never)  # nothing is sized by the bad description
     monkeypatch.setattr(torch.export, "load", never)  # a .pt2's description is read before torch loads it
     out = tmp_path / "labels.csv"
-    out.write_text("kept\n")
+    out.write_text(PREDICT_HEADER + "\nkept\n")  # an earlier CSV of pate predict's: it may be replaced
     one_line_refusal(invoke("predict", model, image, "--out", out, "-q"), fragment)
-    assert out.read_text() == "kept\n"
+    assert out.read_text() == PREDICT_HEADER + "\nkept\n"
     with pytest.raises(PateError, match="student|pate's"):
         pate.load_student(model)
 
@@ -440,20 +441,21 @@ def _refused(finished, command, out, *fragments):
 
 @pytest.mark.parametrize("command", ["export", "release"])
 def test_export_refuses_another_run_directory(command, finished):
-    _refused(finished, command, finished / "other", "is another pate run directory")
-    _refused(finished, command, finished / "other" / "public", "is inside", "another pate run directory")
+    _refused(finished, command, finished / "other", "is the pate run directory", "another run's private folder")
+    _refused(finished, command, finished / "other" / "public", "is inside the pate run directory",
+             "another run's private folder")
 
 
 @pytest.mark.parametrize("command", ["export", "release"])
 @pytest.mark.parametrize("where", ["images/private", "images/private/classe 0 é", "images/private/new",
                                    "images", "."])
 def test_export_refuses_the_private_data(command, where, finished):
-    _refused(finished, command, finished / where, "the private data ([data] private_dir")
+    _refused(finished, command, finished / where, "the run's data ([data] private_dir")
 
 
 @pytest.mark.parametrize("command", ["export", "release"])
 def test_export_refuses_the_run_directory_itself(command, finished):
-    _refused(finished, command, finished / "run", "inside the private run directory")
+    _refused(finished, command, finished / "run", "is the private run directory")
     _refused(finished, command, finished / "run" / "student" / "pub", "inside the private run directory")
 
 
@@ -463,12 +465,12 @@ def test_export_refuses_a_folder_of_other_files(command, finished, tmp_path):
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     (mine / "labels.csv").write_text("my own labels")
-    one_line_refusal(invoke(command, finished / "run", "--out", mine), "thesis.tex", "not part of a pate export")
+    one_line_refusal(invoke(command, finished / "run", "--out", mine), "holds files and is not a pate release")
     # Only export names, but no pate student.json: still not a previous export.
     (mine / "thesis.tex").unlink()
-    one_line_refusal(invoke(command, finished / "run", "--out", mine), "not a pate export")
+    one_line_refusal(invoke(command, finished / "run", "--out", mine), "not a pate release")
     (mine / "student.json").write_text(json.dumps({"format": "something else"}))
-    one_line_refusal(invoke(command, finished / "run", "--out", mine), "not a pate export")
+    one_line_refusal(invoke(command, finished / "run", "--out", mine), "not a pate release")
     assert (mine / "labels.csv").read_text() == "my own labels"
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
