@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import PateError
+from .io import InputError, read_text_limited
 from .privacy.mechanisms import MECHANISMS as MECHANISM_CLASSES
 from .privacy.mechanisms import NAMES as MECHANISMS
 from .privacy.discrete import MAX_TABLE_SIGMA
-from .privacy.smooth_sensitivity import check_conditions
+from .privacy.smooth_sensitivity import MAX_WALK_CELLS, check_conditions, walk_fits
 from .models import ARCHITECTURES, TEACHER_ARCHITECTURES
 from .selection import SELECTIONS
 
@@ -58,6 +59,16 @@ ARCHS = tuple(ARCHITECTURES)  # a student's; teachers take TEACHER_ARCHITECTURES
 MAX_TEACHERS = 100_000
 MAX_CLASSES = 10_000
 MAX_SEED = 2**63 - 1
+# Every other integer setting has an upper bound too, checked at load: a value past it (2**62 as a batch
+# size) would otherwise pass the config and fail later inside torch or numpy with a traceback. Each
+# bound is far beyond any sensible run and keeps sizes and loop counts representable and allocatable.
+MAX_RECORDS = 100_000_000  # private_size, student_pool, test_size: more than any file pate reads holds
+MAX_QUERIES = 1_000_000  # [aggregator] max_queries (and interactive_rounds): planned and accounted in seconds
+MAX_EPOCHS = 10_000  # [teachers] epochs, feature_epochs
+MAX_STEPS = 10_000_000  # [student] steps, [aggregator] interactive_steps
+MAX_BATCH = 8192  # [teachers] and [student] batch_size
+MAX_UNLABELED_RATIO = 64  # [student] unlabeled_ratio (FixMatch uses 7): unlabelled images per labelled one
+MAX_KNN_K = 100_000  # [aggregator] knn_k
 MAX_ORDER, MAX_ORDERS = 1e4, 1000  # Rényi orders: beyond these every conversion is uninformative or overflows
 NOISE_RANGE = (1e-6, 1e9)  # noise scales where every bound is finite and representable
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -137,7 +148,8 @@ class DataConfig:
         _check("data", "image_size", self.image_size == 0 or 8 <= self.image_size <= 1024,
                "0 (the median image size) or in [8, 1024]", self.image_size)
         for key in ("private_size", "student_pool", "test_size"):
-            _check("data", key, getattr(self, key) >= 0, ">= 0 (0 = all)", getattr(self, key))
+            _check("data", key, 0 <= getattr(self, key) <= MAX_RECORDS, f"in [0, {MAX_RECORDS}] (0 = all)",
+                   getattr(self, key))
         _check("data", "split_seed", 0 <= self.split_seed <= MAX_SEED, f"in [0, {MAX_SEED}]", self.split_seed)
         # A draw keeps each record with probability private_size / N; N must be public (a built-in
         # dataset's size), or the threshold itself would depend on the private set.
@@ -220,7 +232,8 @@ class TeachersConfig:
     def validate(self) -> None:
         _check("teachers", "count", 1 <= self.count <= MAX_TEACHERS, f"between 1 and {MAX_TEACHERS}", self.count)
         _check("teachers", "features", self.features in FEATURES, f"one of {list(FEATURES)}", self.features)
-        _check("teachers", "feature_epochs", self.feature_epochs >= 1, "at least 1", self.feature_epochs)
+        _check("teachers", "feature_epochs", 1 <= self.feature_epochs <= MAX_EPOCHS, f"between 1 and {MAX_EPOCHS}",
+               self.feature_epochs)
         _check("teachers", "feature_dim", 2 <= self.feature_dim <= 4096, "between 2 and 4096", self.feature_dim)
         _check("teachers", "backbone", bool(self.backbone.strip()), "a torchvision model name or 'timm:<name>'",
                self.backbone)
@@ -231,8 +244,9 @@ class TeachersConfig:
         _check("teachers", "optimizer", self.optimizer in ("adam", "sgd"), "'adam' or 'sgd'", self.optimizer)
         _check("teachers", "arch", self.arch in TEACHER_ARCHITECTURES, f"one of {list(TEACHER_ARCHITECTURES)} "
                "(the scattering students' feature map is [teachers] features = \"scattering\")", self.arch)
-        _check("teachers", "epochs", self.epochs >= 1, "at least 1", self.epochs)
-        _check("teachers", "batch_size", self.batch_size >= 1, "at least 1", self.batch_size)
+        _check("teachers", "epochs", 1 <= self.epochs <= MAX_EPOCHS, f"between 1 and {MAX_EPOCHS}", self.epochs)
+        _check("teachers", "batch_size", 1 <= self.batch_size <= MAX_BATCH, f"between 1 and {MAX_BATCH}",
+               self.batch_size)
         _check("teachers", "lr", self.lr > 0, "> 0", self.lr)
         _check("teachers", "momentum", 0 <= self.momentum < 1, "in [0, 1)", self.momentum)
         _check("teachers", "weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay)
@@ -274,7 +288,8 @@ class AggregatorConfig:
     def validate(self) -> None:
         _check("aggregator", "mechanism", self.mechanism in MECHANISMS, f"one of {list(MECHANISMS)}",
                self.mechanism)
-        _check("aggregator", "max_queries", self.max_queries >= 1, "at least 1", self.max_queries)
+        _check("aggregator", "max_queries", 1 <= self.max_queries <= MAX_QUERIES, f"between 1 and {MAX_QUERIES}",
+               self.max_queries)
         _check("aggregator", "threshold", self.threshold >= 0, ">= 0", self.threshold)
         lo, hi = NOISE_RANGE
         # sigma1's noise is compared with a threshold: its discrete tails are summed exactly, up to MAX_TABLE_SIGMA
@@ -286,12 +301,18 @@ class AggregatorConfig:
                f"absent (OS noise) or in [0, {MAX_SEED}]", self.seed)
         _check("aggregator", "epsilon_budget", self.epsilon_budget >= 0, ">= 0 (0 = none)",
                self.epsilon_budget)
-        _check("aggregator", "knn_k", self.knn_k >= 1, "at least 1", self.knn_k)
+        _check("aggregator", "knn_k", 1 <= self.knn_k <= MAX_KNN_K, f"between 1 and {MAX_KNN_K}", self.knn_k)
         _check("aggregator", "student_confidence", 0 < self.student_confidence < 1, "in (0, 1)",
                self.student_confidence)
-        _check("aggregator", "interactive_rounds", 1 <= self.interactive_rounds <= self.max_queries,
-               f"between 1 and max_queries ({self.max_queries})", self.interactive_rounds)
-        _check("aggregator", "interactive_steps", self.interactive_steps >= 1, "at least 1", self.interactive_steps)
+        # Each mechanism's settings are checked against the others only where it is the one configured
+        # (interactive_rounds against max_queries for interactive-gnmax): the defaults of a mechanism
+        # not in use never refuse a config (max_queries = 2 with confident-gnmax).
+        rounds_bound = self.max_queries if MECHANISM_CLASSES[self.mechanism].interactive else MAX_QUERIES
+        _check("aggregator", "interactive_rounds", 1 <= self.interactive_rounds <= rounds_bound,
+               f"between 1 and max_queries ({self.max_queries})" if rounds_bound == self.max_queries
+               else f"between 1 and {MAX_QUERIES}", self.interactive_rounds)
+        _check("aggregator", "interactive_steps", 1 <= self.interactive_steps <= MAX_STEPS,
+               f"between 1 and {MAX_STEPS}", self.interactive_steps)
         _check("aggregator", "knn_dim", 0 <= self.knn_dim <= 65536, "between 0 (all) and 65536", self.knn_dim)
         _check("aggregator", "query_selection", self.query_selection in SELECTIONS, f"one of {list(SELECTIONS)}",
                self.query_selection)
@@ -375,9 +396,11 @@ class StudentConfig:
                self.soft_temperature)
         _check("student", "method", self.method in STUDENT_METHODS, f"one of {list(STUDENT_METHODS)}",
                self.method)
-        _check("student", "steps", self.steps >= 1, "at least 1", self.steps)
-        _check("student", "batch_size", self.batch_size >= 1, "at least 1", self.batch_size)
-        _check("student", "unlabeled_ratio", self.unlabeled_ratio >= 0, ">= 0", self.unlabeled_ratio)
+        _check("student", "steps", 1 <= self.steps <= MAX_STEPS, f"between 1 and {MAX_STEPS}", self.steps)
+        _check("student", "batch_size", 1 <= self.batch_size <= MAX_BATCH, f"between 1 and {MAX_BATCH}",
+               self.batch_size)
+        _check("student", "unlabeled_ratio", 0 <= self.unlabeled_ratio <= MAX_UNLABELED_RATIO,
+               f"between 0 and {MAX_UNLABELED_RATIO}", self.unlabeled_ratio)
         _check("student", "lr", self.lr > 0, "> 0", self.lr)
         _check("student", "weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay)
         _check("student", "threshold", 0 < self.threshold <= 1, "in (0, 1]", self.threshold)
@@ -476,6 +499,10 @@ class PipelineConfig:
         _check("data", "classes", 2 <= spec.num_classes <= MAX_CLASSES, f"between 2 and {MAX_CLASSES}",
                spec.num_classes)
         priv = self.privacy
+        if priv.data_dependent_release:  # its analysis walks a (teachers x (classes - 1)) table per query
+            _check("privacy", "data_dependent_release", walk_fits(self.teachers.count, spec.num_classes),
+                   f"false with {self.teachers.count} teachers and {spec.num_classes} classes (the smooth-sensitivity "
+                   f"analysis walks teachers x (classes - 1) cells per query, at most {MAX_WALK_CELLS})", True)
         if priv.data_dependent_release and priv.ss_order:
             # The smooth-sensitivity release needs fixed parameters where conditions C5/C6 hold
             # (Papernot et al. 2018, App. B.4).
@@ -532,16 +559,47 @@ EXCLUDED_SECTIONS = ("tracking",)
 
 
 def differences(old: dict, new: dict) -> list[str]:
-    """``[section] key: old -> new`` for every setting that differs between two config dicts."""
+    """``[section] key: old -> new`` for every setting that differs between two config dicts (as
+    ``canonical_dict`` makes them, or as a manifest holds one).
+
+    A key one side does not hold is never shown as ``None`` (a value some settings really take):
+    a known setting missing from a canonical dict is at its default (``canonical_dict`` leaves out
+    the ``ADDED_LATER`` keys there), so the default is shown, marked ``(default)``; a key this
+    version of pate does not know is ``removed (was ...)`` or ``added (...)``."""
     out = []
-    for section in sorted(set(old) | set(new)):
+    for section in sorted(set(old) | set(new), key=str):
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"[{section}] {k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                    if a.get(k) != b.get(k)]
-        elif a != b:
-            out.append(f"{section}: {a!r} -> {b!r}")
+            out += [f"[{section}] {k}: {_change(a, b, section, k)}" for k in sorted(set(a) | set(b), key=str)
+                    if (k in a, a.get(k)) != (k in b, b.get(k))]
+        elif (section in old, a) != (section in new, b):
+            out.append(f"{section}: {_change(old, new, None, section)}")
     return out
+
+
+def _change(old: dict, new: dict, section: str | None, key: str) -> str:
+    default = _default(section, key)
+    if key not in old and default is _UNKNOWN:
+        return f"added ({new[key]!r})"
+    if key not in new and default is _UNKNOWN:
+        return f"removed (was {old[key]!r})"
+    return " -> ".join(repr(side[key]) if key in side else f"{default!r} (default)" for side in (old, new))
+
+
+_UNKNOWN = object()
+
+
+def _default(section: str | None, key: str) -> Any:
+    """The default of ``[section] key`` as a canonical dict holds it (tuples as lists), or _UNKNOWN
+    for a key this version of pate does not know (a whole section is never left out)."""
+    cls = get_type_hints(PipelineConfig).get(section) if section is not None else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return _UNKNOWN
+    for f in dataclasses.fields(cls):
+        if f.name == key:
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            return list(value) if isinstance(value, tuple) else value
+    return _UNKNOWN
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(PipelineConfig) if f.name != "name"}
@@ -620,20 +678,30 @@ def from_dict(raw: dict, default_name: str = "pipeline") -> PipelineConfig:
     return config
 
 
+MAX_PIPELINE_BYTES = 1 << 20  # a pipeline file is a few KiB; 1 MiB holds any sensible one (10 000 class names too)
+
+
 def load(path: str | Path) -> PipelineConfig:
+    """The pipeline file at ``path``, parsed and validated. Whatever the file, the outcome is a
+    config or one ``ConfigError`` line: a FIFO or a device is refused without blocking on it (it
+    is opened non-blocking and must be a regular file), a file over ``MAX_PIPELINE_BYTES`` is
+    refused before it is parsed, a UTF-8 byte-order mark is dropped, and TOML nested deeper than
+    the parser's recursion allows is named as such."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_text_limited(path, MAX_PIPELINE_BYTES, "pipeline file"))
     except FileNotFoundError:
         raise ConfigError(f"pipeline file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a pipeline file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except InputError as exc:  # a FIFO, a device, an oversize file, bytes that are not UTF-8
+        raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{path} is not a usable pipeline file: its arrays or tables are nested too deep") from None
     try:
         return from_dict(_resolve_paths(raw, path.parent.resolve()),
                          default_name=re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip(".-_") or "pipeline")

@@ -31,6 +31,11 @@ from . import discrete, rdp
 from .numerics import check_finite, check_orders, check_positive, check_votes, logsumexp_rows
 
 _BLOCK_ROWS = 1024  # queries per block in the (queries × n × m) walks
+# The walks of one query hold a few (n × (m − 1)) arrays: a query of n teachers and m classes is
+# walked only where n·(m − 1) is at most this (2**23 cells, about 64 MiB per array), and a block
+# holds as many queries as keep it there. Beyond it local_sensitivity_gnmax refuses before allocating
+# (config and plan check it first: ``walk_fits``).
+MAX_WALK_CELLS = 1 << 23
 _GRID = 4000  # points of the log(−log q̃) grid used to locate q0 and check C5/C6
 
 
@@ -205,6 +210,11 @@ def _walk_left(s: np.ndarray, table: np.ndarray, n: int, m: int) -> np.ndarray:
     return _logq_from_gaps(np.concatenate([terms, extra], axis=2), m)
 
 
+def walk_fits(num_teachers: int, num_classes: int) -> bool:
+    """Whether ``local_sensitivity_gnmax`` walks queries of this size (n·(m − 1) ≤ ``MAX_WALK_CELLS``)."""
+    return int(num_teachers) * (int(num_classes) - 1) <= MAX_WALK_CELLS
+
+
 def local_sensitivity_gnmax(votes, sigma, order) -> np.ndarray:
     """(N, n) local sensitivity at distance d = 0..n−1 of the per-query GNMax RDP at ``order``.
 
@@ -226,6 +236,10 @@ def local_sensitivity_gnmax(votes, sigma, order) -> np.ndarray:
     order = float(check_orders([order])[0])
     n = _num_teachers(votes)
     n_rows, m = votes.shape
+    if not walk_fits(n, m):
+        raise ValueError(f"the smooth-sensitivity analysis walks n·(m − 1) = {n * (m - 1)} cells per query (n = {n} "
+                         f"teachers, m = {m} classes); at most {MAX_WALK_CELLS} are walked")
+    block = max(1, min(_BLOCK_ROWS, MAX_WALK_CELLS // (n * (m - 1))))  # queries per block: memory bounded
     logq = rdp.logq_gnmax(votes, sigma)
     finite = logq[logq > -np.inf]
     u_max = max(1e4, 10.0 * (order + 1.0) ** 2 / sigma**2,
@@ -237,8 +251,8 @@ def local_sensitivity_gnmax(votes, sigma, order) -> np.ndarray:
     s = -np.sort(-votes, axis=1)
     for direction in ("right", "left"):
         sel = np.nonzero(logq < geo.logq1 if direction == "right" else logq > geo.logq0)[0]
-        for start in range(0, sel.size, _BLOCK_ROWS):
-            rows = sel[start:start + _BLOCK_ROWS]
+        for start in range(0, sel.size, block):
+            rows = sel[start:start + block]
             if direction == "right":
                 walk, past_tie = _walk_right(s[rows], table, n, m)
                 stop = past_tie | (walk >= geo.logq1)
@@ -262,8 +276,10 @@ def local_sensitivity_threshold(votes, threshold, sigma1, order) -> np.ndarray:
     The threshold RDP r(v) (``rdp.rdp_threshold``) depends on the votes only through
     v = max_j v_j, and one vote move changes v by at most 1. So, exactly,
         LS(v) = max(|r(v+1) − r(v)|, |r(v−1) − r(v)|),  A⁽ᵈ⁾(x) = max_{|v' − v| ≤ d} LS(v'),
-    tabulated once for v = 0..n and looked up per query; the last column is the maximum over
-    all v (every histogram is within n moves).
+    tabulated once for v = 0..n; a query's row is the running maximum of that table outward from its
+    v, to the left and to the right (the window max for every d at once, O(n) per distinct v: no
+    (n+1) × n table, which at n = 100 000 teachers would be 75 GiB). The last column is the maximum
+    over all v (every histogram is within n moves).
 
     Args: votes (N, m), rows summing to n; threshold T; sigma1 > 0; order > 1.
     """
@@ -275,14 +291,16 @@ def local_sensitivity_threshold(votes, threshold, sigma1, order) -> np.ndarray:
     r = _threshold_rdp_table(n, threshold, sigma1, order)
     step = np.abs(np.diff(r))  # |r(v+1) − r(v)|, v = 0..n−1
     ls_v = np.maximum(np.append(step, 0.0), np.insert(step, 0, 0.0))  # (n+1,)
-    table = np.empty((n + 1, n))
-    table[:, 0] = ls_v
-    for d in range(1, n):  # n small window updates on (n+1,) arrays, independent of N
-        prev = table[:, d - 1]
-        table[:, d] = np.maximum(prev, np.maximum(np.append(prev[1:], 0.0),
-                                                  np.insert(prev[:-1], 0, 0.0)))
-    table[:, -1] = ls_v.max()
-    return table[votes.max(axis=1)]
+    tops, inverse = np.unique(votes.max(axis=1), return_inverse=True)
+    rows, d = np.empty((tops.size, n)), np.arange(n)
+    for i, v in enumerate(tops.tolist()):
+        # A(d) = max ls_v over [v − d, v + d] ∩ [0, n]: the larger of the running maxima leftwards
+        # from v and rightwards from v, each held at its last value once it reaches the edge.
+        left = np.maximum.accumulate(ls_v[v::-1])  # (v+1,): d = 0..v
+        right = np.maximum.accumulate(ls_v[v:])  # (n−v+1,): d = 0..n−v
+        rows[i] = np.maximum(left[np.minimum(d, v)], right[np.minimum(d, n - v)])
+    rows[:, -1] = ls_v.max()
+    return rows[inverse.ravel()]
 
 
 @functools.lru_cache(maxsize=64)
