@@ -17,12 +17,21 @@ resolved budgets beside its ledger and refuses to continue if the file changes.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from .errors import PateError
+from .io import InputError, read_text_limited
+
+# A budgets file has one short row per record whose budget differs from the default: 256 MiB holds
+# millions of them. It is read only if it is a regular file (a FIFO or /dev/zero is refused, never
+# blocked on or read without end), and a field longer than the csv module's limit (131 072
+# characters; no record name is that long) is one line naming where, like every other bad row.
+MAX_BUDGETS_BYTES = 256 << 20
 
 
 class BudgetError(PateError, ValueError):
@@ -30,19 +39,32 @@ class BudgetError(PateError, ValueError):
 
 
 def _rows(path: Path) -> list[tuple[int, str, float]]:
-    """(line number, record, epsilon) of every row, each value checked."""
+    """(line number, record, epsilon) of every row, each value checked. A UTF-8 byte-order mark
+    (spreadsheets on Windows write one) is dropped before the header is read."""
+    where = f"[privacy] record_budgets = {str(path)!r}"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_limited(path, MAX_BUDGETS_BYTES, "budgets file")
     except FileNotFoundError:
-        raise BudgetError(f"[privacy] record_budgets = {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BudgetError(f"[privacy] record_budgets = {str(path)!r} is unreadable ({exc})") from None
-    reader = csv.reader(text.splitlines())
+        raise BudgetError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise BudgetError(f"{where} is a folder, not a CSV file") from None
+    except InputError as exc:  # a FIFO, a device, an oversize file, bytes that are not UTF-8
+        raise BudgetError(f"{where}: {exc}") from None
+    except OSError as exc:
+        raise BudgetError(f"{where} is unreadable ({exc.strerror or exc})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return list(_checked(path, reader))
+    except csv.Error as exc:  # a field over the csv module's limit, a NUL byte, a stray quote
+        raise BudgetError(f"{path} line {reader.line_num}: not a CSV row ({exc})") from None
+
+
+def _checked(path: Path, reader) -> Iterator[tuple[int, str, float]]:
     header = next(reader, None)
     if header is None or [h.strip() for h in header] != ["record", "epsilon"]:
         raise BudgetError(f"{path}: the first line must be the header 'record,epsilon'")
-    rows = []
-    for number, row in enumerate(reader, start=2):
+    for row in reader:
+        number = reader.line_num
         if not row or not "".join(row).strip():
             continue
         if len(row) != 2:
@@ -53,8 +75,7 @@ def _rows(path: Path) -> list[tuple[int, str, float]]:
             raise BudgetError(f"{path} line {number}: epsilon {row[1]!r} is not a number") from None
         if not (math.isfinite(eps) and 0 < eps <= 1e4):
             raise BudgetError(f"{path} line {number}: epsilon must be in (0, 1e4]; found {row[1].strip()}")
-        rows.append((number, row[0].strip(), eps))
-    return rows
+        yield number, row[0].strip(), eps
 
 
 def levels(path: str, default: float) -> list[float]:
