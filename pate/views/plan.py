@@ -29,12 +29,12 @@ from typing import Callable, Optional
 import numpy as np
 from dp_accounting import get_sigma_gaussian
 
-from ..config import MAX_CLASSES, MAX_TEACHERS, NOISE_RANGE, PipelineConfig
+from ..config import MAX_CLASSES, MAX_QUERIES, MAX_TEACHERS, NOISE_RANGE, PipelineConfig
 from ..aggregation.settings import WARN_EPSILON, privacy_settings
 from ..errors import PateError
 from ..privacy import accounting, mechanisms, profiles, rdp
 from ..privacy.discrete import MAX_TABLE_SIGMA
-from ..privacy.smooth_sensitivity import rdp_gnss
+from ..privacy.smooth_sensitivity import MAX_WALK_CELLS, rdp_gnss, walk_fits
 from . import figures
 
 MECHANISMS = ("gnmax", "confident-gnmax", "interactive-gnmax")
@@ -47,6 +47,12 @@ GRID_THRESHOLD = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 GRID_SIGMA1 = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
 GRID_SIGMA2 = (0.02, 0.04, 0.08, 0.12, 0.16, 0.24, 0.32)
 TABLE_TOPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # top-count fractions of K in the per-query table
+# The grid search computes, at each of its 294 points, the worst case over every top count 0..K
+# and, where the RDP count falls short of Q, the PLD guarantee of Q queries: about a minute at 5 000
+# teachers (the largest ensemble of the papers) or at 100 000 queries, growing with each, so
+# --target-epsilon is refused beyond these, before anything is computed.
+MAX_SEARCH_TEACHERS = 5000
+MAX_SEARCH_QUERIES = 100_000
 
 
 class PlanError(PateError, ValueError):
@@ -74,7 +80,8 @@ class PlanParams:
                  f"an integer in [1, {MAX_TEACHERS}]", self.teachers)
         _require(isinstance(self.classes, int) and 2 <= self.classes <= MAX_CLASSES, "classes",
                  f"an integer in [2, {MAX_CLASSES}]", self.classes)
-        _require(isinstance(self.queries, int) and self.queries >= 1, "queries", "an integer >= 1", self.queries)
+        _require(isinstance(self.queries, int) and 1 <= self.queries <= MAX_QUERIES, "queries",
+                 f"an integer in [1, {MAX_QUERIES}]", self.queries)
         lo, hi = NOISE_RANGE  # the config's ranges: every bound finite, the threshold's tails summable
         _require(_finite(self.sigma2) and lo <= self.sigma2 <= hi, "sigma2", f"in [{lo:g}, {hi:g}]", self.sigma2)
         _require(_finite(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)", self.delta)
@@ -128,8 +135,11 @@ def params_from(config: PipelineConfig | None = None, **overrides) -> PlanParams
         if given.get("mechanism", agg.mechanism) not in MECHANISMS:
             raise PlanError(f"mechanism {agg.mechanism} is not planned here (its cost is data-independent); "
                             f"use --mechanism with one of {', '.join(MECHANISMS)}")
+        # The classes: the built-in dataset's, else the config's own list ([data] classes, public);
+        # other sources' classes come from their public files, which planning does not read (--classes).
+        classes = config.data.spec.num_classes if config.data.spec else len(config.data.classes) or None
         base = dict(mechanism=agg.mechanism, teachers=config.teachers.count,
-                    classes=config.data.spec.num_classes if config.data.spec else None, queries=agg.max_queries, threshold=agg.threshold,
+                    classes=classes, queries=agg.max_queries, threshold=agg.threshold,
                     sigma1=agg.sigma1, sigma2=agg.sigma2, delta=config.privacy.delta,
                     orders=tuple(config.privacy.orders), conversion=config.privacy.conversion)
     else:
@@ -296,9 +306,19 @@ def max_queries_within(params: PlanParams, target_eps: float) -> int:
     tried against ``guarantee`` (the least of the RDP and PLD bounds, what a run would publish).
     """
     rho = settings_of(replace(params, queries=1)).per_query_worst_case()
-    q = np.arange(1, params.queries + 1)
-    fits = rdp.eps_from_rdp_rows(q[:, None] * rho[None, :], params.order_array, params.delta, params.conversion)
-    best = int(np.count_nonzero(fits <= target_eps))
+
+    def fits(q: int) -> bool:
+        return bool(rdp.eps_from_rdp_rows(q * rho[None, :], params.order_array, params.delta,
+                                          params.conversion)[0] <= target_eps)
+
+    # ε(q) does not decrease in q (each order's RDP q·ρ grows, each order's conversion grows with its
+    # RDP, and the minimum over orders of such terms, clipped at 0, grows too), so the count of the q
+    # that fit is the largest q that fits: found by bisection, O(log Q) conversions in O(L) memory.
+    lo, hi = 0, params.queries  # fits(lo) (or lo = 0), and every q > hi fails
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    best = lo
     if best < params.queries and guarantee(params).epsilon <= target_eps:
         best = params.queries  # the PLD bound admits them all (in between, the RDP count stands: each PLD costs ~0.1 s)
     return best  # the RDP count's guarantee is at most its RDP conversion, which fits
@@ -342,6 +362,11 @@ def search(params: PlanParams, target_eps: float, profile: Profile, *, keep: int
 def make_plan(params: PlanParams, profile: Profile | None = None, target_eps: float | None = None) -> dict:
     """Every figure of ``pate plan`` as a JSON-ready dict (public: no real votes are read)."""
     profile = profile or Profile.of()
+    if target_eps is not None:
+        for name, value, bound in (("teachers", params.teachers, MAX_SEARCH_TEACHERS),
+                                   ("queries", params.queries, MAX_SEARCH_QUERIES)):
+            _require(value <= bound, name, f"at most {bound} for the --target-epsilon grid search (plan without it, "
+                     f"or with fewer {name})", value)
     q, orders = params.queries, params.order_array
     rows = profile.rows(params)
     pr = answer_probability(params, rows)
@@ -362,7 +387,10 @@ def make_plan(params: PlanParams, profile: Profile | None = None, target_eps: fl
             "epsilon_expected": eps(params, expected_rdp(params, unanimous))[0],
             "epsilon_all_answered": eps(params, q * (thr_u[0] + gn_u[0]))[0],
             "threshold_step": eps(params, q * thr_u[0])[0] if params.thresholded else None}
-    proposal = propose_release(params)
+    # The proposal walks a (K × (m − 1)) histogram table per order (``local_sensitivity_gnmax``);
+    # beyond MAX_WALK_CELLS it is not proposed (and a run with the release is refused at config load).
+    walkable = walk_fits(params.teachers, params.classes)
+    proposal = propose_release(params) if walkable else None
     plan = {"public": "computed from the settings and hypothetical votes only: no private data was read",
             "parameters": {k: v for k, v in asdict(params).items() if k != "orders"},
             "guarantee": guarantee(params).to_dict(),
@@ -379,6 +407,9 @@ def make_plan(params: PlanParams, profile: Profile | None = None, target_eps: fl
                                   "epsilon_expected_data_dependent":
                                       eps(params, expected_rdp(params, rows, profile.weights))[0]},
             "data_independent": di, "best_case_unanimous": best,
+            **({} if walkable or not params.mechanism_object.data_dependent else {"smooth_sensitivity_note": (
+                f"no smooth-sensitivity release proposed: K*(m-1) = {params.teachers * (params.classes - 1)} is "
+                f"above {MAX_WALK_CELLS}, the most its analysis walks per query")}),
             "per_query": cost_table(params, order_ref)}
     if target_eps is not None:
         _require(_positive(target_eps), "--target-epsilon", "a finite number > 0", target_eps)
@@ -438,6 +469,8 @@ def render_table(plan: dict) -> str:
              f"epsilon {g['epsilon']:.4f} at delta {g['delta']:g} ({g['accountant']} accountant"
              + (f", order {g['order']:g}" if g["order"] else "") + ")"
              + (f"; above {WARN_EPSILON:g}, it promises little" if g["epsilon"] > WARN_EPSILON else "")]
+    if plan.get("smooth_sensitivity_note"):
+        lines.append(plan["smooth_sensitivity_note"])
     if ss:
         lines.append(f"smooth-sensitivity release parameters, proposed from public settings: order {ss['order']:g}, "
                      f"beta {ss['beta']:g}, sigma_ss {ss['sigma_ss']:g} (the release itself costs RDP "
@@ -488,7 +521,7 @@ def plot(params: PlanParams, profile: Profile, path: Path, points: int = 40) -> 
     """PNG: Pr[answered] against the top count, and ε against the number of queries."""
     plt = figures.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    tops = np.arange(-(-params.teachers // params.classes), params.teachers + 1)
+    tops = np.unique(np.linspace(-(-params.teachers // params.classes), params.teachers, 400).round().astype(int))
     votes = np.stack([consensus_row(params.teachers, params.classes, t / params.teachers) for t in tops])
     left.plot(tops, answer_probability(params, votes))
     if params.thresholded:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -251,6 +252,9 @@ def test_cli_explicit_options_override_and_replace_the_file():
     (["--target-epsilon", "0.001"], "no grid point answers even one query"),
     (["--teachers", "100000000"], "teachers must be an integer in [1, 100000]"),
     (["--classes", "100000000"], "classes must be an integer in [2, 10000]"),
+    (["--queries", "1000001"], "queries must be an integer in [1, 1000000]"),
+    (["--queries", "100001", "--target-epsilon", "2"], "queries must be at most 100000 for the --target-epsilon"),
+    (["--teachers", "5001", "--target-epsilon", "2"], "teachers must be at most 5000 for the --target-epsilon"),
 ])
 def test_cli_bad_parameters_are_one_line_errors(args, message):
     result = invoke(MNIST, *args)
@@ -281,3 +285,44 @@ def test_cli_plot(tmp_path, monkeypatch):
     result = invoke(MNIST, "--plot", tmp_path / "no.png")
     assert result.exit_code == 2 and "pip install 'pate[plot]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- issue 31: sizes and sources
+
+
+def test_plan_takes_the_classes_from_the_configs_class_list(tmp_path):
+    pipeline = tmp_path / "arrays.toml"
+    pipeline.write_text(MNIST.read_text().replace('dataset = "mnist"', 'source = "arrays"\nprivate_file = "p.npz"\n'
+                                                  'public_file = "q.npz"\nclasses = ["cat", "dog", "bird"]'))
+    assert config_mod.load(pipeline).data.classes == ("cat", "dog", "bird")
+    result = invoke(pipeline, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["parameters"]["classes"] == 3
+    # without a class list, the classes come from the public files, which planning does not read
+    unnamed = tmp_path / "unnamed.toml"
+    unnamed.write_text(pipeline.read_text().replace('classes = ["cat", "dog", "bird"]', ""))
+    result = invoke(unnamed)
+    assert result.exit_code == 2 and "missing --classes" in result.output
+    assert invoke(unnamed, "--classes", 4).exit_code == 0
+
+
+def test_plan_at_the_largest_sizes_ends_in_seconds_in_bounded_memory(tmp_path):
+    pytest.importorskip("matplotlib")
+    start = time.perf_counter()
+    result = invoke(MNIST, "--teachers", 100_000, "--classes", 10_000, "--plot", tmp_path / "plan.png")
+    assert result.exit_code == 0, result.output
+    assert "no smooth-sensitivity release proposed: K*(m-1) = 999900000 is above 8388608" in result.output
+    assert time.perf_counter() - start < 60
+
+
+def test_max_queries_within_is_the_count_of_every_q_that_fits():
+    # the bisection against the former conversion of every q = 1..Q at once
+    for params, target in ((mnist(queries=2000), 2.0), (mnist(queries=2000), 0.5), (mnist(queries=300), 50.0),
+                           (mnist(mechanism="gnmax", threshold=None, sigma1=None, queries=1500), 1.0),
+                           (mnist(queries=50, sigma2=4.0), 1e-3)):
+        rho = plan.settings_of(replace(params, queries=1)).per_query_worst_case()
+        q = np.arange(1, params.queries + 1)
+        fits = rdp.eps_from_rdp_rows(q[:, None] * rho[None, :], params.order_array, params.delta, params.conversion)
+        count = int(np.count_nonzero(fits <= target))
+        expected = params.queries if count < params.queries and plan.guarantee(params).epsilon <= target else count
+        assert plan.max_queries_within(params, target) == expected
