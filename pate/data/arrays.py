@@ -1,9 +1,13 @@
 """Your own images, as ``.npz`` arrays: ``images`` uint8 (N, H, W) or (N, H, W, C), ``labels`` int.
 
-The private file needs both; the public file its images (its labels, if any, serve evaluation
-only); the optional test file both. Every file is checked before its arrays are read: it must be
-an ``.npz`` (zip) archive, and each array's dtype and shape are read from its ``.npy`` header
-(bounded to ``MAX_PIXELS``) before anything is allocated; square images of one size in every file.
+The private file needs both, and may hold ``ids`` (one stable id per record, integers or strings:
+``pate.records``); the public file its images (its labels, if any, serve evaluation only); the
+optional test file both. Every file is checked before its arrays are read: it must be an ``.npz``
+(zip) archive, and the dtype and shape of every array pate reads (images, labels and the private
+file's ids, which the partition reads later) come from its ``.npy`` header, bounded to
+``MAX_PIXELS`` values and ``MAX_MEMBER_BYTES`` bytes and checked against the bytes the archive
+holds for it, before anything is allocated and before any run directory is created; square images
+of one size in every file.
 
 What is published is never a function of the private arrays: the classes are ``[data] classes``
 or else ``0..the largest label`` of the public and test files, and every private label must lie
@@ -27,6 +31,7 @@ from .folders import MIN_IMAGE_SIZE
 
 MAX_PIXELS = 2**31  # values per array (2 GiB of uint8): a header claiming more is refused before allocating
 MAX_HEADER = 10_000  # bytes of an .npy header (numpy's own default limit)
+MAX_MEMBER_BYTES = 2**32  # bytes of one array (ids of long strings are 4 bytes a character)
 _DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
             KeyError, SyntaxError)
 
@@ -52,6 +57,9 @@ def _check_header(key: str, what: str, shape, dtype: np.dtype, payload: int) -> 
     if values > MAX_PIXELS:
         raise DataError(f"[data] {key}: '{what}' claims {values} values (shape {shape}); at most {MAX_PIXELS} "
                         "are read from one file")
+    if values * dtype.itemsize > MAX_MEMBER_BYTES:
+        raise DataError(f"[data] {key}: '{what}' claims {values * dtype.itemsize} bytes ({values} of {dtype}); at "
+                        f"most {MAX_MEMBER_BYTES} are read from one array")
     if dtype.hasobject or dtype.itemsize == 0 or values * dtype.itemsize > payload:
         raise DataError(f"[data] {key}: '{what}' is damaged: its header claims {values * dtype.itemsize} bytes "
                         f"of {dtype} but the file holds {payload}")
@@ -94,6 +102,12 @@ def _read(path: Path, key: str, need_labels: bool) -> tuple[np.ndarray, Optional
                     raise DataError(f"[data] {key}: 'labels' must be integers of shape ({shape[0]},); found "
                                     f"{label_dtype} {label_shape}")
                 _check_header(key, "labels", label_shape, label_dtype, label_payload)
+            if key == "private_file" and "ids" in members:  # read by the partition (``pate.records.user_ids``)
+                ids_shape, _, ids_dtype, ids_payload = _header(zf, members["ids"])
+                if ids_dtype.kind not in "iuU" or ids_shape != (shape[0],):
+                    raise DataError(f"[data] {key}: 'ids' must be integers or strings of shape ({shape[0]},), one "
+                                    f"per image; found {ids_dtype} {ids_shape}")
+                _check_header(key, "ids", ids_shape, ids_dtype, ids_payload)
             with zf.open(members["images"]) as fp:
                 x = np.lib.format.read_array(fp, allow_pickle=False, max_header_size=MAX_HEADER)
             y = None

@@ -162,6 +162,45 @@ def test_a_header_claiming_too_many_pixels_is_refused_before_allocating(tmp_path
     refused(write(tmp_path, public=lying), tmp_path, "'images' is damaged: its header claims 2000000000 bytes")
 
 
+def private_with_ids(ids_header: dict, payload: bytes) -> bytes:
+    """The usual private arrays (600 labelled images) and an ``ids.npy`` with the given header and
+    only ``payload`` after it."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 600)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, array in (("images", np.stack([blob(y, rng) for y in labels])), ("labels", labels)):
+            member = io.BytesIO()
+            np.save(member, array)
+            zf.writestr(f"{name}.npy", member.getvalue())
+        member = io.BytesIO()
+        np.lib.format.write_array_header_1_0(member, {"descr": ids_header.get("descr", "<i8"), "fortran_order": False,
+                                                      "shape": ids_header["shape"]})
+        zf.writestr("ids.npy", member.getvalue() + payload)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("header, payload, match", [
+    ({"shape": (10**12,)}, b"\0" * 64, "'ids' must be integers or strings of shape (600,), one per image; found "
+                                        "int64 (1000000000000,)"),
+    ({"shape": (600,), "descr": "<U100000000"}, b"\0" * 64, "'ids' claims 240000000000 bytes"),
+    ({"shape": (600,)}, b"\0" * 64, "'ids' is damaged: its header claims 4800 bytes of int64 but the file holds 64"),
+    ({"shape": (600,), "descr": "<f8"}, b"\0" * 4800, "'ids' must be integers or strings"),
+])
+def test_the_private_ids_header_is_checked_before_any_run_directory(tmp_path, header, payload, match):
+    # the partition reads the ids after the run directory exists: their header is checked with the images'
+    refused(write(tmp_path, private=private_with_ids(header, payload)), tmp_path, f"[data] private_file: {match}")
+
+
+def test_good_private_ids_pass_the_header_checks(tmp_path):
+    ids = np.array([f"patient-{i:04d}" for i in range(600)])
+    member = io.BytesIO()
+    np.save(member, ids)
+    header_end = len(member.getvalue()) - ids.nbytes
+    content = private_with_ids({"shape": (600,), "descr": ids.dtype.str}, member.getvalue()[header_end:])
+    assert len(load(write(tmp_path, private=content)).private_y) == 600
+
+
 @pytest.mark.parametrize("labels, match", [
     (np.full(600, 2**64 - 5, dtype=np.uint64), "private_file: the labels must lie in 0..9"),
     (np.r_[np.zeros(599, np.int64), -1], "private_file: 'labels' must be non-negative"),
