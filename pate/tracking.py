@@ -16,6 +16,12 @@ Never: the votes, the ledger, the data-dependent figures (privacy.json's ``priva
 teachers' accuracies, the number of private records, any hash of private files, the run
 directory's path. MLflow is imported only when tracking is enabled (``pip install 'pate[tracking]'``);
 its telemetry is off unless ``MLFLOW_DISABLE_TELEMETRY`` says otherwise.
+
+An HTTP store is probed before anything is written (a TCP connection, ``PROBE_SECONDS`` at most):
+one that cannot be reached is one line at once, not MLflow's own 7 retries with exponential
+backoff (about four minutes). MLflow's requests then run with ``HTTP_LIMITS`` (fewer retries, a
+shorter timeout) unless its environment variables say otherwise, so a server that stops answering
+during a run is reported within about a minute and a half per request.
 """
 from __future__ import annotations
 
@@ -25,14 +31,17 @@ import json
 import math
 import os
 import re
+import socket
 import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Callable, Iterator, NamedTuple
 
 from . import __version__
 from .config import EXCLUDED_SECTIONS, NAMED_WEIGHTS, PATH_KEYS, PipelineConfig
 from .errors import PateError
-from .io import atomic_write_json
+from .io import InputError, atomic_write_json, read_text_limited
 from .progress import say
 
 STATEMENT = "statement.json"  # the release's statement: when it was made, and which files it holds
@@ -42,6 +51,11 @@ HIDDEN = {"data": PATH_KEYS, "privacy": ("record_budgets",)}  # settings that na
 MAX_VALUE = 5000  # below MLflow's limits on param (6000) and tag (8000) values
 BATCH = 100  # MLflow takes at most 100 params (1000 metrics) per batch
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+PROBE_SECONDS = 5.0  # the longest the reachability probe of an HTTP store waits for a connection
+# MLflow's request limits unless set in the environment (its defaults: 7 retries, 120 s timeout):
+# at most 3 tries of 30 s with 2 + 4 s of backoff between them
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+MAX_JSON_BYTES = 16 << 20  # tracking.json and the release's statement.json are a few KiB
 
 
 class Progress(NamedTuple):
@@ -62,10 +76,45 @@ class TrackingError(PateError):
 
 
 def check(config: PipelineConfig) -> None:
-    """Refuse enabled tracking without MLflow, before anything is written."""
-    if config.tracking.enabled and importlib.util.find_spec("mlflow") is None:
+    """Refuse enabled tracking without MLflow, or with an HTTP store that cannot be reached, before
+    anything is written."""
+    if not config.tracking.enabled:
+        return
+    if importlib.util.find_spec("mlflow") is None:
         raise TrackingError("[tracking] enabled = true needs MLflow, which is not installed: "
                             "pip install 'pate[tracking]' (or set enabled = false)")
+    check_reachable(tracking_uri(config.tracking.tracking_uri))
+
+
+def check_reachable(uri: str) -> None:
+    """An ``http``/``https`` store must accept a TCP connection within ``PROBE_SECONDS`` (through
+    no proxy: where one is set for the store, MLflow's own bounded requests find out)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if urllib.request.getproxies_environment().get(parts.scheme) \
+            and not urllib.request.proxy_bypass_environment(parts.hostname):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise TrackingError(f"[tracking] tracking_uri = {uri!r} has no usable port") from None
+    try:
+        socket.create_connection((parts.hostname, port), timeout=PROBE_SECONDS).close()
+    except (OSError, UnicodeError) as exc:
+        reason = f"no answer within {PROBE_SECONDS:g} s" if isinstance(exc, TimeoutError) else \
+            getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise TrackingError(f"[tracking] MLflow at {uri} cannot be reached ({reason}); start the server, fix "
+                            "[tracking] tracking_uri or set enabled = false") from None
+
+
+def _environment(uri: str) -> None:
+    """MLflow's settings for pate's use, each unless the environment already sets it."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves for MLflow's own servers
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store needs no database
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
 
 
 def tracking_uri(setting: str) -> str:
@@ -149,9 +198,8 @@ class Tracker:
         """Continue the MLflow run recorded in ``run`` (same store and experiment), or start one."""
         config = run.config
         uri, experiment = tracking_uri(config.tracking.tracking_uri), config.tracking.experiment or config.name
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves for MLflow's own servers
-        if uri.startswith("file:"):
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store needs no database
+        _environment(uri)
+        check_reachable(uri)
         with _guard(uri):
             from mlflow.tracking import MlflowClient
 
@@ -235,10 +283,10 @@ class Tracker:
         finished (``pate run`` writes it; a stage command alone leaves an older one)."""
         folder = release_folder(self.run.path)
         try:
-            doc = json.loads((folder / STATEMENT).read_text(encoding="utf-8"))
+            doc = json.loads(read_text_limited(folder / STATEMENT, MAX_JSON_BYTES, "release statement"))
             generated, files = str(doc["generated"]), [str(name) for name in doc["files"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # no release (yet)
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, InputError):
+            return  # no release (yet), or not one pate wrote (a FIFO, nested too deep)
         logged = self.state["logged"]
         if doc.get("pipeline") != self.run.config.name or generated < finished or logged.get("release") == generated:
             return  # another pipeline's, older than the student, or logged already
@@ -260,8 +308,8 @@ class Tracker:
 def _read_state(run) -> dict:
     """tracking.json, or {} (then a new MLflow run) when it is missing or not pate's."""
     try:
-        state = json.loads(run.file(STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        state = json.loads(read_text_limited(run.file(STATE), MAX_JSON_BYTES, "tracking state"))
+    except (OSError, ValueError, RecursionError, InputError):  # missing, damaged, nested too deep, not a file
         return {}
     if not isinstance(state, dict) or not isinstance(state.get("logged", {}), dict):
         return {}

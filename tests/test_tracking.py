@@ -4,6 +4,7 @@ one line before anything is written."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import textwrap
@@ -239,3 +240,60 @@ def test_the_release_folder_is_where_pate_run_writes_it(tmp_path):
     run = RunDir(tmp_path / "runs" / "tiny", config_mod.from_dict({"name": "tiny"}))
     assert tracking.release_folder(run.path) == release_view.default_out(run)
     assert tracking.STATEMENT == release_view.STATEMENT_JSON
+
+
+# ----------------------------------------------------------------------------- issue 31: nothing hangs
+
+
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_is_one_line_in_seconds_before_anything_is_written(tmp_path, fake_data_root):
+    pytest.importorskip("mlflow")
+    import time
+
+    pipeline = tmp_path / "tiny.toml"
+    uri = f"http://127.0.0.1:{unused_port()}"
+    pipeline.write_text(textwrap.dedent(TINY_PIPELINE) + TRACKING.format(uri=uri))
+    start = time.perf_counter()
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "--data-root", fake_data_root, "-q")
+    assert time.perf_counter() - start < 10  # MLflow's own retries took 248 s
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and f"MLflow at {uri} cannot be reached" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_mlflow_requests_are_bounded_unless_the_environment_says_otherwise(monkeypatch):
+    for name in tracking.HTTP_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the user's own choice stands
+    tracking._environment("http://127.0.0.1:5000")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == tracking.HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+
+
+def test_a_hostile_tracking_state_is_a_new_mlflow_run(tmp_path):
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(file=lambda name: tmp_path / name)
+    (tmp_path / tracking.STATE).write_text("[" * 100_000)  # nested past the parser's recursion
+    assert tracking._read_state(run) == {}
+    (tmp_path / tracking.STATE).unlink()
+    os.mkfifo(tmp_path / tracking.STATE)  # would block a plain read forever
+    import signal
+
+    def expired(*_):
+        raise TimeoutError("reading a FIFO as tracking.json blocked")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    try:
+        assert tracking._read_state(run) == {}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
