@@ -186,7 +186,7 @@ def private_with_ids(ids_header: dict, payload: bytes) -> bytes:
     ({"shape": (600,), "descr": "<U100000000"}, b"\0" * 64, "'ids' claims 240000000000 bytes"),
     ({"shape": (600,)}, b"\0" * 64, "'ids' is damaged: its header claims 4800 bytes of int64 but the file holds 64"),
     ({"shape": (600,), "descr": "<f8"}, b"\0" * 4800, "'ids' must be integers or strings"),
-])
+], ids=["10**12 values", "huge strings", "truncated", "floats"])
 def test_the_private_ids_header_is_checked_before_any_run_directory(tmp_path, header, payload, match):
     # the partition reads the ids after the run directory exists: their header is checked with the images'
     refused(write(tmp_path, private=private_with_ids(header, payload)), tmp_path, f"[data] private_file: {match}")
