@@ -67,9 +67,9 @@ def test_an_oversize_pipeline_file_is_refused_before_it_is_parsed(tmp_path):
     # /dev/zero's class: more bytes than any pipeline file holds (a regular file here; tests never read /dev)
     path = tmp_path / "big.toml"
     path.write_bytes(b"name = 'x'\n" + b"#" * config_mod.MAX_PIPELINE_BYTES)
-    with pytest.raises(config_mod.ConfigError, match="larger than 1 MiB"):
+    with pytest.raises(config_mod.ConfigError, match="larger than 8 MiB, the most pate reads for a pipeline file"):
         config_mod.load(path)
-    one_line(invoke("plan", path), "larger than 1 MiB")
+    one_line(invoke("plan", path), "larger than 8 MiB")
 
 
 def test_a_byte_order_mark_in_a_pipeline_file_is_accepted(tmp_path):
@@ -132,6 +132,14 @@ def test_a_batch_size_of_2_to_the_62_is_one_line_naming_the_key(tmp_path):
         one_line(invoke("plan", path), f"[{section}] batch_size must be between 1 and {config_mod.MAX_BATCH}")
         one_line(invoke("run", path, "--run-dir", tmp_path / "run"), f"[{section}] batch_size")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_largest_valid_pipeline_file_is_read(tmp_path):
+    names = ["\U0001F600" * 195 + f"{i:05d}" for i in range(config_mod.MAX_CLASSES)]  # 200 characters of 4 bytes
+    path = tmp_path / "classes.toml"
+    path.write_text('name = "x"\n[data]\nsource = "arrays"\nprivate_file = "a"\npublic_file = "b"\nclasses = ['
+                    + ", ".join(json.dumps(n, ensure_ascii=False) for n in names) + "]\n", encoding="utf-8")
+    assert len(config_mod.load(path).data.classes) == config_mod.MAX_CLASSES
 
 
 def test_the_bounds_admit_the_shipped_pipelines():
