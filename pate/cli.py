@@ -38,10 +38,11 @@ BAD_INPUT = (RecursionError, MemoryError, OverflowError, UnicodeError)
 
 
 def bad_input_line(exc: BaseException) -> str:
-    what = {RecursionError: "an input is nested too deeply to read",
-            MemoryError: "an input asks for more memory than this machine has",
-            OverflowError: "a number in the input is too large",
-            }.get(type(exc), "an input holds bytes that are not text in its encoding")
+    what = next(says for kind, says in ((RecursionError, "an input is nested too deeply to read"),
+                                        (MemoryError, "an input asks for more memory than this machine has"),
+                                        (OverflowError, "a number in the input is too large"),
+                                        (UnicodeError, "an input holds bytes that are not text in its encoding"))
+                if isinstance(exc, kind))  # subclasses too: numpy's _ArrayMemoryError is a MemoryError
     detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     return f"{what} ({detail}); check the files and settings given, or lower the sizes in the pipeline"
 

@@ -34,7 +34,12 @@ os.umask(_UMASK)
 
 
 class InputError(PateError):
-    """An input file is not a regular file, or is larger than pate reads for its purpose."""
+    """An input file is not a regular file, is larger than pate reads for its purpose, or does not
+    parse; ``why`` says what is wrong in a few words, for callers that phrase their own line."""
+
+    def __init__(self, message: str, why: str = ""):
+        super().__init__(message)
+        self.why = why or message
 
 
 class CheckpointError(PateError, ValueError):
@@ -65,7 +70,8 @@ def read_bytes_limited(path: str | Path, limit: int, what: str = "file") -> byte
             kind = "folder" if _stat.S_ISDIR(mode) else "FIFO" if _stat.S_ISFIFO(mode) else \
                 "device" if _stat.S_ISCHR(mode) or _stat.S_ISBLK(mode) else "socket" if _stat.S_ISSOCK(mode) \
                 else "special file"
-            raise InputError(f"{path} is a {kind}, not a regular file; the {what} must be a regular file")
+            raise InputError(f"{path} is a {kind}, not a regular file; the {what} must be a regular file",
+                             f"a {kind}, not a regular file")
         chunks, size = [], 0
         while size <= limit:
             block = os.read(fd, min(1 << 20, limit + 1 - size))
@@ -76,7 +82,8 @@ def read_bytes_limited(path: str | Path, limit: int, what: str = "file") -> byte
     finally:
         os.close(fd)
     if size > limit:
-        raise InputError(f"{path} is larger than {_human(limit)}, the most pate reads for a {what}")
+        raise InputError(f"{path} is larger than {_human(limit)}, the most pate reads for a {what}",
+                         f"larger than {_human(limit)}")
     return b"".join(chunks)
 
 
@@ -87,7 +94,8 @@ def read_text_limited(path: str | Path, limit: int, what: str = "file") -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path} is not UTF-8 text (byte {exc.start}); save the {what} as UTF-8") from None
+        raise InputError(f"{path} is not UTF-8 text (byte {exc.start}); save the {what} as UTF-8",
+                         f"not UTF-8 text, byte {exc.start}") from None
 
 
 def read_json_limited(path: str | Path, limit: int, what: str = "file"):
@@ -97,9 +105,10 @@ def read_json_limited(path: str | Path, limit: int, what: str = "file"):
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); the {what} is damaged") from None
+        raise InputError(f"{path} is not valid JSON ({exc}); the {what} is damaged", f"not valid JSON: {exc}") from None
     except RecursionError:
-        raise InputError(f"{path} is nested too deeply to be a {what}; it is damaged or not pate's") from None
+        raise InputError(f"{path} is nested too deeply to be a {what}; it is damaged or not pate's",
+                         "nested too deeply") from None
 
 
 def _human(n: int) -> str:

@@ -116,7 +116,7 @@ class RunDir:
         try:
             manifest = read_json_limited(path, MAX_MANIFEST_BYTES, "run manifest")
         except InputError as exc:
-            raise RunError(f"{exc}; it cannot be trusted") from None
+            raise RunError(f"{path} is unreadable ({exc.why}); it cannot be trusted") from None
         except OSError as exc:
             raise RunError(f"{path} is unreadable: {exc.strerror or exc}") from None
         if not _valid_manifest(manifest):

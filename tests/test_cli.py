@@ -76,15 +76,23 @@ def test_inputs_beyond_a_limit_nobody_checked_are_still_one_line(monkeypatch, tm
     """The boundary behind every load-time check: what only an input can cause is one line, exit 2."""
     import pate.views.status as status_view
 
-    for error in (RecursionError("maximum recursion depth exceeded"), MemoryError(), OverflowError("int too big"),
-                  UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")):
+    import numpy as np
+
+    try:
+        np.empty(1 << 62, dtype=np.uint8)
+    except MemoryError as exc:  # numpy's own subclass of MemoryError
+        numpy_memory = exc
+    for error, says in ((RecursionError("maximum recursion depth exceeded"), "nested too deeply"),
+                        (MemoryError(), "more memory"), (numpy_memory, "more memory"),
+                        (OverflowError("int too big"), "too large"),
+                        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "not text")):
         def explode(run_dir, error=error):
             raise error
 
         monkeypatch.setattr("pate.stages.existing_run", explode)
         result = invoke("status", tmp_path)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert len(result.output.strip().splitlines()) == 1 and says in result.output, result.output
     assert status_view  # the command under test
 
 

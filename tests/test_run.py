@@ -124,7 +124,7 @@ def test_json_nested_too_deep_is_one_line_where_pate_reads_it(tmp_path):
     (tmp_path / "config.toml").write_text("")
     result = CliRunner().invoke(main, ["status", str(tmp_path)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
-    assert "manifest.json is nested too deeply" in result.output and "edited" not in result.output
+    assert "manifest.json is unreadable (nested too deeply)" in result.output and "edited" not in result.output
     with pytest.raises(chain.ChainError, match="line 1 .*nested too deeply"):
         chain.verify([deep], b"k" * 32)
 
@@ -133,7 +133,7 @@ def test_a_manifest_that_is_a_fifo_or_too_large_is_refused_without_blocking(tmp_
     from pate.run import RunDir
 
     os.mkfifo(tmp_path / "manifest.json")
-    with pytest.raises(RunError, match="FIFO, not a regular file"):
+    with pytest.raises(RunError, match="unreadable .a FIFO, not a regular file"):
         RunDir(tmp_path, None).manifest()
     os.unlink(tmp_path / "manifest.json")
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": {}, "pad": "x" * 100}))
