@@ -186,8 +186,8 @@ def _export(run_dir: Path, out: Path | None, torchscript: bool = False) -> None:
     click.echo(f"wrote {folder}: {', '.join(release_view.files(torchscript))}")
 
 
-_OUT_HELP = ("Output folder: new, empty or a previous export [default: RUN_DIR-release, beside the run "
-             "directory]; never a run directory or the private data.")  # checked by release_view.check_out
+_OUT_HELP = ("Output folder: new, empty or this run's previous export [default: RUN_DIR-release, beside the "
+             "run directory]; never a run directory, another run's release or the data.")  # pate.outputs
 _TORCHSCRIPT_HELP = "Also write the student as TorchScript (student.ts; deprecated by PyTorch, not the default)."
 
 
@@ -218,7 +218,8 @@ def release(run_dir: Path, out: Path | None, torchscript: bool) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write the CSV here instead of printing it (not inside a run directory).")
+              help="Write the CSV here instead of printing it: a new file or an earlier predict CSV, "
+                   "never inside a run directory or a release.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @user_errors
 def predict(model: Path, images: tuple[Path, ...], out: Path | None, quiet: bool) -> None:
@@ -311,7 +312,8 @@ def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1
 @main.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output directory [default: RUN_DIR/report].")
+              help="Output directory: new, empty or an earlier report, never inside a release (the report is "
+                   "PRIVATE) [default: RUN_DIR/report].")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=data_mod.DEFAULT_ROOT,
               show_default=True, help="Dataset cache, for label accuracy against vote consensus (evaluation only).")
 @user_errors

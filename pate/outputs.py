@@ -165,7 +165,8 @@ EXPORT = Purpose("release", private=False, folder=True, ours=_own_export,
 REPORT = Purpose("report", private=True, folder=True, ours=_report_folder, hint="give an empty or new folder")
 RUN_DIRECTORY = Purpose("run directory", private=True, folder=True, ours=_run_folder,
                         hint="give --run-dir a new folder")
-DATA_ROOT = Purpose("dataset cache", private=True, folder=True, ours=_any_folder, data_nearby=True)  # holds decoded private images
+DATA_ROOT = Purpose("dataset cache", private=True, folder=True, ours=_any_folder,  # holds decoded private images
+                    data_nearby=True)
 
 SPEND_DIR = Purpose("spend directory", private=True, folder=True, ours=_spend_folder,  # the record key: never shared
                     hint="point PATE_SPEND_DIR at a new folder (or the one earlier runs used)")
