@@ -1,7 +1,8 @@
 """Where a command may write: one rule for every output path, checked before anything is computed.
 
 Every path a command writes to, whether the user named it (``--out``, ``--plot``, ``--run-dir``,
-``--data-root``) or it is a default, goes through ``check_output`` with its ``Purpose``:
+``--data-root``, ``PATE_SPEND_DIR``) or it is a default, goes through ``check_output`` with its
+``Purpose`` (those here; the spend directory's is ``pate.spend_log.SPEND_DIR``, which knows its files):
 
 1. pate replaces only what it wrote for this same purpose: a plot over its own earlier plot of
    the same kind (a marker inside the PNG says which), an export over the export of the same run,
@@ -147,14 +148,6 @@ def _any_folder(folder: Path, run: Optional[RunDir]) -> bool:
     return True
 
 
-def _spend_folder(folder: Path, run: Optional[RunDir]) -> bool:
-    """A spend directory pate made: its lock, log, head or record key is there."""
-    from .records import KEY_FILE
-    from .spend_log import HEAD, LOG
-
-    return any((folder / name).exists() for name in (LOG, HEAD, KEY_FILE, "spend.lock"))
-
-
 # ----------------------------------------------------------------------------- purposes
 
 PLAN_PLOT = Purpose("plan plot", private=False, folder=False, ours=_png_written_for("plan plot"))
@@ -168,11 +161,7 @@ RUN_DIRECTORY = Purpose("run directory", private=True, folder=True, ours=_run_fo
 DATA_ROOT = Purpose("dataset cache", private=True, folder=True, ours=_any_folder,  # holds decoded private images
                     data_nearby=True)
 
-SPEND_DIR = Purpose("spend directory", private=True, folder=True, ours=_spend_folder,  # the record key: never shared
-                    hint="point PATE_SPEND_DIR at a new folder (or the one earlier runs used)")
-
-PURPOSES = {p.name: p for p in (PLAN_PLOT, AUDIT_PLOT, PREDICT_CSV, EXPORT, REPORT, RUN_DIRECTORY, DATA_ROOT,
-                                SPEND_DIR)}
+PURPOSES = {p.name: p for p in (PLAN_PLOT, AUDIT_PLOT, PREDICT_CSV, EXPORT, REPORT, RUN_DIRECTORY, DATA_ROOT)}
 
 
 # ----------------------------------------------------------------------------- the rule

@@ -33,11 +33,20 @@ from .errors import PateError
 from .io import append_durable, atomic_write_bytes, atomic_write_json, create_exclusive, sha256_file
 from .privacy import spend
 
-LOG, HEAD, RECORDS_DIR = "spend.jsonl", "spend.head", "records"
+LOG, HEAD, RECORDS_DIR, LOCK = "spend.jsonl", "spend.head", "records", "spend.lock"
 
 
 class SpendError(PateError):
     """The spend log is unusable, or a release would pass the total budget."""
+
+
+def _spend_folder(folder: Path, run) -> bool:
+    """A spend directory pate made: its lock, log, head or record key is there."""
+    return any((folder / name).exists() for name in (LOG, HEAD, records.KEY_FILE, LOCK))
+
+
+SPEND_DIR = outputs.Purpose("spend directory", private=True, folder=True, ours=_spend_folder,  # the record key
+                            hint="point PATE_SPEND_DIR at a new folder (or the one earlier runs used)")
 
 
 def directory() -> Path:
@@ -48,7 +57,7 @@ def directory() -> Path:
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
         folder = base / "pate" / "spend"
-    return outputs.check_output(folder, outputs.SPEND_DIR)
+    return outputs.check_output(folder, SPEND_DIR)
 
 
 def _refuse(problem: str) -> SpendError:
@@ -60,7 +69,7 @@ def _locked() -> Iterator[tuple[Path, bytes]]:
     """Hold the log's lock (released by the kernel if the process dies); yields (folder, secret key)."""
     folder = directory()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(folder / "spend.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield folder, _secret(folder)

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from pate import outputs
 from pate.cli import main
 from pate.outputs import OutputRefused, check_output
+from pate.stages import existing_run
 
 from .conftest import TINY_PIPELINE
 
@@ -212,8 +213,7 @@ def test_commands_replace_their_own_earlier_outputs(finished, tmp_path):
                                             "--out", str(tmp_path / "labels.csv"), "-q"])
         assert predict.exit_code == 0, predict.output
     assert "pate plan plot" in (tmp_path / "plan.png").read_bytes()[:4096].decode("latin-1")
-    assert json.loads((release / "student.json").read_text())["release_of"] == outputs.release_tag(
-        __import__("pate.stages", fromlist=["existing_run"]).existing_run(run))
+    assert json.loads((release / "student.json").read_text())["release_of"] == outputs.release_tag(existing_run(run))
     # audit's plot is refused as a plan plot's target and the other way round
     assert "is not a plan plot" in one_line_refusal(["plan", finished / "tiny.toml", "--plot", tmp_path / "audit.png"])
 
@@ -228,7 +228,9 @@ def test_the_spend_directory_never_lands_in_a_run_or_a_release(finished, tmp_pat
         assert "spend directory" in out and not (tmp_path / "new").exists() and not inside.with_name("spend").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("")
-    assert "not a pate spend directory" in refused(tmp_path / "mine", outputs.SPEND_DIR)
+    from pate.spend_log import SPEND_DIR
+
+    assert "not a pate spend directory" in refused(tmp_path / "mine", SPEND_DIR)
 
 
 def test_predict_writes_undecodable_file_names_as_their_bytes(finished, tmp_path):
