@@ -44,10 +44,11 @@ import torch  # noqa: E402
 
 from benchmarks.seeds import with_seed  # noqa: E402
 from pate import config as config_mod  # noqa: E402
-from pate import data, deploy, student  # noqa: E402
-from pate.run import RunDir  # noqa: E402
+from pate import data, deploy
+from pate.student import training as student  # noqa: E402
+from pate.run.directory import RunDir  # noqa: E402
 from pate.stages import train_student as stage  # noqa: E402
-from pate.stages.context import Context, mechanism  # noqa: E402
+from pate.run.artifacts import Context, mechanism  # noqa: E402
 # name: (run, soft targets, propagation, arch or None for the pipeline's, method or None); None run:
 # the run's own student, not retrained.
 VARIANTS = {

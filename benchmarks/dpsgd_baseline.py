@@ -8,7 +8,7 @@ PATE result is compared with at the same worst-case ε.
 The models are Tramèr & Boneh's (2021, "Differentially Private Learning Needs Better Features (or
 Much More Data)", arXiv:2011.11660) ScatterNet + linear and ScatterNet + CNN: a fixed (untrained,
 data-independent) scattering transform, J = 2, L = 8, of the [0, 1] images (pate's Kymatio-exact
-``pate.teachers.scattering``: 81 channels of 7×7), normalised by GroupNorm with 27 groups and no
+``pate.nets.wavelets``: 81 channels of 7×7), normalised by GroupNorm with 27 groups and no
 affine parameters (a per-example normalisation: it reads no statistic of the data set and costs no
 privacy), then a linear layer, or their small CNN (conv 3×3/2 to 16 channels, conv 3×3 to 32,
 tanh, a 32-unit tanh layer, 10 logits). They are trained with DP-SGD as Opacus does it: Poisson
@@ -32,8 +32,8 @@ which the paper used for Fashion-MNIST, so the whole budget goes through Opacus'
 
 Data as the pipeline reads it (``pate.data``): the private set is the training split (all 60 000
 records for MNIST / Fashion-MNIST); the score is the accuracy on the pipeline's held-out images,
-``test_index`` of pate's public split (``pate.partition.split_public`` with the pipeline's sizes,
-``pate.stages.context.partition_sizes``) for ``--split-seed`` (an integer, the pipeline's
+``test_index`` of pate's public split (``pate.data.partition.split_public`` with the pipeline's sizes,
+``pate.run.artifacts.partition_sizes``) for ``--split-seed`` (an integer, the pipeline's
 ``[data] split_seed`` by default, or ``seed``: the training seed, as ``benchmarks/seeds.py`` sets
 it). Nothing is chosen on those images. Scattering features are computed once per image set and
 cached under ``--cache`` (default ``runs/dpsgd/features``, ignored by git). Finished runs are kept in
@@ -57,9 +57,9 @@ import torch
 from torch import nn
 
 from pate import config as config_mod, data as data_mod
-from pate.partition import split_public
-from pate.stages.context import partition_sizes
-from pate.teachers import scattering
+from pate.data.partition import split_public
+from pate.run.artifacts import partition_sizes
+from pate.nets import wavelets as scattering
 
 ROOT = Path(__file__).resolve().parent.parent
 J, L = 2, 8

@@ -66,8 +66,8 @@ from pate import config as config_mod  # noqa: E402
 from pate import data as data_mod  # noqa: E402
 from pate import stages  # noqa: E402
 from pate import teachers as E  # noqa: E402
-from pate.augment import shift_images  # noqa: E402
-from pate.student import predict, train_student  # noqa: E402
+from pate.nets.augment import shift_images  # noqa: E402
+from pate.student.training import predict, train_student  # noqa: E402
 
 CLASSES = 10
 MODES = ("fp32", "fast")

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pate import config as config_mod, data as data_mod, knn
-from pate.partition import make_partition
-from pate.stages.context import partition_sizes
-from pate.teachers import features, pretrained
+from pate import config as config_mod, data as data_mod
+from pate.features import knn
+from pate.data.partition import make_partition
+from pate.run.artifacts import partition_sizes
+from pate.features import extractors as features, pretrained
 from pate.views import plan
 
 

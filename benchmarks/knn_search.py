@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from pate import knn
+from pate.features import knn
 
 
 def main() -> None:

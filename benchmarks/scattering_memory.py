@@ -28,7 +28,7 @@ import torch
 
 from pate import data as data_mod
 from pate.data import builtin
-from pate.teachers import scattering
+from pate.nets import wavelets as scattering
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = ROOT / "pipelines" / "fashion-mnist-scattering.toml"

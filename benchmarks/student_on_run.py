@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from pate import config as config_mod
-from pate import data, student
-from pate.run import RunDir
+from pate import data
+from pate.student import training as student
+from pate.run.directory import RunDir
 from pate.stages import train_student as stage
-from pate.stages.context import Context
+from pate.run.artifacts import Context
 
 
 def main() -> None:

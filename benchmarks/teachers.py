@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pate import teachers as E
-from pate.models import ConvStep, build_model, layer_plan
+from pate.nets.models import ConvStep, build_model, layer_plan
 
 
 def training_flops_per_image(arch: str, channels: int, classes: int, size: int) -> float:

@@ -23,9 +23,9 @@ import numpy as np
 
 from . import deploy
 from .config import PipelineConfig
-from .run import RunDir
+from .run.directory import RunDir
 from .stages import NAMES, existing_run
-from .stages.context import LABELS, data_spec, read_metrics, read_privacy
+from .run.artifacts import LABELS, data_spec, read_metrics, read_privacy
 
 
 @dataclass(frozen=True)

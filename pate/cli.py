@@ -15,7 +15,8 @@ import click
 
 from . import config as config_mod
 from . import data as data_mod
-from . import deploy, outputs, stages
+from . import deploy, stages
+from .run import outputs
 from .errors import PateError
 from .io import atomic_write_bytes
 from .progress import Progress, say
@@ -187,7 +188,7 @@ def _export(run_dir: Path, out: Path | None, torchscript: bool = False) -> None:
 
 
 _OUT_HELP = ("Output folder: new, empty or this run's previous export [default: RUN_DIR-release, beside the "
-             "run directory]; never a run directory, another run's release or the data.")  # pate.outputs
+             "run directory]; never a run directory, another run's release or the data.")  # pate.run.outputs
 _TORCHSCRIPT_HELP = "Also write the student as TorchScript (student.ts; deprecated by PyTorch, not the default)."
 
 
@@ -237,7 +238,7 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, quiet: bool
     bar.close()
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(outputs.PREDICT_HEADER.split(","))  # the header marks the file as pate's (pate.outputs)
+    writer.writerow(outputs.PREDICT_HEADER.split(","))  # the header marks the file as pate's (pate.run.outputs)
     writer.writerows((path, label, name, f"{confidence:.4f}") for path, label, name, confidence in rows)
     csv_bytes = text.getvalue().encode("utf-8", "surrogateescape")  # a file name's undecodable bytes, as they are
     if out is None:

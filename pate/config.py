@@ -23,7 +23,7 @@ from .privacy.mechanisms import MECHANISMS as MECHANISM_CLASSES
 from .privacy.mechanisms import NAMES as MECHANISMS
 from .privacy.discrete import MAX_TABLE_SIGMA
 from .privacy.smooth_sensitivity import MAX_WALK_CELLS, check_conditions, walk_fits
-from .models import ARCHITECTURES, TEACHER_ARCHITECTURES
+from .nets.models import ARCHITECTURES, TEACHER_ARCHITECTURES
 from .selection import SELECTIONS
 
 
@@ -80,7 +80,7 @@ PATH_KEYS = ("private_dir", "public_dir", "test_dir", "private_file", "public_fi
 DATA_NAME_PATTERN = re.compile(r"[^/\\\x00-\x1f\x7f]{1,100}")  # [data] name: a name, never a path
 CLASS_NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
-PROPAGATION = ("none", "label-spreading")  # [student] propagation (pate.propagation)
+PROPAGATION = ("none", "label-spreading")  # [student] propagation (pate.student.propagation)
 
 
 class ConfigError(PateError, ValueError):
@@ -221,7 +221,7 @@ class TeachersConfig:
     features: str = "none"
     feature_epochs: int = 30
     feature_dim: int = 128
-    # features = "pretrained" (pate.teachers.pretrained): a frozen torchvision backbone, or
+    # features = "pretrained" (pate.features.pretrained): a frozen torchvision backbone, or
     # "timm:<name>"; weights "DEFAULT" (downloaded as the library does), a torchvision weights name,
     # or a local weights file (relative to the pipeline file); backbone_size = the input size the
     # images are resized to (0 = the weights' own, 224 for ImageNet models).
@@ -263,7 +263,7 @@ class AggregatorConfig:
     gamma: float = 0.05  # LNMax: Laplace noise of scale 1/gamma
     epsilon_budget: float = 0.0  # 0 = no budget; else stop before data-independent eps exceeds it
     seed: Optional[int] = None  # None = OS cryptographic noise; a seed is NOT a production guarantee
-    # private-knn (pate.knn): a query's radius is the distance to its knn_k-th nearest public pool
+    # private-knn (pate.features.knn): a query's radius is the distance to its knn_k-th nearest public pool
     # image, in the [teachers] features space projected on knn_dim principal axes of the pool (0 = all)
     knn_k: int = 30
     knn_dim: int = 64
@@ -376,7 +376,7 @@ class StudentConfig:
     # With [aggregator] soft_labels: the targets are softmax(noisy count vector / soft_temperature);
     # 0 = the standard deviation of the answer noise (sigma2; sqrt(2)/gamma for LNMax).
     soft_temperature: float = 0.0
-    # Post-processing over the public pool (pate.propagation): "label-spreading" fills in the
+    # Post-processing over the public pool (pate.student.propagation): "label-spreading" fills in the
     # unlabelled pool images from the released labels on a propagation_k-NN graph of public features
     # (clamping propagation_alpha); those at least propagation_confidence sure join the labelled set.
     propagation: str = "none"

@@ -43,16 +43,16 @@ import numpy as np
 
 from .data import images as image_files
 from .errors import PateError
-from .outputs import RELEASE_FORMAT
+from .run.outputs import RELEASE_FORMAT
 from .io import read_bytes_limited
-from .models import build_model, has_scattering
+from .nets.models import build_model, has_scattering
 from .stages import existing_run
-from .stages.context import data_spec, student_model
+from .run.artifacts import data_spec, student_model
 
 META = "pate.json"  # the student's description, inside every exported file
 STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS = "student.onnx", "student.pt2", "student.safetensors"
 STUDENT_TS, STUDENT_JSON = "student.ts", "student.json"
-FORMAT = RELEASE_FORMAT  # student.json marks a folder as a pate export (pate.outputs)
+FORMAT = RELEASE_FORMAT  # student.json marks a folder as a pate export (pate.run.outputs)
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # of the ONNX graph
 EXPORT_TOOLS = ("onnx", "onnxscript", "safetensors")  # what `pate export` needs beside torch (the export extra)
 # What a student file may claim, checked before anything is allocated for its images: pate trains
@@ -163,7 +163,7 @@ def program_bytes(model: Any, meta: dict) -> bytes:
 
 
 def safetensors_bytes(model: Any, meta: dict) -> bytes:
-    """The bare network's weights (no normalisation: rebuild it with ``pate.models.build_model``
+    """The bare network's weights (no normalisation: rebuild it with ``pate.nets.models.build_model``
     and normalise inputs with ``mean``/``std``) as safetensors, ``meta`` in the header's metadata."""
     from safetensors.torch import save
 

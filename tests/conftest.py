@@ -100,10 +100,11 @@ def finish_votes_stage(run, votes: np.ndarray, private_data: str | None = None) 
     import hashlib
     import uuid
 
-    from pate import records, spend_log
+    from pate.data import records
+    from pate.run import spend_log
     from pate.io import atomic_save_npz
-    from pate.partition import make_partition
-    from pate.stages.context import partition_sizes
+    from pate.data.partition import make_partition
+    from pate.run.artifacts import partition_sizes
 
     sizes = partition_sizes(run.config, run.config.data.spec)
     secret = hashlib.sha256((private_data or uuid.uuid4().hex).encode()).digest()
@@ -112,9 +113,9 @@ def finish_votes_stage(run, votes: np.ndarray, private_data: str | None = None) 
     parts = make_partition(digests=records.shard_digests(secret, names, 0),
                            fingerprints=records.fingerprints(secret, names), key_id=key_id, seed=0, **sizes)
     if run.config.privacy.total_budget:  # the partition stage's individual filter, against the log as it is now
-        from pate import spend_log
+        from pate.run import spend_log
         from pate.aggregation.settings import spend_curve
-        from pate.partition import leave_out
+        from pate.data.partition import leave_out
 
         priv = run.config.privacy
         parts = leave_out(parts, spend_log.past_budget(

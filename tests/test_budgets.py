@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pate import budgets
+from pate.aggregation import budgets
 
 
 def write(tmp_path, rows):

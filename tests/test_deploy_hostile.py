@@ -27,8 +27,8 @@ import pate
 from pate import io as pate_io
 from pate.cli import main
 from pate.errors import PateError
-from pate.models import build_model
-from pate.outputs import PREDICT_HEADER
+from pate.nets.models import build_model
+from pate.run.outputs import PREDICT_HEADER
 
 from .conftest import TINY_PIPELINE
 from .data.conftest import FOLDERS_PIPELINE, write_folders
@@ -108,7 +108,7 @@ class Raises(torch.nn.Module):
         raise RuntimeError("boom")
 
 
-GOOD = {"format": "pate.student/1", "arch": "cnn-small", "classes": [str(d) for d in range(10)], "channels": 1,
+GOOD = {"format": "pate.student.training/1", "arch": "cnn-small", "classes": [str(d) for d in range(10)], "channels": 1,
         "image_size": 28, "mean": [0.1], "std": [0.3]}
 FORMATS = ("onnx", "pt2", "ts", "safetensors")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pate import config as config_mod, data as data_mod
-from pate.partition import split_public
+from pate.data.partition import split_public
 from .conftest import TINY_PIPELINE, edit_pipeline
 
 pytest.importorskip("opacus")

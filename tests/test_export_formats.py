@@ -25,7 +25,7 @@ import pate
 from pate import deploy
 from pate.cli import main
 from pate.data import load as load_data
-from pate.models import build_model
+from pate.nets.models import build_model
 
 from .conftest import TINY_PIPELINE
 

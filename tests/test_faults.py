@@ -34,7 +34,7 @@ import pytest
 
 from pate import config as config_mod
 from pate.io import sha256_file
-from pate.partition import verify_partition
+from pate.data.partition import verify_partition
 from pate.privacy import ledger
 from pate.stages import BY_NAME
 from pate.stages import NAMES as STAGES
@@ -343,9 +343,9 @@ def _partial_aggregation_in_spend_log(run_dir: Path, reference_nonce: str) -> st
     import dataclasses
     import uuid
 
-    from pate import spend_log
+    from pate.run import spend_log
     from pate.privacy import ledger
-    from pate.stages.context import LEDGER_KEY
+    from pate.run.artifacts import LEDGER_KEY
 
     nonce = uuid.uuid4().hex
     entry = next(e for e in spend_log.entries() if e.nonce == reference_nonce and e.kind == "aggregation")
@@ -676,7 +676,7 @@ def test_pipeline_file_not_utf8(reference, tmp_path):
 def test_two_aggregations_of_one_run_never_spend_twice(delay, reference, tmp_path):
     """Two `pate aggregate` on one run directory, started together or a little apart: one decides,
     the other is refused with who holds the lock (or finds the stage done); every query once."""
-    from pate import spend_log
+    from pate.run import spend_log
 
     run_dir = reference.restore("vote", tmp_path / "run")
     _edit_manifest(run_dir, lambda m: m.update(run_id=f"race-{delay}-{tmp_path.name}"))

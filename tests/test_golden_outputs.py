@@ -26,7 +26,7 @@ from pate.aggregation.settings import check_accountable
 from pate.privacy import ledger
 from pate.stages import aggregate as stage
 from pate.stages import open_run
-from pate.stages.context import Context
+from pate.run.artifacts import Context
 
 from .conftest import finish_votes_stage
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pate import budgets
+from pate.aggregation import budgets
 from pate import config as config_mod
 from pate.cli import main
 from pate.privacy import smooth_sensitivity as ss
 from pate.privacy.smooth_sensitivity import _threshold_rdp_table
-from pate.run import RunError
+from pate.run.directory import RunError
 from pate.stages import open_run
 
 

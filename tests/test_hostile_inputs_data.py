@@ -82,7 +82,7 @@ def write_student(folder: Path, channels: int = 1, size: int = 16) -> Path:
     from safetensors.torch import save
 
     from pate.deploy import describe
-    from pate.models import build_model
+    from pate.nets.models import build_model
 
     meta = describe("cnn-small", [str(k) for k in range(10)], channels, size, [0.5] * channels, [0.25] * channels)
     weights = {k: v.contiguous() for k, v in build_model("cnn-small", channels, 10, size).state_dict().items()}

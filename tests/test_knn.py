@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pate import knn
+from pate.features import knn
 
 
 def _points(seed=0, n=500, q=40, pool=200, d=6):

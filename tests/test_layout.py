@@ -4,7 +4,11 @@
 - a stage module never imports another stage module;
 - no in-package import hides in a function body (the import graph is the module headers);
 - only ``pate/privacy/mechanisms.py`` tells mechanisms apart by name;
-- ``pate --help`` and the stage registry never import torch.
+- ``pate --help`` and the stage registry never import torch;
+- the top-level modules and packages form layers: each imports only from layers below it, so
+  there is no cycle between packages (the run directory and its artifact catalogue sit below the
+  stages and the aggregation; the stages record what the aggregation returns);
+- about ten top-level modules, the rest in one folder per domain.
 """
 from __future__ import annotations
 
@@ -88,3 +92,55 @@ def test_registry_matches_the_stage_modules():
 def test_cli_and_registry_do_not_import_torch(code):
     check = f"import sys; {code}; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
+
+
+# The layers, lowest first. A unit (top-level module or package) imports only from lower layers.
+LAYERS = [
+    {"errors"},
+    {"io", "seeds", "progress"},
+    {"privacy", "selection"},
+    {"nets"},  # model specs, the scattering transform and layer, augmentation
+    {"config"},
+    {"data"},  # sources, partition, record identity
+    {"run"},  # the run directory, its artifact catalogue, the spend directory, where commands write
+    {"features", "teachers", "student"},
+    {"aggregation", "tracking"},
+    {"stages"},
+    {"deploy"},
+    {"views"},
+    {"api", "cli"},
+    {"__main__"},
+]
+MAX_TOP_LEVEL_MODULES = 12  # __init__ and __main__ included
+
+
+def unit_of(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else "pate"
+
+
+def test_every_top_level_unit_has_a_layer():
+    units = {p.stem if p.is_file() else p.name for p in PATE.iterdir()
+             if (p.suffix == ".py" or (p / "__init__.py").is_file()) and p.name != "__init__.py"}
+    layered = set().union(*LAYERS)
+    assert units == layered, f"not layered: {sorted(units - layered)}; gone: {sorted(layered - units)}"
+
+
+def test_imports_point_down_the_layers_only():
+    rank = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
+    upward = []
+    for path in modules():
+        if path.parent == PATE and path.name == "__init__.py":
+            continue  # the package's own front door (pate.load_run, ...) may import its API
+        me = unit_of(".".join(("pate", *path.relative_to(PATE).with_suffix("").parts)))
+        for name in imported(path):
+            other = unit_of(name)
+            if other in ("pate", me) or other not in rank:
+                continue  # pate.__version__, or the unit itself
+            if rank[other] >= rank[me] and not (rank[other] == rank[me] and other == me):
+                upward.append(f"{path.relative_to(PATE)} imports {name}")
+    assert not upward, "imports that point up or sideways:\n" + "\n".join(sorted(upward))
+
+
+def test_few_top_level_modules():
+    loose = sorted(p.name for p in PATE.glob("*.py"))
+    assert len(loose) <= MAX_TOP_LEVEL_MODULES, loose

@@ -1,4 +1,4 @@
-"""The output rule (issue 31): every path a command writes to goes through `pate.outputs.check_output`.
+"""The output rule (issue 31): every path a command writes to goes through `pate.run.outputs.check_output`.
 
 pate replaces only what it wrote for the same purpose, writes into no run directory and no release
 but the command's own, never puts a private view in a release nor a public output in a run
@@ -17,9 +17,9 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from pate import outputs
+from pate.run import outputs
 from pate.cli import main
-from pate.outputs import OutputRefused, check_output
+from pate.run.outputs import OutputRefused, check_output
 from pate.stages import existing_run
 
 from .conftest import TINY_PIPELINE
@@ -114,7 +114,7 @@ def no_data():
 
 
 def test_public_outputs_stay_out_of_the_own_run_and_private_views_out_of_releases(tmp_path):
-    from pate.run import RunDir
+    from pate.run.directory import RunDir
 
     own = RunDir(fake_run(tmp_path / "run"), no_data())
     assert "inside the private run directory" in refused(own.path / "plan.png", outputs.PLAN_PLOT, own)
@@ -131,7 +131,7 @@ def test_public_outputs_stay_out_of_the_own_run_and_private_views_out_of_release
 def test_data_a_run_reads_is_never_an_output(tmp_path):
     from types import SimpleNamespace
 
-    from pate.run import RunDir
+    from pate.run.directory import RunDir
 
     private = tmp_path / "hospital" / "private"
     private.mkdir(parents=True)
@@ -228,7 +228,7 @@ def test_the_spend_directory_never_lands_in_a_run_or_a_release(finished, tmp_pat
         assert "spend directory" in out and not (tmp_path / "new").exists() and not inside.with_name("spend").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("")
-    from pate.spend_log import SPEND_DIR
+    from pate.run.spend_log import SPEND_DIR
 
     assert "not a pate spend directory" in refused(tmp_path / "mine", SPEND_DIR)
 

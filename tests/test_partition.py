@@ -3,8 +3,8 @@ other record's teacher or draw (the add/remove neighbour relation of every guara
 import numpy as np
 import pytest
 
-from pate import records
-from pate.partition import PartitionError, make_partition, split_public, verify_partition
+from pate.data import records
+from pate.data.partition import PartitionError, make_partition, split_public, verify_partition
 
 SECRET = bytes(range(32))
 PUBLIC = dict(num_public=500, student_pool=300, test_size=100, num_queries=50)

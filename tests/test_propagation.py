@@ -1,4 +1,4 @@
-"""Label spreading over the public pool (pate.propagation, [student] propagation): it recovers the
+"""Label spreading over the public pool (pate.student.propagation, [student] propagation): it recovers the
 clusters of unlabelled points from a few labelled ones, keeps the released targets, reads only its
 inputs, and end to end the student trains on it, the statement names it, and a missing
 scikit-learn is one line and exit 2 before anything is written."""
@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from pate import config as config_mod
-from pate import propagation
+from pate.student import propagation
 from pate.cli import main
-from pate.run import RunDir
+from pate.run.directory import RunDir
 
 from .conftest import TINY_PIPELINE, edit_pipeline
 

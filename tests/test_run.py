@@ -7,7 +7,7 @@ import pytest
 
 from pate import config as config_mod
 from pate import io as run_mod
-from pate.run import RunError, locked, run_directory_holding
+from pate.run.directory import RunError, locked, run_directory_holding
 from pate.stages import NAMES, open_run
 
 
@@ -130,13 +130,13 @@ def test_json_nested_too_deep_is_one_line_where_pate_reads_it(tmp_path):
 
 
 def test_a_manifest_that_is_a_fifo_or_too_large_is_refused_without_blocking(tmp_path, monkeypatch):
-    from pate.run import RunDir
+    from pate.run.directory import RunDir
 
     os.mkfifo(tmp_path / "manifest.json")
     with pytest.raises(RunError, match="unreadable .a FIFO, not a regular file"):
         RunDir(tmp_path, None).manifest()
     os.unlink(tmp_path / "manifest.json")
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": {}, "pad": "x" * 100}))
-    monkeypatch.setattr("pate.run.MAX_MANIFEST_BYTES", 64)
+    monkeypatch.setattr("pate.run.directory.MAX_MANIFEST_BYTES", 64)
     with pytest.raises(RunError, match="larger than 64 bytes"):
         RunDir(tmp_path, None).manifest()

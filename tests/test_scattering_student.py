@@ -20,9 +20,9 @@ from pate.cli import main
 from pate.config import load as load_config
 from pate.data import load as load_data
 from pate.errors import PateError
-from pate.models import TEACHER_ARCHITECTURES, build_model, layer_plan
-from pate.scattering_layer import Scattering
-from pate.teachers.scattering import scatter
+from pate.nets.models import TEACHER_ARCHITECTURES, build_model, layer_plan
+from pate.nets.scattering import Scattering
+from pate.nets.wavelets import scatter
 
 from .conftest import TINY_PIPELINE, edit_pipeline
 

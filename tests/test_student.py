@@ -13,7 +13,7 @@ import torch
 
 
 from pate.io import CheckpointMismatch, load_checkpoint
-from pate.student import accuracy, predict, train_student
+from pate.student.training import accuracy, predict, train_student
 
 K = 4  # classes of the toy task
 

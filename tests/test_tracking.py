@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from pate import config as config_mod
-from pate import spend_log, tracking
+from pate.run import spend_log
+from pate import tracking
 from pate.cli import main
 
 from .conftest import TINY_PIPELINE, edit_pipeline
@@ -100,7 +101,7 @@ def _an_earlier_release_on(run_dir: Path) -> None:
 def test_a_tracked_run_holds_the_public_fields_and_nothing_private(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from pate.run import RunError
+    from pate.run.directory import RunError
     from pate.stages import vote
 
     images, run_dir, store = tmp_path / "images", tmp_path / "run", tmp_path / "mlruns"
@@ -234,7 +235,7 @@ def test_the_store_defaults_to_mlruns_here(tmp_path, monkeypatch):
 
 
 def test_the_release_folder_is_where_pate_run_writes_it(tmp_path):
-    from pate.run import RunDir
+    from pate.run.directory import RunDir
     from pate.views import release as release_view
 
     run = RunDir(tmp_path / "runs" / "tiny", config_mod.from_dict({"name": "tiny"}))

@@ -12,8 +12,8 @@ from .. import selection
 from ..privacy import accounting
 from ..privacy.noise import noise_source
 from ..progress import Progress
-from ..run import RunError
-from ..stages.context import VOTES, Context, load_partition
+from ..run.directory import RunError
+from ..run.artifacts import VOTES, Context, load_partition
 from . import protocol
 from .settings import WARN_EPSILON
 

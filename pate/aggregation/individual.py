@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import budgets
-from .. import records as records_mod
+from . import budgets
+from ..data import records as records_mod
 from ..io import atomic_save_npz, sha256_file
 from ..privacy import accounting, individual
 from ..privacy.noise import noise_source
 from ..progress import Progress
-from ..run import RunError
-from ..stages.context import DATA, NEIGHBOURS, RECORD_BUDGETS, Context, load_partition
+from ..run.directory import RunError
+from ..run.artifacts import DATA, NEIGHBOURS, RECORD_BUDGETS, Context, load_partition
 from . import protocol
 from .ledger_files import KnnInputs, knn_inputs
 from .settings import gaussian_budgets
@@ -48,7 +48,7 @@ def load(ctx: Context, settings: accounting.Settings) -> Neighbourhoods:
 
 def _record_budgets(ctx: Context, records: np.ndarray) -> tuple[np.ndarray, str]:
     """(N,) every private record's budget (ε at δ), resolved from ``[privacy] record_budgets`` by
-    record identity (``pate.budgets``), or as kept in the run when aggregation began (PRIVATE); a
+    record identity (``pate.aggregation.budgets``), or as kept in the run when aggregation began (PRIVATE); a
     resumed run refuses a changed file."""
     config = ctx.config
     path = config.privacy.record_budgets

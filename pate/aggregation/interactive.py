@@ -33,8 +33,8 @@ from ..io import atomic_save_npz
 from ..privacy import accounting, ledger
 from ..privacy.noise import noise_source
 from ..progress import Progress
-from ..stages.context import Context, load_dataset, load_partition, public_images, resolve_device
-from ..student import probabilities, train_student
+from ..run.artifacts import Context, load_dataset, load_partition, public_images, resolve_device
+from ..student.training import probabilities, train_student
 from . import batch, protocol
 from .ledger_files import (Candidates, candidates_of, chosen_between_rounds, read_round, round_file,
                            round_positions)

@@ -13,8 +13,8 @@ from .. import selection
 from ..config import PipelineConfig
 from ..io import create_exclusive, sha256_file
 from ..privacy import individual, ledger
-from ..run import RunDir, RunError
-from ..stages.context import LEDGER, LEDGER_KEY, NEIGHBOURS, VOTES, mechanism
+from ..run.directory import RunDir, RunError
+from ..run.artifacts import LEDGER, LEDGER_KEY, NEIGHBOURS, VOTES, mechanism
 
 ROUNDS_DIR = "interactive"  # Interactive-GNMax: each round's student probabilities (and chosen queries)
 

@@ -24,13 +24,12 @@ from typing import Callable
 
 import numpy as np
 
-from .. import spend_log
+from ..run import spend_log
 from ..io import ShortWrite, append_durable, atomic_save_npz, atomic_write_json, create_exclusive
 from ..privacy import accounting, ledger, spend
 from ..privacy.mechanisms import Mechanism
-from ..run import RunError, now
-from ..stages import finish
-from ..stages.context import LABELS, LEDGER, PRIVACY, Context, load_partition
+from ..run.directory import RunError, now
+from ..run.artifacts import LABELS, LEDGER, PRIVACY, Context, load_partition
 from .ledger_files import decided, expected_ledger_header, ledger_key, load_ledger
 from .settings import privacy_settings, spend_curves
 
@@ -74,7 +73,7 @@ class Outcome:
     summary: str
 
 
-def run(ctx: Context, *, load: Callable, decide: Callable, conclude: Callable) -> None:
+def run(ctx: Context, *, load: Callable, decide: Callable, conclude: Callable) -> str:
     """The protocol, for a family given as ``load(ctx, settings) -> inputs``,
     ``decide(aggregation, inputs) -> state`` and ``conclude(aggregation, inputs, records, state,
     report) -> Outcome`` (``report``: privacy.json if already written)."""
@@ -91,8 +90,7 @@ def run(ctx: Context, *, load: Callable, decide: Callable, conclude: Callable) -
     outcome = conclude(aggregation, inputs, records, state, existing_report(ctx, len(records)))
     if outcome.report is not None:
         atomic_write_json(ctx.run.file(PRIVACY), outcome.report, private=True)
-    finish(ctx, STAGE)
-    ctx.say(f"{outcome.summary}; a record of this private data has now spent at most epsilon {total.epsilon:.3f} "
+    return (f"{outcome.summary}; a record of this private data has now spent at most epsilon {total.epsilon:.3f} "
             f"over {total.releases} release(s) (PRIVATE: it depends on which records are in the data)")
 
 

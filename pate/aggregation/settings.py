@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import budgets
+from . import budgets
 from ..config import ConfigError, PipelineConfig
 from ..privacy import accounting, individual, spend
 from ..privacy.accounting import resolve_orders
-from ..stages.context import mechanism
+from ..run.artifacts import mechanism
 
 
 def orders(config: PipelineConfig) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Your own images, as ``.npz`` arrays: ``images`` uint8 (N, H, W) or (N, H, W, C), ``labels`` int.
 
 The private file needs both, and may hold ``ids`` (one stable id per record, integers or strings:
-``pate.records``); the public file its images (its labels, if any, serve evaluation only); the
+``pate.data.records``); the public file its images (its labels, if any, serve evaluation only); the
 optional test file both. Every file is checked before its arrays are read: it must be an ``.npz``
 (zip) archive, and the dtype and shape of every array pate reads (images, labels and the private
 file's ids, which the partition reads later) come from its ``.npy`` header, bounded to
@@ -102,7 +102,7 @@ def _read(path: Path, key: str, need_labels: bool) -> tuple[np.ndarray, Optional
                     raise DataError(f"[data] {key}: 'labels' must be integers of shape ({shape[0]},); found "
                                     f"{label_dtype} {label_shape}")
                 _check_header(key, "labels", label_shape, label_dtype, label_payload)
-            if key == "private_file" and "ids" in members:  # read by the partition (``pate.records.user_ids``)
+            if key == "private_file" and "ids" in members:  # read by the partition (``pate.data.records.user_ids``)
                 ids_shape, _, ids_dtype, ids_payload = _header(zf, members["ids"])
                 if ids_dtype.kind not in "iuU" or ids_shape != (shape[0],):
                     raise DataError(f"[data] {key}: 'ids' must be integers or strings of shape ({shape[0]},), one "

@@ -13,7 +13,7 @@ interaction is RDP at that budget for that record, whatever the other records ar
 Two facts keep the charges individual, and both are enforced here and tested:
 
 - **Membership depends on the record and public information only.** A record votes on query t
-  when it lies within radius r_t of the query, r_t fixed by the public pool (``pate.knn``), not
+  when it lies within radius r_t of the query, r_t fixed by the public pool (``pate.features.knn``), not
   when it is among the k nearest *private* records (that set would change when another record is
   removed). So removing record i changes the vote histogram of the queries i votes in by one in
   one coordinate, and nothing else.

@@ -2,7 +2,7 @@
 
 Every aggregation and every smooth-sensitivity draw is one entry, written before it happens,
 holding its worst-case RDP curve on the paper's default orders and the set of records it charges
-(keyed record fingerprints, ``pate.records``). A record's spend is the composition of the entries
+(keyed record fingerprints, ``pate.data.records``). A record's spend is the composition of the entries
 that hold it: RDP adds at each order (Mironov 2017, arXiv:1702.07476v3, Prop. 1), whichever run
 directory and whichever version of the dataset each came from; the privacy spent on a dataset is
 the worst over its records. So a deleted run, a copied run directory or a dataset that gained or

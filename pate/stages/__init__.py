@@ -24,14 +24,15 @@ from .. import config as config_mod
 from ..config import DOWNSTREAM_SECTIONS, PipelineConfig
 from ..io import atomic_write_json, private_mkdir
 from ..progress import say
-from ..run import RunDir, RunError, locked
+from ..run.directory import RunDir, RunError, locked
 from .. import data as data_mod
-from .. import outputs, spend_log, tracking
+from ..run import outputs, spend_log
+from .. import tracking
 from ..aggregation.ledger_files import votes_file
 from ..aggregation.settings import check_accountable
-from .context import (DATA, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, LEDGER, METRICS, PARTITION, PRIVACY,
-                      STUDENT_HISTORY, STUDENT_MODEL, TEACHERS_EVAL, Context, heads_part, mechanism,
-                      public_features_part, read_metrics, read_privacy, spec_from_json, teacher_part)
+from ..run.artifacts import (DATA, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, LEDGER, METRICS, PARTITION, PRIVACY,
+                             STUDENT_HISTORY, STUDENT_MODEL, TEACHERS_EVAL, Context, heads_part, mechanism,
+                             public_features_part, read_metrics, read_privacy, spec_from_json, teacher_part)
 
 
 def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:

@@ -11,7 +11,8 @@ family's module are in ``pate.aggregation``.
 from __future__ import annotations
 
 from ..aggregation import batch, individual, interactive, protocol
-from .context import Context, mechanism
+from . import finish
+from ..run.artifacts import Context, mechanism
 
 NAME = protocol.STAGE
 
@@ -19,4 +20,6 @@ NAME = protocol.STAGE
 def run(ctx: Context) -> None:
     mech = mechanism(ctx.config)
     family = individual if mech.individual else interactive if mech.interactive else batch
-    protocol.run(ctx, load=family.load, decide=family.decide, conclude=family.conclude)
+    summary = protocol.run(ctx, load=family.load, decide=family.decide, conclude=family.conclude)
+    finish(ctx, NAME)  # the stage records its outputs; the aggregation below it only returns
+    ctx.say(summary)

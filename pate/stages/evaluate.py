@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from ..io import atomic_write_json
-from ..student import accuracy
+from ..student.training import accuracy
 from . import finish
-from .context import (LABELS, METRICS, TEACHERS_EVAL, Context, load_dataset, load_partition, public_images,
-                      resolve_device, student_model)
+from ..run.artifacts import (LABELS, METRICS, TEACHERS_EVAL, Context, load_dataset, load_partition, public_images,
+                             resolve_device, student_model)
 
 NAME = "evaluate"
 

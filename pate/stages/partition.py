@@ -1,6 +1,6 @@
 """Split the private set into K disjoint teacher shards and the public set into queries, student pool and held-out test.
 
-A record's shard is a keyed hash of the record itself (``pate.records``); the public split is
+A record's shard is a keyed hash of the record itself (``pate.data.records``); the public split is
 seeded (``[data] split_seed``). Both are written once and verified whenever a later stage loads
 them, so every private record belongs to exactly one teacher for the life of the run.
 """
@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import records, selection, spend_log
+from ..data import records
+from .. import selection
+from ..run import spend_log
 from ..io import atomic_save_npz, atomic_write_json
 from ..aggregation.settings import check_total_budget, spend_curve
-from ..partition import leave_out, make_partition, verify_partition
-from ..run import RunError
+from ..data.partition import leave_out, make_partition, verify_partition
+from ..run.directory import RunError
 from . import finish
-from .context import DATA, PARTITION, Context, data_json, load_dataset, partition_sizes
+from ..run.artifacts import DATA, PARTITION, Context, data_json, load_dataset, partition_sizes
 
 NAME = "partition"
 
 
 def record_names(config, dataset) -> list[bytes]:
-    """What each private record is (``pate.records.identities``): the user's ids, the image files'
+    """What each private record is (``pate.data.records.identities``): the user's ids, the image files'
     hashes, or the images themselves, each with its label."""
     file_hashes = None
     if config.data.source == "folders":  # the frames of a split multi-frame DICOM file are one record:
@@ -47,7 +49,7 @@ def run(ctx: Context) -> None:
     names = record_names(config, dataset)
     secret = spend_log.record_key()
     # A seeded run's shards come from the seed (the same on every machine and spend directory); its
-    # fingerprints, like every run's, from the spend directory's key (``pate.records``).
+    # fingerprints, like every run's, from the spend directory's key (``pate.data.records``).
     shard_key = records.seeded_shard_key(config.aggregator.seed) if config.seeded else secret
     key_id = records.key_id(secret)
     arrays = make_partition(digests=records.shard_digests(shard_key, names, config.data.split_seed),

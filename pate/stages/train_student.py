@@ -4,7 +4,7 @@ The student sees only public images: those whose labels the aggregator released 
 and the unlabelled rest of the student pool, never the held-out test split. It is
 post-processing of the release, so it costs no further privacy. With ``[student] propagation``
 the released labels are first spread over a kNN graph of the pool's public features
-(``pate.propagation``): the unlabelled images it labels confidently enough join the labelled ones
+(``pate.student.propagation``): the unlabelled images it labels confidently enough join the labelled ones
 with their propagated distributions as soft targets, and the semi-supervised loss still runs on
 every unlabelled image. Post-processing as well: public images and released labels only.
 """
@@ -13,16 +13,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import knn, propagation
-from ..models import layer_plan
+from ..features import knn
+from ..student import propagation
+from ..nets.models import layer_plan
 from ..io import CheckpointError, atomic_write_json, load_checkpoint, private_mkdir, save_checkpoint
 from ..progress import Progress
-from ..run import RunError
-from ..student import soft_targets, train_student
-from ..teachers import features
+from ..run.directory import RunError
+from ..student.training import soft_targets, train_student
+from ..features import extractors as features
 from . import finish
-from .context import (EXTRACTOR, KNN_PUBLIC, LABELS, PUBLIC_FEATURES_PREFIX, STUDENT_HISTORY, STUDENT_MODEL, Context,
-                      load_dataset, load_partition, public_images, mechanism, resolve_device)
+from ..run.artifacts import (EXTRACTOR, KNN_PUBLIC, LABELS, PUBLIC_FEATURES_PREFIX, STUDENT_HISTORY, STUDENT_MODEL,
+                             Context, load_dataset, load_partition, public_images, mechanism, resolve_device)
 
 NAME = "train-student"
 

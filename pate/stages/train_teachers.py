@@ -16,17 +16,18 @@ import torch
 
 from ..io import CheckpointError, load_checkpoint, private_mkdir, save_checkpoint
 from ..progress import Progress, plural
-from ..run import RunError
-from .. import knn
-from ..teachers import distributed, features, pretrained
+from ..run.directory import RunError
+from ..features import knn
+from ..teachers import distributed
+from ..features import extractors as features, pretrained
 from ..teachers.training import train_ensemble
 from . import finish
-from .context import (EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, TEACHERS_DIR, Context, heads_part, load_dataset,
-                      load_partition, mechanism, normaliser, private_features_part, private_images,
-                      public_features_part, public_images, resolve_device, teacher_part)
+from ..run.artifacts import (EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, TEACHERS_DIR, Context, heads_part, load_dataset,
+                             load_partition, mechanism, normaliser, private_features_part, private_images,
+                             public_features_part, public_images, resolve_device, teacher_part)
 
 NAME = "train-teachers"
-KNN_FORMAT = "pate.knn-space/1"
+KNN_FORMAT = "pate.features.knn-space/1"
 
 
 def check(config) -> None:
@@ -78,7 +79,7 @@ def run(ctx: Context) -> None:
 
 def _train_feature_teachers(ctx: Context) -> None:
     """Public features, then one logistic head per teacher on its own shard's features
-    (``pate.teachers.features``). Under torchrun each rank embeds and fits its own block of teachers."""
+    (``pate.features.extractors``). Under torchrun each rank embeds and fits its own block of teachers."""
     run_dir, tcfg = ctx.run, ctx.config.teachers
     rank, world = distributed.rank_and_size()
     parts = load_partition(ctx)
@@ -111,7 +112,7 @@ def _knn_space(ctx: Context) -> None:
     """Private-kNN trains no teachers: its voters are the private records themselves, in a public
     feature space. This builds that space: the ``[teachers] features`` extractor (from public images
     only), every private record's features, the public pool's and test split's, all projected on
-    the pool's principal axes (``pate.knn``; the projection is public information)."""
+    the pool's principal axes (``pate.features.knn``; the projection is public information)."""
     run_dir, config = ctx.run, ctx.config
     if distributed.under_torchrun():
         raise RunError("private-knn trains nothing and embeds on one process; run it without torchrun")

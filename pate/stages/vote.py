@@ -18,13 +18,15 @@ import torch
 
 from ..io import CheckpointError, atomic_save_npz, atomic_write_json, load_checkpoint
 from ..progress import Progress
-from ..run import RunError
-from .. import knn, selection
-from ..teachers import ensemble, features
+from ..run.directory import RunError
+from ..features import knn
+from .. import selection
+from ..teachers import ensemble
+from ..features import extractors as features
 from . import finish
-from .context import (EXTRACTOR, HEADS_PREFIX, KNN_PRIVATE, KNN_PUBLIC, NEIGHBOURS, PUBLIC_FEATURES_PREFIX,
-                      TEACHER_PART_PREFIX, TEACHERS_EVAL, VOTES, Context, load_dataset, load_partition, mechanism,
-                      public_images, resolve_device)
+from ..run.artifacts import (EXTRACTOR, HEADS_PREFIX, KNN_PRIVATE, KNN_PUBLIC, NEIGHBOURS, PUBLIC_FEATURES_PREFIX,
+                             TEACHER_PART_PREFIX, TEACHERS_EVAL, VOTES, Context, load_dataset, load_partition,
+                             mechanism, public_images, resolve_device)
 
 NAME = "vote"
 VOTE_CHUNK = 1024
@@ -149,7 +151,7 @@ def run(ctx: Context) -> None:
 
 def _knn_neighbourhoods(ctx: Context) -> None:
     """Private-kNN: each query's neighbourhood, the private records within its public radius
-    (``pate.knn``), exact, in blocks. No vote is decided here: which members may still vote
+    (``pate.features.knn``), exact, in blocks. No vote is decided here: which members may still vote
     depends on earlier answers, so the aggregator counts them."""
     run_dir, config = ctx.run, ctx.config
     parts = load_partition(ctx)

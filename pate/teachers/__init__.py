@@ -1,9 +1,9 @@
 """The teachers: K models, each trained on its own shard of the private data only.
 
 ``ensemble``: the batched K-teacher module and voting; ``optim``: per-teacher SGD/Adam;
-``training``: the training loop and its checkpoints; ``distributed``: torchrun ranks;
-``features`` and ``scattering``: public feature extractors shared by every teacher, with one
-logistic head per teacher. The names below are the package's public API.
+``training``: the training loop and its checkpoints; ``distributed``: torchrun ranks. The public
+feature spaces every teacher may share (one logistic head per teacher on them) are in
+``pate.features``. The names below are the package's public API.
 """
 from .distributed import all_gather_ensemble, teachers_for_rank
 from .ensemble import (TeacherEnsemble, extract_teacher, init_teachers, load_teachers, merge_ensembles, predict,

@@ -1,6 +1,6 @@
 """K teachers as one batched model, and their votes (Papernot et al. 2017, arXiv:1610.05755v4, §2.1).
 
-The K networks share one architecture (``pate.models.layer_plan``) and are evaluated as a single
+The K networks share one architecture (``pate.nets.models.layer_plan``) and are evaluated as a single
 module: every conv layer is one grouped convolution (``groups=K``, teachers' channels stacked,
 channels-last), every dense layer one ``torch.baddbmm`` over the teacher dimension, so the
 ensemble computes exactly what K separate ``build_model`` networks would. Each teacher's initial
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import ConvStep, build_model, layer_plan
+from ..nets.models import ConvStep, build_model, layer_plan
 from ..seeds import TAG_INIT, derive_seed
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..augment import shift_images
+from ..nets.augment import shift_images
 from ..io import check_resumable, load_checkpoint, save_checkpoint
 from ..seeds import TAG_SHUFFLE
 from .ensemble import TeacherEnsemble, init_teachers, part, widest_activation

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..privacy import individual, rdp
-from ..run import RunDir, RunError
+from ..run.directory import RunDir, RunError
 from ..aggregation.ledger_files import knn_inputs, ledger_order, load_ledger
 from ..aggregation.settings import gaussian_budgets, orders
-from ..stages.context import DATA, RECORD_BUDGETS, data_spec, mechanism, read_privacy
-from ..outputs import AUDIT_PLOT, check_output
+from ..run.artifacts import DATA, RECORD_BUDGETS, data_spec, mechanism, read_privacy
+from ..run.outputs import AUDIT_PLOT, check_output
 from . import figures
 
 PRIVATE = ("PRIVATE: derived from the private data (votes and ledger). Do not publish. "

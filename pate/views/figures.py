@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import PateError
 from ..io import atomic_write_bytes
-from ..outputs import PNG_MARKER_KEY, PNG_SIGNATURE, png_marker  # noqa: F401 (PNG_SIGNATURE: for tests)
+from ..run.outputs import PNG_MARKER_KEY, PNG_SIGNATURE, png_marker  # noqa: F401 (PNG_SIGNATURE: for tests)
 
 INSTALL_HINT = "pip install 'pate[plot]'"
 PRIVATE_COLOR, PUBLIC_COLOR = "tab:purple", "tab:red"
@@ -44,7 +44,7 @@ def require_matplotlib(what: str = "plots") -> None:
 def save(fig, plt, path: Path, made_for: str = "report") -> None:
     """Write ``fig`` to ``path`` as PNG, atomically, and close it; its ``Software`` text names what
     it was ``made_for``, so a later plot of that same kind may replace it and nothing else
-    (``pate.outputs``)."""
+    (``pate.run.outputs``)."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", metadata={PNG_MARKER_KEY: png_marker(made_for)})

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 
-from ..run import RunDir
-from ..stages.context import data_spec
+from ..run.directory import RunDir
+from ..run.artifacts import data_spec
 
 TAGS = ("differential-privacy", "pate", "image-classification", "pytorch")
 

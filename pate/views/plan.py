@@ -541,7 +541,7 @@ def plot(params: PlanParams, profile: Profile, path: Path, points: int = 40) -> 
         right.plot(qs, ys, label=label)
     right.set(xlabel="queries", ylabel=f"epsilon (delta = {params.delta:g})", title="Privacy against queries")
     right.legend(loc="upper left", fontsize=8)
-    figures.save(fig, plt, path, made_for="plan plot")  # pate.outputs.PLAN_PLOT may replace it, nothing else
+    figures.save(fig, plt, path, made_for="plan plot")  # pate.run.outputs.PLAN_PLOT may replace it, nothing else
 
 
 # ----------------------------------------------------------------------------- private-knn, interactive-gnmax

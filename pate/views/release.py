@@ -25,10 +25,10 @@ import numpy as np
 
 from .. import __version__, deploy
 from ..io import atomic_write_bytes, atomic_write_json
-from ..outputs import EXPORT, check_output, release_tag
-from ..run import RunDir, RunError, now
+from ..run.outputs import EXPORT, check_output, release_tag
+from ..run.directory import RunDir, RunError, now
 from ..stages import NAMES
-from ..stages.context import DATA, LABELS, data_spec, read_metrics, read_privacy, student_model
+from ..run.artifacts import DATA, LABELS, data_spec, read_metrics, read_privacy, student_model
 from . import model_card
 from .summary import spend_log_claim
 
@@ -118,7 +118,7 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
                            guarantee={"epsilon": doc["privacy"]["guarantee"]["epsilon"],
                                       "delta": doc["privacy"]["guarantee"]["delta"]},
                            seeded=bool(doc["privacy"].get("seeded")), release_of=release_tag(run),
-                           rebuild="pate.models.build_model(arch, channels, len(classes), image_size)"
+                           rebuild="pate.nets.models.build_model(arch, channels, len(classes), image_size)"
                                    ".load_state_dict(safetensors.torch.load_file('student.safetensors')) on "
                                    "inputs normalised with mean/std")
     model = student_model(run)  # its weights verified
@@ -147,7 +147,7 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
 
 def check_out(run: RunDir, out: Path) -> None:
     """Refuse an output folder the public release must not be written to, before writing anything:
-    the output rule (``pate.outputs``: no run directory, no other run's release, not the data, not
+    the output rule (``pate.run.outputs``: no run directory, no other run's release, not the data, not
     over what pate did not write), and a previous export of this run holding other files."""
     check_output(out, EXPORT, run)
     if not out.exists():

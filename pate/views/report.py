@@ -17,12 +17,12 @@ import numpy as np
 
 from .. import data as data_mod
 from ..io import atomic_write_text, private_mkdir
-from ..outputs import REPORT, REPORT_GENERATOR, check_output
+from ..run.outputs import REPORT, REPORT_GENERATOR, check_output
 from ..privacy import rdp
-from ..run import RunDir, RunError
+from ..run.directory import RunDir, RunError
 from ..aggregation.ledger_files import ledger_order
 from ..aggregation.settings import orders
-from ..stages.context import METRICS, PRIVACY, STUDENT_HISTORY, TEACHERS_EVAL, mechanism
+from ..run.artifacts import METRICS, PRIVACY, STUDENT_HISTORY, TEACHERS_EVAL, mechanism
 from . import audit, figures, summary
 from .summary import NOT_COVERED, PRIVATE, PUBLIC, spend_log_claim
 

@@ -3,7 +3,7 @@ privacy spent by the worst-off record of its data over the spend log, and how ma
 ``[privacy] total_budget`` left out (both depend on which records are in the data)."""
 from __future__ import annotations
 
-from ..run import RunDir
+from ..run.directory import RunDir
 from ..stages import NAMES
 from . import summary
 

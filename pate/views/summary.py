@@ -5,11 +5,11 @@ CLI prints them as text after ``pate run`` and ``pate report`` puts them in its 
 """
 from __future__ import annotations
 
-from .. import spend_log
-from ..run import RunDir
+from ..run import spend_log
+from ..run.directory import RunDir
 from ..stages import NAMES
 from ..aggregation.settings import WARN_EPSILON
-from ..stages.context import METRICS, PRIVACY, TEACHERS_EVAL, mechanism, read_metrics, read_privacy
+from ..run.artifacts import METRICS, PRIVACY, TEACHERS_EVAL, mechanism, read_metrics, read_privacy
 
 PRIVATE, PUBLIC, NOT_COVERED = "private", "public", "not-covered"
 LABELS = {PRIVATE: "PRIVATE", PUBLIC: "safe to publish", NOT_COVERED: "not covered by the DP guarantee"}
@@ -101,7 +101,7 @@ def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
 
 def spent(run: RunDir, delta: float):
     """The composed spend of the worst-off record of this run's private data, over every release
-    that charged it in any run (``pate.spend_log``), or None before partition. PRIVATE: it depends
+    that charged it in any run (``pate.run.spend_log``), or None before partition. PRIVATE: it depends
     on which records are in the data, so no release, model card, public report or MLflow holds it."""
     if not run.is_done("partition"):
         return None

@@ -19,10 +19,10 @@ from pate.privacy import accounting, ledger
 from pate.aggregation import interactive, protocol
 from pate.aggregation.ledger_files import ledger_key
 from pate.aggregation.settings import privacy_settings
-from pate.run import RunError
+from pate.run.directory import RunError
 from pate.stages import aggregate as stage
 from pate.stages import open_run
-from pate.stages.context import Context
+from pate.run.artifacts import Context
 from pate.views import audit
 
 from ..conftest import TINY_PIPELINE, edit_pipeline, finish_votes_stage

@@ -446,7 +446,7 @@ def test_the_demo_writes_the_same_folders_as_dicom(tmp_path):
 
 
 def test_the_frames_of_a_split_private_file_are_one_record_for_privacy():
-    from pate import records
+    from pate.data import records
     from pate.stages.partition import record_names
 
     class Config:

@@ -10,13 +10,13 @@ from pate.cli import main
 from pate.errors import PateError
 from pate.privacy import ledger
 from pate.privacy import accounting
-from pate.run import RunError
+from pate.run.directory import RunError
 from pate.aggregation import protocol
 from pate.stages import aggregate as stage
 from pate.stages import open_run
 from pate.aggregation.ledger_files import ledger_key
 from pate.aggregation.settings import privacy_settings
-from pate.stages.context import Context
+from pate.run.artifacts import Context
 
 from ..conftest import finish_votes_stage
 
@@ -320,7 +320,7 @@ def test_the_spend_log_composes_every_aggregation_of_the_same_private_data(tmp_p
     assert summary.spent(runs[1].run, 1e-5).releases == 2
     # a third run with a total budget its records would pass: the partition leaves them out (it is
     # never refused for them), the release goes ahead and charges none of them
-    from pate import spend_log
+    from pate.run import spend_log
 
     ctx, votes = make_run(tmp_path, "third", privacy={"total_budget": total.epsilon + 1e-6})
     finish_votes_stage(ctx.run, votes, private_data="same-private-data")
@@ -354,7 +354,7 @@ def test_the_spend_log_composes_every_aggregation_of_the_same_private_data(tmp_p
 
 
 def test_a_deleted_privacy_json_buys_no_fresh_draw_unseen(tmp_path, monkeypatch):
-    from pate import spend_log
+    from pate.run import spend_log
 
     monkeypatch.setenv("PATE_SPEND_DIR", str(tmp_path / "spend"))
     ctx, votes = make_run(tmp_path, privacy={"data_dependent_release": True})
@@ -368,7 +368,7 @@ def test_a_deleted_privacy_json_buys_no_fresh_draw_unseen(tmp_path, monkeypatch)
 
 
 def test_a_damaged_spend_log_releases_nothing(tmp_path, monkeypatch):
-    from pate import spend_log
+    from pate.run import spend_log
 
     monkeypatch.setenv("PATE_SPEND_DIR", str(tmp_path / "spend"))
     ctx, votes = make_run(tmp_path, "a")

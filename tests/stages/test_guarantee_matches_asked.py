@@ -25,14 +25,14 @@ from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 from scipy.optimize import brentq
 
 from pate import config as config_mod
-from pate import spend_log
+from pate.run import spend_log
 from pate.cli import main
 from pate.privacy import ledger
 from pate.privacy.rdp import DEFAULT_ORDERS
 from pate.stages import aggregate as stage
 from pate.stages import open_run
 from pate.aggregation.ledger_files import ledger_key
-from pate.stages.context import Context
+from pate.run.artifacts import Context
 
 from ..conftest import TINY_PIPELINE, edit_pipeline, finish_votes_stage
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pate import spend_log
+from pate.run import spend_log
 from pate.cli import main
 from pate.errors import PateError
 from pate.stages import aggregate as stage
-from pate.stages.context import load_partition
+from pate.run.artifacts import load_partition
 
 from .test_aggregate import make_run
 

@@ -7,7 +7,7 @@ import textwrap
 
 from click.testing import CliRunner
 
-from pate import spend_log
+from pate.run import spend_log
 from pate.cli import main
 
 from ..conftest import TINY_PIPELINE, edit_pipeline

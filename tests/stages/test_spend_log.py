@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
 
-from pate import spend_log
+from pate.run import spend_log
 from pate.errors import PateError
 from pate.privacy import spend
 from pate.aggregation import protocol
 from pate.stages import aggregate as stage
 from pate.stages import open_run
-from pate.stages.context import Context
+from pate.run.artifacts import Context
 
 from ..conftest import finish_votes_stage
 from .test_aggregate import make_run
@@ -255,7 +255,7 @@ def test_an_edited_head_mac_is_refused_and_a_log_one_line_ahead_of_its_head_acce
 def test_a_spend_directory_of_an_earlier_pate_is_refused_with_what_to_do():
     """A head with no MAC cannot show the log was not cut: refused in one line, never upgraded (an
     upgrade on read would accept a log cut under an earlier pate's head)."""
-    from pate import records
+    from pate.data import records
     from pate.privacy import chain
 
     folder = spend_log.directory()

@@ -15,14 +15,14 @@ import pytest
 from click.testing import CliRunner
 
 from pate import config as config_mod
-from pate import spend_log
+from pate.run import spend_log
 from pate.aggregation.settings import spend_curve
 from pate.cli import main
 from pate.io import atomic_save_npz, atomic_write_json
 from pate.privacy import spend
 from pate.stages import aggregate as aggregate_stage
 from pate.stages import open_run
-from pate.stages.context import Context
+from pate.run.artifacts import Context
 from pate.views import model_card, release, status
 
 from ..conftest import edit_pipeline

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pate import teachers as E
-from pate.augment import shift_images
+from pate.nets.augment import shift_images
 from pate.io import CheckpointMismatch, load_checkpoint
 
 torch.set_num_threads(1)

@@ -9,9 +9,11 @@ import torch
 from click.testing import CliRunner
 
 from pate import data as data_mod
-from pate.augment import contrastive_view
+from pate.nets.augment import contrastive_view
 from pate.io import CheckpointMismatch
-from pate.teachers import ensemble, features, scattering
+from pate.teachers import ensemble
+from pate.nets import wavelets as scattering
+from pate.features import extractors as features
 from pate.cli import main
 
 from ..conftest import TINY_PIPELINE

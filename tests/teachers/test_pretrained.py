@@ -13,7 +13,7 @@ import torchvision
 from click.testing import CliRunner
 
 from pate.cli import main
-from pate.teachers import pretrained
+from pate.features import pretrained
 
 from ..conftest import TINY_PIPELINE
 

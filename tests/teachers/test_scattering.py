@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pate.teachers import scattering
+from pate.nets import wavelets as scattering
 
 
 def _images(n, c, h, w, seed=0):

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from pate.cli import main
-from pate.models import build_model
+from pate.nets.models import build_model
 
 from ..conftest import TINY_PIPELINE
 

@@ -17,11 +17,11 @@ from click.testing import CliRunner
 
 from pate import config as config_mod
 from pate.cli import main
-from pate.run import RunDir
+from pate.run.directory import RunDir
 from pate.stages import aggregate as aggregate_stage
 from pate.stages import existing_run, open_run
 from pate.aggregation.settings import orders
-from pate.stages.context import Context, mechanism
+from pate.run.artifacts import Context, mechanism
 from pate.views import audit
 from pate.views import report as report_mod
 

@@ -15,7 +15,7 @@ pseudo-random function):
 
 What is hashed is the record: its content (image bytes, or for image folders the file's sha256)
 and its label, or, for ``.npz`` arrays holding an ``ids`` array, the stable id the user gave.
-The key is random, made once per spend directory (beside the spend log, ``pate.spend_log``), mode
+The key is random, made once per spend directory (beside the spend log, ``pate.run.spend_log``), mode
 0600. It is PRIVATE: with it, anyone holding a guessed record can find its teacher and its spend.
 A run records the key's *id* (``key_id``: a keyed hash of a constant, never the key), and every
 later stage refuses to run under a spend directory with another key: the fingerprints it would
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PateError
+from ..errors import PateError
 
 KEY_FILE = "record.key"
 KEY_BYTES = 32
@@ -54,7 +54,7 @@ class RecordError(PateError):
 
 
 def load_key(path: Path) -> bytes:
-    """The secret record key at ``path`` (made by ``pate.spend_log`` with its log)."""
+    """The secret record key at ``path`` (made by ``pate.run.spend_log`` with its log)."""
     data = path.read_bytes()
     if len(data) != KEY_BYTES:
         raise RecordError(f"{path} is damaged ({len(data)} bytes, expected {KEY_BYTES}); restore it from a backup "

@@ -2,7 +2,7 @@
 
 Each private record belongs to exactly one teacher, fixed once and stored (Papernot et al. 2017,
 arXiv:1610.05755v4, Section 2.1: teachers train on disjoint data). A record's teacher, and whether
-a ``private_size`` draw keeps it, come from a keyed hash of that record alone (``pate.records``),
+a ``private_size`` draw keeps it, come from a keyed hash of that record alone (``pate.data.records``),
 so adding or removing one record changes one teacher's shard and no other record's teacher: the
 add/remove neighbour relation every guarantee is stated for. Shards are therefore near balanced
 (multinomial sizes), not exactly; a teacher may even have none, and then votes as an untrained
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import PateError
+from ..errors import PateError
 from .records import SCHEME, assign
 
 
@@ -41,11 +41,11 @@ def split_public(*, num_public: int, student_pool: int, test_size: int, num_quer
 
 def make_partition(*, digests: np.ndarray, fingerprints: np.ndarray, key_id: str, num_teachers: int,
                    keep_rate: float = 1.0, num_train: int | None = None, **public) -> dict[str, np.ndarray]:
-    """Shards from each record's keyed digests (``pate.records.shard_digests``), and the public split.
+    """Shards from each record's keyed digests (``pate.data.records.shard_digests``), and the public split.
 
     ``teacher_of[i]`` is record i's teacher, or -1 when the ``keep_rate`` draw leaves it out;
     ``record_fingerprint[i]`` names it in the spend log. Both are PRIVATE. ``key_id`` names the
-    spend directory's key the fingerprints were made with (``pate.records.key_id``)."""
+    spend directory's key the fingerprints were made with (``pate.data.records.key_id``)."""
     if num_train is not None and len(digests) != num_train:
         raise PartitionError(f"{len(digests)} record digests for {num_train} private records")
     return {"scheme": np.array(SCHEME), "key_id": np.array(key_id),
@@ -56,7 +56,7 @@ def make_partition(*, digests: np.ndarray, fingerprints: np.ndarray, key_id: str
 
 def leave_out(arrays: dict[str, np.ndarray], past: np.ndarray) -> dict[str, np.ndarray]:
     """The partition less the drawn records that ``past`` marks: the individual filter of ``[privacy]
-    total_budget`` (``pate.spend_log.past_budget``), applied before anything learns from the data.
+    total_budget`` (``pate.run.spend_log.past_budget``), applied before anything learns from the data.
     A left-out record's ``teacher_of`` becomes -1, as if the draw had left it out: no teacher trains
     on it, no neighbourhood holds it, the spend log never charges it. ``left_out`` says which
     (PRIVATE, as is how many: both depend on the spend log and on which records are in the data)."""

@@ -32,7 +32,7 @@ import importlib.util
 
 import numpy as np
 
-from .errors import PateError
+from ..errors import PateError
 
 DEFAULT_K = 10  # as [student] propagation_k and propagation_alpha (chosen on MNIST's pool)
 DEFAULT_ALPHA = 0.8

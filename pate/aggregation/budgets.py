@@ -24,8 +24,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import PateError
-from .io import InputError, read_text_limited
+from ..errors import PateError
+from ..io import InputError, read_text_limited
 
 # A budgets file has one short row per record whose budget differs from the default: 256 MiB holds
 # millions of them. It is read only if it is a regular file (a FIFO or /dev/zero is refused, never

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .privacy.individual import Neighbourhoods
+from ..privacy.individual import Neighbourhoods
 
 BLOCK = 16384  # private records per distance block: (Q × BLOCK) floats at a time
 

@@ -1,7 +1,7 @@
 """The scattering transform (Mallat 2012; the fixed feature map of Tramèr & Boneh 2021) as a layer
 a student can carry inside itself, so that an exported ScatterNet student still takes raw images.
 
-Why a second implementation beside ``pate.teachers.scattering``: that one computes in complex
+Why a second implementation beside ``pate.nets.wavelets``: that one computes in complex
 arithmetic with ``torch.fft``, which the ONNX exporter cannot translate (ONNX has no complex
 tensors). Here every discrete Fourier transform is a product with fixed real cosine and sine
 matrices, and every complex product is written out in its real and imaginary parts, so the graph is
@@ -11,7 +11,7 @@ compares it with ``scatter`` coefficient by coefficient): the filters are ``filt
 padding is the same reflection, and subsampling is the same folding of the spectrum.
 
 In torch (training, evaluation, ``pate predict`` on a run) the layer computes through
-``pate.teachers.scattering.scatter``, about five times faster on a CPU; the real-arithmetic path is
+``pate.nets.wavelets.scatter``, about five times faster on a CPU; the real-arithmetic path is
 what ``torch.export`` (and so the ONNX exporter) sees, so it is what every exported file holds
 (TorchScript, deprecated, is not offered for these students). The layer has no weights:
 nothing about it is learned, from public or private images.
@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from .teachers.scattering import filter_bank, num_channels, padded_size, scatter
+from .wavelets import filter_bank, num_channels, padded_size, scatter
 
 
 def _dft_matrices(size: int) -> tuple[torch.Tensor, torch.Tensor]:

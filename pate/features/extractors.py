@@ -2,7 +2,7 @@
 
 Two kinds: ``"simclr"`` (learned from the unlabelled public pool, below) and ``"scattering"``
 (``scattering_extractor``: fixed wavelet filters, only standardised with public-pool statistics;
-``pate.teachers.scattering``).
+``pate.nets.wavelets``).
 
 ``train_extractor`` fits a small conv encoder with a SimCLR-style contrastive loss (NT-Xent on two
 augmented views of each image; Chen et al. 2020) on the *unlabelled public* student-pool images.
@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import contrastive_view
+from ..nets.augment import contrastive_view
 from ..io import check_resumable, load_checkpoint, save_checkpoint
 from ..seeds import TAG_EXTRACTOR, derive_seed
-from . import scattering
+from ..nets import wavelets as scattering
 
 EXTRACTOR_FORMAT = "pate.features/1"
 HEADS_FORMAT = "pate.heads/1"

@@ -2,7 +2,7 @@
 
 Every path a command writes to, whether the user named it (``--out``, ``--plot``, ``--run-dir``,
 ``--data-root``, ``PATE_SPEND_DIR``) or it is a default, goes through ``check_output`` with its
-``Purpose`` (those here; the spend directory's is ``pate.spend_log.SPEND_DIR``, which knows its files):
+``Purpose`` (those here; the spend directory's is ``pate.run.spend_log.SPEND_DIR``, which knows its files):
 
 1. pate replaces only what it wrote for this same purpose: a plot over its own earlier plot of
    the same kind (a marker inside the PNG says which), an export over the export of the same run,
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import PateError
-from .run import CONFIG, MANIFEST, RunDir, run_directory_holding
+from ..errors import PateError
+from .directory import CONFIG, MANIFEST, RunDir, run_directory_holding
 
-RELEASE_MARKER, RELEASE_FORMAT = "student.json", "pate.student/1"  # an export's description of its student
+RELEASE_MARKER, RELEASE_FORMAT = "student.json", "pate.student.training/1"  # an export's description of its student
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_MARKER_KEY = "Software"  # the PNG text chunk naming what wrote the figure
 REPORT_HTML, REPORT_GENERATOR = "report.html", '<meta name="generator" content="pate report">'

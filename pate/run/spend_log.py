@@ -1,7 +1,7 @@
 """The spend log on disk: one chained log per spend directory, outside every run directory, locked.
 
 Default location ``~/.local/share/pate/spend`` (``$XDG_DATA_HOME/pate/spend`` when set);
-``PATE_SPEND_DIR`` overrides it. It holds the secret record key (``pate.records``), the log
+``PATE_SPEND_DIR`` overrides it. It holds the secret record key (``pate.data.records``), the log
 (``spend.jsonl``), its head (``spend.head``: how many lines and the last MAC, under an HMAC of their
 own so that nobody without the key can make it name an earlier line), and for each
 aggregation the sorted fingerprints of the records it charges (``records/<nonce>.npy``). Every
@@ -28,10 +28,11 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from . import outputs, records
-from .errors import PateError
-from .io import append_durable, atomic_write_bytes, atomic_write_json, create_exclusive, sha256_file
-from .privacy import spend
+from . import outputs
+from ..data import records
+from ..errors import PateError
+from ..io import append_durable, atomic_write_bytes, atomic_write_json, create_exclusive, sha256_file
+from ..privacy import spend
 
 LOG, HEAD, RECORDS_DIR, LOCK = "spend.jsonl", "spend.head", "records", "spend.lock"
 
@@ -101,13 +102,13 @@ def _secret(folder: Path) -> bytes:
 
 
 def record_key() -> bytes:
-    """The secret key that names records (``pate.records``), made with the spend log on first use."""
+    """The secret key that names records (``pate.data.records``), made with the spend log on first use."""
     with _locked() as (_, secret):
         return secret
 
 
 def key_id(create: bool = True) -> Optional[str]:
-    """The public id of this spend directory's record key (``pate.records.key_id``); None when there
+    """The public id of this spend directory's record key (``pate.data.records.key_id``); None when there
     is no spend log there yet and ``create`` is false (then nothing is made). A log without its key
     is refused, as every use of the log refuses it."""
     folder = directory()

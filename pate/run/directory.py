@@ -23,9 +23,9 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from . import config as config_mod
-from .errors import PateError
-from .io import InputError, atomic_write_json, atomic_write_text, private_mkdir, read_json_limited, sha256_file
+from .. import config as config_mod
+from ..errors import PateError
+from ..io import InputError, atomic_write_json, atomic_write_text, private_mkdir, read_json_limited, sha256_file
 
 MANIFEST, CONFIG, LOCK = "manifest.json", "config.toml", ".lock"
 STATUSES = ("pending", "partial", "done")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-SCATTERING_LAYER = "pate.scattering_layer"
+SCATTERING_LAYER = "pate.nets.scattering"
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import data as data_mod
-from .. import spend_log
+from . import spend_log
 from ..config import DatasetSpec, PipelineConfig
 from ..io import CheckpointError, load_checkpoint
-from ..models import build_model
-from ..partition import PartitionError, verify_partition
+from ..nets.models import build_model
+from ..data.partition import PartitionError, verify_partition
 from ..privacy.mechanisms import Mechanism, build
 from ..progress import say
-from ..run import RunDir, RunError
+from .directory import RunDir, RunError
 
 # The run directory's artifacts (the stage registry says which stage writes each).
 PARTITION = "partition.npz"
@@ -114,7 +114,7 @@ def data_json(dataset: data_mod.Dataset, source: str) -> dict:
 
 def partition_sizes(config: PipelineConfig, spec: DatasetSpec) -> dict:
     """The sizes a partition is made and checked with. A ``private_size`` draw keeps each record with
-    probability private_size / N, N a built-in dataset's public size (``pate.records.assign``)."""
+    probability private_size / N, N a built-in dataset's public size (``pate.data.records.assign``)."""
     _, pool, test = config.data.sizes(spec)
     keep_rate = config.data.private_size / spec.num_private if config.data.private_size else 1.0
     return dict(num_train=spec.num_private, keep_rate=keep_rate, num_public=spec.num_public,

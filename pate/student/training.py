@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import strong_augment, weak_augment
-from .io import check_resumable, load_checkpoint, save_checkpoint
-from .models import build_model
-from .seeds import derive_seed
+from ..nets.augment import strong_augment, weak_augment
+from ..io import check_resumable, load_checkpoint, save_checkpoint
+from ..nets.models import build_model
+from ..seeds import derive_seed
 
 METHODS = ("supervised", "fixmatch", "pseudo-label")
-CHECKPOINT_FORMAT = "pate.student/1"
+CHECKPOINT_FORMAT = "pate.student.training/1"
 HISTORY_KEYS = ("step", "loss", "loss_labeled", "loss_unlabeled", "mask_rate", "labeled_accuracy", "lr")
 
 # --------------------------------------------------------------------------- state and checkpoints

@@ -1,0 +1,2 @@
+"""Public feature spaces: extractors and pretrained weights shared by every teacher, kNN search.
+"""

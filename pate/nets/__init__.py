@@ -1,0 +1,2 @@
+"""The network building blocks: model specs (``models``), the scattering layer, augmentation.
+"""

@@ -1,0 +1,2 @@
+"""The student: its training on the released labels and the public pool, and label spreading.
+"""
