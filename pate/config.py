@@ -20,7 +20,6 @@ from typing import Any, NamedTuple, Optional, Union, get_args, get_origin, get_t
 from .errors import PateError
 from .io import InputError, read_text_limited
 from .privacy.mechanisms import MECHANISMS as MECHANISM_CLASSES
-from .privacy.mechanisms import NAMES as MECHANISMS
 from .privacy.discrete import MAX_TABLE_SIGMA
 from .privacy.smooth_sensitivity import MAX_WALK_CELLS, check_conditions, walk_fits
 from .nets.models import ARCHITECTURES, TEACHER_ARCHITECTURES
@@ -286,7 +285,7 @@ class AggregatorConfig:
     query_selection: str = "random"
 
     def validate(self) -> None:
-        _check("aggregator", "mechanism", self.mechanism in MECHANISMS, f"one of {list(MECHANISMS)}",
+        _check("aggregator", "mechanism", self.mechanism in MECHANISM_CLASSES, f"one of {list(MECHANISM_CLASSES)}",
                self.mechanism)
         _check("aggregator", "max_queries", 1 <= self.max_queries <= MAX_QUERIES, f"between 1 and {MAX_QUERIES}",
                self.max_queries)

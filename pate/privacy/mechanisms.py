@@ -140,6 +140,8 @@ class Mechanism:
     data_dependent: ClassVar[bool] = True  # has a data-dependent (smooth-sensitivity) analysis
     individual: ClassVar[bool] = False  # private records vote themselves, each accounted on its own
     interactive: ClassVar[bool] = False  # a student trained on earlier answers takes part in each decision
+    family: ClassVar[str] = "teacher-votes"  # the aggregation driver that runs it (``pate.aggregation.FAMILIES``)
+    plannable: ClassVar[bool] = False  # `pate plan` plans it from the settings (teacher counts, consensus)
 
     @classmethod
     def from_settings(cls, settings) -> "Mechanism":
@@ -285,6 +287,7 @@ class LNMax(Mechanism):
 class GNMax(Mechanism):
     sigma2: float
     name: ClassVar[str] = "gnmax"
+    plannable: ClassVar[bool] = True
 
     def decide_noisy(self, votes, noise):
         noisy = gnmax_noisy(votes, self.sigma2, noise)
@@ -351,6 +354,7 @@ class _CheckThenGNMax(Mechanism):
 @dataclass(frozen=True)
 class ConfidentGNMax(_CheckThenGNMax):
     name: ClassVar[str] = "confident-gnmax"
+    plannable: ClassVar[bool] = True
 
     def decide_noisy(self, votes, noise):
         return _labels_of(*confident_gnmax_noisy(votes, self.threshold, self.sigma1, self.sigma2, noise))
@@ -458,6 +462,8 @@ class InteractiveGNMax(_CheckThenGNMax):
     name: ClassVar[str] = "interactive-gnmax"
     data_dependent: ClassVar[bool] = False
     interactive: ClassVar[bool] = True
+    family: ClassVar[str] = "interactive"
+    plannable: ClassVar[bool] = True
 
     def decide_noisy(self, votes, noise):
         """Without a student (p = 0, the first round): Confident-GNMax's decisions."""
@@ -498,6 +504,7 @@ class PrivateKNN(Mechanism):
     thresholded: ClassVar[bool] = True
     data_dependent: ClassVar[bool] = False
     individual: ClassVar[bool] = True
+    family: ClassVar[str] = "private-records"
 
     def decide_noisy(self, votes, noise):
         return _labels_of(*confident_gnmax_noisy(votes, self.threshold, self.sigma1, self.sigma2, noise))
@@ -557,9 +564,27 @@ def _explain_gnmax(mech: Mechanism, row, answered: bool, orders, threshold_cost)
             "explanation": why}
 
 
-MECHANISMS: dict[str, type[Mechanism]] = {cls.name: cls for cls in (LNMax, GNMax, ConfidentGNMax, InteractiveGNMax,
-                                                                     PrivateKNN)}
-NAMES = tuple(MECHANISMS)
+# The registry: the config's accepted names, the CLI's choices and the plannable mechanisms all
+# derive from it. A new mechanism is a class here (or in a test) passed to ``register``.
+MECHANISMS: dict[str, type[Mechanism]] = {}
+
+
+def register(cls: type[Mechanism]) -> type[Mechanism]:
+    """Add ``cls`` to the registry under its ``name`` (a class decorator)."""
+    if not getattr(cls, "name", None) or cls.name in MECHANISMS and MECHANISMS[cls.name] is not cls:
+        raise ValueError(f"a mechanism needs a name of its own; {getattr(cls, 'name', None)!r} is taken or empty")
+    MECHANISMS[cls.name] = cls
+    return cls
+
+
+for _builtin in (LNMax, GNMax, ConfidentGNMax, InteractiveGNMax, PrivateKNN):
+    register(_builtin)
+NAMES = tuple(MECHANISMS)  # the built-in names, in the order the docs list them
+
+
+def plannable() -> tuple[str, ...]:
+    """The mechanisms `pate plan` plans from public settings."""
+    return tuple(name for name, cls in MECHANISMS.items() if cls.plannable)
 
 
 def build(name: str, settings) -> Mechanism:
@@ -567,10 +592,11 @@ def build(name: str, settings) -> Mechanism:
     try:
         cls = MECHANISMS[name]
     except KeyError:
-        raise ValueError(f"mechanism must be one of {list(NAMES)}. Found {name!r}.") from None
+        raise ValueError(f"mechanism must be one of {list(MECHANISMS)}. Found {name!r}.") from None
     return cls.from_settings(settings)
 
 
 __all__ = ["NoiseSource", "noise_source", "lnmax", "gnmax", "confident_gnmax", "lnmax_noisy", "gnmax_noisy",
            "confident_gnmax_noisy", "interactive_gnmax_noisy", "Mechanism", "LNMax", "GNMax",
-           "ConfidentGNMax", "InteractiveGNMax", "PrivateKNN", "interactive_gnmax", "MECHANISMS", "NAMES", "build", "lnmax_rdp"]
+           "ConfidentGNMax", "InteractiveGNMax", "PrivateKNN", "interactive_gnmax", "MECHANISMS", "NAMES", "register", "plannable", "build",
+           "lnmax_rdp"]

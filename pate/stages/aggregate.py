@@ -10,7 +10,8 @@ family's module are in ``pate.aggregation``.
 """
 from __future__ import annotations
 
-from ..aggregation import batch, individual, interactive, protocol
+from .. import aggregation
+from ..aggregation import protocol
 from . import finish
 from ..run.artifacts import Context, mechanism
 
@@ -18,8 +19,7 @@ NAME = protocol.STAGE
 
 
 def run(ctx: Context) -> None:
-    mech = mechanism(ctx.config)
-    family = individual if mech.individual else interactive if mech.interactive else batch
+    family = aggregation.family(mechanism(ctx.config).family)  # the registry: no test of mechanism flags here
     summary = protocol.run(ctx, load=family.load, decide=family.decide, conclude=family.conclude)
     finish(ctx, NAME)  # the stage records its outputs; the aggregation below it only returns
     ctx.say(summary)

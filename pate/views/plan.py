@@ -37,7 +37,7 @@ from ..privacy.discrete import MAX_TABLE_SIGMA
 from ..privacy.smooth_sensitivity import MAX_WALK_CELLS, rdp_gnss, walk_fits
 from . import figures
 
-MECHANISMS = ("gnmax", "confident-gnmax", "interactive-gnmax")
+MECHANISMS = mechanisms.plannable()  # the registry's plannable ones (the CLI's --mechanism choices)
 DEFAULT_CONSENSUS = (0.9,)
 
 # The --target-epsilon grid, fixed before any data is seen, as fractions of K. The paper's MNIST
@@ -74,8 +74,8 @@ class PlanParams:
     conversion: str = "improved"
 
     def __post_init__(self) -> None:
-        if self.mechanism not in MECHANISMS:
-            raise PlanError(f"mechanism must be one of {list(MECHANISMS)}. Found {self.mechanism!r}.")
+        if self.mechanism not in mechanisms.plannable():
+            raise PlanError(f"mechanism must be one of {list(mechanisms.plannable())}. Found {self.mechanism!r}.")
         _require(isinstance(self.teachers, int) and 1 <= self.teachers <= MAX_TEACHERS, "teachers",
                  f"an integer in [1, {MAX_TEACHERS}]", self.teachers)
         _require(isinstance(self.classes, int) and 2 <= self.classes <= MAX_CLASSES, "classes",
@@ -132,9 +132,9 @@ def params_from(config: PipelineConfig | None = None, **overrides) -> PlanParams
     given = {k: v for k, v in overrides.items() if v is not None}
     if config is not None:
         agg = config.aggregator
-        if given.get("mechanism", agg.mechanism) not in MECHANISMS:
+        if given.get("mechanism", agg.mechanism) not in mechanisms.plannable():
             raise PlanError(f"mechanism {agg.mechanism} is not planned here (its cost is data-independent); "
-                            f"use --mechanism with one of {', '.join(MECHANISMS)}")
+                            f"use --mechanism with one of {', '.join(mechanisms.plannable())}")
         # The classes: the built-in dataset's, else the config's own list ([data] classes, public);
         # other sources' classes come from their public files, which planning does not read (--classes).
         classes = config.data.spec.num_classes if config.data.spec else len(config.data.classes) or None
@@ -146,8 +146,8 @@ def params_from(config: PipelineConfig | None = None, **overrides) -> PlanParams
         thresholded = "threshold" in given or "sigma1" in given
         base = dict(mechanism="confident-gnmax" if thresholded else "gnmax", classes=10)
     values = {**base, **given}
-    if values.get("mechanism") not in MECHANISMS:
-        raise PlanError(f"mechanism must be one of {list(MECHANISMS)}. Found {values.get('mechanism')!r}.")
+    if values.get("mechanism") not in mechanisms.plannable():
+        raise PlanError(f"mechanism must be one of {list(mechanisms.plannable())}. Found {values.get('mechanism')!r}.")
     thresholded = mechanisms.MECHANISMS[values["mechanism"]].thresholded
     needed = ["teachers", "classes", "queries", "sigma2", "delta"] + (["threshold", "sigma1"] if thresholded else [])
     missing = [k for k in needed if values.get(k) is None]
