@@ -144,3 +144,21 @@ def test_imports_point_down_the_layers_only():
 def test_few_top_level_modules():
     loose = sorted(p.name for p in PATE.glob("*.py"))
     assert len(loose) <= MAX_TOP_LEVEL_MODULES, loose
+
+
+def name_collections(path: Path, names: set[str]) -> list[str]:
+    """Tuples, lists and sets written out of two or more of ``names`` in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2 and all(
+                isinstance(e, ast.Constant) and e.value in names for e in node.elts):
+            found.append(f"{path.relative_to(PATE)}:{node.lineno}")
+    return found
+
+
+def test_no_hand_written_tuple_of_mechanism_names_outside_the_registry():
+    from pate.privacy.mechanisms import MECHANISMS
+
+    found = [hit for path in modules() if path != PATE / "privacy" / "mechanisms.py"
+             for hit in name_collections(path, set(MECHANISMS))]
+    assert not found, f"mechanism names listed by hand (derive them from the registry): {found}"
