@@ -2,8 +2,8 @@
 
 ``protocol`` is what every family shares: the spend-log entry charged before the first query, the
 ledger opened (or resumed) and held, chunks written to it before anything is released, the labels
-and the privacy report written from it at the end. A family module (``batch``: LNMax, GNMax,
-Confident-GNMax; ``individual``: Private-kNN; ``interactive``: Interactive-GNMax) says only what it
+and the privacy report written from it at the end. A family module (``teacher_votes``: LNMax, GNMax,
+Confident-GNMax; ``private_records``: Private-kNN; ``interactive``: Interactive-GNMax) says only what it
 decides from and how it decides a chunk, so a new mechanism family is one module, found through
 ``FAMILIES`` by the name its mechanisms give (``Mechanism.family``). ``settings``
 holds the privacy settings a run is accounted with, ``ledger_files`` the ledger's files in a run.
@@ -17,8 +17,8 @@ from types import ModuleType
 # registry imports nothing heavy (the interactive family needs torch); a new family is one module
 # with those three functions, registered here or with ``register_family`` (as the tests do).
 FAMILIES: dict[str, str | ModuleType] = {
-    "teacher-votes": "pate.aggregation.batch",  # LNMax, GNMax, Confident-GNMax
-    "private-records": "pate.aggregation.individual",  # Private-kNN
+    "teacher-votes": "pate.aggregation.teacher_votes",  # LNMax, GNMax, Confident-GNMax
+    "private-records": "pate.aggregation.private_records",  # Private-kNN
     "interactive": "pate.aggregation.interactive",  # Interactive-GNMax
 }
 

@@ -35,15 +35,15 @@ from ..privacy.noise import noise_source
 from ..progress import Progress
 from ..run.artifacts import Context, load_dataset, load_partition, public_images, resolve_device
 from ..student.training import probabilities, train_student
-from . import batch, protocol
+from . import protocol, teacher_votes
 from .ledger_files import (Candidates, candidates_of, chosen_between_rounds, read_round, round_file,
                            round_positions)
 
 
 def load(ctx: Context, settings: accounting.Settings) -> Candidates:
-    """The teachers' vote histograms on the candidates, checked as for the batch mechanisms, in the
-    ledger's order as far as the saved rounds say (the rest is chosen by ``decide``)."""
-    votes = batch.load(ctx, settings)
+    """The teachers' vote histograms on the candidates, checked as for the teacher-vote
+    mechanisms, in the ledger's order as far as the saved rounds say (the rest is chosen by ``decide``)."""
+    votes = teacher_votes.load(ctx, settings)
     return candidates_of(ctx.run, votes.ledger_votes, votes.query_index)
 
 

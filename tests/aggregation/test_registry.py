@@ -10,7 +10,7 @@ import pytest
 
 from pate import aggregation
 from pate import config as config_mod
-from pate.aggregation import batch
+from pate.aggregation import teacher_votes
 from pate.privacy import mechanisms
 from pate.stages import aggregate as stage
 from pate.stages import open_run
@@ -32,7 +32,7 @@ def counting_family(calls: list) -> types.ModuleType:
     for step in ("load", "decide", "conclude"):
         def wrapped(*args, _step=step, **kwargs):
             calls.append(_step)
-            return getattr(batch, _step)(*args, **kwargs)
+            return getattr(teacher_votes, _step)(*args, **kwargs)
         setattr(module, step, wrapped)
     return module
 
