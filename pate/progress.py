@@ -1,53 +1,44 @@
-"""Progress on long work: a bar with an ETA on stderr, silent with --quiet."""
+"""Progress on long work: a tqdm bar on stderr (a widget in a notebook), silent with --quiet."""
 from __future__ import annotations
 
 import sys
-import time
 
 import click
+from tqdm.auto import tqdm
 
 
 class Progress:
-    """A counter towards ``total`` with a label and free-text status (loss, throughput)."""
+    """A counter towards ``total`` with a label and free-text status (loss, throughput), drawn by
+    tqdm; nothing at all when ``quiet``. A bar that reaches ``total`` is finished (left on its line),
+    so several bars in a row each keep one line; ``close`` finishes one stopped short."""
 
     def __init__(self, total: int, label: str, quiet: bool = False, start: int = 0, unit: str = ""):
         self.total, self.label, self.quiet, self.unit = total, label, quiet, unit
-        self.done = start
-        self._start_done, self._t0 = start, time.monotonic()
+        self.done = min(total, start)
         self.status = ""
-        self._last_draw = 0.0
+        self._bar = tqdm(total=total, desc=label, initial=self.done, unit=unit or "it",
+                         disable=quiet or self.done >= total,  # nothing left to do: no bar (a resumed stage)
+                         file=sys.stderr, mininterval=0.5, dynamic_ncols=True, leave=True)
 
     def update(self, n: int = 1, status: str | None = None) -> None:
         self.update_to(self.done + n, status)
 
-    def update_to(self, done: int, status: str | None = None) -> None:
-        """Set the count (callbacks report absolute positions: epoch i of n, step t of T)."""
-        self.done = min(self.total, done)
+    def update_to(self, done: int | float, status: str | None = None) -> None:
+        """Set the count (callbacks report absolute positions: epoch i of n, step t of T; a
+        fraction of an epoch is shown to two decimals)."""
+        done = min(self.total, done)
+        if isinstance(done, float):
+            done = int(done) if done.is_integer() else round(done, 2)
+        self.done = self._bar.n = done  # set, not added: no drift from summing fractions
         if status is not None:
             self.status = status
-        now = time.monotonic()
-        if not self.quiet and (now - self._last_draw > 0.5 or self.done >= self.total):
-            self._last_draw = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        elapsed = now - self._t0
-        rate = (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        width = 24
-        filled = int(width * self.done / max(self.total, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        eta_text = "--:--" if eta != eta else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
-        done = f"{self.done:.1f}" if isinstance(self.done, float) and not float(self.done).is_integer() else f"{self.done:g}"
-        unit = f" {self.unit}" if self.unit else ""
-        line = f"\r{self.label} [{bar}] {done}/{self.total}{unit} eta {eta_text} {self.status}"
-        click.echo(line[:160].ljust(100), nl=False, err=True)
+            self._bar.set_postfix_str(status, refresh=False)
+        self._bar.update(0)  # draws at most every half second (tqdm's mininterval), and at the end
         if self.done >= self.total:
-            click.echo("", err=True)
+            self._bar.close()
 
     def close(self) -> None:
-        if not self.quiet and self.done < self.total:
-            click.echo("", err=True)
+        self._bar.close()  # idempotent: a finished bar is already closed
         sys.stderr.flush()
 
 
