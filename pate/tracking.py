@@ -58,7 +58,7 @@ HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIME
 MAX_JSON_BYTES = 16 << 20  # tracking.json and the release's statement.json are a few KiB
 
 
-class Progress(NamedTuple):
+class RunSnapshot(NamedTuple):
     """What a run directory holds that may be logged (read, hash-checked, by ``pate.stages``)."""
     names: tuple[str, ...]  # the stages, in order
     manifest: dict  # their records (status, finished, seconds) and the student attempts
@@ -250,32 +250,32 @@ class Tracker:
         self._batch(params={k: v for k, v in params.items() if k not in logged},
                     tags={f"config.{k}": v for k, v in params.items() if k in logged and logged[k] != v})
 
-    def log_progress(self, progress: "Progress") -> None:
+    def log_snapshot(self, snapshot: RunSnapshot) -> None:
         """What finished since the last call: stage seconds, the public statement, the student's
         accuracy, and a release written after the student was last evaluated. Each is recorded in
         the run directory once logged, so a rerun logs only what is missing."""
-        logged, manifest = self.state["logged"], progress.manifest
+        logged, manifest = self.state["logged"], snapshot.manifest
         attempt = len(manifest.get("attempts", []))
         records = manifest.get("stages", {})
-        done = [s for s in progress.names if records.get(s, {}).get("status") == "done"]
+        done = [s for s in snapshot.names if records.get(s, {}).get("status") == "done"]
         timed = logged["stages"]
         fresh = {s: records[s] for s in done if records[s].get("seconds") is not None
                  and timed.get(s) != records[s].get("finished")}
         self._batch(metrics={f"seconds/{s}": float(r["seconds"]) for s, r in fresh.items()},
-                    tags={"pate.stages_done": f"{len(done)}/{len(progress.names)}"}, step=attempt)
+                    tags={"pate.stages_done": f"{len(done)}/{len(snapshot.names)}"}, step=attempt)
         timed.update({s: r.get("finished") for s, r in fresh.items()})
         self._save()
-        if progress.public is not None and not logged.get("privacy"):
-            metrics, tags = statement_fields(progress.public)
+        if snapshot.public is not None and not logged.get("privacy"):
+            metrics, tags = statement_fields(snapshot.public)
             self._batch(metrics=metrics, tags=tags)
             logged["privacy"] = True
             self._save()
-        if progress.student is not None and attempt not in logged.get("student", []):
-            self._batch(metrics={k: float(progress.student[k]) for k in STUDENT_METRICS
-                                 if isinstance(progress.student.get(k), (int, float))}, step=attempt)
+        if snapshot.student is not None and attempt not in logged.get("student", []):
+            self._batch(metrics={k: float(snapshot.student[k]) for k in STUDENT_METRICS
+                                 if isinstance(snapshot.student.get(k), (int, float))}, step=attempt)
             logged["student"] = [*logged.get("student", []), attempt]
             self._save()
-        if done and len(done) == len(progress.names):
+        if done and len(done) == len(snapshot.names):
             self._log_release(records[done[-1]].get("finished") or "")
 
     def _log_release(self, finished: str) -> None:
@@ -328,8 +328,8 @@ def _live(client, run_id: str) -> bool:
 
 
 @contextlib.contextmanager
-def track(run, progress: Callable[[], Progress], quiet: bool = True) -> Iterator[None]:
-    """Around a stage command: start (or continue) the MLflow run, then log what ``progress()``
+def track(run, snapshot: Callable[[], RunSnapshot], quiet: bool = True) -> Iterator[None]:
+    """Around a stage command: start (or continue) the MLflow run, then log what ``snapshot()``
     gives (the stage runner reads it from the run directory), also when the command failed (the
     run is then marked FAILED; a rerun resumes and logs the rest). Under torchrun only rank 0 tracks."""
     if not run.config.tracking.enabled or int(os.environ.get("RANK", "0")) != 0:
@@ -340,13 +340,13 @@ def track(run, progress: Callable[[], Progress], quiet: bool = True) -> Iterator
         yield
     except BaseException as exc:
         try:
-            tracker.log_progress(progress())
+            tracker.log_snapshot(snapshot())
             tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         except Exception as inner:  # the command's own error is the one to report
             say(f"tracking: {inner}", quiet)
         raise
     try:
-        tracker.log_progress(progress())
+        tracker.log_snapshot(snapshot())
     except TrackingError as exc:
         raise TrackingError(f"{exc} (the pate run itself is saved; rerun the command to log the rest)") from None
     finally:

@@ -35,8 +35,8 @@ PRIVATE_NOTE = ("Computed from the private votes: do not publish. The data-depen
 RELEASE_NOTE = ("Data-dependent cost (per-instance), released with smooth-sensitivity noise (Papernot et al. 2018, "
                 "App. B), with order, beta and sigma_ss fixed before the votes were seen. The papers' convention "
                 "for comparison, not the guarantee.")
-DEFAULT_CONSENSUS = 0.9
-PLD_MAX_POINTS = 2_000_000  # support of a composed privacy-loss distribution, at most  # the hypothetical consensus from which release parameters are proposed
+RELEASE_PROPOSAL_CONSENSUS = 0.9  # the top-vote fraction of the hypothetical run release parameters are proposed from
+PLD_MAX_POINTS = 2_000_000  # support of a composed privacy-loss distribution, at most
 
 
 def resolve_orders(orders: Sequence[float]) -> np.ndarray:
@@ -292,7 +292,7 @@ def snap_delta(settings: Settings, curve: np.ndarray) -> float:
 @functools.lru_cache(maxsize=64)
 def propose_release(mechanism: Mechanism, num_teachers: int, num_classes: int, queries: int,
                     orders: tuple[float, ...], delta: float, conversion: str,
-                    consensus: float = DEFAULT_CONSENSUS, max_tries: int = 24) -> Optional[ReleaseParameters]:
+                    consensus: float = RELEASE_PROPOSAL_CONSENSUS, max_tries: int = 24) -> Optional[ReleaseParameters]:
     """λ, β and σ_ss for the smooth-sensitivity release, from public information only.
 
     The run is imagined as ``queries`` queries whose votes all have top-vote fraction

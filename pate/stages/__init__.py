@@ -163,19 +163,19 @@ def session(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: 
     lock = locked(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     with lock:
         run = open_run(path, config, quiet)
-        with tracking.track(run, lambda: _public_progress(run), quiet):  # public fields only (pate.tracking)
+        with tracking.track(run, lambda: _public_snapshot(run), quiet):  # public fields only (pate.tracking)
             yield Context(run=run, data_root=Path(data_root), device=device, quiet=quiet)
 
 
-def _public_progress(run: RunDir) -> tracking.Progress:
+def _public_snapshot(run: RunDir) -> tracking.RunSnapshot:
     """What experiment tracking may log of ``run``, each artifact checked against its recorded hash:
     the stages' records, the public statement (never privacy.json's private section), the student's
     held-out accuracy (never the teachers' or the labels')."""
     student = None
     if run.is_done("evaluate") and run.has(METRICS):
         student = {k: read_metrics(run)[k] for k in tracking.STUDENT_METRICS}
-    return tracking.Progress(names=NAMES, manifest=run.manifest(), student=student,
-                             public=read_privacy(run)["public"] if run.has(PRIVACY) else None)
+    return tracking.RunSnapshot(names=NAMES, manifest=run.manifest(), student=student,
+                                public=read_privacy(run)["public"] if run.has(PRIVACY) else None)
 
 
 def _check_teachers(config: PipelineConfig, path: Path) -> None:

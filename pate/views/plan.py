@@ -38,7 +38,7 @@ from ..privacy.smooth_sensitivity import MAX_WALK_CELLS, rdp_gnss, walk_fits
 from . import figures
 
 MECHANISMS = mechanisms.plannable()  # the registry's plannable ones (the CLI's --mechanism choices)
-DEFAULT_CONSENSUS = (0.9,)
+DEFAULT_PROFILE_LEVELS = (0.9,)  # a consensus profile's levels (top-vote fractions) when none are given
 
 # The --target-epsilon grid, fixed before any data is seen, as fractions of K. The paper's MNIST
 # setting (T, σ1, σ2) = (200, 150, 40) at K = 250 is (0.8, 0.6, 0.16). Q: every integer up to the
@@ -182,12 +182,12 @@ def consensus_row(teachers: int, classes: int, level: float) -> np.ndarray:
 @dataclass(frozen=True)
 class Profile:
     """Consensus levels and their weights (normalised to sum 1)."""
-    levels: tuple[float, ...] = DEFAULT_CONSENSUS
+    levels: tuple[float, ...] = DEFAULT_PROFILE_LEVELS
     weights: tuple[float, ...] = (1.0,)
 
     @classmethod
     def of(cls, levels=None, weights=None) -> "Profile":
-        levels = tuple(float(x) for x in (levels or DEFAULT_CONSENSUS))
+        levels = tuple(float(x) for x in (levels or DEFAULT_PROFILE_LEVELS))
         weights = tuple(float(x) for x in weights) if weights else (1.0,) * len(levels)
         if len(weights) != len(levels):
             raise PlanError(f"consensus weights must be {len(levels)} numbers, one per level. Found {len(weights)}.")
@@ -399,7 +399,7 @@ def make_plan(params: PlanParams, profile: Profile | None = None, target_eps: fl
                                                                            proposal.order)),
                 "config": (f"[privacy] data_dependent_release = true; ss_order = {proposal.order:g}; "
                            f"ss_beta = {proposal.beta:g}; ss_sigma = {proposal.sigma_ss:g}"),
-                "how": (f"from {q} hypothetical queries at consensus {accounting.DEFAULT_CONSENSUS:g} (public): "
+                "how": (f"from {q} hypothetical queries at consensus {accounting.RELEASE_PROPOSAL_CONSENSUS:g} (public): "
                         "the order and beta with the least expected bound where conditions C5/C6 hold")},
             "consensus_profile": {"rule": "top class gets round(c*K) votes; the runner-ups take the rest greedily "
                                           "(worst case for GNMax's data-dependent cost)",
