@@ -469,10 +469,6 @@ class InteractiveGNMax(_CheckThenGNMax):
         """Without a student (p = 0, the first round): Confident-GNMax's decisions."""
         return _labels_of(*confident_gnmax_noisy(votes, self.threshold, self.sigma1, self.sigma2, noise))
 
-    def decide_with_student(self, votes, student_probs, noise):
-        labels, asked, _ = self.decide_with_student_noisy(votes, student_probs, noise)
-        return labels, asked
-
     def decide_with_student_noisy(self, votes, student_probs, noise):
         """(labels, asked, noisy): the teachers' noisy vector v + N(0, σ2² I) where they were asked
         (their GNMax step, whose cost covers the vector), NaN where the student answered or nobody did."""

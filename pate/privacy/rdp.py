@@ -207,11 +207,6 @@ def rdp_gnmax_curve(logq, sigma, orders=DEFAULT_ORDERS, weights=None) -> np.ndar
     return out
 
 
-def data_dependent_applies(logq, sigma, orders) -> np.ndarray:
-    """(N, L) bool: where ``rdp_gnmax`` used the data-dependent bound (see its docstring)."""
-    return rdp_gnmax(logq, sigma, orders, return_used=True)[1]
-
-
 def rdp_gnmax_data_independent(sigma, orders) -> np.ndarray:
     """λ/σ²: RDP of the Gaussian mechanism with L2 sensitivity √2 (one vote moves: −1, +1).
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import PateError
 from ..io import atomic_write_bytes
-from ..run.outputs import PNG_MARKER_KEY, PNG_SIGNATURE, png_marker  # noqa: F401 (PNG_SIGNATURE: for tests)
+from ..run.outputs import PNG_MARKER_KEY, png_marker
 
 INSTALL_HINT = "pip install 'pate[plot]'"
 PRIVATE_COLOR, PUBLIC_COLOR = "tab:purple", "tab:red"
