@@ -2,7 +2,7 @@
 
 A spec is a plain tuple of layers so that the same architecture can be built as one
 ordinary ``nn.Module`` (student, reference teacher) or as a batched K-teacher ensemble
-(``pate.ensemble``) without the two drifting apart. Both builders walk the same concrete
+(``pate.teachers.ensemble``) without the two drifting apart. Both builders walk the same concrete
 ``layer_plan``, so shapes and the index of every parameterised layer agree by construction.
 
 A ``Scatter`` first layer (students only) is the fixed scattering transform of Tramèr & Boneh
