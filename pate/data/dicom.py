@@ -57,12 +57,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import DICOM_FRAMES
 from ..io import read_bytes_limited
 from .dataset import DataError
 
 SUFFIXES = {".dcm", ".dicom"}
-FRAMES = DICOM_FRAMES
 DECODER_VERSION = 1  # part of the decoded-image cache key of folders holding DICOM files
 MAX_SAMPLES = 2**28  # samples of one file (rows x columns x frames x samples per pixel): 512 MiB at 16 bits
 # A deflated dataset inflated beyond the largest Pixel Data decoded (MAX_SAMPLES at 16 bits) and

@@ -17,18 +17,22 @@ DICOM files (``.dcm``) are read by ``pate.data.dicom`` (``[data] dicom_window``,
 With ``dicom_frames = "split"`` a multi-frame file gives one record per frame, named
 ``<file>#frame=<k>`` (k from 1) with the content hash ``<sha256>#frame=<k>``. The frames of a private
 file are one record for privacy: they share one teacher and one spend-log fingerprint
-(``pate.stages.partition.record_names``), so the guarantee covers the whole file.
+(``_identities`` below), so the guarantee covers the whole file.
 """
 from __future__ import annotations
 
+import os
 import unicodedata
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from . import cache, dicom, images
+from ..config import DataConfig
+from ..progress import Progress
+from . import cache, dicom, images, records
 from .dataset import DataError, Dataset, channel_stats
+from .sources import Files, Source, register_source
 
 MIN_IMAGE_SIZE = 8  # the smallest input the networks take (two 2x2 poolings, scattering's 2^J)
 MAX_INFERRED_IMAGE_SIZE = 512  # the largest image_size read from the public images; set a larger one in the config
@@ -197,3 +201,43 @@ def _refuse_private_in_public(private, private_hashes, public, public_hashes) ->
         if digest in where:
             raise DataError(f"{path} is the same image as the private {where[digest]}; a private record may not "
                             "also be public: remove it from one of them")
+
+
+def _load_source(config: DataConfig, root: Path, quiet: bool, auto_prepare: bool) -> Dataset:
+    bars: dict[str, Progress] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        bar = bars.setdefault(what, Progress(total, f"data[{what} images]", quiet))
+        bar.update_to(done)
+
+    return load(config.public_name, Path(config.private_dir), Path(config.public_dir),
+                Path(config.test_dir) if config.test_dir else None, root=root,
+                image_size=config.image_size, channels=config.channels, classes=config.classes,
+                dicom_window=config.dicom_window, dicom_frames=config.dicom_frames, progress=progress)
+
+
+def _description(config: DataConfig) -> str:
+    return "image folders (ImageFolder layout for the private and test sets)"
+
+
+def _identities(config: DataConfig, dataset: Dataset) -> list[bytes]:
+    """Each private file's sha256 with its label: the frames of a split multi-frame DICOM file are
+    one record (one teacher, one spend)."""
+    return records.identities(dataset.private_x, dataset.private_y,
+                              file_hashes=[sha.split("#frame=")[0] for _, sha in dataset.files["private"]])
+
+
+def _record_names(config: DataConfig, files: Files) -> list[str]:
+    """Each private record's file, relative to ``private_dir``."""
+    root = Path(config.private_dir)
+    return [str(Path(path).relative_to(root)) for path, _ in files()["private"]]
+
+
+def _public_files(config: DataConfig, files: Files) -> list[str]:
+    """Each public image's file, relative to ``public_dir`` (the folders above it may name the
+    private data's place)."""
+    return [os.path.relpath(entry[0], config.public_dir) for entry in files().get("public", [])]
+
+
+SOURCE = register_source(Source(name="folders", load=_load_source, description=_description,
+                                identities=_identities, record_names=_record_names, public_files=_public_files))

@@ -18,7 +18,6 @@ interrupt prints no worker's traceback.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing
 import os
 import re
@@ -173,10 +172,6 @@ def _watchdog(watch: dict, report) -> None:
                 report.put(path)
             finally:
                 os._exit(70)
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _finish(image, channels: int, size: int) -> np.ndarray:

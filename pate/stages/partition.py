@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import records
+from ..data import records, source_of
 from .. import selection
 from ..run import spend_log
 from ..io import atomic_save_npz, atomic_write_json
@@ -22,14 +22,10 @@ NAME = "partition"
 
 
 def record_names(config, dataset) -> list[bytes]:
-    """What each private record is (``pate.data.records.identities``): the user's ids, the image files'
-    hashes, or the images themselves, each with its label."""
-    file_hashes = None
-    if config.data.source == "folders":  # the frames of a split multi-frame DICOM file are one record:
-        file_hashes = [sha.split("#frame=")[0] for _, sha in dataset.files["private"]]  # one teacher, one spend
-    ids = records.user_ids(config.data.private_file) if config.data.source == "arrays" else None
+    """What each private record is (``pate.data.records.identities``), as its source says: the user's
+    ids, the image files' hashes, or the images themselves, each with its label."""
     try:
-        return records.identities(dataset.private_x, dataset.private_y, file_hashes=file_hashes, ids=ids)
+        return source_of(config.data).identities(config.data, dataset)
     except records.RecordError as exc:
         raise RunError(str(exc)) from None
 

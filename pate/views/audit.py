@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import source_of
+from ..data.records import RecordError
 from ..privacy import individual, rdp
 from ..run.directory import RunDir, RunError
 from ..aggregation.ledger_files import knn_inputs, ledger_order, load_ledger
@@ -135,9 +137,14 @@ def record_table(run: RunDir, top: int = 10) -> dict:
 
 
 def _record_names(run: RunDir, records: np.ndarray) -> list[str]:
-    """A private record as the user knows it: its file (image folders) or its index."""
-    files = run.read_json(DATA).get("files", {}).get("private", []) if run.config.data.source == "folders" else []
-    return [str(files[i][0]) if files else str(int(i)) for i in records]
+    """A private record as the user knows it, by the name a budget file gives it: its file
+    (relative to ``private_dir``), its id (arrays with ``ids``), else its index."""
+    data = run.config.data
+    try:
+        names = source_of(data).record_names(data, lambda: run.read_json(DATA).get("files", {}))
+    except RecordError as exc:
+        raise RunError(str(exc)) from None
+    return [str(names[i]) if names is not None else str(int(i)) for i in records]
 
 
 def _render_records(run: RunDir, fmt: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+from ..data import source_of
 from ..run.directory import RunDir
 from ..run.artifacts import data_spec
 
@@ -55,9 +56,7 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
     p, student = doc["privacy"], doc["student"]
     g = p["guarantee"]
     data = config.data
-    source = {"builtin": f"the built-in {data.dataset} dataset",
-              "folders": "image folders (ImageFolder layout for the private and test sets)",
-              "arrays": "arrays in .npz files"}[data.source]
+    source = source_of(data).description(data)
     teachers = config.teachers
     if teachers.features == "pretrained":
         features = f"a frozen pretrained {teachers.backbone} backbone shared by all teachers, one logistic head each"

@@ -18,12 +18,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__, deploy
+from ..data import source_of
 from ..io import atomic_write_bytes, atomic_write_json
 from ..run.outputs import EXPORT, check_output, release_tag
 from ..run.directory import RunDir, RunError, now
@@ -169,9 +169,8 @@ def _labels_csv(run: RunDir, public_index: np.ndarray, label: np.ndarray, classe
     """One row per released label: the public image's index (and its file, for image folders), the
     label and its class name. Public file names are public, relative to ``public_dir`` (the folders
     above it may name the private data's place); the private ones never appear."""
-    public_files = [os.path.relpath(entry[0], run.config.data.public_dir)
-                    for entry in run.read_json(DATA).get("files", {}).get("public", [])] \
-        if run.config.data.source == "folders" else []
+    data = run.config.data
+    public_files = source_of(data).public_files(data, lambda: run.read_json(DATA).get("files", {}))
     rows = io.StringIO()
     writer = csv.writer(rows)
     writer.writerow(["public_index", "public_file", "label", "class"])
@@ -184,7 +183,3 @@ def _npz(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
-
-
-def load_statement(folder: Path) -> dict:
-    return json.loads((Path(folder) / STATEMENT_JSON).read_text(encoding="utf-8"))
