@@ -44,7 +44,8 @@ import torch  # noqa: E402
 
 from benchmarks.seeds import with_seed  # noqa: E402
 from pate import config as config_mod  # noqa: E402
-from pate import data, deploy
+from pate import data
+from pate.export import student as exported  # noqa: E402
 from pate.student import training as student  # noqa: E402
 from pate.run.directory import RunDir  # noqa: E402
 from pate.stages import train_student as stage  # noqa: E402
@@ -99,7 +100,7 @@ def variant_result(run_dir: Path, variant: str, data_root: Path) -> dict:
     x = lambda idx: data.to_float(ds.public_x[idx], ds.mean, ds.std)  # noqa: E731
     t0 = time.monotonic()
     if arch == "own":
-        model = deploy.load_student(run_dir)
+        model = exported.load_student(run_dir)
         return {**score(lambda idx: model.predict(ds.public_x[idx])[0], ds, parts, released),
                 "seconds": json.loads((run_dir / "manifest.json").read_text())["stages"]["train-student"]["seconds"]}
     s = cfg.student

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import deploy
+from .export import student as exported
 from .config import PipelineConfig
 from .run.directory import RunDir
 from .stages import NAMES, existing_run
@@ -77,8 +77,8 @@ class Run:
         return {"public_index": released["query_index"], "label": released["label"]}
 
     def student(self):
-        """The trained student (``pate.deploy.Student``), with its normalisation."""
-        return deploy.load_student(self.path)
+        """The trained student (``pate.export.student.Student``), with its normalisation."""
+        return exported.load_student(self.path)
 
 
 def load_run(path: str | Path) -> Run:
@@ -89,4 +89,4 @@ def load_run(path: str | Path) -> Run:
 def load_student(path: str | Path):
     """A student to label images with: an exported ``student.onnx`` (onnxruntime, no torch),
     ``student.pt2``, ``student.ts`` or ``student.safetensors``, their folder, or a run directory."""
-    return deploy.load_student(path)
+    return exported.load_student(path)

@@ -15,14 +15,15 @@ import click
 
 from . import config as config_mod
 from . import data as data_mod
-from . import deploy, stages
+from . import stages
+from .export import release as release_view
+from .export import student as export_student
 from .run import outputs
 from .errors import PateError
 from .io import atomic_write_bytes
 from .progress import Progress, say
 from .views import audit as audit_view
 from .views import plan as plan_view
-from .views import release as release_view
 from .views import report as report_view
 from .views import status as status_view
 from .views import summary
@@ -229,8 +230,8 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, quiet: bool
     folder, or a finished run directory. Prints path,label,class,confidence as CSV."""
     if out is not None:
         outputs.check_output(out, outputs.PREDICT_CSV)
-    student = deploy.load_student(model)
-    paths, skipped = deploy.image_paths(images)
+    student = export_student.load_student(model)
+    paths, skipped = export_student.image_paths(images)
     if not paths:
         raise UserError("no image files among " + ", ".join(map(str, images)))
     bar = Progress(len(paths), "predict", quiet, unit="images")  # on stderr: the CSV alone goes to stdout

@@ -67,7 +67,7 @@ class RunSnapshot(NamedTuple):
 
 
 def release_folder(run_path: Path) -> Path:
-    """Where ``pate run`` writes the release: beside the run directory (``pate.views.release.default_out``)."""
+    """Where ``pate run`` writes the release: beside the run directory (``pate.export.release.default_out``)."""
     return run_path.parent / f"{run_path.name}-release"
 
 

@@ -395,11 +395,11 @@ def test_predict_refuses_an_onnx_graph_pate_never_writes(change, fragment, tmp_p
 def test_a_student_past_its_time_limit_is_stopped(tmp_path, image, monkeypatch, capfd):
     """The second guard: were a Loop let through, onnxruntime is told to stop at the batch's time
     limit, in one line (and nothing from onnxruntime's log)."""
-    from pate import deploy
+    from pate.export import student
 
-    monkeypatch.setattr(deploy, "check_onnx_graph", lambda *args: None)  # the first guard let it through
-    monkeypatch.setattr(deploy, "INFER_SECONDS", 0.5)
-    monkeypatch.setattr(deploy, "INFER_SECONDS_PER_VALUE", 0.0)
+    monkeypatch.setattr(student, "check_onnx_graph", lambda *args: None)  # the first guard let it through
+    monkeypatch.setattr(student, "INFER_SECONDS", 0.5)
+    monkeypatch.setattr(student, "INFER_SECONDS_PER_VALUE", 0.0)
     path = tmp_path / "student.onnx"
     path.write_bytes(loop_student().SerializeToString())
     one_line_refusal(invoke("predict", path, image, "-q"), "the student took longer than 0 s on images of shape "

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import pate
-from pate import deploy
+from pate.export import formats
 from pate.cli import main
 from pate.data import load as load_data
 from pate.nets.models import build_model
@@ -88,8 +88,8 @@ def test_onnx_runs_alone_in_onnxruntime_with_the_students_answers(finished):
     # pate's description travels inside the file, the same as student.json beside it.
     props = session.get_modelmeta().custom_metadata_map
     meta = json.loads((root / "run-release" / "student.json").read_text())
-    assert json.loads(props["pate.json"]) == meta and meta["format"] == deploy.FORMAT
-    assert props["pate.format"] == deploy.FORMAT and json.loads(props["pate.classes"]) == [str(d) for d in range(10)]
+    assert json.loads(props["pate.json"]) == meta and meta["format"] == formats.FORMAT
+    assert props["pate.format"] == formats.FORMAT and json.loads(props["pate.classes"]) == [str(d) for d in range(10)]
     assert (props["pate.channels"], props["pate.image_size"]) == ("1", "28")
 
 
@@ -154,8 +154,8 @@ def test_export_writes_no_deprecation_warning(finished, tmp_path):
 
 def test_export_without_the_export_tools_is_one_line_and_writes_nothing(finished, tmp_path, monkeypatch):
     root, _ = finished
-    real = deploy._importable
-    monkeypatch.setattr(deploy, "_importable", lambda name: name != "onnxscript" and real(name))
+    real = formats._importable
+    monkeypatch.setattr(formats, "_importable", lambda name: name != "onnxscript" and real(name))
     result = CliRunner().invoke(main, ["export", str(root / "run"), "--out", str(tmp_path / "pub")])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "needs onnxscript: pip install pate" in result.output

@@ -81,7 +81,7 @@ def write_student(folder: Path, channels: int = 1, size: int = 16) -> Path:
     import torch  # noqa: F401
     from safetensors.torch import save
 
-    from pate.deploy import describe
+    from pate.export.formats import describe
     from pate.nets.models import build_model
 
     meta = describe("cnn-small", [str(k) for k in range(10)], channels, size, [0.5] * channels, [0.25] * channels)

@@ -106,7 +106,7 @@ LAYERS = [
     {"features", "teachers", "student"},
     {"aggregation", "tracking"},
     {"stages"},
-    {"deploy"},
+    {"export"},  # the student's formats (writing, reading) and the public folder of `pate export`
     {"views"},
     {"api", "cli"},
     {"__main__"},

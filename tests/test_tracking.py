@@ -236,7 +236,7 @@ def test_the_store_defaults_to_mlruns_here(tmp_path, monkeypatch):
 
 def test_the_release_folder_is_where_pate_run_writes_it(tmp_path):
     from pate.run.directory import RunDir
-    from pate.views import release as release_view
+    from pate.export import release as release_view
 
     run = RunDir(tmp_path / "runs" / "tiny", config_mod.from_dict({"name": "tiny"}))
     assert tracking.release_folder(run.path) == release_view.default_out(run)

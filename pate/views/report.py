@@ -23,8 +23,9 @@ from ..run.directory import RunDir, RunError
 from ..aggregation.ledger_files import ledger_order
 from ..aggregation.settings import orders
 from ..run.artifacts import METRICS, PRIVACY, STUDENT_HISTORY, TEACHERS_EVAL, mechanism
+from ..export.release import spend_log_claim
 from . import audit, figures, summary
-from .summary import NOT_COVERED, PRIVATE, PUBLIC, spend_log_claim
+from .summary import NOT_COVERED, PRIVATE, PUBLIC
 
 HTML_NAME = "report.html"
 BADGES = summary.LABELS
@@ -261,7 +262,7 @@ def _figure_html(out: Path, section: Section, wide: bool) -> str:
 
 def publishable_html(privacy: dict, claim: dict | None = None) -> str:
     """The statement box: the guarantee first; the papers' data-dependent figure, if released, beside it;
-    ``claim`` (``summary.spend_log_claim``): what it says of earlier releases, the same for every
+    ``claim`` (``pate.export.release.spend_log_claim``): what it says of earlier releases, the same for every
     dataset (a record's composed total is PRIVATE: it is in the summary table, marked so)."""
     public, esc = privacy["public"], html.escape
     g, release = public["guarantee"], public.get("data_dependent_release")

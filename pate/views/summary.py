@@ -111,22 +111,6 @@ def spent(run: RunDir, delta: float):
     return spend_log.total(parts["record_fingerprint"], delta, run.config.privacy.conversion)
 
 
-def spend_log_claim(total_budget: float, delta: float) -> dict:
-    """What the statement says about earlier releases on the same records: only what holds for
-    every dataset (the settings alone). The composed total a record has spent is PRIVATE: runs over
-    records r300-r599 and over those plus r0 would show 1 and 2 releases once r0 was in an earlier
-    run, so publishing it (or refusing the run for it) would tell whether r0 is in the data."""
-    if total_budget:
-        budget = f"{total_budget:g}" if float(f"{total_budget:g}") == total_budget else repr(float(total_budget))
-        return {"total_budget": total_budget, "delta": delta, "statement": (
-            f"Every record this release used has spent at most epsilon {budget} at delta {delta:g} over all "
-            "releases recorded in its spend log, this one included ([privacy] total_budget, composed in Renyi DP): "
-            "records that this run would have taken past it were left out of the run; how many is not published.")}
-    return {"total_budget": None, "delta": delta, "statement": (
-        "What earlier releases spent on the same records is not published: it depends on which records are in "
-        "the data. The data holder's spend log composes it.")}
-
-
 def left_out(run: RunDir) -> int | None:
     """How many records ``[privacy] total_budget``'s filter left out of the run (PRIVATE), or None
     before partition or without a budget."""

@@ -23,7 +23,8 @@ from pate.privacy import spend
 from pate.stages import aggregate as aggregate_stage
 from pate.stages import open_run
 from pate.run.artifacts import Context
-from pate.views import model_card, release, status
+from pate.export import model_card, release
+from pate.views import status
 
 from ..conftest import edit_pipeline
 from ..data.test_arrays import write

@@ -116,7 +116,7 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
     if release:
         lines.append(f"- Data-dependent cost released with smooth-sensitivity noise (not a guarantee): epsilon "
                      f"{release['epsilon']:.3f} at order {release['order']:g}.")
-    if claim:  # what holds for every dataset; a record's composed total is PRIVATE (``summary.spend_log_claim``)
+    if claim:  # what holds for every dataset; a record's composed total is PRIVATE (``release.spend_log_claim``)
         lines.append(f"- Earlier releases: {claim['statement']}")
     if p.get("seeded"):
         lines.append("- **The noise was SEEDED for reproducibility: this is not a production privacy guarantee.**")

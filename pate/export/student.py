@@ -1,39 +1,19 @@
-"""The student outside pate: ONNX (onnxruntime alone runs it, no torch), a ``torch.export``
-program, safetensors weights (and TorchScript on request, while torch ships it); loading any of
-them, and predictions for image files.
-
-Every exported form takes float32 images (N, C, H, W) with pixels in [0, 1] at the training size,
-any N, and returns logits; the normalisation the student was trained with is inside it, so a user
-never has to know the data's mean and std (the safetensors file holds the bare network's weights;
-its ``mean`` and ``std`` are in the metadata). What it needs to be used (classes, channels, image
-size, the format version) is stored in the file itself, as ``pate.json``: the ONNX model's
-``metadata_props``, the ``.pt2`` / TorchScript archive's extra files, the safetensors header's
-metadata; and in ``student.json`` beside it.
+"""The exported student, the reading side: loading any of the formats ``pate.export.formats``
+writes (or a finished run directory's student), and predictions for image files.
 
 ``student.onnx`` needs only onnxruntime, numpy and Pillow to label images: this module imports
-torch only to export, or to run a ``.pt2``, ``.ts`` or ``.safetensors`` student or a run directory.
-
-The student is post-processing of the privately released labels on public images, so it is as
-private as the release: it may be shared with the privacy statement.
+torch only to run a ``.pt2``, ``.ts`` or ``.safetensors`` student or a run directory.
 
 An ONNX file is read whole (at most ``MAX_ONNX_BYTES``) and its graph checked before onnxruntime
-sees it: every node must be one of ``ONNX_OPS`` in the default domain, the operations pate's
-exporter writes for its architectures and a few plain ones other exporter versions use for the
-same layers; no control flow (Loop, If, Scan: a 10^15-step Loop would run forever), no subgraph,
-no local function, no external or sparse data. The graph is read from the protobuf here (the
-``onnx`` package is not needed to predict). Each batch the session runs has a time limit as well
+sees it (``pate.export.onnx_graph``). Each batch the session runs has a time limit as well
 (``INFER_SECONDS`` and a little per input value), past which onnxruntime is told to stop.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 import logging
 import math
 import threading
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,20 +21,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .data import images as image_files
-from .errors import PateError
-from .run.outputs import RELEASE_FORMAT
-from .io import read_bytes_limited
-from .nets.models import build_model, has_scattering
-from .stages import existing_run
-from .run.artifacts import data_spec, student_model
+from ..data import images as image_files
+from ..errors import PateError
+from ..io import read_bytes_limited
+from ..nets.models import build_model
+from ..stages import existing_run
+from ..run.artifacts import data_spec, student_model
+from .formats import (FORMAT, INPUT_NAME, META, STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS, STUDENT_TS,
+                      _importable, _quiet_deprecation, _torchscript_available, describe, normalised)
+from .onnx_graph import check_onnx_graph
 
-META = "pate.json"  # the student's description, inside every exported file
-STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS = "student.onnx", "student.pt2", "student.safetensors"
-STUDENT_TS, STUDENT_JSON = "student.ts", "student.json"
-FORMAT = RELEASE_FORMAT  # student.json marks a folder as a pate export (pate.run.outputs)
-INPUT_NAME, OUTPUT_NAME = "images", "logits"  # of the ONNX graph
-EXPORT_TOOLS = ("onnx", "onnxscript", "safetensors")  # what `pate export` needs beside torch (the export extra)
 # What a student file may claim, checked before anything is allocated for its images: pate trains
 # on grey or colour images of at most 1024 pixels ([data] image_size; arrays of any size), so a
 # file claiming more is damaged or hostile.
@@ -62,151 +38,7 @@ CHANNELS, MAX_IMAGE_SIZE, MAX_CLASSES = (1, 3), 4096, 100_000
 MAX_META_BYTES = 16 << 20  # a pate.json larger than this (100,000 long class names) is not pate's
 DECODE_BYTES = 256 << 20  # images decoded (and labelled) at once by ``predict_files``: about this many bytes
 MAX_ONNX_BYTES = 2 << 30  # protobuf's own limit: pate's students are a few MB
-# The operations an ONNX student may hold: what pate's exporter writes (cnn-*, scatter-*), and the
-# plain, bounded ones other exporter versions use for the same layers. No control flow.
-ONNX_OPS = frozenset({
-    "Add", "Concat", "Conv", "Gather", "Gemm", "InstanceNormalization", "MatMul", "MaxPool", "Mul", "Pad",
-    "ReduceSum", "Relu", "Reshape", "Shape", "Slice", "Sqrt", "Sub", "Unsqueeze",
-    "AveragePool", "BatchNormalization", "Cast", "Constant", "Div", "Flatten", "GroupNormalization", "Identity",
-    "LayerNormalization", "Neg", "Pow", "ReduceMean", "Squeeze", "Transpose"})
 INFER_SECONDS, INFER_SECONDS_PER_VALUE = 60.0, 2e-6  # one batch's time limit: 61 s for 512 MNIST images
-
-
-def normalised(model: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """``model`` behind the per-channel normalisation it was trained with ([0, 1] pixels in, logits
-    out): ``(x - mean) / std`` as a fixed depthwise 1x1 convolution, so the whole is a plain
-    ``nn.Sequential`` that every exporter handles without custom code."""
-    import torch
-    from torch import nn
-
-    channels = len(mean)
-    norm = nn.Conv2d(channels, channels, kernel_size=1, groups=channels)
-    with torch.no_grad():
-        norm.weight.copy_((1.0 / torch.tensor(std, dtype=torch.float32)).view(channels, 1, 1, 1))
-        norm.bias.copy_(-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32))
-    for p in norm.parameters():
-        p.requires_grad_(False)
-    return nn.Sequential(norm, *model.children()).eval()
-
-
-def describe(arch: str, classes: Sequence[str], channels: int, image_size: int, mean, std, **about) -> dict:
-    """What a user of the exported student needs (stored in every exported file and in student.json)."""
-    return {"format": FORMAT, "arch": arch, "classes": list(classes), "channels": int(channels),
-            "image_size": int(image_size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-            "input": "float32 (N, C, H, W), pixels in [0, 1]; the normalisation is inside the model",
-            "output": "logits (N, classes)", **about}
-
-
-# ----------------------------------------------------------------------------- export
-
-
-def check_export_tools(torchscript: bool = False, arch: str | None = None) -> None:
-    """Refuse, before anything is written, an export this installation (or this student) cannot finish."""
-    missing = [name for name in EXPORT_TOOLS if not _importable(name)]
-    if missing:
-        raise PateError(f"exporting the student (ONNX, safetensors) needs {', '.join(missing)}: "
-                        "pip install pate (they are among its requirements), then `pate export RUN_DIR`")
-    if torchscript and not _torchscript_available():
-        raise PateError("this torch no longer ships TorchScript: export without --torchscript "
-                        f"({STUDENT_ONNX} and {STUDENT_PT2} are written either way)")
-    if torchscript and arch is not None and has_scattering(arch):
-        raise PateError(f"TorchScript is not offered for the {arch} student (its scattering layer is written for "
-                        f"torch.export): export without --torchscript; {STUDENT_ONNX} and {STUDENT_PT2} hold it")
-
-
-def _example(meta: dict) -> Any:
-    import torch
-
-    size = meta["image_size"]
-    return torch.rand(2, meta["channels"], size, size, generator=torch.Generator().manual_seed(0))
-
-
-def _batch_dim() -> Any:
-    import torch
-
-    return ({0: torch.export.Dim("batch")},)
-
-
-def onnx_bytes(model: Any, meta: dict) -> bytes:
-    """``model`` (a trained student) with its normalisation as an ONNX model (the dynamo exporter),
-    input ``images`` float32 (N, C, H, W) in [0, 1] with a dynamic N, output ``logits``, and
-    ``meta`` in its ``metadata_props`` (``pate.json``, and the format, classes, channels and image
-    size as keys of their own for tools that show them)."""
-    import torch
-
-    module = normalised(model.cpu().eval(), meta["mean"], meta["std"])
-    program = torch.onnx.export(module, (_example(meta),), dynamo=True, dynamic_shapes=_batch_dim(),
-                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
-    proto = program.model_proto
-    props = {META: json.dumps(meta), "pate.format": meta["format"], "pate.classes": json.dumps(meta["classes"]),
-             "pate.channels": str(meta["channels"]), "pate.image_size": str(meta["image_size"])}
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *props.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.doc_string = (f"pate student ({meta['arch']}, {len(meta['classes'])} classes): float32 images "
-                        f"(N, {meta['channels']}, {meta['image_size']}, {meta['image_size']}) in [0, 1] -> logits")
-    return proto.SerializeToString()
-
-
-def program_bytes(model: Any, meta: dict) -> bytes:
-    """``model`` with its normalisation as a ``torch.export`` program (``torch.export.save``; a
-    dynamic batch dimension), ``meta`` as the archive's extra file ``pate.json``."""
-    import torch
-
-    module = normalised(model.cpu().eval(), meta["mean"], meta["std"])
-    program = torch.export.export(module, (_example(meta),), dynamic_shapes=_batch_dim())
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files={META: json.dumps(meta)})
-    return buffer.getvalue()
-
-
-def safetensors_bytes(model: Any, meta: dict) -> bytes:
-    """The bare network's weights (no normalisation: rebuild it with ``pate.nets.models.build_model``
-    and normalise inputs with ``mean``/``std``) as safetensors, ``meta`` in the header's metadata."""
-    from safetensors.torch import save
-
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    return save(state, metadata={META: json.dumps(meta)})
-
-
-def torchscript_bytes(model: Any, meta: dict) -> bytes:
-    """``model`` with its normalisation, scripted, ``meta`` inside the archive (only on request:
-    TorchScript is deprecated in favour of torch.export)."""
-    import torch
-
-    buffer = io.BytesIO()
-    with _quiet_deprecation():
-        scripted = torch.jit.script(normalised(model.cpu().eval(), meta["mean"], meta["std"]))
-        torch.jit.save(scripted, buffer, _extra_files={META: json.dumps(meta)})
-    return buffer.getvalue()
-
-
-@contextlib.contextmanager
-def _quiet_deprecation():
-    """TorchScript is deprecated in favour of torch.export; pate writes or reads it only when a user
-    asks for it by name (``--torchscript``, a ``.ts`` file), so without the warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        yield
-
-
-def _torchscript_available() -> bool:
-    import torch
-
-    jit = getattr(torch, "jit", None)
-    return all(callable(getattr(jit, name, None)) for name in ("script", "save", "load"))
-
-
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-# ----------------------------------------------------------------------------- the student
 
 
 @dataclass
@@ -337,120 +169,6 @@ def _onnx_runner(session: Any) -> Callable[[np.ndarray], Any]:
             timer.cancel()
 
     return run
-
-
-# ----------------------------------------------------------------------------- an ONNX file's graph
-
-_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
-
-
-class _Damaged(ValueError):
-    """The bytes are not a well-formed protobuf message."""
-
-
-def _varint(data: memoryview, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if at >= len(data) or shift > 63:
-            raise _Damaged("a truncated or overlong varint")
-        byte = data[at]
-        value |= (byte & 0x7F) << shift
-        at += 1
-        if not byte & 0x80:
-            return value, at
-        shift += 7
-
-
-def _fields(data: memoryview):
-    """(field number, value) of each field of the protobuf message ``data``: an int for numbers, a
-    memoryview for length-delimited fields. Groups and unknown wire types are damage."""
-    at = 0
-    while at < len(data):
-        key, at = _varint(data, at)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _Damaged("field number 0")
-        if wire == _WIRE_VARINT:
-            value, at = _varint(data, at)
-        elif wire in (_WIRE_I64, _WIRE_I32):
-            size = 8 if wire == _WIRE_I64 else 4
-            if at + size > len(data):
-                raise _Damaged("a truncated number")
-            value, at = int.from_bytes(data[at:at + size], "little"), at + size
-        elif wire == _WIRE_LEN:
-            size, at = _varint(data, at)
-            if at + size > len(data):
-                raise _Damaged("a truncated field")
-            value, at = data[at:at + size], at + size
-        else:
-            raise _Damaged(f"wire type {wire}")
-        yield number, value
-
-
-def _text(value: memoryview) -> str:
-    return bytes(value[:64]).decode("utf-8", "replace")
-
-
-def check_onnx_graph(data: bytes, path: Path) -> None:
-    """Refuse, before onnxruntime sees it, an ONNX model (the bytes ``data``) that is not made of
-    ``ONNX_OPS`` in the default domain: control flow, subgraphs, local functions, training graphs,
-    sparse or external data are things pate's exporter never writes."""
-    def refuse(what: str) -> PateError:
-        return PateError(f"{path}: its ONNX graph holds {what}, which pate's exporter never writes (control flow "
-                         "may run without end); it is not a pate student")
-
-    try:
-        graphs = 0
-        for number, value in _fields(memoryview(data)):
-            if number == 7 and isinstance(value, memoryview):  # graph (several are merged: each checked)
-                graphs += 1
-                _check_graph(value, refuse)
-            elif number in (20, 25):  # training_info, functions
-                raise refuse("a local function" if number == 25 else "a training graph")
-    except _Damaged as exc:
-        raise PateError(f"{path} is not an ONNX student exported by pate (its protobuf is damaged: {exc})") from None
-    if not graphs:
-        raise PateError(f"{path} is not an ONNX student exported by pate (it holds no graph)")
-
-
-def _check_graph(graph: memoryview, refuse: Callable[[str], PateError]) -> None:
-    for number, value in _fields(graph):
-        if not isinstance(value, memoryview):
-            continue
-        if number == 1:  # node
-            op_type, domain, attributes = "", "", []
-            for field, item in _fields(value):
-                if field == 4 and isinstance(item, memoryview):  # op_type: the last one counts, as in protobuf
-                    op_type = _text(item)
-                elif field == 7 and isinstance(item, memoryview):
-                    domain = _text(item)
-                elif field == 5 and isinstance(item, memoryview):  # attribute
-                    attributes.append(item)
-            if domain not in ("", "ai.onnx"):
-                raise refuse(f"a node of the operator domain {domain!r}")
-            if op_type not in ONNX_OPS:
-                raise refuse(f"a {op_type!r} node")
-            for attribute in attributes:
-                for part, inner in _fields(attribute):
-                    if part in (6, 11):  # g, graphs
-                        raise refuse(f"a subgraph in a {op_type!r} node")
-                    if part in (22, 23):  # sparse_tensor(s)
-                        raise refuse("sparse data")
-                    if part in (5, 10) and isinstance(inner, memoryview):  # t, tensors
-                        _check_tensor(inner, refuse)
-        elif number == 5:  # initializer
-            _check_tensor(value, refuse)
-        elif number == 15:  # sparse_initializer
-            raise refuse("sparse data")
-
-
-def _check_tensor(tensor: memoryview, refuse: Callable[[str], PateError]) -> None:
-    for number, value in _fields(tensor):
-        if number == 13 or (number == 14 and value == 1):  # external_data, data_location EXTERNAL
-            raise refuse("a tensor stored in another file")
-
-
-# ----------------------------------------------------------------------------- loading
 
 
 def load_student(path: str | Path) -> Student:

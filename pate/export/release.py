@@ -22,20 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, deploy
+from .. import __version__
 from ..data import source_of
 from ..io import atomic_write_bytes, atomic_write_json
 from ..run.outputs import EXPORT, check_output, release_tag
 from ..run.directory import RunDir, RunError, now
 from ..stages import NAMES
 from ..run.artifacts import DATA, LABELS, data_spec, read_metrics, read_privacy, student_model
-from . import model_card
-from .summary import spend_log_claim
+from . import formats, model_card
 
 STATEMENT_JSON, STATEMENT_TEXT = "statement.json", "statement.txt"
 LABELS_CSV, LABELS_NPZ, MODEL_CARD = "labels.csv", "labels.npz", "model-card.md"
-STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS = deploy.STUDENT_ONNX, deploy.STUDENT_PT2, deploy.STUDENT_SAFETENSORS
-STUDENT_TS, STUDENT_JSON = deploy.STUDENT_TS, deploy.STUDENT_JSON
+STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS = formats.STUDENT_ONNX, formats.STUDENT_PT2, formats.STUDENT_SAFETENSORS
+STUDENT_TS, STUDENT_JSON = formats.STUDENT_TS, formats.STUDENT_JSON
 FILES = (LABELS_CSV, LABELS_NPZ, STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS, STUDENT_JSON, MODEL_CARD,
          STATEMENT_JSON, STATEMENT_TEXT)  # what an export writes (and ``student.ts`` with --torchscript)
 FORMER = ("student.pt",)  # written by earlier exports (the state dict, now student.safetensors): removed on re-export
@@ -49,6 +48,22 @@ def files(torchscript: bool = False) -> tuple[str, ...]:
 def default_out(run: RunDir) -> Path:
     """Beside the run directory, never inside it: ``runs/NAME`` -> ``runs/NAME-release``."""
     return run.path.parent / f"{run.path.name}-release"
+
+
+def spend_log_claim(total_budget: float, delta: float) -> dict:
+    """What the statement says about earlier releases on the same records: only what holds for
+    every dataset (the settings alone). The composed total a record has spent is PRIVATE: runs over
+    records r300-r599 and over those plus r0 would show 1 and 2 releases once r0 was in an earlier
+    run, so publishing it (or refusing the run for it) would tell whether r0 is in the data."""
+    if total_budget:
+        budget = f"{total_budget:g}" if float(f"{total_budget:g}") == total_budget else repr(float(total_budget))
+        return {"total_budget": total_budget, "delta": delta, "statement": (
+            f"Every record this release used has spent at most epsilon {budget} at delta {delta:g} over all "
+            "releases recorded in its spend log, this one included ([privacy] total_budget, composed in Renyi DP): "
+            "records that this run would have taken past it were left out of the run; how many is not published.")}
+    return {"total_budget": None, "delta": delta, "statement": (
+        "What earlier releases spent on the same records is not published: it depends on which records are in "
+        "the data. The data holder's spend log composes it.")}
 
 
 def statement(run: RunDir, written: tuple[str, ...] = FILES) -> dict:
@@ -107,29 +122,29 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
     run.require(*NAMES)
     out = Path(out) if out is not None else default_out(run)
     check_out(run, out)  # before anything is written
-    deploy.check_export_tools(torchscript, run.config.student.arch)
+    formats.check_export_tools(torchscript, run.config.student.arch)
     written = files(torchscript)
     spec, config = data_spec(run), run.config
     classes = list(spec.classes) or [str(c) for c in range(spec.num_classes)]
     labels = run.load_npz(LABELS)
     doc = statement(run, written)
-    meta = deploy.describe(config.student.arch, classes, spec.channels, spec.image_size, spec.mean, spec.std,
-                           pipeline=config.name, pate_version=__version__,
-                           guarantee={"epsilon": doc["privacy"]["guarantee"]["epsilon"],
-                                      "delta": doc["privacy"]["guarantee"]["delta"]},
-                           seeded=bool(doc["privacy"].get("seeded")), release_of=release_tag(run),
-                           rebuild="pate.nets.models.build_model(arch, channels, len(classes), image_size)"
-                                   ".load_state_dict(safetensors.torch.load_file('student.safetensors')) on "
-                                   "inputs normalised with mean/std")
+    meta = formats.describe(config.student.arch, classes, spec.channels, spec.image_size, spec.mean, spec.std,
+                            pipeline=config.name, pate_version=__version__,
+                            guarantee={"epsilon": doc["privacy"]["guarantee"]["epsilon"],
+                                       "delta": doc["privacy"]["guarantee"]["delta"]},
+                            seeded=bool(doc["privacy"].get("seeded")), release_of=release_tag(run),
+                            rebuild="pate.nets.models.build_model(arch, channels, len(classes), image_size)"
+                                    ".load_state_dict(safetensors.torch.load_file('student.safetensors')) on "
+                                    "inputs normalised with mean/std")
     model = student_model(run)  # its weights verified
     made = {  # everything made (and every artifact verified) before the first write
         LABELS_NPZ: _npz(public_index=labels["query_index"], label=labels["label"],  # soft: the noisy vectors
                          **({"soft": labels["soft"]} if "soft" in labels else {})),  # (soft labels), public
         LABELS_CSV: _labels_csv(run, labels["query_index"], labels["label"], classes).encode(),
-        STUDENT_ONNX: deploy.onnx_bytes(model, meta),
-        STUDENT_PT2: deploy.program_bytes(model, meta),
-        STUDENT_SAFETENSORS: deploy.safetensors_bytes(model, meta),
-        **({STUDENT_TS: deploy.torchscript_bytes(model, meta)} if torchscript else {}),
+        STUDENT_ONNX: formats.onnx_bytes(model, meta),
+        STUDENT_PT2: formats.program_bytes(model, meta),
+        STUDENT_SAFETENSORS: formats.safetensors_bytes(model, meta),
+        **({STUDENT_TS: formats.torchscript_bytes(model, meta)} if torchscript else {}),
         STATEMENT_JSON: (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(),
         STATEMENT_TEXT: statement_text(doc).encode(),
         MODEL_CARD: model_card.render(run, doc, classes).encode(),
