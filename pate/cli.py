@@ -21,6 +21,7 @@ from .export import student as export_student
 from .run import outputs
 from .errors import PateError
 from .io import atomic_write_bytes
+from .privacy import mechanisms
 from .progress import Progress, say
 from .views import audit as audit_view
 from .views import plan as plan_view
@@ -298,7 +299,7 @@ def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1
     if plot is not None:
         outputs.check_output(plot, outputs.PLAN_PLOT)  # before anything is computed
     config = config_mod.load(pipeline_file) if pipeline_file is not None else None
-    if config is not None and config_mod.MECHANISM_CLASSES[config.aggregator.mechanism].individual:
+    if config is not None and mechanisms.MECHANISMS[config.aggregator.mechanism].individual:
         result = plan_view.knn_plan(config)
         click.echo(json.dumps(result, indent=2) if fmt == "json" else plan_view.render_knn(result), nl=fmt == "json")
         return

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Optional, get_type_hints
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_the_largest_valid_pipeline_file_is_read(tmp_path):
 
 
 def test_the_bounds_admit_the_shipped_pipelines():
-    for path in sorted((config_mod.Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml")):
+    for path in sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml")):
         config_mod.load(path)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import textwrap
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -275,7 +276,7 @@ def test_config_keys_are_validated_and_keep_old_fingerprints():
         config_mod.from_dict({"name": "d", "data": {"dicom_frames": "split"}})
     windowed = config_mod.from_dict({**base, "data": {**base["data"], "dicom_window": [40, 400]}})
     assert windowed.data.dicom_window == (40.0, 400.0)
-    assert config_mod.from_dict(config_mod.tomllib.loads(config_mod.to_toml(windowed))) == windowed
+    assert config_mod.from_dict(tomllib.loads(config_mod.to_toml(windowed))) == windowed
 
 
 # ----------------------------------------------------------------------------- hostile files

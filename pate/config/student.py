@@ -1,0 +1,62 @@
+"""[student]: the student's architecture, method and training on the released labels."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..nets.models import ARCHITECTURES
+from .checks import MAX_BATCH, MAX_SEED, MAX_STEPS, MAX_UNLABELED_RATIO, _check
+
+
+ARCHS = tuple(ARCHITECTURES)  # a student's; teachers take TEACHER_ARCHITECTURES (no scattering layer)
+
+
+STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
+
+
+PROPAGATION = ("none", "label-spreading")  # [student] propagation (pate.student.propagation)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    arch: str = "cnn-small"
+    method: str = "fixmatch"
+    steps: int = 4500
+    batch_size: int = 32
+    unlabeled_ratio: int = 4
+    lr: float = 0.03
+    weight_decay: float = 5e-4
+    threshold: float = 0.95
+    seed: int = 0
+    # With [aggregator] soft_labels: the targets are softmax(noisy count vector / soft_temperature);
+    # 0 = the standard deviation of the answer noise (sigma2; sqrt(2)/gamma for LNMax).
+    soft_temperature: float = 0.0
+    # Post-processing over the public pool (pate.student.propagation): "label-spreading" fills in the
+    # unlabelled pool images from the released labels on a propagation_k-NN graph of public features
+    # (clamping propagation_alpha); those at least propagation_confidence sure join the labelled set.
+    propagation: str = "none"
+    propagation_k: int = 10
+    propagation_alpha: float = 0.8
+    propagation_confidence: float = 0.9
+
+    def validate(self) -> None:
+        _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
+        _check("student", "propagation", self.propagation in PROPAGATION, f"one of {list(PROPAGATION)}",
+               self.propagation)
+        _check("student", "propagation_k", 1 <= self.propagation_k <= 1000, "between 1 and 1000", self.propagation_k)
+        _check("student", "propagation_alpha", 0 < self.propagation_alpha < 1, "in (0, 1)", self.propagation_alpha)
+        _check("student", "propagation_confidence", 0 <= self.propagation_confidence <= 1, "in [0, 1]",
+               self.propagation_confidence)
+        _check("student", "soft_temperature", 0 <= self.soft_temperature <= 1e6, "in [0, 1e6] (0 = the noise's std)",
+               self.soft_temperature)
+        _check("student", "method", self.method in STUDENT_METHODS, f"one of {list(STUDENT_METHODS)}",
+               self.method)
+        _check("student", "steps", 1 <= self.steps <= MAX_STEPS, f"between 1 and {MAX_STEPS}", self.steps)
+        _check("student", "batch_size", 1 <= self.batch_size <= MAX_BATCH, f"between 1 and {MAX_BATCH}",
+               self.batch_size)
+        _check("student", "unlabeled_ratio", 0 <= self.unlabeled_ratio <= MAX_UNLABELED_RATIO,
+               f"between 0 and {MAX_UNLABELED_RATIO}", self.unlabeled_ratio)
+        _check("student", "lr", self.lr > 0, "> 0", self.lr)
+        _check("student", "weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay)
+        _check("student", "threshold", 0 < self.threshold <= 1, "in (0, 1]", self.threshold)
+        _check("student", "seed", 0 <= self.seed <= MAX_SEED, f"in [0, {MAX_SEED}]", self.seed)
+
