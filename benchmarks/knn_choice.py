@@ -30,7 +30,7 @@ from pate.features import knn
 from pate.data.partition import make_partition
 from pate.run.artifacts import partition_sizes
 from pate.features import extractors as features, pretrained
-from pate.views import plan
+from pate.views import planning
 
 
 def pool_of(config) -> tuple[np.ndarray, np.ndarray, object]:
@@ -131,7 +131,7 @@ def noisy(config, feats: torch.Tensor, y: torch.Tensor, ks: list[int], dataset) 
     scores = {}
     for k in ks:
         trial = dataclasses.replace(config, aggregator=dataclasses.replace(agg, knn_k=k))
-        proposed = plan.knn_plan(trial)["proposed"]
+        proposed = planning.knn_plan(trial)["proposed"]
         answered, accuracy = noisy_labels(votes[k], y, n / pool, proposed["sigma1"], proposed["sigma2"],
                                           proposed["threshold"])
         scores[k] = answered * (2 * accuracy - 1)

@@ -25,6 +25,7 @@ from .privacy import mechanisms
 from .progress import Progress, say
 from .views import audit as audit_view
 from .views import plan as plan_view
+from .views import planning
 from .views import report as report_view
 from .views import status as status_view
 from .views import summary
@@ -276,7 +277,7 @@ def _floats(text: str | None) -> list[float] | None:
 @main.command("plan")
 @click.argument("pipeline_file", metavar="[PIPELINE.toml]", required=False,
                 type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--mechanism", type=click.Choice(plan_view.MECHANISMS), default=None,
+@click.option("--mechanism", type=click.Choice(planning.MECHANISMS), default=None,
               help="Default: the pipeline's; without one, confident-gnmax if --threshold/--sigma1 are given.")
 @click.option("--teachers", type=int, default=None, help="K, the number of teachers.")
 @click.option("--classes", type=int, default=None, help="m [default: the dataset's, else 10].")
@@ -300,13 +301,13 @@ def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1
         outputs.check_output(plot, outputs.PLAN_PLOT)  # before anything is computed
     config = config_mod.load(pipeline_file) if pipeline_file is not None else None
     if config is not None and mechanisms.MECHANISMS[config.aggregator.mechanism].individual:
-        result = plan_view.knn_plan(config)
+        result = planning.knn_plan(config)
         click.echo(json.dumps(result, indent=2) if fmt == "json" else plan_view.render_knn(result), nl=fmt == "json")
         return
-    params = plan_view.params_from(config, mechanism=mechanism, teachers=teachers, classes=classes,
+    params = planning.params_from(config, mechanism=mechanism, teachers=teachers, classes=classes,
                                    queries=queries, threshold=threshold, sigma1=sigma1, sigma2=sigma2, delta=delta)
-    profile = plan_view.Profile.of(_floats(consensus), _floats(consensus_weights))
-    result = plan_view.make_plan(params, profile, target_epsilon)
+    profile = planning.Profile.of(_floats(consensus), _floats(consensus_weights))
+    result = planning.make_plan(params, profile, target_epsilon)
     if plot is not None:
         plan_view.plot(params, profile, plot)
     click.echo(json.dumps(result, indent=2) if fmt == "json" else plan_view.render_table(result), nl=fmt == "json")

@@ -16,7 +16,7 @@ from scipy.stats import norm
 
 from pate import config as config_mod
 from pate.privacy.mechanisms import ConfidentGNMax
-from pate.views import plan
+from pate.views import planning
 from pate.cli import main
 from pate.privacy import rdp
 
@@ -26,8 +26,8 @@ ORDERS = rdp.DEFAULT_ORDERS
 FAST = settings(max_examples=25, deadline=None)
 
 
-def mnist(**changes) -> plan.PlanParams:
-    base = plan.PlanParams(mechanism="confident-gnmax", teachers=250, classes=10, queries=640,
+def mnist(**changes) -> planning.PlanParams:
+    base = planning.PlanParams(mechanism="confident-gnmax", teachers=250, classes=10, queries=640,
                            threshold=200.0, sigma1=150.0, sigma2=40.0, delta=1e-5)
     return replace(base, **changes)
 
@@ -44,14 +44,14 @@ def invoke(*args):
 
 
 def test_mnist_pipeline_params():
-    params = plan.params_from(config_mod.load(MNIST))
+    params = planning.params_from(config_mod.load(MNIST))
     assert params == mnist()
-    assert plan.params_from(config_mod.load(MNIST), sigma2=60.0, queries=100) == mnist(sigma2=60.0, queries=100)
+    assert planning.params_from(config_mod.load(MNIST), sigma2=60.0, queries=100) == mnist(sigma2=60.0, queries=100)
 
 
 def test_paper_mnist_unanimous_answer_rate_and_threshold_cost():
     params = mnist()
-    pr = plan.answer_probability(params, plan.unanimous_row(params)[None])[0]
+    pr = planning.answer_probability(params, planning.unanimous_row(params)[None])[0]
     # Pr[250 + Z ≥ 200] for the discrete Gaussian pate draws: its pmf summed (the paper's continuous
     # noise gives Φ(50/150) = 0.6306; the integer Z = −50 counts too, about 0.0013 more)
     z = np.arange(-6000, 6001)
@@ -59,10 +59,10 @@ def test_paper_mnist_unanimous_answer_rate_and_threshold_cost():
     assert pr == pytest.approx(w[z >= -50].sum() / w.sum(), rel=1e-10) and pr == pytest.approx(0.63, abs=0.005)
     # "the threshold step alone costs about eps 0.8 over 640 queries": the paper's classic conversion,
     # data-independent and data-dependent alike (q = min(Pr, 1 - Pr) = 0.37 is too large for Thm 6).
-    classic = plan.make_plan(mnist(conversion="classic"))
+    classic = planning.make_plan(mnist(conversion="classic"))
     assert classic["data_independent"]["threshold_step"] == pytest.approx(0.8235, abs=1e-3)
     assert classic["best_case_unanimous"]["threshold_step"] == pytest.approx(0.8235, abs=1e-3)
-    assert plan.make_plan(params)["data_independent"]["threshold_step"] == pytest.approx(0.6603, abs=1e-3)
+    assert planning.make_plan(params)["data_independent"]["threshold_step"] == pytest.approx(0.6603, abs=1e-3)
 
 
 # ----------------------------------------------------------------------------- agreement with rdp
@@ -70,8 +70,8 @@ def test_paper_mnist_unanimous_answer_rate_and_threshold_cost():
 
 def test_figures_agree_with_rdp():
     params = mnist()
-    profile = plan.Profile.of([0.9, 0.6], [3, 1])
-    result = plan.make_plan(params, profile)
+    profile = planning.Profile.of([0.9, 0.6], [3, 1])
+    result = planning.make_plan(params, profile)
     q = 640
     thr_di, gn_di = rdp.rdp_threshold_data_independent(150, ORDERS), rdp.rdp_gnmax_data_independent(40, ORDERS)
     di = result["data_independent"]
@@ -97,16 +97,16 @@ def test_figures_agree_with_rdp():
     assert best["epsilon_expected"] == pytest.approx(eps(expected), rel=1e-9)
     # one table cell against rdp directly
     cell = result["per_query"][1]
-    row = plan.vote_row(250, 10, cell["top"], cell["gap"])[None]
+    row = planning.vote_row(250, 10, cell["top"], cell["gap"])[None]
     j = int(np.argmin(np.abs(ORDERS - cell["order"])))
     assert cell["rdp_gnmax"] == rdp.rdp_gnmax(rdp.logq_gnmax(row, 40), 40, ORDERS)[0, j]
     assert cell["rdp_threshold"] == rdp.rdp_threshold(rdp.logpr_answered(row, 200, 150), 150, ORDERS)[0, j]
 
 
 def test_gnmax_mechanism_has_no_threshold_step():
-    params = plan.params_from(None, teachers=100, queries=50, sigma2=20.0, delta=1e-5)
+    params = planning.params_from(None, teachers=100, queries=50, sigma2=20.0, delta=1e-5)
     assert params.mechanism == "gnmax" and params.classes == 10
-    result = plan.make_plan(params)
+    result = planning.make_plan(params)
     assert result["data_independent"]["threshold_step"] is None
     assert result["consensus_profile"]["expected_answer_rate"] == 1.0
     assert result["data_independent"]["all_answered"] == eps(50 * rdp.rdp_gnmax_data_independent(20, ORDERS))
@@ -119,21 +119,21 @@ def test_gnmax_mechanism_has_no_threshold_step():
 @FAST
 def test_consensus_and_vote_rows(k, m, data):
     level = data.draw(st.floats(1.0 / m, 1.0))
-    row = plan.consensus_row(k, m, level)
+    row = planning.consensus_row(k, m, level)
     assert row.sum() == k and row.argmax() == 0 and row[0] == max(round(level * k), -(-k // m))
     top = data.draw(st.integers(-(-k // m), k))
     runner = min(top, k - top)
-    cell = plan.vote_row(k, m, top, top - runner)
+    cell = planning.vote_row(k, m, top, top - runner)
     assert cell.sum() == k and cell[0] == top and cell[1:].max() == runner
 
 
 def test_infeasible_rows_are_plan_errors():
-    with pytest.raises(plan.PlanError):
-        plan.vote_row(10, 3, 5, 5)  # 5 votes left, one class, runner-up 0
-    with pytest.raises(plan.PlanError, match="consensus"):
-        plan.consensus_row(10, 10, 0.05)
-    with pytest.raises(plan.PlanError, match="weights"):
-        plan.Profile.of([0.9, 0.5], [1])
+    with pytest.raises(planning.PlanError):
+        planning.vote_row(10, 3, 5, 5)  # 5 votes left, one class, runner-up 0
+    with pytest.raises(planning.PlanError, match="consensus"):
+        planning.consensus_row(10, 10, 0.05)
+    with pytest.raises(planning.PlanError, match="weights"):
+        planning.Profile.of([0.9, 0.5], [1])
 
 
 # ----------------------------------------------------------------------------- monotonicity
@@ -147,9 +147,9 @@ sigmas = st.floats(1.0, 500.0)
 def test_epsilon_decreases_in_sigma(s_a, s_b, s1, q):
     lo, hi = sorted((s_a, s_b))
     p = mnist(queries=q, sigma1=s1)
-    assert plan.data_independent_epsilon(replace(p, sigma2=hi)) <= plan.data_independent_epsilon(replace(p, sigma2=lo))
+    assert planning.data_independent_epsilon(replace(p, sigma2=hi)) <= planning.data_independent_epsilon(replace(p, sigma2=lo))
     p = mnist(queries=q, sigma2=s1)
-    assert plan.data_independent_epsilon(replace(p, sigma1=hi)) <= plan.data_independent_epsilon(replace(p, sigma1=lo))
+    assert planning.data_independent_epsilon(replace(p, sigma1=hi)) <= planning.data_independent_epsilon(replace(p, sigma1=lo))
 
 
 @given(q_a=st.integers(1, 5000), q_b=st.integers(1, 5000), s2=sigmas, s1=sigmas, level=st.floats(0.1, 1.0))
@@ -157,12 +157,12 @@ def test_epsilon_decreases_in_sigma(s_a, s_b, s1, q):
 def test_epsilon_and_labels_increase_in_queries(q_a, q_b, s2, s1, level):
     lo, hi = sorted((q_a, q_b))
     p = mnist(sigma1=s1, sigma2=s2)
-    assert plan.data_independent_epsilon(p, lo) <= plan.data_independent_epsilon(p, hi)
-    rate = plan.answer_probability(p, plan.consensus_row(250, 10, level)[None])[0]
-    assert plan.data_independent_epsilon(p, lo, lo * rate) <= plan.data_independent_epsilon(p, hi, hi * rate)
-    unanimous = plan.unanimous_row(p)[None]
-    assert (plan.eps(p, plan.expected_rdp(replace(p, queries=lo), unanimous))[0]
-            <= plan.eps(p, plan.expected_rdp(replace(p, queries=hi), unanimous))[0])
+    assert planning.data_independent_epsilon(p, lo) <= planning.data_independent_epsilon(p, hi)
+    rate = planning.answer_probability(p, planning.consensus_row(250, 10, level)[None])[0]
+    assert planning.data_independent_epsilon(p, lo, lo * rate) <= planning.data_independent_epsilon(p, hi, hi * rate)
+    unanimous = planning.unanimous_row(p)[None]
+    assert (planning.eps(p, planning.expected_rdp(replace(p, queries=lo), unanimous))[0]
+            <= planning.eps(p, planning.expected_rdp(replace(p, queries=hi), unanimous))[0])
 
 
 # ----------------------------------------------------------------------------- calibration and search
@@ -172,11 +172,11 @@ def test_epsilon_and_labels_increase_in_queries(q_a, q_b, s2, s1, level):
        delta=st.sampled_from([1e-5, 1e-6, 1e-8]))
 @settings(max_examples=8, deadline=None)  # each bisection step builds a discrete Gaussian PLD (~0.05 s)
 def test_calibrated_sigma2_never_overshoots(target, q, delta):
-    p = plan.params_from(None, teachers=250, queries=q, sigma2=1.0, delta=delta)
-    sigma = plan.calibrate_sigma2(p, target)
-    assert plan.guarantee(replace(p, sigma2=sigma)).epsilon <= target
+    p = planning.params_from(None, teachers=250, queries=q, sigma2=1.0, delta=delta)
+    sigma = planning.calibrate_sigma2(p, target)
+    assert planning.guarantee(replace(p, sigma2=sigma)).epsilon <= target
     # and it is tight: 1% less noise is over the target
-    assert plan.guarantee(replace(p, sigma2=0.99 * sigma)).epsilon > target
+    assert planning.guarantee(replace(p, sigma2=0.99 * sigma)).epsilon > target
 
 
 @given(target=st.floats(1e-3, 1e3), c=st.floats(0.01, 100.0), power=st.floats(0.2, 3.0))
@@ -185,29 +185,29 @@ def test_calibrate_any_decreasing_cost(target, c, power):
     cost = lambda s: c / s**power  # noqa: E731
     lo, hi = 1e-6, 1e6
     if cost(hi) > target:
-        with pytest.raises(plan.PlanError, match="out of reach"):
-            plan.calibrate(target, cost, lo, hi)
+        with pytest.raises(planning.PlanError, match="out of reach"):
+            planning.calibrate(target, cost, lo, hi)
         return
-    sigma = plan.calibrate(target, cost, lo, hi)
+    sigma = planning.calibrate(target, cost, lo, hi)
     assert cost(sigma) <= target
     assert sigma == lo or sigma <= (c / target) ** (1 / power) * 1.002
 
 
 def test_search_respects_the_target_and_uses_all_the_budget():
     params = mnist()
-    profile = plan.Profile.of([0.9, 0.7], [2, 1])
-    best = plan.search(params, 2.0, profile)
+    profile = planning.Profile.of([0.9, 0.7], [2, 1])
+    best = planning.search(params, 2.0, profile)
     assert len(best) == 5
     keys = [r["expected_agreeing_labels"] for r in best]
     assert keys == sorted(keys, reverse=True)
     for r in best:
         p = replace(params, threshold=r["threshold"], sigma1=r["sigma1"], sigma2=r["sigma2"], queries=r["queries"])
-        assert r["guarantee"] == plan.guarantee(p).epsilon <= 2.0
-        assert r["threshold"] / 250 in plan.GRID_THRESHOLD and r["sigma2"] / 250 in plan.GRID_SIGMA2
+        assert r["guarantee"] == planning.guarantee(p).epsilon <= 2.0
+        assert r["threshold"] / 250 in planning.GRID_THRESHOLD and r["sigma2"] / 250 in planning.GRID_SIGMA2
         if r["queries"] < params.queries:  # the largest Q that fits
-            assert plan.guarantee(replace(p, queries=r["queries"] + 1)).epsilon > 2.0
-    with pytest.raises(plan.PlanError):
-        plan.search(params, 1e-3, profile)
+            assert planning.guarantee(replace(p, queries=r["queries"] + 1)).epsilon > 2.0
+    with pytest.raises(planning.PlanError):
+        planning.search(params, 1e-3, profile)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -320,9 +320,9 @@ def test_max_queries_within_is_the_count_of_every_q_that_fits():
     for params, target in ((mnist(queries=2000), 2.0), (mnist(queries=2000), 0.5), (mnist(queries=300), 50.0),
                            (mnist(mechanism="gnmax", threshold=None, sigma1=None, queries=1500), 1.0),
                            (mnist(queries=50, sigma2=4.0), 1e-3)):
-        rho = plan.settings_of(replace(params, queries=1)).per_query_worst_case()
+        rho = planning.settings_of(replace(params, queries=1)).per_query_worst_case()
         q = np.arange(1, params.queries + 1)
         fits = rdp.eps_from_rdp_rows(q[:, None] * rho[None, :], params.order_array, params.delta, params.conversion)
         count = int(np.count_nonzero(fits <= target))
-        expected = params.queries if count < params.queries and plan.guarantee(params).epsilon <= target else count
-        assert plan.max_queries_within(params, target) == expected
+        expected = params.queries if count < params.queries and planning.guarantee(params).epsilon <= target else count
+        assert planning.max_queries_within(params, target) == expected
