@@ -98,7 +98,7 @@ def test_cli_and_registry_do_not_import_torch(code):
 LAYERS = [
     {"errors"},
     {"io", "seeds", "progress"},
-    {"privacy", "selection"},
+    {"privacy"},
     {"nets"},  # model specs, the scattering transform and layer, augmentation
     {"config"},
     {"data"},  # sources, partition, record identity

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pate import selection
+from pate.aggregation import selection
 from pate.cli import main
 
 from .data.test_arrays import write

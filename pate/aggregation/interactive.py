@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import selection
+from . import selection
 from ..io import atomic_save_npz
 from ..privacy import accounting, ledger
 from ..privacy.noise import noise_source

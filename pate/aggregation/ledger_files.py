@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import selection
+from . import selection
 from ..config import PipelineConfig
 from ..io import create_exclusive, sha256_file
 from ..privacy import individual, ledger

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import selection
+from . import selection
 from ..privacy import accounting
 from ..privacy.noise import noise_source
 from ..progress import Progress
@@ -26,7 +26,7 @@ class Votes:
 
 def load(ctx: Context, settings: accounting.Settings) -> Votes:
     """votes.npz, checked: one vote per teacher per query, for exactly the partition's queries (with a
-    choice between rounds, ``pate.selection.candidates``: the whole student pool)."""
+    choice between rounds, ``pate.aggregation.selection.candidates``: the whole student pool)."""
     config = ctx.config
     data = ctx.run.load_npz(VOTES)
     votes, query_index = data["votes"], data["query_index"]

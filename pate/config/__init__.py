@@ -13,7 +13,7 @@ from .checks import (MAX_TEACHERS, MAX_CLASSES, MAX_SEED, MAX_RECORDS, MAX_QUERI
 from .data import (DatasetSpec, DATASETS, SourceKeys, DICOM_FRAMES, PATH_KEYS, DATA_NAME_PATTERN, CLASS_NAME_PATTERN,
                    DataConfig, SOURCES)
 from .teachers import FEATURES, NAMED_WEIGHTS, TeachersConfig
-from .aggregator import AggregatorConfig
+from .aggregator import CHOSEN_BETWEEN_ROUNDS, SELECTIONS, AggregatorConfig
 from .privacy import PrivacyConfig
 from .student import ARCHS, STUDENT_METHODS, PROPAGATION, StudentConfig
 from .tracking import TrackingConfig

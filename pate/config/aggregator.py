@@ -6,8 +6,10 @@ from typing import Optional
 
 from ..privacy.mechanisms import MECHANISMS as MECHANISM_CLASSES
 from ..privacy.discrete import MAX_TABLE_SIGMA
-from ..selection import SELECTIONS
 from .checks import MAX_KNN_K, MAX_QUERIES, MAX_SEED, MAX_STEPS, NOISE_RANGE, _check
+
+SELECTIONS = ("random", "k-center", "uncertainty")  # [aggregator] query_selection (pate.aggregation.selection)
+CHOSEN_BETWEEN_ROUNDS = ("uncertainty",)  # the selections that need a student between rounds
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class AggregatorConfig:
     # for the student): covered by every mechanism's worst-case guarantee; the papers'
     # data-dependent analysis is about the argmax only, so it does not apply then.
     soft_labels: bool = False
-    # Which pool images are asked, on public information only (pate.selection): "random" (the first
+    # Which pool images are asked, on public information only (pate.aggregation.selection): "random" (the first
     # of the shuffled pool), "k-center" (a greedy cover of the pool in its own pixel PCA space) or,
     # with interactive-gnmax only, "uncertainty" (the teachers vote on the whole pool; each round asks
     # the images its student, trained on released labels, is least certain of: smallest top-1 minus

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import records, source_of
-from .. import selection
+from ..aggregation import selection
 from ..run import spend_log
 from ..io import atomic_save_npz, atomic_write_json
 from ..aggregation.settings import check_total_budget, spend_curve

@@ -20,7 +20,7 @@ from ..io import CheckpointError, atomic_save_npz, atomic_write_json, load_check
 from ..progress import Progress
 from ..run.directory import RunError
 from ..features import knn
-from .. import selection
+from ..aggregation import selection
 from ..teachers import ensemble
 from ..features import extractors as features
 from . import finish

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SELECTIONS = ("random", "k-center", "uncertainty")
-CHOSEN_BETWEEN_ROUNDS = ("uncertainty",)  # the selections that need a student between rounds
+from ..config import CHOSEN_BETWEEN_ROUNDS, SELECTIONS  # the accepted names are the config's
+
 PCA_DIMS = 64
 
 
