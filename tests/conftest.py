@@ -90,6 +90,21 @@ def tiny_pipeline(tmp_path) -> Path:
     return path
 
 
+def run_tiny_pipeline(root: Path, data_root: Path):
+    """``pate run`` of TINY_PIPELINE written in ``root`` (run directory ``root/run``, release beside
+    it), asserted to succeed; returns the CLI result."""
+    from click.testing import CliRunner
+
+    from pate.cli import main
+
+    pipeline = root / "tiny.toml"
+    pipeline.write_text(textwrap.dedent(TINY_PIPELINE))
+    result = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(root / "run"), "--data-root",
+                                       str(data_root), "-q"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def finish_votes_stage(run, votes: np.ndarray, private_data: str | None = None) -> None:
     """Give ``run`` a real partition and the given vote matrix, as if train-teachers and vote had run.
 

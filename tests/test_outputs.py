@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import textwrap
 
 import pytest
 from click.testing import CliRunner
@@ -22,7 +21,7 @@ from pate.cli import main
 from pate.run.outputs import OutputRefused, check_output
 from pate.stages import existing_run
 
-from .conftest import TINY_PIPELINE
+from .conftest import run_tiny_pipeline
 
 
 def fake_run(folder):
@@ -150,11 +149,7 @@ def test_data_a_run_reads_is_never_an_output(tmp_path):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, fake_data_root):
     root = tmp_path_factory.mktemp("outputs")
-    pipeline = root / "tiny.toml"
-    pipeline.write_text(textwrap.dedent(TINY_PIPELINE))
-    result = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(root / "run"), "--data-root",
-                                       str(fake_data_root), "-q"])
-    assert result.exit_code == 0, result.output
+    run_tiny_pipeline(root, fake_data_root)
     return root
 
 
@@ -247,3 +242,17 @@ def test_predict_writes_undecodable_file_names_as_their_bytes(finished, tmp_path
     assert out.read_bytes().splitlines()[1].startswith(folder + b"/\xff\xfe.png,")
     printed = CliRunner().invoke(main, ["predict", str(finished / "run-release"), os.fsdecode(folder), "-q"])
     assert printed.exit_code == 0 and printed.stdout_bytes.splitlines()[1] == out.read_bytes().splitlines()[1]
+
+
+def test_release_markers_are_read_whole_and_never_block(tmp_path):
+    """student.json lists every class name (past the first 64 KiB with 10 000 long names): still a
+    release; a FIFO named like a marker is no marker, and reading it does not block."""
+    big = tmp_path / "many-classes-release"
+    big.mkdir()
+    (big / "student.json").write_text(json.dumps({"format": outputs.RELEASE_FORMAT, "classes": ["c" * 200] * 2000}))
+    assert outputs.is_release(big) and "a `pate export`'s" in refused(big / "x.csv", outputs.PREDICT_CSV)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    os.mkfifo(odd / "student.json")
+    os.mkfifo(odd / "report.html")
+    assert not outputs.is_release(odd) and not outputs._report_folder(odd, None)

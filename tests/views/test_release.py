@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from pate.cli import main
 from pate.nets.models import build_model
 
-from ..conftest import TINY_PIPELINE
+from ..conftest import TINY_PIPELINE, run_tiny_pipeline
 
 PRIVATE_KEYS = ("epsilon_expected", "epsilon_classic", "smooth_sensitivity", "noise_std", "sha256", "teacher_accuracy",
                 "private_data", "ledger", "votes", "config_sha256", "run_id", "warnings")
@@ -24,11 +24,7 @@ PRIVATE_KEYS = ("epsilon_expected", "epsilon_classic", "smooth_sensitivity", "no
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, fake_data_root):
     root = tmp_path_factory.mktemp("release")
-    pipeline = root / "tiny.toml"
-    pipeline.write_text(textwrap.dedent(TINY_PIPELINE))
-    result = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(root / "run"), "--data-root",
-                                       str(fake_data_root), "-q"])
-    assert result.exit_code == 0, result.output
+    result = run_tiny_pipeline(root, fake_data_root)
     assert f"public release (labels, student, privacy statement): {root / 'run-release'}" in result.output
     return root
 
