@@ -20,7 +20,6 @@ to do instead. It reads only names, file types and the first bytes of the marker
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import PateError
+from ..io import InputError, read_json_limited
 from .directory import CONFIG, MANIFEST, RunDir, run_directory_holding
 
 RELEASE_MARKER, RELEASE_FORMAT = "student.json", "pate.student.training/1"  # an export's description of its student
@@ -36,6 +36,7 @@ PNG_MARKER_KEY = "Software"  # the PNG text chunk naming what wrote the figure
 REPORT_HTML, REPORT_GENERATOR = "report.html", '<meta name="generator" content="pate report">'
 PREDICT_HEADER = "path,label,class,confidence"
 _MARKER_BYTES = 1 << 16  # markers sit in the first bytes: never read more to recognise a file
+MAX_RELEASE_MARKER_BYTES = 32 << 20  # student.json: 10 000 class names of 200 characters fit many times over
 
 
 class OutputRefused(PateError):
@@ -64,8 +65,13 @@ def png_marker(purpose: str) -> str:
 
 
 def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(_MARKER_BYTES)
+    """The first bytes of ``path`` if it is a regular file (opened non-blocking: a FIFO named like a
+    marker never blocks the check), else nothing."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return os.read(fd, _MARKER_BYTES) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
 
 
 def _png_written_for(purpose: str) -> Callable[[Path, Optional[RunDir]], bool]:
@@ -92,9 +98,9 @@ def release_tag(run: RunDir) -> str:
 
 def read_release_marker(folder: Path) -> dict | None:
     """The ``student.json`` of a pate export in ``folder``, or None when ``folder`` is not one."""
-    try:
-        meta = json.loads(_head(folder / RELEASE_MARKER).decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
+    try:  # whole: student.json lists every class name, which may pass the markers' first bytes
+        meta = read_json_limited(folder / RELEASE_MARKER, MAX_RELEASE_MARKER_BYTES, "release's student.json")
+    except (OSError, InputError):
         return None
     return meta if isinstance(meta, dict) and meta.get("format") == RELEASE_FORMAT else None
 
