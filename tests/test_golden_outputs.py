@@ -69,7 +69,7 @@ def outputs_of(tmp_path, case: str) -> dict:
     with np.load(run.file("labels.npz")) as labels:
         released = {k: labels[k].tolist() for k in labels.files}
     report = json.loads(run.file("privacy.json").read_text())
-    return {"partition": partition, "ledger": [dataclasses.asdict(r) for r in records], "labels": released,
+    return {"partition": partition, "ledger": [{ledger.KEY_IN_FILE.get(k, k): v for k, v in dataclasses.asdict(r).items()} for r in records], "labels": released,
             "privacy": {"public": report["public"], "private": _figures(report["private"])}}
 
 

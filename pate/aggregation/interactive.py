@@ -31,6 +31,7 @@ import torch
 from . import selection
 from ..io import atomic_save_npz
 from ..privacy import accounting, ledger
+from ..privacy.ledger import ANSWERED_BY_STUDENT, ANSWERED_BY_TEACHERS
 from ..privacy.noise import noise_source
 from ..progress import Progress
 from ..run.artifacts import Context, load_dataset, load_partition, public_images, resolve_device
@@ -133,12 +134,12 @@ def decide(run: protocol.Aggregation, inputs: Candidates) -> None:
             labels, asked, noisy = mech.decide_with_student_noisy(
                 votes[first:first + chunk_size], probs[first:first + chunk_size], noise_source(seed, stream=chunk))
             labels, asked, noisy = (a[done - first:end - first] for a in (labels, asked, noisy))
-            sources = ["teachers" if a else ("student" if y >= 0 else None) for a, y in zip(asked, labels)]
+            sources = [ANSWERED_BY_TEACHERS if a else (ANSWERED_BY_STUDENT if y >= 0 else None) for a, y in zip(asked, labels)]
             new = protocol.records_of(mech, votes[done:end], done, labels, query_index, sources,
                                       noisy=noisy if run.soft_labels else None)
             mac = run.write(new, mac)
             records += new
-            by_teachers = sum(r.source == "teachers" for r in records)
+            by_teachers = sum(r.by_teachers for r in records)
             protocol.progress_note(ctx, len(records), len(votes), f"round {number + 1}")
             progress.update(len(new), status=f"teachers answered {by_teachers}")
     progress.close()
@@ -146,11 +147,11 @@ def decide(run: protocol.Aggregation, inputs: Candidates) -> None:
 
 def conclude(run: protocol.Aggregation, inputs: Candidates, records: list, state, report: dict | None):
     ctx, settings, config = run.ctx, run.settings, run.ctx.config
-    from_teachers = np.array([r.source == "teachers" for r in records if r.answered], dtype=bool)
+    from_teachers = np.array([r.by_teachers for r in records if r.answered], dtype=bool)
     released = protocol.save_labels(ctx, records, from_teachers=from_teachers)
     fresh = report is None
     if fresh:
-        asked = np.array([r.source == "teachers" for r in records], dtype=bool)  # GNMax was drawn for these
+        asked = np.array([r.by_teachers for r in records], dtype=bool)  # GNMax was drawn for these
         report = accounting.privacy_report(settings, inputs.ledger_votes[:len(records)], asked,
                                            seeded=config.seeded, stopped_by_budget=False,
                                            noise=noise_source(config.aggregator.seed, stream=0),

@@ -108,7 +108,7 @@ def records_of(mech: Mechanism, votes: np.ndarray, start: int, labels: np.ndarra
         label=int(labels[i]), top_label=int(top_label[i]), top_count=int(top[i]), gap=int(gap[i]),
         logq=None if np.isnan(logq[i]) else float(logq[i]),
         logpr_answered=None if np.isnan(logpr[i]) else float(logpr[i]),
-        source=None if sources is None else sources[i], noisy=soft[i])
+        answered_by=None if sources is None else sources[i], noisy=soft[i])
         for i in range(len(votes))]
 
 

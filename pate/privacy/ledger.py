@@ -30,6 +30,9 @@ class LedgerError(Exception):
     """The ledger is damaged, truncated, or belongs to another run or vote matrix."""
 
 
+ANSWERED_BY_TEACHERS, ANSWERED_BY_STUDENT = "teachers", "student"  # QueryRecord.answered_by
+
+
 @dataclass(frozen=True)
 class QueryRecord:
     """One query's decision. ``label`` is -1 when the query was not answered."""
@@ -42,8 +45,18 @@ class QueryRecord:
     gap: int  # top count minus the runner-up count
     logq: Optional[float]  # log of the GNMax bound q~ (Prop. 7), for answered queries
     logpr_answered: Optional[float]  # log Pr[threshold passed] (Confident-GNMax only)
-    source: Optional[str] = None  # Interactive-GNMax: "teachers" or "student" (who gave the label)
+    answered_by: Optional[str] = None  # Interactive-GNMax: "teachers" or "student" (the ledger's "source" key)
     noisy: Optional[tuple[float, ...]] = None  # soft labels: the released noisy count vector (label = its argmax)
+
+    @property
+    def by_teachers(self) -> bool:
+        """Interactive-GNMax asked the teachers (GNMax noise was drawn for this query)."""
+        return self.answered_by == ANSWERED_BY_TEACHERS
+
+    @property
+    def by_student(self) -> bool:
+        """Interactive-GNMax took the student's label: no teacher vote was read."""
+        return self.answered_by == ANSWERED_BY_STUDENT
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,8 @@ def encode(records: Sequence[QueryRecord], key: bytes, previous: str) -> tuple[b
     """The lines of ``records``, chained after the MAC ``previous``, to be appended in one write;
     and the new last MAC. An unset optional field is left out (earlier ledgers read the same)."""
     def body(record: QueryRecord) -> dict:
-        return {k: v for k, v in asdict(record).items() if not (k in _OPTIONAL_FIELDS and v is None)}
+        return {KEY_IN_FILE.get(k, k): v for k, v in asdict(record).items()
+                if not (KEY_IN_FILE.get(k, k) in _OPTIONAL_FIELDS and v is None)}
 
     text, mac = chain.encode(key, previous, [{"kind": "query", **body(r)} for r in records])
     return text.encode(), mac
@@ -88,7 +102,9 @@ class Ledger(NamedTuple):
     macs: tuple[str, ...] = ()  # the chain after each line: macs[d] follows the header and d records
 
 
-_RECORD_FIELDS = {f.name for f in fields(QueryRecord)}
+KEY_IN_FILE = {"answered_by": "source"}  # the field's name when ledgers were first written; files keep it
+_FIELD_OF_KEY = {v: k for k, v in KEY_IN_FILE.items()}
+_RECORD_FIELDS = {KEY_IN_FILE.get(f.name, f.name) for f in fields(QueryRecord)}
 _OPTIONAL_FIELDS = {"source", "noisy"}  # absent from ledgers written before Interactive-GNMax / soft labels
 _HEADER_FIELDS = {f.name for f in fields(LedgerHeader)}
 
@@ -118,7 +134,7 @@ def parse(text: str, key: bytes, path: str = "the ledger") -> Ledger:
         keys = set(obj) - {"kind"}
         if obj.get("kind") != "query" or not _RECORD_FIELDS - _OPTIONAL_FIELDS <= keys <= _RECORD_FIELDS:
             raise LedgerError(f"{path} line {number} is not a query record")
-        record = QueryRecord(**{k: tuple(v) if k == "noisy" and isinstance(v, list) else v
+        record = QueryRecord(**{_FIELD_OF_KEY.get(k, k): tuple(v) if k == "noisy" and isinstance(v, list) else v
                                 for k, v in obj.items() if k != "kind"})
         if record.query != number - 2:
             raise LedgerError(f"{path} line {number} records query {record.query}, expected {number - 2} "
@@ -151,7 +167,7 @@ def check_against_votes(header: LedgerHeader, records: list[QueryRecord], *, con
     for i in soft:  # a soft label is the vector whose argmax was released, on an answered query
         vector = np.asarray(records[i].noisy, dtype=float)
         if vector.shape != (votes.shape[1],) or not np.isfinite(vector).all() or not records[i].answered \
-                or records[i].source == "student" or int(np.argmax(vector)) != records[i].label:
+                or records[i].by_student or int(np.argmax(vector)) != records[i].label:
             mismatch[i] = True
     if mismatch.any():
         first = int(np.flatnonzero(mismatch)[0])

@@ -121,3 +121,22 @@ def test_other_run_or_other_votes_refused(path):
     shuffled = VOTES[[1, 0, 2, 3]]
     with pytest.raises(ledger.LedgerError, match="does not match"):
         check(path, votes=shuffled)
+
+
+def test_who_answered_is_written_under_the_key_ledgers_always_used(tmp_path):
+    """``QueryRecord.answered_by`` is stored as "source" (the name Interactive-GNMax ledgers were written
+    with), so ledgers from before the rename resume; absent when unset, as in non-interactive ledgers."""
+    import dataclasses
+    import json
+    recs = [dataclasses.replace(r, answered_by=who) for r, who in zip(records(3), ("teachers", None, "student"))]
+    text, mac = ledger.encode_header(HEADER, KEY)
+    body, _ = ledger.encode(recs, KEY, mac)
+    lines = [json.loads(line) for line in body.decode().splitlines()]
+    assert [line.get("source", "absent") for line in lines] == ["teachers", "absent", "student"]
+    assert not any("answered_by" in line for line in lines)
+    p = tmp_path / "ledger.jsonl"
+    create_exclusive(p, text)
+    append_durable(p, body)
+    back = read(p).records
+    assert back == recs
+    assert [(r.by_teachers, r.by_student) for r in back] == [(True, False), (False, False), (False, True)]

@@ -206,7 +206,7 @@ def test_interactive_statement_is_the_composition_of_every_asked_query(tmp_path,
     records, public = asked(ctx.run), statement(ctx.run)
     assert [r.query for r in records] == list(range(Q))
     assert public["queries_asked"] == len(records) == public["guarantee"]["queries"] == Q
-    assert public["answered_by_teachers"] == sum(r.source == "teachers" for r in records)
+    assert public["answered_by_teachers"] == sum(r.by_teachers for r in records)
     lo, hi = expected_epsilon("interactive-gnmax", len(records))
     assert lo - 1e-9 <= public["guarantee"]["epsilon"] <= hi * (1 + 1e-6) + 1e-9, (lo, hi)
     assert public["guarantee"]["epsilon"] > 90  # the reviewer's true worst case (99.9), not 4 queries' 18.21
