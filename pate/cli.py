@@ -300,9 +300,11 @@ def plan(pipeline_file, mechanism, teachers, classes, queries, threshold, sigma1
     if plot is not None:
         outputs.check_output(plot, outputs.PLAN_PLOT)  # before anything is computed
     config = config_mod.load(pipeline_file) if pipeline_file is not None else None
-    if config is not None and mechanisms.MECHANISMS[config.aggregator.mechanism].individual:
-        result = planning.knn_plan(config)
-        click.echo(json.dumps(result, indent=2) if fmt == "json" else plan_view.render_knn(result), nl=fmt == "json")
+    chosen = mechanisms.MECHANISMS[config.aggregator.mechanism] if config is not None else None
+    if chosen is not None and chosen.reads_records:  # no teachers: planned from the record counts
+        result = planning.knn_plan(config) if chosen.individual else planning.reverse_plan(config, target_epsilon)
+        text = (plan_view.render_knn if chosen.individual else plan_view.render_reverse)(result)
+        click.echo(json.dumps(result, indent=2) if fmt == "json" else text, nl=fmt == "json")
         return
     params = planning.params_from(config, mechanism=mechanism, teachers=teachers, classes=classes,
                                    queries=queries, threshold=threshold, sigma1=sigma1, sigma2=sigma2, delta=delta)

@@ -65,3 +65,42 @@ def test_rows_of():
     assert knn.rows_of(index, np.array([9, 7, 1])).tolist() == [2, 0, 3]
     with pytest.raises(ValueError):
         knn.rows_of(index, np.array([4]))
+
+
+def _reverse_setting(seed=0, n=30, anchors=12, dim=5):
+    rng = np.random.default_rng(seed)
+    return (torch.from_numpy(rng.normal(size=(n, dim))).float(), torch.from_numpy(rng.normal(size=(anchors, dim))).float(),
+            rng.integers(0, 3, n))
+
+
+def test_removing_a_record_moves_exactly_its_k_counts_by_one():
+    """Reverse-kNN's sensitivity, checked by removing each record of a tiny set in turn: the votes
+    differ in exactly k cells, by one each (its label at its k nearest anchors), and no other record's
+    anchors change (they depend on the record and the public anchors alone)."""
+    private, anchors, labels = _reverse_setting()
+    k = 4
+    nearest = knn.nearest_anchors(private, anchors, k).numpy()
+    votes = knn.anchor_votes(nearest, labels, len(anchors), 3)
+    assert votes.sum() == k * len(private)
+    assert all(len(set(row)) == k for row in nearest)  # k distinct anchors: a record votes at most k times
+    for j in range(len(private)):
+        keep = np.arange(len(private)) != j
+        without = knn.nearest_anchors(private[torch.from_numpy(keep)], anchors, k).numpy()
+        assert np.array_equal(without, nearest[keep])
+        diff = votes - knn.anchor_votes(without, labels[keep], len(anchors), 3)
+        assert diff.sum() == k and diff.max() == 1 and diff.min() == 0
+        assert sorted(np.flatnonzero(diff[:, labels[j]])) == sorted(nearest[j])
+
+
+def test_nearest_anchors_are_exact_whatever_the_blocks():
+    """The distances are exact integers on a public grid, so the block a record is searched in (and
+    so which other records are present) cannot change its anchors; ties go to the lower anchor."""
+    private, anchors, _ = _reverse_setting(seed=1, n=257, anchors=40, dim=300)
+    first = knn.nearest_anchors(private, anchors, 7, block=1)
+    for block in (3, 64, 1000):
+        assert torch.equal(knn.nearest_anchors(private, anchors, 7, block=block), first)
+    twins = torch.cat([anchors[:5], anchors[:5]])  # anchors 5..9 repeat 0..4
+    near = knn.nearest_anchors(anchors[:5], twins, 2)
+    assert near.tolist() == [[i, i + 5] for i in range(5)]
+    with pytest.raises(ValueError, match="k must be"):
+        knn.nearest_anchors(private, anchors, 41)

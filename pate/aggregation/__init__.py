@@ -3,7 +3,8 @@
 ``protocol`` is what every family shares: the spend-log entry charged before the first query, the
 ledger opened (or resumed) and held, chunks written to it before anything is released, the labels
 and the privacy report written from it at the end. A family module (``teacher_votes``: LNMax, GNMax,
-Confident-GNMax; ``private_records``: Private-kNN; ``interactive``: Interactive-GNMax) says only what it
+Confident-GNMax; ``private_records``: Private-kNN; ``interactive``: Interactive-GNMax;
+``reverse_votes``: reverse-kNN) says only what it
 decides from and how it decides a chunk, so a new mechanism family is one module, found through
 ``FAMILIES`` by the name its mechanisms give (``Mechanism.family``). ``settings``
 holds the privacy settings a run is accounted with, ``ledger_files`` the ledger's files in a run.
@@ -19,6 +20,7 @@ from types import ModuleType
 FAMILIES: dict[str, str | ModuleType] = {
     "teacher-votes": "pate.aggregation.teacher_votes",  # LNMax, GNMax, Confident-GNMax
     "private-records": "pate.aggregation.private_records",  # Private-kNN
+    "reverse-votes": "pate.aggregation.reverse_votes",  # reverse-kNN: one release over every anchor
     "interactive": "pate.aggregation.interactive",  # Interactive-GNMax
 }
 

@@ -44,7 +44,7 @@ class PipelineConfig:
         if mech.thresholded and not mech.individual:
             _check("aggregator", "threshold", self.aggregator.threshold <= self.teachers.count,
                    f"in [0, {self.teachers.count}] (the number of teachers)", self.aggregator.threshold)
-        if mech.individual:
+        if mech.reads_records:
             _check("data", "dicom_frames", self.data.dicom_frames != "split",
                    f"'refuse' with mechanism {self.aggregator.mechanism!r} (each frame would vote and be charged "
                    "as a record of its own; with teachers a split file's frames share one teacher)",
@@ -53,8 +53,13 @@ class PipelineConfig:
                    f"set for mechanism {self.aggregator.mechanism!r} (simclr, scattering or pretrained): the "
                    "neighbours are found in a public feature space", self.teachers.features)
             _check("aggregator", "epsilon_budget", self.aggregator.epsilon_budget == 0,
-                   f"0 with mechanism {self.aggregator.mechanism!r} (each record has its own budget: "
-                   "[privacy] record_epsilon)", self.aggregator.epsilon_budget)
+                   f"0 with mechanism {self.aggregator.mechanism!r} (" + (
+                       "each record has its own budget: [privacy] record_epsilon)" if mech.individual else
+                       "one release over every anchor: its cost is fixed by sigma2 and knn_k)"),
+                   self.aggregator.epsilon_budget)
+        if mech.reads_records and not mech.individual:  # each record votes for knn_k of the anchors (the queries)
+            _check("aggregator", "knn_k", self.aggregator.knn_k <= self.aggregator.max_queries,
+                   f"at most the {self.aggregator.max_queries} anchors (max_queries)", self.aggregator.knn_k)
         # A setting that bounds privacy is honoured by the mechanism's driver or refused here: the
         # interactive driver runs no Renyi filter; only individual mechanisms have per-record budgets.
         bound = ("[aggregator] max_queries or [privacy] total_budget" if mech.interactive

@@ -113,3 +113,46 @@ def neighbourhoods(queries: torch.Tensor, radius2: torch.Tensor, private: torch.
     counts = np.bincount(query_of, minlength=len(queries))
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return Neighbourhoods(indptr, member[order].astype(np.int64))
+
+
+GRID_BITS = 8  # reverse-knn: features on the grid 2^-8 (in standardised units) before distances are ranked
+GRID_CLIP = 2.0 ** 15  # |feature| ≤ 2^15 grid steps (128 standard deviations)
+
+
+def on_grid(features: torch.Tensor) -> torch.Tensor:
+    """``features`` as integers (float64) on a public grid: with |x| ≤ 2^15 and at most 2^22 dimensions
+    every dot product and partial sum below 2^53 is an exact float64 integer, so the squared distances
+    ``nearest_anchors`` ranks are the same whatever the order the matrix product adds them in."""
+    if features.shape[1] > 2 ** 22:
+        raise ValueError(f"at most 2^22 feature dimensions for exact distances; found {features.shape[1]}")
+    return torch.round(features.double() * 2.0 ** GRID_BITS).clamp_(-GRID_CLIP, GRID_CLIP)
+
+
+@torch.no_grad()
+def nearest_anchors(private: torch.Tensor, anchors: torch.Tensor, k: int, *, device: str | torch.device = "cpu",
+                    block: int = 2048, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """(N, k) the ``k`` nearest anchors of each private record, nearest first, ties to the lower anchor.
+
+    Reverse-kNN's accounting rests on a record's votes being a function of that record and the public
+    anchors alone. So the distances are exact (integer features, ``on_grid``: no rounding that a block's
+    shape, and so the other records, could change) and ties are broken by anchor index, never by the
+    order a sort happens to leave them in."""
+    if not 1 <= k <= len(anchors):
+        raise ValueError(f"k must be between 1 and the {len(anchors)} anchors; found {k}")
+    a = on_grid(anchors).to(device)
+    a2 = a.pow(2).sum(1)
+    out = torch.empty((len(private), k), dtype=torch.long)
+    for start in range(0, len(private), block):
+        x = on_grid(private[start:start + block]).to(device)
+        d = x.pow(2).sum(1, keepdim=True) + a2 - 2.0 * (x @ a.T)
+        out[start:start + len(x)] = torch.sort(d, dim=1, stable=True).indices[:, :k].cpu()
+        if progress is not None:
+            progress(min(start + block, len(private)), len(private))
+    return out
+
+
+def anchor_votes(nearest: np.ndarray, labels: np.ndarray, num_anchors: int, num_classes: int) -> np.ndarray:
+    """(A, m) int64: each record's label counted once at each of its nearest anchors (row of ``nearest``)."""
+    nearest = np.asarray(nearest)
+    flat = (nearest.astype(np.int64) * num_classes + np.asarray(labels, dtype=np.int64)[:, None]).ravel()
+    return np.bincount(flat, minlength=num_anchors * num_classes).astype(np.int64).reshape(num_anchors, num_classes)

@@ -410,7 +410,7 @@ def public_statement(settings: Settings, *, asked: int, answered: int, release, 
         "mechanism": settings.mechanism.name,
         "neighbouring": NEIGHBOURING,
         "settings": {**settings.mechanism.settings(),
-                     **({} if settings.mechanism.individual else {"teachers": settings.num_teachers}),
+                     **({} if settings.mechanism.reads_records else {"teachers": settings.num_teachers}),
                      "classes": settings.num_classes, "max_queries": settings.max_queries,
                      **({"record_epsilon": settings.record_epsilon} if settings.mechanism.individual else
                         {"epsilon_budget": settings.epsilon_budget or None})},

@@ -140,6 +140,7 @@ class Mechanism:
     data_dependent: ClassVar[bool] = True  # has a data-dependent (smooth-sensitivity) analysis
     individual: ClassVar[bool] = False  # private records vote themselves, each accounted on its own
     interactive: ClassVar[bool] = False  # a student trained on earlier answers takes part in each decision
+    reads_records: ClassVar[bool] = False  # private records vote in a public feature space: no teachers are trained
     family: ClassVar[str] = "teacher-votes"  # the aggregation driver that runs it (``pate.aggregation.FAMILIES``)
     plannable: ClassVar[bool] = False  # `pate plan` plans it from the settings (teacher counts, consensus)
 
@@ -500,6 +501,7 @@ class PrivateKNN(Mechanism):
     thresholded: ClassVar[bool] = True
     data_dependent: ClassVar[bool] = False
     individual: ClassVar[bool] = True
+    reads_records: ClassVar[bool] = True
     family: ClassVar[str] = "private-records"
 
     def decide_noisy(self, votes, noise):
@@ -526,6 +528,58 @@ class PrivateKNN(Mechanism):
     def explain(self, row, answered, orders):
         return {"explanation": "every record that voted paid alpha/(2 sigma1^2), and alpha/(2 sigma2^2) more if "
                                "answered; records that could not afford a whole query did not vote (retired)"}
+
+
+@dataclass(frozen=True)
+class ReverseKNN(Mechanism):
+    """One-shot reverse-kNN voting ("Fine-grained Private Knowledge Distillation", arXiv:2207.13253,
+    in its Gaussian form): every private record votes with its own label for each of its ``knn_k``
+    nearest public anchors (the queries, in a public feature space), and every anchor's count
+    vector gets independent discrete Gaussian noise N_Z(0, σ2²); all are released together.
+
+    Why it is cheap: a record's votes are fixed by that record and the public anchors alone, so
+    adding or removing it moves exactly ``knn_k`` counts (one per anchor it votes for) by one and
+    nothing else. The whole release, however many anchors are labelled, is one Gaussian mechanism
+    with L2 sensitivity √k: RDP αk/(2σ2²) (the discrete Gaussian's bound, Canonne, Kamath & Steinke
+    2020), or exactly k sensitivity-1 discrete Gaussians for the PLD accountant. Nothing is
+    thresholded and there is no data-dependent analysis: which labels to trust (the noisy margin)
+    is post-processing of the released vectors."""
+    sigma2: float
+    knn_k: int  # the public anchors each private record votes for
+    name: ClassVar[str] = "reverse-knn"
+    data_dependent: ClassVar[bool] = False
+    reads_records: ClassVar[bool] = True
+    family: ClassVar[str] = "reverse-votes"
+
+    def decide_noisy(self, votes, noise):
+        noisy = gnmax_noisy(votes, self.sigma2, noise)
+        return np.argmax(noisy, axis=1), noisy
+
+    def release_rdp(self, orders) -> np.ndarray:
+        """(L,) the whole release's RDP: αk/(2σ2²)."""
+        return np.asarray(orders, dtype=float) * self.knn_k / (2 * self.sigma2 ** 2)
+
+    def query_rdp(self, votes, orders):
+        raise NotImplementedError("reverse-knn is one release over every anchor; it has no per-query cost")
+
+    def per_query_rdp(self, votes, answered, orders):
+        """The whole release's cost on the first anchor (it is paid before any is decided), 0 after."""
+        costs = np.zeros((check_votes(votes).shape[0], np.size(orders)))
+        costs[:1] = self.release_rdp(orders)
+        return costs
+
+    def data_independent_rdp(self, asked, answered, orders):
+        return self.release_rdp(orders) if asked else np.zeros(np.size(orders))
+
+    def worst_case_rdp(self, queries, orders, *, num_teachers, num_classes):
+        return self.data_independent_rdp(queries, queries, orders)
+
+    def discrete_gaussians(self, queries):
+        return [(self.sigma2, self.knn_k)] if queries else []
+
+    def explain(self, row, answered, orders):
+        return {"explanation": f"one release over every anchor: each private record voted for its {self.knn_k} nearest "
+                               "anchors, so the whole release costs alpha*k/(2 sigma2^2), whatever this anchor's votes"}
 
 
 def _labels_of(answered: np.ndarray, noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -573,7 +627,7 @@ def register(cls: type[Mechanism]) -> type[Mechanism]:
     return cls
 
 
-for _builtin in (LNMax, GNMax, ConfidentGNMax, InteractiveGNMax, PrivateKNN):
+for _builtin in (LNMax, GNMax, ConfidentGNMax, InteractiveGNMax, PrivateKNN, ReverseKNN):
     register(_builtin)
 NAMES = tuple(MECHANISMS)  # the built-in names, in the order the docs list them
 
@@ -594,5 +648,5 @@ def build(name: str, settings) -> Mechanism:
 
 __all__ = ["NoiseSource", "noise_source", "lnmax", "gnmax", "confident_gnmax", "lnmax_noisy", "gnmax_noisy",
            "confident_gnmax_noisy", "interactive_gnmax_noisy", "Mechanism", "LNMax", "GNMax",
-           "ConfidentGNMax", "InteractiveGNMax", "PrivateKNN", "interactive_gnmax", "MECHANISMS", "NAMES", "register", "plannable", "build",
+           "ConfidentGNMax", "InteractiveGNMax", "PrivateKNN", "ReverseKNN", "interactive_gnmax", "MECHANISMS", "NAMES", "register", "plannable", "build",
            "lnmax_rdp"]

@@ -37,7 +37,7 @@ from ..run.artifacts import (DATA, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, L
 
 def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:
     ranks = range(world)
-    if mechanism(config).individual:  # private-knn: the feature space, no teachers
+    if mechanism(config).reads_records:  # private-knn, reverse-knn: the feature space, no teachers
         return EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC
     if config.teachers.features == "pretrained":
         return (EXTRACTOR, *(heads_part(r, world) for r in ranks), *(public_features_part(r, world) for r in ranks))

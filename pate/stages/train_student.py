@@ -115,7 +115,7 @@ def pool_features(ctx: Context, dataset, pool_index: np.ndarray) -> np.ndarray:
     with no extractor, the pool's pixels; these two on their top principal axes (of the pool)."""
     config = ctx.config
     try:
-        if mechanism(config).individual:  # private-knn: the pool in the projected space train-teachers made
+        if mechanism(config).reads_records:  # the pool in the projected space train-teachers made
             public = load_checkpoint(ctx.run.verified(KNN_PUBLIC))
             return public["features"][torch.from_numpy(knn.rows_of(public["pool_index"].numpy(), pool_index))].numpy()
         if config.teachers.features == "none":

@@ -37,7 +37,7 @@ def check(config) -> None:
 
 
 def run(ctx: Context) -> None:
-    if mechanism(ctx.config).individual:
+    if mechanism(ctx.config).reads_records:
         return _knn_space(ctx)
     if ctx.config.teachers.features != "none":
         return _train_feature_teachers(ctx)
@@ -109,13 +109,14 @@ def _train_feature_teachers(ctx: Context) -> None:
 
 
 def _knn_space(ctx: Context) -> None:
-    """Private-kNN trains no teachers: its voters are the private records themselves, in a public
-    feature space. This builds that space: the ``[teachers] features`` extractor (from public images
+    """Private-kNN and reverse-kNN train no teachers: their voters are the private records themselves,
+    in a public feature space. This builds that space: the ``[teachers] features`` extractor (from public images
     only), every private record's features, the public pool's and test split's, all projected on
     the pool's principal axes (``pate.features.knn``; the projection is public information)."""
     run_dir, config = ctx.run, ctx.config
     if distributed.under_torchrun():
-        raise RunError("private-knn trains nothing and embeds on one process; run it without torchrun")
+        raise RunError(f"{ctx.config.aggregator.mechanism} trains nothing and embeds on one process; run it without "
+                       "torchrun")
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
     run_dir.begin(NAME)
@@ -137,8 +138,8 @@ def _knn_space(ctx: Context) -> None:
         "features": knn.project(public, projection), "projection": projection})
     finish(ctx, NAME, world_size=1, features=config.teachers.features)
     dim = public.shape[1] if projection["components"] is None else projection["components"].shape[0]
-    ctx.say(f"{NAME}: private-knn space: {len(used)} private records and {len(pool_index) + len(test_index)} public "
-            f"images in {dim} dimensions ({about})")
+    ctx.say(f"{NAME}: {config.aggregator.mechanism} space: {len(used)} private records and "
+            f"{len(pool_index) + len(test_index)} public images in {dim} dimensions ({about})")
 
 
 def _extractor_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: int, world: int, device: str):

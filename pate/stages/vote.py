@@ -114,8 +114,9 @@ def _saved_votes(ctx: Context, query_index: np.ndarray, num_classes: int) -> np.
 
 
 def run(ctx: Context) -> None:
-    if mechanism(ctx.config).individual:
-        return _knn_neighbourhoods(ctx)
+    mech = mechanism(ctx.config)
+    if mech.reads_records:  # no teachers: private-knn's neighbourhoods, or reverse-knn's votes for anchors
+        return (_knn_neighbourhoods if mech.individual else _reverse_votes)(ctx)
     run_dir, config = ctx.run, ctx.config
     parts = load_partition(ctx)
     dataset = load_dataset(ctx)
@@ -186,6 +187,46 @@ def _knn_neighbourhoods(ctx: Context) -> None:
     ctx.say(f"vote: {len(query_index)} neighbourhoods (radius: the {k}th nearest public image; {np.median(sizes):.0f} "
             "private records each, median)" + ("" if accuracy is None else
                                                 f"; their plurality {100 * accuracy:.1f}% on the held-out test split"))
+
+
+def _reverse_votes(ctx: Context) -> None:
+    """Reverse-kNN: each private record votes with its label for its ``knn_k`` nearest anchors (the
+    queries) in the public feature space train-teachers built -> votes.npz, one count vector per
+    anchor (PRIVATE). A record's anchors depend on it and the public anchors alone
+    (``pate.features.knn.nearest_anchors``), so it moves exactly ``knn_k`` counts by one."""
+    run_dir, config = ctx.run, ctx.config
+    parts = load_partition(ctx)
+    dataset = load_dataset(ctx)
+    device = resolve_device(ctx.device)
+    try:
+        public = load_checkpoint(run_dir.verified(KNN_PUBLIC))
+        private = load_checkpoint(run_dir.verified(KNN_PRIVATE))
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    run_dir.begin(NAME)
+    query_index = parts["query_index"]
+    anchors = public["features"][torch.from_numpy(knn.rows_of(public["pool_index"].numpy(), query_index))]
+    k = config.aggregator.knn_k
+    nearest = knn.nearest_anchors(private["features"], anchors, k, device=device,
+                                  progress=_bar(len(private["features"]), f"{NAME}[nearest anchors]", ctx))
+    records = private["records"].numpy()
+    votes = knn.anchor_votes(nearest.numpy(), dataset.private_y[records], len(query_index), dataset.num_classes)
+    atomic_save_npz(run_dir.file(VOTES), private=True, votes=votes, query_index=query_index)  # 0600: private
+    truth = dataset.public_y[query_index]
+    known = len(truth) and (truth >= 0).all()
+    stats = {"teacher_accuracy_mean": None, "teacher_accuracy_min": None, "teacher_accuracy_max": None,
+             "teacher_accuracy": [], "ensemble_accuracy": None,
+             "query_plurality_accuracy": float((votes.argmax(1) == truth).mean()) if known else None,
+             "anchors_without_votes": int((votes.sum(1) == 0).sum()), "votes_per_anchor_median":
+             float(np.median(votes.sum(1))),
+             "note": "evaluation only: the plurality of each anchor's votes (no noise) against its true label; "
+                     "never used for training or queries"}
+    atomic_write_json(run_dir.file(TEACHERS_EVAL), stats)
+    finish(ctx, NAME)
+    ctx.say(f"vote: {len(records)} private records voted for their {k} nearest of {len(query_index)} anchors "
+            f"({np.median(votes.sum(1)):.0f} votes per anchor, median)" + (
+                "" if stats["query_plurality_accuracy"] is None else
+                f"; the noiseless plurality {100 * stats['query_plurality_accuracy']:.1f}% right on the anchors"))
 
 
 def _knn_stats(dataset, parts, public, private, pool, hoods, records, k, device) -> dict:

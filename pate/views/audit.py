@@ -87,7 +87,7 @@ def _totals_lines(report: dict) -> list[str]:
               f"{private['epsilon_expected']:.4f}]" if "epsilon" in private else
               f"records: most spent epsilon {private['spent_epsilon_max']:.4f}, median {private['spent_epsilon_median']:.4f}"
               f" (PRIVATE)" if "spent_epsilon_max" in private else
-              f"epsilon data-dependent (PRIVATE): {private.get('error', 'unavailable')}")]
+              f"epsilon data-dependent (PRIVATE): {private.get('error') or private.get('explanation') or 'unavailable'}")]
     for level in public.get("per_budget_level", []):
         lines.append(f"records with budget {level['budget_epsilon']:g}: guarantee epsilon {level['epsilon']:.4f} at "
                      f"delta {level['delta']:g}")

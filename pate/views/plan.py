@@ -107,6 +107,19 @@ def plot(params: PlanParams, profile: Profile, path: Path, points: int = 40) -> 
     figures.save(fig, plt, path, made_for="plan plot")  # pate.run.outputs.PLAN_PLOT may replace it, nothing else
 
 
+def render_reverse(plan: dict) -> str:
+    g = plan["guarantee"]
+    lines = [f"{plan['mechanism']}: planned from public settings only",
+             f"GUARANTEE: epsilon {g['epsilon']:.4f} at delta {g['delta']:g} for every private record "
+             f"({g['accountant']}: one release over all {plan['anchors']} anchors, each record voting for "
+             f"{plan['knn_k']} of them)",
+             f"votes: about {plan['expected_votes_per_anchor']:.0f} per anchor; the noise's sigma2 {plan['sigma2']:g} is "
+             f"{plan['noise_over_votes']:.2f} of that"]
+    if "proposed" in plan:
+        lines.append(f"for epsilon {plan['proposed']['target_epsilon']:g}: sigma2 = {plan['proposed']['sigma2']:g}")
+    return "\n".join(lines) + "\n"
+
+
 def render_knn(plan: dict) -> str:
     g, p = plan["guarantee"], plan["proposed"]
     return "\n".join([

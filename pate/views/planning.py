@@ -486,3 +486,30 @@ def knn_plan(config: PipelineConfig) -> dict:
             "proposed": {"sigma1": round(sigma, 1), "sigma2": round(sigma, 1),
                          "threshold": round(KNN_AGREEMENT * voters)}}
 
+
+
+def reverse_plan(config: PipelineConfig, target_epsilon: Optional[float] = None) -> dict:
+    """Reverse-kNN from public quantities only: the guarantee of σ2 and k (one release, whatever the
+    number of anchors), the votes an anchor gets on average (k·N/A for N private records and A
+    anchors), and with ``target_epsilon`` the least σ2 (on a 0.01 grid) whose guarantee meets it."""
+    spec = config.data.spec
+    if spec is None:
+        raise PlanError("planning reverse-knn needs the data's sizes: use a built-in dataset, or run "
+                        "`pate partition` and read the sizes it prints")
+    n, _, _ = config.data.sizes(spec)
+    agg = config.aggregator
+    settings = privacy_settings(config, spec.num_classes)
+    plan = {"mechanism": agg.mechanism, "guarantee": accounting.guarantee(settings).to_dict(), "knn_k": agg.knn_k,
+            "sigma2": agg.sigma2, "anchors": agg.max_queries, "expected_votes_per_anchor": agg.knn_k * n / agg.max_queries,
+            "noise_over_votes": agg.sigma2 / (agg.knn_k * n / agg.max_queries)}
+    if target_epsilon is not None:
+        def eps(sigma: float) -> float:
+            return accounting.guarantee(replace(settings, mechanism=replace(settings.mechanism, sigma2=sigma))).epsilon
+        lo, hi = NOISE_RANGE
+        if not target_epsilon > 0 or eps(hi) > target_epsilon:
+            raise PlanError(f"no sigma2 up to {hi:g} gives epsilon {target_epsilon:g} with knn_k = {agg.knn_k}")
+        while hi - lo > 0.01:
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
+        plan["proposed"] = {"sigma2": math.ceil(hi * 100) / 100, "target_epsilon": target_epsilon}
+    return plan

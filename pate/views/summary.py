@@ -34,13 +34,18 @@ def rows(run: RunDir) -> list[tuple[str, str, str]]:
            ("config sha256", config.fingerprint()[:16], ""),
            ("data", config.data.public_name, ""),
            ("teachers", "the private records near each query (private-knn)" if mech.individual
-            else str(config.teachers.count), ""),
+            else f"each private record, for its {config.aggregator.knn_k} nearest anchors ({mech.name})"
+            if mech.reads_records else str(config.teachers.count), ""),
            ("mechanism", f"{mech.name} ({mech.describe()})", "")]
     if privacy:
         out += privacy_rows(run, privacy)
     if teachers_eval and mech.individual:
         out += [("neighbourhood plurality accuracy", _pct(teachers_eval.get("ensemble_accuracy"))
                  + f" (median {teachers_eval.get('neighbours_median', 0):.0f} private records per query)", NOT_COVERED)]
+    elif teachers_eval and mech.reads_records:
+        out += [("anchor plurality accuracy", _pct(teachers_eval.get("query_plurality_accuracy"))
+                 + f" (noiseless; median {teachers_eval.get('votes_per_anchor_median', 0):.0f} votes per anchor)",
+                 NOT_COVERED)]
     elif teachers_eval:
         spread = ""
         if teachers_eval.get("teacher_accuracy_min") is not None:
@@ -89,7 +94,8 @@ def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
                  f"{private['epsilon']:.3f} (order {private.get('order')})", PRIVATE),
                 ("ε data-dependent expected (papers' convention)", f"{private['epsilon_expected']:.3f}", PRIVATE)]
     else:
-        out.append(("ε data-dependent (papers' convention)", private.get("error", "unavailable"), PRIVATE))
+        out.append(("ε data-dependent (papers' convention)",
+                    private.get("error") or private.get("explanation") or "unavailable", PRIVATE))
     total = spent(run, g["delta"])
     if total is not None:  # which records two runs share is a fact about the data: never published
         out.append(("ε spent on this private data (worst record, all runs composed)",

@@ -1,0 +1,56 @@
+"""Reverse-kNN: every anchor's count vector (each private record voted for its k nearest anchors,
+``pate.stages.vote``) gets discrete Gaussian noise, decided in chunks like the teachers' votes. The
+whole release is one mechanism (``pate.privacy.mechanisms.ReverseKNN``): its cost is charged once,
+before the first chunk, whatever the number of anchors; labels and noisy vectors for all of them."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..privacy import accounting
+from ..run.directory import RunError
+from ..run.artifacts import VOTES, Context, load_partition
+from . import protocol, teacher_votes
+
+
+def load(ctx: Context, settings: accounting.Settings) -> teacher_votes.Votes:
+    """votes.npz, checked: non-negative integer counts, one row per anchor (the partition's queries),
+    at most ``knn_k`` votes per private record of the run."""
+    data = ctx.run.load_npz(VOTES)
+    votes, query_index = data["votes"], data["query_index"]
+    parts = load_partition(ctx)
+    expected_index, records = parts["query_index"], int((parts["teacher_of"] >= 0).sum())
+    problem = None
+    if votes.ndim != 2 or votes.shape != (len(expected_index), ctx.spec.num_classes) or votes.dtype.kind not in "iu":
+        problem = f"must be an integer array of shape ({len(expected_index)}, {ctx.spec.num_classes})"
+    elif (votes < 0).any() or votes.sum() > records * ctx.config.aggregator.knn_k:
+        problem = f"counts must be non-negative, at most knn_k = {ctx.config.aggregator.knn_k} per private record"
+    elif not np.array_equal(query_index, expected_index):
+        problem = "query_index differs from the partition's queries"
+    if problem:
+        raise RunError(f"{ctx.run.file(VOTES)} is invalid: {problem}; refusing to spend privacy on it")
+    return teacher_votes.Votes(votes, query_index)
+
+
+decide = teacher_votes.decide  # chunk by chunk, ledger first: the same driver, with no filter (one release)
+
+
+def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: list, stopped_by_budget: bool,
+             report: dict | None) -> protocol.Outcome:
+    ctx, settings, config = run.ctx, run.settings, run.ctx.config
+    released = protocol.save_labels(ctx, records)
+    if report is None:
+        public = accounting.public_statement(settings, asked=len(records), answered=released, release=None,
+                                             seeded=config.seeded, stopped_by_budget=False)
+        if config.aggregator.soft_labels:
+            public["soft_labels"] = accounting.SOFT_LABELS_NOTE
+        votes = inputs.ledger_votes[:len(records)]
+        per_anchor = votes.sum(axis=1)
+        report = {"public": public, "private": {
+            "note": accounting.PRIVATE_NOTE, "votes_per_anchor_median": float(np.median(per_anchor)),
+            "anchors_without_votes": int((per_anchor == 0).sum()),
+            "explanation": "none: one release over every anchor, accounted from its settings alone"}}
+    guarantee = accounting.guarantee(settings)
+    summary = (f"aggregate: {len(records)} anchors labelled in one release; guarantee epsilon {guarantee.epsilon:.3f}, "
+               f"delta {guarantee.delta:g} ({guarantee.accountant}, from the settings alone: each private record "
+               f"voted for {config.aggregator.knn_k} anchors)")
+    return protocol.Outcome(report, summary)

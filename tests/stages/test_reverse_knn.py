@@ -1,0 +1,102 @@
+"""Reverse-kNN from `pate run`: every anchor labelled in one release whose statement is the
+Gaussian mechanism of sensitivity √k (whatever the number of anchors), one spend-log entry for each
+record charged that curve, integer noisy vectors in the ledger, the plan and the audit, the released
+student taking raw images, and bad settings refused in one line before anything is written."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pate.cli import main
+from pate.privacy import accounting, rdp
+from pate.privacy.mechanisms import ReverseKNN
+from pate.run import spend_log
+
+from ..conftest import TINY_PIPELINE, edit_pipeline
+
+RKNN_PIPELINE = edit_pipeline(
+    textwrap.dedent(TINY_PIPELINE), ('name = "tiny"', 'name = "tiny-rknn"'),
+    ('mechanism = "confident-gnmax"', 'mechanism = "reverse-knn"\nknn_k = 5\nknn_dim = 32\nsoft_labels = true'),
+    ("max_queries = 40", "max_queries = 300"), ("sigma2 = 1.0", "sigma2 = 4.0"),
+    ("batch_size = 16\n\n[aggregator]", 'batch_size = 16\nfeatures = "scattering"\n\n[aggregator]'))
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fake_data_root):
+    root = tmp_path_factory.mktemp("rknn")
+    pipeline = root / "rknn.toml"
+    pipeline.write_text(RKNN_PIPELINE)
+    result = invoke("run", pipeline, "--run-dir", root / "run", "--data-root", fake_data_root, "-q")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_one_release_labels_every_anchor_at_the_gaussian_cost(finished):
+    run_dir = finished / "run"
+    public = json.loads((finished / "run-release" / "statement.json").read_text())["privacy"]
+    settings = accounting.Settings(mechanism=ReverseKNN(sigma2=4.0, knn_k=5), num_teachers=6, num_classes=10,
+                                   max_queries=300, delta=1e-4, orders=tuple(rdp.DEFAULT_ORDERS))
+    assert public["guarantee"]["epsilon"] == pytest.approx(accounting.guarantee(settings).epsilon, rel=1e-12)
+    assert public["mechanism"] == "reverse-knn" and "teachers" not in public["settings"]
+    assert public["queries_asked"] == public["queries_answered"] == 300
+    votes = np.load(run_dir / "votes.npz")
+    records = int((np.load(run_dir / "partition.npz")["teacher_of"] >= 0).sum())
+    assert votes["votes"].sum() == 5 * records  # each record of the run voted exactly k times
+    lines = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()[1:]]
+    noisy = np.array([line["noisy"] for line in lines])
+    assert len(lines) == 300 and np.array_equal(noisy, np.round(noisy))  # integer noise, every anchor
+    assert np.array_equal(noisy.argmax(1), [line["label"] for line in lines])
+    labels = np.load(run_dir / "labels.npz")
+    assert len(labels["label"]) == 300 and "soft" in labels
+    # the spend log: one aggregation entry, each charged record at the release's whole curve
+    entries = [e for e in spend_log.entries() if e.run_dir == str(run_dir.resolve())]
+    assert len(entries) == 1 and entries[0].mechanism == "reverse-knn"
+    assert np.allclose(entries[0].curve(), ReverseKNN(sigma2=4.0, knn_k=5).release_rdp(spend_log.spend.ORDERS))
+
+
+def test_audit_plan_and_the_released_student(finished, tmp_path, fake_data_root):
+    run_dir = finished / "run"
+    audit = invoke("audit", run_dir)
+    assert audit.exit_code == 0 and "PRIVATE" in audit.output.splitlines()[0], audit.output
+    detail = invoke("audit", run_dir, "--query", 3)
+    assert detail.exit_code == 0 and "one release over every anchor" in detail.output
+    plan = invoke("plan", finished / "rknn.toml", "--target-epsilon", 1.0, "--format", "json")
+    assert plan.exit_code == 0, plan.output
+    proposed = json.loads(plan.output)["proposed"]["sigma2"]
+    settings = accounting.Settings(mechanism=ReverseKNN(sigma2=proposed, knn_k=5), num_teachers=6, num_classes=10,
+                                   max_queries=300, delta=1e-4, orders=tuple(rdp.DEFAULT_ORDERS))
+    assert accounting.guarantee(settings).epsilon <= 1.0
+    import dataclasses
+    tighter = dataclasses.replace(settings, mechanism=ReverseKNN(sigma2=proposed - 0.02, knn_k=5))
+    assert accounting.guarantee(tighter).epsilon > 1.0
+    from PIL import Image
+    import pate
+    dataset = pate.data.load(pate.load_run(run_dir).config.data, fake_data_root, quiet=True)
+    image = tmp_path / "raw.png"
+    Image.fromarray(dataset.public_x[0, 0]).save(image)
+    result = invoke("predict", finished / "run-release" / "student.onnx", image, "-q")
+    assert result.exit_code == 0 and "raw.png" in result.output, result.output
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("knn_k = 5", "knn_k = 301", "knn_k"),
+    ("[privacy]\n", "[privacy]\nrecord_epsilon = 2.0\n", "record_epsilon"),
+    ('features = "scattering"\n', "", "features"),
+    ("soft_labels = true", "soft_labels = true\nepsilon_budget = 1.0", "epsilon_budget"),
+    ("[privacy]\n", "[privacy]\ndata_dependent_release = true\n", "data_dependent_release"),
+])
+def test_bad_settings_are_one_line_and_nothing_written(tmp_path, fake_data_root, old, new, key):
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(edit_pipeline(RKNN_PIPELINE, (old, new)))
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "--data-root", fake_data_root, "-q")
+    assert result.exit_code == 2, result.output
+    assert key in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
