@@ -30,6 +30,12 @@ parameter-free GroupNorm is applied once to the cached features (the same map as
 released under DP (σ_norm = 8, composed with DP-SGD by hand); here both datasets use GroupNorm,
 which the paper used for Fashion-MNIST, so the whole budget goes through Opacus's accountant.
 
+The scattering, the GroupNorm, the linear model and the DP-SGD loop are ``pate.teachers.dpsgd``'s
+(``scattering_features``, ``normalise``, ``linear_model``, ``fit``), the ones pate's DP-SGD teacher
+trains with; what stays here is the baseline's own part: σ calibrated by Opacus's accountant
+(``get_noise_multiplier``, what ``make_private_with_epsilon`` calls) and the ε that accountant
+reports for the steps taken, where the teacher calibrates with pate's ``dp_accounting`` composition.
+
 Data as the pipeline reads it (``pate.data``): the private set is the training split (all 60 000
 records for MNIST / Fashion-MNIST); the score is the accuracy on the pipeline's held-out images,
 ``test_index`` of pate's public split (``pate.data.partition.split_public`` with the pipeline's sizes,
@@ -59,13 +65,10 @@ from torch import nn
 from pate import config as config_mod, data as data_mod
 from pate.data.partition import split_public
 from pate.run.artifacts import partition_sizes
-from pate.nets import wavelets as scattering
+from pate.teachers import dpsgd
+from pate.teachers.dpsgd import GROUPS, J, L, MAX_GRAD_NORM, MOMENTUM  # noqa: F401 (the models' constants)
 
 ROOT = Path(__file__).resolve().parent.parent
-J, L = 2, 8
-GROUPS = 27  # GroupNorm groups over the 81 scattering channels (the paper's choice, 3 channels each)
-MAX_GRAD_NORM = 0.1
-MOMENTUM = 0.9
 EPOCHS = 40
 
 
@@ -85,24 +88,18 @@ RECIPES = {
 }
 
 
-def group_norm(x: torch.Tensor, groups: int = GROUPS, batch: int = 8192) -> torch.Tensor:
-    """The models' GroupNorm (no affine parameters) applied once to cached features: a fixed map of
-    each example alone, so applying it before training is the same as applying it in the model
-    (``prenormalised=True``), without recomputing it and its backward pass at every step."""
-    return torch.cat([nn.functional.group_norm(x[i:i + batch], groups) for i in range(0, len(x), batch)])
+# The models' GroupNorm (no affine parameters) applied once to cached features: a fixed map of each
+# example alone, so applying it before training is the same as applying it in the model
+# (``prenormalised=True``), without recomputing it and its backward pass at every step.
+group_norm = dpsgd.normalise
 
 
-class ScatterLinear(nn.Module):
-    """GroupNorm (no affine parameters) on the scattering channels, then one linear layer."""
-
-    def __init__(self, channels: int = 81, size: int = 7, classes: int = 10, groups: int = GROUPS,
-                 prenormalised: bool = False):
-        super().__init__()
-        self.norm = nn.Identity() if prenormalised else nn.GroupNorm(groups, channels, affine=False)
-        self.fc = nn.Linear(channels * size * size, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(x).flatten(1))
+def scatter_linear(channels: int = 81, size: int = 7, classes: int = 10, groups: int = GROUPS,
+                   prenormalised: bool = False) -> nn.Module:
+    """GroupNorm (no affine parameters) on the scattering channels, then one linear layer: the DP-SGD
+    teacher's model (``pate.teachers.dpsgd.linear_model``), without its GroupNorm when ``prenormalised``."""
+    model = dpsgd.linear_model(channels, size, classes, groups)
+    return model[1:] if prenormalised else model
 
 
 class ScatterCNN(nn.Module):
@@ -122,29 +119,7 @@ class ScatterCNN(nn.Module):
         return self.classifier(self.features(self.norm(x)).flatten(1))
 
 
-MODELS = {"linear": ScatterLinear, "cnn": ScatterCNN}
-
-
-class Features(torch.utils.data.Dataset):
-    """(features, labels) whose batches are fetched by one fancy index (``__getitems__``), not
-    thousands of ``__getitem__`` calls."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-    def __getitems__(self, indices):
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return self.x[index], self.y[index]
-
-
-def _collate(batch):
-    return batch  # already (x, y) tensors from __getitems__
+MODELS = {"linear": scatter_linear, "cnn": ScatterCNN}
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -178,11 +153,7 @@ def scatter_images(images: np.ndarray, cache: Path | None = None, batch: int = 2
     path = None if cache is None else Path(cache) / f"scattering-J{J}L{L}-{len(images)}-{digest}.pt"
     if path is not None and path.exists():
         return torch.load(path)
-    n, c, h, w = images.shape
-    out = torch.empty((n, scattering.num_channels(c, J, L), h // 2 ** J, w // 2 ** J))
-    for i in range(0, n, batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).float().div_(255)
-        out[i:i + batch] = scattering.scatter(x, J=J, L=L)
+    out = dpsgd.scattering_features(images, batch)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -207,45 +178,34 @@ def train_dpsgd(model_name: str, train_x: torch.Tensor, train_y: torch.Tensor, *
                 physical_batch: int = 8192, grad_sample_mode: str = "ghost", prenormalised: bool = False) -> dict:
     """Train ``model_name`` with Opacus's DP-SGD at (target_epsilon, delta) over ``epochs``; the
     model, the noise multiplier, the ε the accountant reports, the expected batch size, the steps.
+    σ is what ``make_private_with_epsilon`` would pick (Opacus's ``get_noise_multiplier`` with
+    ``accountant`` at the loader's Poisson rate); the loop is ``pate.teachers.dpsgd.fit`` on torch's
+    global generator seeded with ``seed``; the ε is ``accountant``'s for the steps taken.
     ``grad_sample_mode`` "ghost" is Opacus's fast gradient clipping (the same clipped sums as
     "hooks", without materialising per-example gradients); ``physical_batch`` bounds memory only.
     ``prenormalised``: ``train_x`` already went through ``group_norm``."""
-    from opacus import PrivacyEngine
-    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from opacus.accountants import create_accountant
+    from opacus.accountants.utils import get_noise_multiplier
 
     torch.manual_seed(seed)
     model = MODELS[model_name](channels=train_x.shape[1], size=train_x.shape[-1], classes=classes,
                                prenormalised=prenormalised)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    loader = torch.utils.data.DataLoader(Features(train_x, train_y), batch_size=batch_size, collate_fn=_collate)
+    sample_rate, _ = dpsgd.schedule(len(train_y), batch_size, epochs)
     with warnings.catch_warnings():
         _quiet()
-        engine = PrivacyEngine(accountant=accountant)
-        private = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, data_loader=loader, criterion=nn.CrossEntropyLoss(),
-            target_epsilon=target_epsilon, target_delta=delta, epochs=epochs, max_grad_norm=max_grad_norm,
-            grad_sample_mode=grad_sample_mode)  # Poisson sampling: Opacus's default
-    if grad_sample_mode == "ghost":
-        model, optimizer, loss_fn, loader = private
-    else:
-        (model, optimizer, loader), loss_fn = private, nn.CrossEntropyLoss()
-    steps = 0
-    model.train()
+        sigma = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                     epochs=epochs, accountant=accountant)
+    model, info = dpsgd.fit(model, train_x, train_y, noise_multiplier=sigma, batch_size=batch_size, epochs=epochs,
+                            lr=lr, max_grad_norm=max_grad_norm, momentum=momentum, grad_sample_mode=grad_sample_mode,
+                            physical_batch=physical_batch)
+    spent = create_accountant(mechanism=accountant)
+    for _ in range(info["steps"]):  # what make_private's step hook records, one step at a time
+        spent.step(noise_multiplier=info["noise_multiplier"], sample_rate=info["sample_rate"])
     with warnings.catch_warnings():
         _quiet()
-        for _ in range(epochs):
-            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical_batch,
-                                    optimizer=optimizer) as batches:
-                for x, y in batches:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss_fn(model(x), y).backward()
-                    optimizer.step()
-            steps += len(loader)
-        model.eval()
-        epsilon = float(engine.get_epsilon(delta))
-    return {"model": model, "epsilon": epsilon, "sigma": float(optimizer.noise_multiplier),
-            "expected_batch": float(optimizer.expected_batch_size), "sample_rate": float(loader.sample_rate),
-            "steps": steps}
+        epsilon = float(spent.get_epsilon(delta))
+    return {"model": model, "epsilon": epsilon, "sigma": info["noise_multiplier"],
+            "expected_batch": info["expected_batch"], "sample_rate": info["sample_rate"], "steps": info["steps"]}
 
 
 @torch.no_grad()

@@ -1,0 +1,386 @@
+"""A DP-SGD teacher: ScatterNet + linear trained on the private records themselves under DP-SGD.
+
+Its predictions on the public pool are post-processing of a differentially private model, so they
+can go to the student beside the (reverse-kNN) votes; what they cost is the DP-SGD mechanism itself,
+and it is composed with the votes' mechanism in ONE ``dp_accounting`` composition (``epsilon``,
+``calibrate_noise``), never by Opacus's own accountant.
+
+The model is Tramèr & Boneh's ScatterNet + linear (2021, "Differentially Private Learning Needs
+Better Features (or Much More Data)", arXiv:2011.11660v4, §3 and App. B): a fixed, data-independent
+scattering transform (J = 2, L = 8; ``pate.nets.wavelets``, Kymatio-exact: 81 channels of 7×7 for a
+28×28 grey image), GroupNorm with 27 groups and no affine parameters (a per-example map that reads no
+statistic of the data set, so applying it once to cached features is the same as applying it in the
+model and costs no privacy), then one linear layer. The training is DP-SGD (Abadi et al. 2016, "Deep
+Learning with Differential Privacy", arXiv:1607.00133v2, Alg. 1) as Opacus runs it: Poisson sampling,
+per-example clipping at C (0.1, the paper's), Gaussian noise of standard deviation σ·C on the sum of
+clipped gradients, SGD with momentum 0.9. Each step is the Poisson-subsampled Gaussian mechanism
+whose Rényi DP Mironov, Talwar & Zhang bound ("Rényi Differential Privacy of the Sampled Gaussian
+Mechanism", 2019, arXiv:1908.10530v1, §3.3) and ``dp_accounting`` computes; T steps compose (``dp_event``).
+
+Sampling rate and steps (``schedule``): Opacus's ``make_private`` samples every record with
+probability q = 1/ceil(N/B) (B = ``batch_size``, N = private records) and an epoch is ceil(N/B)
+steps, so q is B/N when B divides N and a little below it otherwise (an expected batch of
+N/ceil(N/B) ≤ B). q and T are then functions of N: the accounting treats them as public settings, as
+DP-SGD always does, so N must be one (for MNIST's training split it is; with a secret
+``private_size`` draw it is not, see DESIGN §5.12).
+
+Randomness: Opacus's cryptographically secure mode needs ``torchcsprng``, which has no build for
+current torch and is not installed here. Without it (the case here), every random draw of
+``train`` (initial weights, Poisson sampling, gradient noise) comes from one ``torch.Generator``
+(Mersenne Twister) seeded with 64 bits from ``os.urandom`` when no seed is given, or from
+``pate.seeds.derive_seed(seed)``. That is not a CSPRNG, and Opacus then draws the noise as one
+float normal per coordinate, without its secure mode's guard against floating-point attacks
+(Holohan & Braghin 2021, arXiv:2107.10138): the guarantee below assumes exact Gaussian noise, as
+Opacus's own non-secure mode does. When ``torchcsprng`` is importable and no seed is given, Opacus's
+secure mode is used instead (not exercised here).
+
+Opacus is an optional dependency (the ``baselines`` extra) imported inside the functions that need it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from decimal import Decimal
+from importlib.util import find_spec
+from typing import Callable, Optional, Sequence
+
+import dp_accounting
+import numpy as np
+import torch
+from dp_accounting.rdp import RdpAccountant
+from torch import nn
+
+from ..nets import wavelets
+from ..privacy.accounting import resolve_orders
+from ..privacy.rdp import OrderAtEdgeWarning, order_at_edge
+from ..seeds import derive_seed
+
+J, L = 2, 8  # the scattering transform: 81 channels of 7×7 per 28×28 grey image
+GROUPS = 27  # GroupNorm groups over the scattering channels (the paper's: 3 channels each for grey images)
+MAX_GRAD_NORM = 0.1  # per-example clipping norm C (the paper's)
+MOMENTUM = 0.9
+SIGNIFICANT_DIGITS = 4  # calibrated noise multipliers are decimal numbers with this many significant digits
+MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER = 0.01, 1e4  # the range calibrate_noise searches
+INSTALL_HINT = 'pip install -e ".[baselines]"  (opacus>=1.5)'
+
+Progress = Callable[[int, int, int, int, float, float], None]
+
+
+# ----------------------------------------------------------------------------- accounting
+
+
+def schedule(num_records: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(sample_rate, steps) of ``train``: q = 1/ceil(N/B), T = epochs·ceil(N/B) (Opacus's Poisson
+    loader: each record joins each step's batch with probability q, an epoch is ceil(N/B) steps)."""
+    for name, value in (("num_records", num_records), ("batch_size", batch_size), ("epochs", epochs)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer. Found {value!r}.")
+    per_epoch = -(-int(num_records) // int(batch_size))
+    return 1 / per_epoch, int(epochs) * per_epoch
+
+
+def dp_event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_accounting.DpEvent:
+    """T steps of DP-SGD: the Poisson-subsampled Gaussian mechanism (Abadi et al. 2016, Alg. 1;
+    Mironov et al. 2019) with noise multiplier σ (noise std / clipping norm) and sampling rate q,
+    self-composed ``steps`` times, under add/remove-one neighbours."""
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise ValueError(f"noise_multiplier must be positive and finite. Found {noise_multiplier!r}.")
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must be in (0, 1]. Found {sample_rate!r}.")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer. Found {steps!r}.")
+    gaussian = dp_accounting.GaussianDpEvent(float(noise_multiplier))
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(float(sample_rate), gaussian),
+                                             int(steps))
+
+
+def _epsilon_and_order(events: Sequence[dp_accounting.DpEvent], delta: float,
+                       orders: Optional[Sequence[float]]) -> tuple[float, float, np.ndarray]:
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1). Found {delta!r}.")
+    grid = resolve_orders(() if orders is None else orders)
+    accountant = RdpAccountant([float(o) for o in grid])
+    event = dp_accounting.ComposedDpEvent(list(events))
+    if not accountant.supports(event):
+        raise ValueError(f"dp_accounting's RDP accountant does not support {event!r}.")
+    accountant.compose(event)
+    eps, order = accountant.get_epsilon_and_optimal_order(delta)
+    return float(eps), float(order), grid
+
+
+def epsilon(events: Sequence[dp_accounting.DpEvent] | dp_accounting.DpEvent, delta: float,
+            orders: Optional[Sequence[float]] = None) -> float:
+    """ε at δ of the composition of ``events`` (add/remove-one neighbours), by one
+    ``dp_accounting`` RDP accountant: RDP curves add up over the orders (Mironov 2017,
+    arXiv:1702.07476v3, Prop. 1), then the conversion of Canonne, Kamath & Steinke 2020
+    (arXiv:2004.00010v5, Prop. 12), tighter than the classic ε = R(α) + log(1/δ)/(α − 1).
+
+    ``orders``: the Rényi orders (default pate's, ``pate.privacy.rdp.DEFAULT_ORDERS``, as for every
+    other pate guarantee). An ``OrderAtEdgeWarning`` says when the optimum is the first or last
+    order (still a valid bound, possibly loose).
+    """
+    if isinstance(events, dp_accounting.DpEvent):
+        events = [events]
+    eps, order, grid = _epsilon_and_order(list(events), delta, orders)
+    if eps > 0 and order_at_edge(order, grid):
+        warnings.warn(f"optimal Rényi order {order:g} is at the edge of the order list [{grid.min():g}, "
+                      f"{grid.max():g}]; ε = {eps:.4g} is valid but a wider list might give a smaller ε.",
+                      OrderAtEdgeWarning, stacklevel=2)
+    return eps
+
+
+def _grid_value(index: int) -> float:
+    """The index-th positive decimal with SIGNIFICANT_DIGITS significant digits (0 → 1.000,
+    9000 → 10.00, -1 → 0.9999): increasing in ``index``, a public grid."""
+    per_decade = 9 * 10 ** (SIGNIFICANT_DIGITS - 1)
+    decade, mantissa = divmod(int(index), per_decade)
+    return float(Decimal(10 ** (SIGNIFICANT_DIGITS - 1) + mantissa).scaleb(decade - SIGNIFICANT_DIGITS + 1))
+
+
+def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                    beside: Sequence[dp_accounting.DpEvent] = (), orders: Optional[Sequence[float]] = None) -> float:
+    """The smallest noise multiplier σ on a public grid (decimals with ``SIGNIFICANT_DIGITS``
+    significant digits, so σ itself reveals nothing beyond the settings) such that
+    ``epsilon([dp_event(σ, sample_rate, steps), *beside], delta) <= target_epsilon``.
+
+    ``beside``: the other mechanisms on the same private records whose cost composes with this one
+    (e.g. the votes' ``GaussianDpEvent(sigma / sqrt(k))``). ε decreases with σ (the subsampled
+    Gaussian's RDP does, at every order), so a bisection over the grid's indices finds the exact
+    smallest grid value in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]; a target already met at
+    MIN_NOISE_MULTIPLIER returns it. Computed from the settings alone: never overshoots.
+
+    Raises:
+        ValueError: the events ``beside`` alone already spend the target, or even
+            MAX_NOISE_MULTIPLIER spends more than it.
+    """
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ValueError(f"target_epsilon must be positive and finite. Found {target_epsilon!r}.")
+    beside = list(beside)
+    dp_event(1.0, sample_rate, steps)  # checks sample_rate and steps
+    if beside:
+        spent = _epsilon_and_order(beside, delta, orders)[0]
+        if spent >= target_epsilon:
+            raise ValueError(f"the events beside DP-SGD already spend epsilon = {spent:.6g} at delta = {delta:g}, "
+                             f"not below the target {target_epsilon:g}: no noise multiplier leaves room for it.")
+
+    def meets(index: int) -> bool:
+        sigma = _grid_value(index)
+        return _epsilon_and_order([dp_event(sigma, sample_rate, steps), *beside], delta, orders)[0] <= target_epsilon
+
+    per_decade = 9 * 10 ** (SIGNIFICANT_DIGITS - 1)
+    lowest = per_decade * round(math.log10(MIN_NOISE_MULTIPLIER))
+    highest = per_decade * round(math.log10(MAX_NOISE_MULTIPLIER))
+    if meets(0):  # σ = 1 is enough: go down a decade at a time
+        hi = 0
+        while hi > lowest and meets(hi - per_decade):
+            hi -= per_decade
+        if hi == lowest:
+            return _grid_value(lowest)
+        lo = hi - per_decade
+    else:  # go up a decade at a time
+        lo = 0
+        while True:
+            if lo >= highest:
+                most = dp_event(MAX_NOISE_MULTIPLIER, sample_rate, steps)
+                eps = _epsilon_and_order([most, *beside], delta, orders)[0]
+                raise ValueError(f"target_epsilon {target_epsilon:g} is out of reach: even noise multiplier "
+                                 f"{MAX_NOISE_MULTIPLIER:g} spends epsilon = {eps:.6g} at delta = {delta:g} "
+                                 f"(sample_rate {sample_rate:g}, {steps} steps).")
+            if meets(lo + per_decade):
+                hi = lo + per_decade
+                break
+            lo += per_decade
+    while hi - lo > 1:  # meets(hi), not meets(lo)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    return _grid_value(hi)
+
+
+# ----------------------------------------------------------------------------- features and model
+
+
+def scattering_features(images: np.ndarray, batch: int = 2048) -> torch.Tensor:
+    """(N, C, H, W) uint8 images -> (N, 81·C, H/4, W/4) float32 scattering coefficients (J = 2,
+    L = 8) of the [0, 1] images: a fixed map of each image alone."""
+    n, c, h, w = images.shape
+    out = torch.empty((n, wavelets.num_channels(c, J, L), h // 2 ** J, w // 2 ** J))
+    for i in range(0, n, batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).float().div_(255)
+        out[i:i + batch] = wavelets.scatter(x, J=J, L=L)
+    return out
+
+
+def normalise(features: torch.Tensor, groups: int = GROUPS, batch: int = 8192) -> torch.Tensor:
+    """GroupNorm without affine parameters, the model's first layer, applied once to ``features``:
+    a map of each example alone (it reads no statistic of the data set), computed ``batch`` at a time."""
+    return torch.cat([nn.functional.group_norm(features[i:i + batch], groups) for i in range(0, len(features), batch)])
+
+
+def linear_model(channels: int = 81, size: int = 7, num_classes: int = 10, groups: int = GROUPS,
+                 generator: Optional[torch.Generator] = None) -> nn.Sequential:
+    """ScatterNet + linear on (channels, size, size) scattering features: GroupNorm (no affine
+    parameters), flatten, one linear layer. Initialised as ``nn.Linear`` is (uniform in ±1/√fan_in),
+    from ``generator``, or from torch's global generator when it is None."""
+    fan_in = channels * size * size
+    if generator is None:
+        linear = nn.Linear(fan_in, num_classes)
+    else:
+        linear = nn.utils.skip_init(nn.Linear, fan_in, num_classes)
+        bound = 1 / math.sqrt(fan_in)
+        with torch.no_grad():
+            linear.weight.uniform_(-bound, bound, generator=generator)
+            linear.bias.uniform_(-bound, bound, generator=generator)
+    return nn.Sequential(nn.GroupNorm(groups, channels, affine=False), nn.Flatten(), linear)
+
+
+class Records(torch.utils.data.Dataset):
+    """(features, labels) whose batches are fetched by one fancy index (``__getitems__``), not
+    thousands of ``__getitem__`` calls."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.x[index], self.y[index]
+
+
+def _collate(batch):
+    return batch  # already (x, y) tensors from __getitems__
+
+
+def _import_opacus():
+    try:
+        import opacus  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"the DP-SGD teacher needs opacus: {INSTALL_HINT}") from e
+
+
+def _quiet() -> None:
+    """Opacus's notices that change nothing here: the non-cryptographic RNG (the module's docstring
+    says what is used instead), and the ghost-clipping hooks' notice."""
+    warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+    warnings.filterwarnings("ignore", message=".*full backward hook.*")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def fit(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, noise_multiplier: float,
+        batch_size: int, epochs: int, lr: float, max_grad_norm: float = MAX_GRAD_NORM, momentum: float = MOMENTUM,
+        generator: Optional[torch.Generator] = None, secure: bool = False, grad_sample_mode: str = "ghost",
+        physical_batch: Optional[int] = None, progress: Optional[Progress] = None) -> tuple[nn.Module, dict]:
+    """DP-SGD on ``model`` with Opacus's ``PrivacyEngine.make_private`` at the GIVEN noise
+    multiplier: Poisson sampling at ``schedule(len(labels), batch_size, epochs)``, per-example
+    clipping at ``max_grad_norm`` (``grad_sample_mode`` "ghost": Opacus's fast gradient clipping, the
+    same clipped sums as "hooks" without materialising per-example gradients), N(0, (σC)²) noise
+    on their sum, SGD with ``momentum``. The privacy cost is ``dp_event(noise_multiplier,
+    *schedule(...))``; Opacus's own accountant is not read.
+
+    ``generator``: the source of the sampling and the noise (None: torch's global generator);
+    ``secure``: Opacus's secure mode (needs torchcsprng; no generator then). ``physical_batch``
+    bounds memory only (Opacus's ``BatchMemoryManager``). ``progress(epoch, epochs, step, steps,
+    loss, images_per_s)`` after every batch (1-based; the loss is of private data: for the operator's
+    eyes, not a release). Returns the trained ``model`` (a plain module again) and
+    {sample_rate, steps, expected_batch, noise_multiplier}.
+    """
+    _import_opacus()
+    from opacus import PrivacyEngine
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    sample_rate, steps = schedule(len(labels), batch_size, epochs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loader = torch.utils.data.DataLoader(Records(features, labels), batch_size=batch_size, collate_fn=_collate,
+                                         generator=None if secure else generator)
+    with warnings.catch_warnings():
+        _quiet()
+        engine = PrivacyEngine(secure_mode=secure)
+        private = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, criterion=nn.CrossEntropyLoss(),
+            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, grad_sample_mode=grad_sample_mode,
+            noise_generator=None if secure else generator)  # poisson_sampling=True: Opacus's default
+    if grad_sample_mode == "ghost":
+        private_model, optimizer, loss_fn, loader = private
+    else:
+        (private_model, optimizer, loader), loss_fn = private, nn.CrossEntropyLoss()
+    if loader.sample_rate != sample_rate:  # the accounted rate is the sampled one, or nothing holds
+        raise RuntimeError(f"Opacus samples at rate {loader.sample_rate}, not {sample_rate} as accounted.")
+    private_model.train()
+    with warnings.catch_warnings():
+        _quiet()
+        for epoch in range(1, epochs + 1):
+            if physical_batch:
+                with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical_batch,
+                                        optimizer=optimizer) as batches:
+                    _epoch(private_model, optimizer, loss_fn, batches, epoch, epochs, progress)
+            else:
+                _epoch(private_model, optimizer, loss_fn, loader, epoch, epochs, progress)
+    info = {"sample_rate": sample_rate, "steps": steps, "expected_batch": float(optimizer.expected_batch_size),
+            "noise_multiplier": float(optimizer.noise_multiplier)}
+    return private_model.to_standard_module().eval(), info
+
+
+def _epoch(model, optimizer, loss_fn, batches, epoch: int, epochs: int, progress: Optional[Progress]) -> None:
+    total, t0 = len(batches), time.monotonic()
+    for step, (x, y) in enumerate(batches, 1):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if progress is not None:
+            progress(epoch, epochs, step, total, float(loss.detach()), len(y) / max(time.monotonic() - t0, 1e-9))
+            t0 = time.monotonic()
+
+
+def train(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, num_classes: int, *,
+          noise_multiplier: float, batch_size: int, epochs: int, lr: float, max_grad_norm: float = MAX_GRAD_NORM,
+          seed: Optional[int] = None, progress: Optional[Progress] = None) -> nn.Module:
+    """The DP-SGD teacher (Tramèr & Boneh 2021's ScatterNet + linear) trained on the private
+    records' scattering features (N, 81·C, h, w) (``scattering_features``; not yet normalised),
+    on the CPU.
+
+    Its privacy cost is exactly ``dp_event(noise_multiplier, *schedule(N, batch_size, epochs))``:
+    Poisson sampling at rate q = 1/ceil(N/B), i.e. batch_size/N rounded down to the reciprocal of
+    an integer (equal to it when B divides N), for epochs·ceil(N/B) steps; calibrate the multiplier
+    with ``calibrate_noise`` on those numbers (and whatever composes with it). The GroupNorm is applied
+    once to ``features`` (a per-example map, the model's own first layer), then Flatten + Linear are
+    trained with ``fit``. Every random draw comes from one generator: seeded from ``seed`` (runs are
+    reproducible; a seeded run is not a production guarantee) or from ``os.urandom``; see the module
+    docstring for what that generator is. Returns the whole model (GroupNorm, Flatten, Linear) in eval
+    mode: it takes raw scattering features, as ``predict_proba`` gives them.
+    """
+    x = torch.as_tensor(features, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    if x.ndim != 4 or x.shape[2] != x.shape[3] or x.shape[1] % GROUPS:
+        raise ValueError(f"features must be (N, channels, size, size) with channels a multiple of {GROUPS}. "
+                         f"Found {tuple(x.shape)}.")
+    if y.shape != (len(x),) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes)):
+        raise ValueError(f"labels must be one class in [0, {num_classes}) per record ({len(x)}).")
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise ValueError(f"noise_multiplier must be positive and finite. Found {noise_multiplier!r}.")
+    _import_opacus()
+    secure = seed is None and find_spec("torchcsprng") is not None
+    start = derive_seed(seed) if seed is not None else int.from_bytes(os.urandom(8), "little")
+    generator = torch.Generator().manual_seed(start)
+    model = linear_model(x.shape[1], x.shape[-1], num_classes, generator=generator)
+    fit(model[1:], normalise(x), y, noise_multiplier=noise_multiplier, batch_size=batch_size, epochs=epochs,
+        lr=lr, max_grad_norm=max_grad_norm, generator=generator, secure=secure, progress=progress)
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, features: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """(P, m) class probabilities (softmax of the logits, in float64) of ``model`` on ``features``
+    (P, 81·C, h, w), ``batch_size`` at a time, without gradients: post-processing of the DP model."""
+    model.eval()
+    x = torch.as_tensor(features, dtype=torch.float32)
+    starts = range(0, max(len(x), 1), batch_size)  # no features: one empty batch, (0, m)
+    return torch.cat([model(x[i:i + batch_size]).double().softmax(1) for i in starts]).numpy()
