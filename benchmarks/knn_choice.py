@@ -27,7 +27,7 @@ import torch
 
 from pate import config as config_mod, data as data_mod
 from pate.features import knn
-from pate.data.partition import make_partition
+from pate.data.partition import split_public
 from pate.run.artifacts import partition_sizes
 from pate.features import extractors as features, pretrained
 from pate.views import planning
@@ -37,7 +37,9 @@ def pool_of(config) -> tuple[np.ndarray, np.ndarray, object]:
     """(pool images, pool labels, dataset) of the pipeline's split."""
     dataset = data_mod.load(config.data, data_mod.DEFAULT_ROOT)
     config.check_data(dataset.spec)
-    split = make_partition(seed=config.data.split_seed, **partition_sizes(config, dataset.spec))
+    sizes = partition_sizes(config, dataset.spec)
+    split = split_public(seed=config.data.split_seed, **{k: sizes[k] for k in ("num_public", "student_pool", "test_size",
+                                                                             "num_queries", "num_pool")})
     pool = split["student_pool_index"]
     labels = dataset.public_y[pool]
     if (labels < 0).any():

@@ -77,6 +77,9 @@ class PipelineConfig:
             _check("privacy", "record_budgets", not self.privacy.record_budgets,
                    f"empty with mechanism {self.aggregator.mechanism!r} (per-record budgets are for "
                    f"{', '.join(individual)} only: bound the run with {bound})", self.privacy.record_budgets)
+        _check("student", "keep_widest", self.student.keep_widest == 1 or self.aggregator.soft_labels,
+               "1 without [aggregator] soft_labels = true (the margins are read from the released noisy vectors)",
+               self.student.keep_widest)
         _check("privacy", "data_dependent_release", not (self.privacy.data_dependent_release
                                                          and self.aggregator.soft_labels),
                "false with [aggregator] soft_labels = true (the data-dependent analysis bounds the released "
@@ -156,7 +159,8 @@ ADDED_LATER = {
     "aggregator": ("knn_k", "knn_dim", "student_confidence", "interactive_rounds", "interactive_steps",
                    "soft_labels", "query_selection"),
     "privacy": ("record_epsilon", "record_budgets"),
-    "student": ("soft_temperature", "propagation", "propagation_k", "propagation_alpha", "propagation_confidence"),
+    "student": ("soft_temperature", "propagation", "propagation_k", "propagation_alpha", "propagation_confidence",
+                "keep_widest"),
 }
 
 

@@ -37,6 +37,10 @@ class StudentConfig:
     propagation_k: int = 10
     propagation_alpha: float = 0.8
     propagation_confidence: float = 0.9
+    # With [aggregator] soft_labels: train on this fraction of the released labels, those whose noisy
+    # vector's top-two margin is widest (the surest); the others join the unlabelled pool. Post-processing
+    # of the release (reverse-knn labels every anchor, and the narrow margins are the noisy ones).
+    keep_widest: float = 1.0
 
     def validate(self) -> None:
         _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
@@ -46,6 +50,8 @@ class StudentConfig:
         _check("student", "propagation_alpha", 0 < self.propagation_alpha < 1, "in (0, 1)", self.propagation_alpha)
         _check("student", "propagation_confidence", 0 <= self.propagation_confidence <= 1, "in [0, 1]",
                self.propagation_confidence)
+        _check("student", "keep_widest", 0 < self.keep_widest <= 1, "in (0, 1] (1 = every released label)",
+               self.keep_widest)
         _check("student", "soft_temperature", 0 <= self.soft_temperature <= 1e6, "in [0, 1e6] (0 = the noise's std)",
                self.soft_temperature)
         _check("student", "method", self.method in STUDENT_METHODS, f"one of {list(STUDENT_METHODS)}",

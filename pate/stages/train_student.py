@@ -53,10 +53,16 @@ def run(ctx: Context) -> None:
             run_dir.progress(NAME, f"step {step}/{steps}")
 
     private_mkdir(run_dir.file(STUDENT_MODEL).parent)
-    targets = torch.from_numpy(np.asarray(released["label"], dtype=np.int64))
-    if "soft" in released:  # the noisy vectors released with the labels (post-processing: free)
-        targets = soft_targets(released["soft"], released["label"],
-                               cfg.soft_temperature or mechanism(ctx.config).answer_noise_std)
+    label, soft = released["label"], released["soft"] if "soft" in released else None
+    if cfg.keep_widest < 1 and soft is not None:  # post-processing: the surest released labels, the rest unlabelled
+        kept = widest(soft, cfg.keep_widest)
+        labeled_index, label, soft = labeled_index[kept], label[kept], soft[kept]
+        unlabeled_index = np.setdiff1d(parts["student_pool_index"], labeled_index)
+        ctx.say(f"{NAME}: kept the {len(kept)} released labels with the widest noisy margins "
+                f"({cfg.keep_widest:.0%}); the others join the unlabelled pool")
+    targets = torch.from_numpy(np.asarray(label, dtype=np.int64))
+    if soft is not None:  # the noisy vectors released with the labels (post-processing: free)
+        targets = soft_targets(soft, label, cfg.soft_temperature or mechanism(ctx.config).answer_noise_std)
     trained_index = labeled_index
     if cfg.propagation != "none":  # post-processing over the public pool: free
         run_dir.progress(NAME, "label spreading over the public pool")
@@ -80,6 +86,17 @@ def run(ctx: Context) -> None:
            **({"propagated": int(len(trained_index) - len(labeled_index))} if cfg.propagation != "none" else {}))
     ctx.say(f"{NAME}: {len(labeled_index)} labelled + {len(unlabeled_index)} unlabelled public images, "
             f"{cfg.method}, {cfg.steps} steps")
+
+
+def widest(soft: np.ndarray, fraction: float) -> np.ndarray:
+    """Positions (ascending) of the ``fraction`` of released rows whose noisy top-two margin is widest;
+    rows without a vector (NaN: a student's answer) count as widest. Ties go to the earlier row."""
+    noisy = np.asarray(soft, dtype=np.float64)
+    missing = ~np.isfinite(noisy).all(axis=1)
+    top2 = np.sort(np.where(missing[:, None], 0.0, noisy), axis=1)[:, -2:]
+    margin = np.where(missing, np.inf, top2[:, 1] - top2[:, 0])
+    count = max(1, int(round(fraction * len(noisy))))
+    return np.sort(np.argsort(-margin, kind="stable")[:count])
 
 
 def check(config) -> None:

@@ -100,3 +100,23 @@ def test_bad_settings_are_one_line_and_nothing_written(tmp_path, fake_data_root,
     assert result.exit_code == 2, result.output
     assert key in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_keep_widest_trains_on_the_surest_labels_only(finished, tmp_path, fake_data_root):
+    from pate.stages.train_student import widest
+    soft = np.array([[5.0, 4.0], [9.0, 0.0], [np.nan, np.nan], [3.0, 3.0], [0.0, 7.0]])
+    assert widest(soft, 0.6).tolist() == [1, 2, 4]  # margins 1, 9, (a student's answer), 0, 7
+    assert widest(soft, 0.01).tolist() == [2]
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(edit_pipeline(RKNN_PIPELINE, ("steps = 20\n", "steps = 20\nkeep_widest = 0.5\n")))
+    import shutil
+    shutil.copytree(finished / "run", tmp_path / "run")
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "--data-root", fake_data_root, "-q")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["train-student"]
+    assert record["labeled"] == 150 and record["unlabeled"] == 150
+    refused = edit_pipeline(RKNN_PIPELINE, ("steps = 20\n", "steps = 20\nkeep_widest = 0.5\n"),
+                            ("soft_labels = true", "soft_labels = false"))
+    pipeline.write_text(refused)
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "other", "--data-root", fake_data_root, "-q")
+    assert result.exit_code == 2 and "keep_widest" in result.output and len(result.output.strip().splitlines()) == 1
