@@ -17,7 +17,7 @@ echo "setting up .venv (torch: $TORCH_SPEC) ..." >&2
 log=.venv/setup.log
 # pip's and setuptools' chatter (the editable-install banner) goes to the log, shown only on failure.
 # shellcheck disable=SC2086
-if ! { .venv/bin/python -m pip install -q $TORCH_SPEC && .venv/bin/python -m pip install -q -e ".[dev,offline,plot,tracking,onnx,dicom,baselines,propagation]"; } \
+if ! { .venv/bin/python -m pip install -q $TORCH_SPEC && .venv/bin/python -m pip install -q -e ".[dev,offline,plot,tracking,onnx,dicom,baselines,dpsgd,propagation]"; } \
     > "$log" 2>&1; then
   grep -v "^WARNING: Location" "$log" >&2
 fi

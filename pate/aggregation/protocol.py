@@ -77,7 +77,7 @@ def run(ctx: Context, *, load: Callable, decide: Callable, conclude: Callable) -
     """The protocol, for a family given as ``load(ctx, settings) -> inputs``,
     ``decide(aggregation, inputs) -> state`` and ``conclude(aggregation, inputs, records, state,
     report) -> Outcome`` (``report``: privacy.json if already written)."""
-    settings = privacy_settings(ctx.config, ctx.spec.num_classes)
+    settings = privacy_settings(ctx.config, ctx.spec.num_classes, num_private=ctx.spec.num_private)
     inputs = load(ctx, settings)  # checked before any privacy is spent on them
     total = log_aggregation(ctx, settings)  # refused here, nothing about the run has changed
     ctx.run.begin(STAGE)
@@ -176,7 +176,7 @@ def log_aggregation(ctx: Context, settings: accounting.Settings) -> spend.Total:
     The curves are those the partition's individual filter checked each kept record against
     (``spend_curves``), so past ``total_budget`` this refuses only after a race."""
     config = ctx.config
-    queries_only, planned = spend_curves(config, ctx.spec.num_classes)
+    queries_only, planned = spend_curves(config, ctx.spec.num_classes, ctx.spec.num_private)
     eps = accounting.guarantee(replace(settings, release=None)).epsilon
     entry = _spend_entry(ctx, "aggregation", 0, queries_only, eps)
     return spend_log.begin(entry, _charged_records(ctx), total_budget=config.privacy.total_budget,
@@ -186,7 +186,7 @@ def log_aggregation(ctx: Context, settings: accounting.Settings) -> spend.Total:
 def log_release(ctx: Context) -> None:
     """Append one smooth-sensitivity draw to the spend log, before it is drawn."""
     config = ctx.config
-    curve = privacy_settings(config, ctx.spec.num_classes, spend.ORDERS).release_rdp()
+    curve = privacy_settings(config, ctx.spec.num_classes, spend.ORDERS, num_private=ctx.spec.num_private).release_rdp()
     eps = accounting.epsilon(curve, spend.ORDERS, config.privacy.delta, config.privacy.conversion)[0]
     draw = spend_log.draws(nonce(ctx)) + 1
     spend_log.begin(_spend_entry(ctx, "smooth-sensitivity", draw, curve, eps), _charged_records(ctx),

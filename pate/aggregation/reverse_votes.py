@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..privacy import accounting
+from ..features import knn
+from ..privacy import accounting, ledger
 from ..run.directory import RunError
-from ..run.artifacts import VOTES, Context, load_partition
+from ..run.artifacts import DPSGD_POOL, VOTES, Context, load_partition
 from . import protocol, teacher_votes
 
 
@@ -37,7 +38,7 @@ decide = teacher_votes.decide  # chunk by chunk, ledger first: the same driver, 
 def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: list, stopped_by_budget: bool,
              report: dict | None) -> protocol.Outcome:
     ctx, settings, config = run.ctx, run.settings, run.ctx.config
-    released = protocol.save_labels(ctx, records)
+    released = protocol.save_labels(ctx, records, **_dpsgd_prior(ctx, records))
     if report is None:
         public = accounting.public_statement(settings, asked=len(records), answered=released, release=None,
                                              seeded=config.seeded, stopped_by_budget=False)
@@ -50,7 +51,25 @@ def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: li
             "anchors_without_votes": int((per_anchor == 0).sum()),
             "explanation": "none: one release over every anchor, accounted from its settings alone"}}
     guarantee = accounting.guarantee(settings)
-    summary = (f"aggregate: {len(records)} anchors labelled in one release; guarantee epsilon {guarantee.epsilon:.3f}, "
+    beside = " and the DP-SGD teacher's probabilities" if settings.dpsgd is not None else ""
+    summary = (f"aggregate: {len(records)} anchors labelled in one release{beside}; guarantee epsilon "
+               f"{guarantee.epsilon:.3f}, "
                f"delta {guarantee.delta:g} ({guarantee.accountant}, from the settings alone: each private record "
                f"voted for {config.aggregator.knn_k} anchors)")
     return protocol.Outcome(report, summary)
+
+
+PRIOR_GRID = 2 ** -16  # the DP-SGD teacher's released probabilities are multiples of this (a public grid)
+
+
+def _dpsgd_prior(ctx: Context, records: list) -> dict:
+    """{"prior": (n, m)} the DP-SGD teacher's probabilities on the released anchors, in labels.npz's
+    order, on a public grid; {} without a DP-SGD teacher. Released only
+    here, after the spend log was charged the composed cost of the votes and the teacher."""
+    if not ctx.config.teachers.dpsgd_noise:
+        return {}
+    kept = ctx.run.load_npz(DPSGD_POOL)
+    _, public_index, _ = ledger.released_labels(records)
+    rows = knn.rows_of(kept["pool_index"], public_index)
+    snapped = np.round(kept["probabilities"][rows] / PRIOR_GRID) * PRIOR_GRID
+    return {"prior": snapped}

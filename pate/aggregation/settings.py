@@ -31,52 +31,70 @@ def release_parameters(config: PipelineConfig, num_classes: int) -> accounting.R
                                       priv.conversion)
 
 
-def privacy_settings(config: PipelineConfig, num_classes: int,
-                     order_list: np.ndarray | None = None) -> accounting.Settings:
-    """Everything the run's public statement is computed from (``order_list`` overrides the orders)."""
+def privacy_settings(config: PipelineConfig, num_classes: int, order_list: np.ndarray | None = None, *,
+                     num_private: int | None = None) -> accounting.Settings:
+    """Everything the run's public statement is computed from (``order_list`` overrides the orders;
+    ``num_private``: the private set's size, which a DP-SGD teacher's sampling rate is accounted from,
+    when the config's data has no built-in size)."""
     return accounting.Settings(
         mechanism=mechanism(config), num_teachers=config.teachers.count, num_classes=num_classes,
         max_queries=config.aggregator.max_queries, delta=config.privacy.delta,
         orders=tuple(orders(config) if order_list is None else order_list), conversion=config.privacy.conversion,
         epsilon_budget=config.aggregator.epsilon_budget, release=release_parameters(config, num_classes),
         record_epsilon=max(budgets.levels(config.privacy.record_budgets, config.privacy.record_epsilon))
-        if mechanism(config).individual else 0.0)
+        if mechanism(config).individual else 0.0, dpsgd=dpsgd_settings(config, num_private))
+
+
+def dpsgd_settings(config: PipelineConfig, num_private: int | None = None) -> accounting.DpsgdSettings | None:
+    """The DP-SGD teacher's accounted settings (None without one): its noise multiplier, and the
+    sampling rate and steps ``pate.teachers.dpsgd.train`` uses for the private set's size N, a
+    public number here (the config refuses a private_size draw and the total_budget filter with it)."""
+    tcfg = config.teachers
+    if not tcfg.dpsgd_noise:
+        return None
+    if num_private is None:
+        if config.data.spec is None:
+            raise ConfigError("[teachers] dpsgd_noise: the DP-SGD teacher's accounting needs the private set's "
+                              "size; it is known once the data is read (`pate partition`)")
+        num_private = config.data.sizes(config.data.spec)[0]
+    return accounting.DpsgdSettings.of(tcfg.dpsgd_noise, num_private, tcfg.dpsgd_batch, tcfg.dpsgd_epochs)
 
 
 WARN_EPSILON = 10.0  # a guarantee above this promises little: say so
 
 
-def check_accountable(config: PipelineConfig, num_classes: int) -> accounting.Guarantee:
+def check_accountable(config: PipelineConfig, num_classes: int, num_private: int | None = None) -> accounting.Guarantee:
     """The run's worst-case guarantee, computed before anything else happens; settings whose
     privacy cannot be accounted (no finite guarantee) are refused here, before anything is written."""
     try:
-        guarantee = accounting.guarantee(privacy_settings(config, num_classes))
+        guarantee = accounting.guarantee(privacy_settings(config, num_classes, num_private=num_private))
     except (ValueError, ArithmeticError) as exc:
         raise ConfigError(f"the privacy settings cannot be accounted ({exc}); check [aggregator] and [privacy]") from None
     if not math.isfinite(guarantee.epsilon):
         raise ConfigError("the privacy settings give no finite guarantee (epsilon is infinite at every order); "
                           "check [aggregator] sigma1, sigma2, gamma and [privacy] orders")
-    check_total_budget(config, num_classes)
+    check_total_budget(config, num_classes, num_private)
     return guarantee
 
 
-def spend_curves(config: PipelineConfig, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+def spend_curves(config: PipelineConfig, num_classes: int,
+                 num_private: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """What this run charges each of its records in the spend log, on ``spend.ORDERS``, from the
     settings alone: its queries at their worst (the aggregation's entry) and its planned
     smooth-sensitivity release (None without one)."""
-    on_log = privacy_settings(config, num_classes, spend.ORDERS)
-    queries = accounting.worst_case_curve(replace(on_log, release=None),
-                                          accounting.max_queries(privacy_settings(config, num_classes)))
+    on_log = privacy_settings(config, num_classes, spend.ORDERS, num_private=num_private)
+    queries = accounting.worst_case_curve(replace(on_log, release=None), accounting.max_queries(
+        privacy_settings(config, num_classes, num_private=num_private)))
     return queries, (on_log.release_rdp() if on_log.release is not None else None)
 
 
-def spend_curve(config: PipelineConfig, num_classes: int) -> np.ndarray:
+def spend_curve(config: PipelineConfig, num_classes: int, num_private: int | None = None) -> np.ndarray:
     """This run's whole worst-case charge to each record (``spend_curves`` summed)."""
-    queries, planned = spend_curves(config, num_classes)
+    queries, planned = spend_curves(config, num_classes, num_private)
     return queries + (0 if planned is None else planned)
 
 
-def check_total_budget(config: PipelineConfig, num_classes: int) -> None:
+def check_total_budget(config: PipelineConfig, num_classes: int, num_private: int | None = None) -> None:
     """Refuse a run whose own worst case, composed as the spend log composes it (RDP on its orders),
     is above ``[privacy] total_budget``: its individual filter would leave out every record. A
     public fact, decided from the settings alone, whatever the data and the spend log hold."""
@@ -84,7 +102,7 @@ def check_total_budget(config: PipelineConfig, num_classes: int) -> None:
     if not budget:
         return
     own = spend.composed([], np.zeros((1, 0), dtype=bool), config.privacy.delta, config.privacy.conversion,
-                         spend_curve(config, num_classes)).epsilon
+                         spend_curve(config, num_classes, num_private)).epsilon
     if own > budget:
         raise ConfigError(f"[privacy] total_budget = {budget:g} is below this run's own worst case (epsilon {own:.3f} "
                           f"at delta {config.privacy.delta:g}, composed in RDP as the spend log composes releases): "

@@ -57,6 +57,16 @@ class PipelineConfig:
                        "each record has its own budget: [privacy] record_epsilon)" if mech.individual else
                        "one release over every anchor: its cost is fixed by sigma2 and knn_k)"),
                    self.aggregator.epsilon_budget)
+        if self.teachers.dpsgd_noise:
+            _check("teachers", "dpsgd_noise", mech.reads_records and not mech.individual,
+                   f"0 with mechanism {self.aggregator.mechanism!r} (the DP-SGD teacher stands beside reverse-knn's "
+                   "votes)", self.teachers.dpsgd_noise)
+            _check("data", "private_size", self.data.private_size == 0,
+                   "0 with a DP-SGD teacher (its sampling rate 1/ceil(N/dpsgd_batch) is accounted as public; a "
+                   "private_size draw keeps a number of records that is not)", self.data.private_size)
+            _check("privacy", "total_budget", not self.privacy.total_budget,
+                   "0 with a DP-SGD teacher (its sampling rate is accounted from the number of records, which the "
+                   "total_budget filter would make depend on the spend log)", self.privacy.total_budget)
         if mech.reads_records and not mech.individual:  # each record votes for knn_k of the anchors (the queries)
             _check("aggregator", "knn_k", self.aggregator.knn_k <= self.aggregator.max_queries,
                    f"at most the {self.aggregator.max_queries} anchors (max_queries)", self.aggregator.knn_k)
@@ -77,9 +87,9 @@ class PipelineConfig:
             _check("privacy", "record_budgets", not self.privacy.record_budgets,
                    f"empty with mechanism {self.aggregator.mechanism!r} (per-record budgets are for "
                    f"{', '.join(individual)} only: bound the run with {bound})", self.privacy.record_budgets)
-        _check("student", "keep_widest", self.student.keep_widest == 1 or self.aggregator.soft_labels,
-               "1 without [aggregator] soft_labels = true (the margins are read from the released noisy vectors)",
-               self.student.keep_widest)
+        _check("student", "keep_widest", self.student.keep_widest == 1 or self.aggregator.soft_labels
+               or bool(self.teachers.dpsgd_noise), "1 without [aggregator] soft_labels = true or a DP-SGD teacher "
+               "(the margins are read from the released noisy vectors or probabilities)", self.student.keep_widest)
         _check("privacy", "data_dependent_release", not (self.privacy.data_dependent_release
                                                          and self.aggregator.soft_labels),
                "false with [aggregator] soft_labels = true (the data-dependent analysis bounds the released "
@@ -155,7 +165,7 @@ class PipelineConfig:
 ADDED_LATER = {
     "data": ("source", "private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file",
              "channels", "image_size", "classes", "name", "dicom_window", "dicom_frames"),
-    "teachers": ("backbone", "weights", "backbone_size"),
+    "teachers": ("backbone", "weights", "backbone_size", "dpsgd_noise", "dpsgd_batch", "dpsgd_epochs", "dpsgd_lr"),
     "aggregator": ("knn_k", "knn_dim", "student_confidence", "interactive_rounds", "interactive_steps",
                    "soft_labels", "query_selection"),
     "privacy": ("record_epsilon", "record_budgets"),

@@ -40,8 +40,23 @@ class TeachersConfig:
     backbone: str = "resnet18"
     weights: str = "DEFAULT"
     backbone_size: int = 0
+    # A DP-SGD teacher beside reverse-knn's votes (pate.teachers.dpsgd: Tramer & Boneh's ScatterNet +
+    # linear, Opacus): dpsgd_noise = its noise multiplier (0 = none); Poisson sampling at rate
+    # 1/ceil(N/dpsgd_batch) for dpsgd_epochs epochs, SGD at dpsgd_lr. Its cost is composed with the
+    # votes' in one accountant; its probabilities on the pool multiply the votes' soft labels.
+    dpsgd_noise: float = 0.0
+    dpsgd_batch: int = 4096
+    dpsgd_epochs: int = 40
+    dpsgd_lr: float = 8.0
 
     def validate(self) -> None:
+        _check("teachers", "dpsgd_noise", self.dpsgd_noise == 0 or 0.3 <= self.dpsgd_noise <= 1000,
+               "0 (no DP-SGD teacher) or in [0.3, 1000]", self.dpsgd_noise)
+        _check("teachers", "dpsgd_batch", 1 <= self.dpsgd_batch <= 1_000_000, "between 1 and 1000000",
+               self.dpsgd_batch)
+        _check("teachers", "dpsgd_epochs", 1 <= self.dpsgd_epochs <= MAX_EPOCHS, f"between 1 and {MAX_EPOCHS}",
+               self.dpsgd_epochs)
+        _check("teachers", "dpsgd_lr", 0 < self.dpsgd_lr <= 1e4, "in (0, 10000]", self.dpsgd_lr)
         _check("teachers", "count", 1 <= self.count <= MAX_TEACHERS, f"between 1 and {MAX_TEACHERS}", self.count)
         _check("teachers", "features", self.features in FEATURES, f"one of {list(FEATURES)}", self.features)
         _check("teachers", "feature_epochs", 1 <= self.feature_epochs <= MAX_EPOCHS, f"between 1 and {MAX_EPOCHS}",

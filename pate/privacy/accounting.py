@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant, privacy_loss_distribution
+from dp_accounting.rdp import rdp_privacy_accountant
 
 from . import individual, profiles, rdp, smooth_sensitivity
 from .mechanisms import Mechanism
@@ -67,6 +69,40 @@ class ReleaseParameters:
 
 
 @dataclass(frozen=True)
+class DpsgdSettings:
+    """A DP-SGD teacher's privacy settings (public: fixed before training): T steps of the
+    Poisson-subsampled Gaussian mechanism (Abadi et al. 2016; Mironov, Talwar & Zhang 2019)."""
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    @classmethod
+    def of(cls, noise_multiplier: float, num_records: int, batch_size: int, epochs: int) -> "DpsgdSettings":
+        """Opacus's Poisson loader for ``epochs`` over N records in batches of B: each record joins each
+        step with probability q = 1/ceil(N/B), an epoch is ceil(N/B) steps (q = B/N when B divides N)."""
+        for name, value in (("num_records", num_records), ("batch_size", batch_size), ("epochs", epochs)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer. Found {value!r}.")
+        per_epoch = -(-int(num_records) // int(batch_size))
+        return cls(float(noise_multiplier), 1 / per_epoch, int(epochs) * per_epoch)
+
+    def event(self) -> dp_event.DpEvent:
+        return dp_event.SelfComposedDpEvent(
+            dp_event.PoissonSampledDpEvent(self.sample_rate, dp_event.GaussianDpEvent(self.noise_multiplier)),
+            self.steps)
+
+
+def rdp_of_events(events: Sequence[dp_event.DpEvent], orders: np.ndarray) -> np.ndarray:
+    """(L,) RDP of ``events`` composed by one ``dp_accounting`` RDP accountant at ``orders``."""
+    accountant = rdp_privacy_accountant.RdpAccountant([float(o) for o in orders])
+    composed = dp_event.ComposedDpEvent(list(events))
+    if not accountant.supports(composed):
+        raise ValueError(f"dp_accounting's RDP accountant does not support {composed!r}")
+    accountant.compose(composed)
+    return np.asarray(accountant._rdp, dtype=float)  # the accountant's own curve, order by order
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the public statement is computed from: no votes, no private data."""
     mechanism: Mechanism
@@ -79,6 +115,7 @@ class Settings:
     epsilon_budget: float = 0.0  # 0 = no Rényi filter
     release: Optional[ReleaseParameters] = None
     record_epsilon: float = 0.0  # individual mechanisms: the largest per-record budget (ε at δ)
+    dpsgd: Optional[DpsgdSettings] = None  # a DP-SGD teacher on the same records, composed with the mechanism
 
     @property
     def order_array(self) -> np.ndarray:
@@ -182,6 +219,9 @@ def worst_case_curve(settings: Settings, queries: Optional[int] = None) -> np.nd
     queries = max_queries(settings) if queries is None else queries
     if settings.mechanism.individual:  # every record retires at its budget, however many queries are asked
         return individual.curve(settings.record_budget(), settings.order_array) + settings.release_rdp()
+    if settings.dpsgd is not None:  # the votes and the DP-SGD teacher in one dp_accounting composition
+        return rdp_of_events([settings.mechanism.dp_event(queries), settings.dpsgd.event()],
+                             settings.order_array) + settings.release_rdp()
     return settings.mechanism.worst_case_rdp(queries, settings.order_array, num_teachers=settings.num_teachers,
                                              num_classes=settings.num_classes) + settings.release_rdp()
 
@@ -265,7 +305,8 @@ def guarantee(settings: Settings) -> Guarantee:
     eps, order = ((math.inf, math.nan) if snap >= settings.delta else
                   epsilon(curve, settings.order_array, settings.delta - snap, settings.conversion))
     best = Guarantee(eps, settings.delta, "rdp", order, queries)
-    if settings.release is None:  # PLD cannot compose the smooth-sensitivity release's RDP bound
+    if settings.release is None and settings.dpsgd is None:  # PLD composes neither the release's RDP bound
+        # nor (here) a DP-SGD teacher's curve: those guarantees are the RDP composition above
         pld = pld_epsilon(settings.mechanism, queries, settings.delta)
         if pld < best.epsilon:
             best = Guarantee(pld, settings.delta, "pld", None, queries)
@@ -395,6 +436,11 @@ def individual_report(settings: Settings, *, budget_levels: Sequence[float], spe
     return {"public": public, "private": private}
 
 
+DPSGD_NOTE = ("a DP-SGD teacher (Poisson-subsampled Gaussian, these settings) was trained on the same private "
+              "records; its probabilities on the labelled images are released with the labels, and the guarantee "
+              "above composes it with the mechanism in one RDP accountant")
+
+
 NEIGHBOURING = ("datasets differing by adding or removing one private record (a record's teacher, and whether a "
                 "draw keeps it, depend on that record alone)")
 
@@ -423,6 +469,8 @@ def public_statement(settings: Settings, *, asked: int, answered: int, release, 
             "beta": release.beta, "sigma_ss": release.sigma_ss, "release_rdp": release.rdp_ss,
             "note": RELEASE_NOTE},
     }
+    if settings.dpsgd is not None:
+        statement["dpsgd_teacher"] = {**asdict(settings.dpsgd), "note": DPSGD_NOTE}
     if seeded:
         statement["warning"] = "noise was SEEDED for reproducibility: not a production privacy guarantee"
     return statement

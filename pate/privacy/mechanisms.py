@@ -577,6 +577,12 @@ class ReverseKNN(Mechanism):
     def discrete_gaussians(self, queries):
         return [(self.sigma2, self.knn_k)] if queries else []
 
+    def dp_event(self, queries):
+        """The release as a Gaussian of sensitivity √k (σ2/√k per unit): its RDP is the discrete one's
+        bound αk/(2σ2²), so RDP compositions (with a DP-SGD teacher) may use it; PLD uses
+        ``discrete_gaussians``."""
+        return dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(self.knn_k)) if queries else dp_event.NoOpDpEvent()
+
     def explain(self, row, answered, orders):
         return {"explanation": f"one release over every anchor: each private record voted for its {self.knn_k} nearest "
                                "anchors, so the whole release costs alpha*k/(2 sigma2^2), whatever this anchor's votes"}

@@ -31,6 +31,7 @@ VOTES = "votes.npz"
 NEIGHBOURS = "neighbours.npz"  # private-knn: each query's private records within its radius (PRIVATE)
 KNN_PRIVATE = "teachers/knn-private.pt"  # private-knn: the private records in the public feature space (PRIVATE)
 KNN_PUBLIC = "teachers/knn-public.pt"  # private-knn: the public pool and test images in that space
+DPSGD_POOL = "teachers/dpsgd-pool.npz"  # the DP-SGD teacher's probabilities on the pool (PRIVATE until aggregated)
 RECORD_BUDGETS = "record_budgets.npz"  # private-knn: every private record's budget, resolved once (PRIVATE)
 TEACHERS_EVAL = "teachers_eval.json"
 LEDGER = "ledger.jsonl"

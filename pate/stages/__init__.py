@@ -30,15 +30,15 @@ from ..run import outputs, spend_log
 from .. import tracking
 from ..aggregation.ledger_files import votes_file
 from ..aggregation.settings import check_accountable
-from ..run.artifacts import (DATA, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, LEDGER, METRICS, PARTITION, PRIVACY,
+from ..run.artifacts import (DATA, DPSGD_POOL, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, LEDGER, METRICS, PARTITION, PRIVACY,
                              STUDENT_HISTORY, STUDENT_MODEL, TEACHERS_EVAL, Context, heads_part, mechanism,
                              public_features_part, read_metrics, read_privacy, spec_from_json, teacher_part)
 
 
 def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:
     ranks = range(world)
-    if mechanism(config).reads_records:  # private-knn, reverse-knn: the feature space, no teachers
-        return EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC
+    if mechanism(config).reads_records:  # private-knn, reverse-knn: the feature space (and a DP-SGD teacher)
+        return (EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC) + ((DPSGD_POOL,) if config.teachers.dpsgd_noise else ())
     if config.teachers.features == "pretrained":
         return (EXTRACTOR, *(heads_part(r, world) for r in ranks), *(public_features_part(r, world) for r in ranks))
     if config.teachers.features != "none":
@@ -80,7 +80,8 @@ class Stage:
 
 STAGES = (
     Stage("partition", lambda config, world: (PARTITION, DATA)),
-    Stage("train-teachers", _teacher_outputs, checks=lambda config: config.teachers.features == "pretrained"),
+    Stage("train-teachers", _teacher_outputs,
+          checks=lambda config: config.teachers.features == "pretrained" or bool(config.teachers.dpsgd_noise)),
     Stage("vote", lambda config, world: (votes_file(config), TEACHERS_EVAL)),
     Stage("aggregate", lambda config, world: (LABELS, PRIVACY, LEDGER)),
     # Post-processing of the released labels: retraining them costs no privacy.
@@ -158,7 +159,7 @@ def session(pipeline_file: Path, run_dir: Path | None, data_root: Path, device: 
     spend_log.directory()  # the spend directory too (it holds the record key), before anything is written
     spec = _known_spec(config, path, Path(data_root), quiet)
     config.check_data(spec)  # sizes against the data: for image folders only now that they are read
-    check_accountable(config, spec.num_classes)  # refuse settings with no finite guarantee before anything is written
+    check_accountable(config, spec.num_classes, spec.num_private)  # refuse settings with no finite guarantee before anything is written
     _check_teachers(config, path)
     lock = locked(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     with lock:

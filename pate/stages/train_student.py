@@ -53,16 +53,20 @@ def run(ctx: Context) -> None:
             run_dir.progress(NAME, f"step {step}/{steps}")
 
     private_mkdir(run_dir.file(STUDENT_MODEL).parent)
-    label, soft = released["label"], released["soft"] if "soft" in released else None
-    if cfg.keep_widest < 1 and soft is not None:  # post-processing: the surest released labels, the rest unlabelled
-        kept = widest(soft, cfg.keep_widest)
-        labeled_index, label, soft = labeled_index[kept], label[kept], soft[kept]
-        unlabeled_index = np.setdiff1d(parts["student_pool_index"], labeled_index)
-        ctx.say(f"{NAME}: kept the {len(kept)} released labels with the widest noisy margins "
-                f"({cfg.keep_widest:.0%}); the others join the unlabelled pool")
+    label = released["label"]
     targets = torch.from_numpy(np.asarray(label, dtype=np.int64))
-    if soft is not None:  # the noisy vectors released with the labels (post-processing: free)
-        targets = soft_targets(soft, label, cfg.soft_temperature or mechanism(ctx.config).answer_noise_std)
+    if "soft" in released:  # the noisy vectors released with the labels (post-processing: free)
+        targets = soft_targets(released["soft"], label, cfg.soft_temperature or mechanism(ctx.config).answer_noise_std)
+    margins = released["soft"] if "soft" in released else None
+    if "prior" in released:  # a DP-SGD teacher's probabilities, released beside the votes: their product
+        targets = with_prior(targets, released["prior"])
+        margins = targets.numpy()
+    if cfg.keep_widest < 1 and margins is not None:  # post-processing: the surest labels, the rest unlabelled
+        kept = widest(margins, cfg.keep_widest)
+        labeled_index, targets = labeled_index[kept], targets[torch.from_numpy(kept)]
+        unlabeled_index = np.setdiff1d(parts["student_pool_index"], labeled_index)
+        ctx.say(f"{NAME}: kept the {len(kept)} released labels with the widest margins "
+                f"({cfg.keep_widest:.0%}); the others join the unlabelled pool")
     trained_index = labeled_index
     if cfg.propagation != "none":  # post-processing over the public pool: free
         run_dir.progress(NAME, "label spreading over the public pool")
@@ -86,6 +90,16 @@ def run(ctx: Context) -> None:
            **({"propagated": int(len(trained_index) - len(labeled_index))} if cfg.propagation != "none" else {}))
     ctx.say(f"{NAME}: {len(labeled_index)} labelled + {len(unlabeled_index)} unlabelled public images, "
             f"{cfg.method}, {cfg.steps} steps")
+
+
+def with_prior(targets: torch.Tensor, prior: np.ndarray) -> torch.Tensor:
+    """(n, m) the product of the votes' targets (class indices or rows) and a prior (n, m), renormalised:
+    two independent views of each label (the votes of the records near it and a model of all of
+    them). A row whose product vanishes keeps the votes' row."""
+    rows = _rows(targets, prior.shape[1])
+    product = rows.double() * torch.from_numpy(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None))
+    total = product.sum(1, keepdim=True)
+    return torch.where(total > 0, product / total.clamp_min(1e-300), rows.double()).float()
 
 
 def widest(soft: np.ndarray, fraction: float) -> np.ndarray:

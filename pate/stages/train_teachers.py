@@ -14,15 +14,16 @@ import hashlib
 import numpy as np
 import torch
 
-from ..io import CheckpointError, load_checkpoint, private_mkdir, save_checkpoint
+from ..io import CheckpointError, atomic_save_npz, load_checkpoint, private_mkdir, save_checkpoint
 from ..progress import Progress, plural
 from ..run.directory import RunError
 from ..features import knn
-from ..teachers import distributed
+from ..aggregation.settings import dpsgd_settings
+from ..teachers import distributed, dpsgd
 from ..features import extractors as features, pretrained
 from ..teachers.training import train_ensemble
 from . import finish
-from ..run.artifacts import (EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, TEACHERS_DIR, Context, heads_part, load_dataset,
+from ..run.artifacts import (DPSGD_POOL, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, TEACHERS_DIR, Context, heads_part, load_dataset,
                              load_partition, mechanism, normaliser, private_features_part, private_images,
                              public_features_part, public_images, resolve_device, teacher_part)
 
@@ -31,9 +32,16 @@ KNN_FORMAT = "pate.features.knn-space/1"
 
 
 def check(config) -> None:
-    """The pretrained backbone and its weights load (one line naming the file otherwise)."""
+    """The pretrained backbone and its weights load (one line naming the file otherwise); a DP-SGD
+    teacher's Opacus is installed."""
     tcfg = config.teachers
-    pretrained.load(tcfg.backbone, tcfg.weights, tcfg.backbone_size)
+    if tcfg.dpsgd_noise:
+        try:
+            dpsgd.require_opacus()
+        except ImportError as exc:
+            raise RunError(str(exc)) from None
+    if tcfg.features == "pretrained":
+        pretrained.load(tcfg.backbone, tcfg.weights, tcfg.backbone_size)
 
 
 def run(ctx: Context) -> None:
@@ -136,10 +144,44 @@ def _knn_space(ctx: Context) -> None:
     save_checkpoint(run_dir.file(KNN_PUBLIC), {
         "format": KNN_FORMAT, "pool_index": torch.from_numpy(pool_index), "test_index": torch.from_numpy(test_index),
         "features": knn.project(public, projection), "projection": projection})
+    if config.teachers.dpsgd_noise:
+        _dpsgd_teacher(ctx, dataset, used, pool_index, test_index)
     finish(ctx, NAME, world_size=1, features=config.teachers.features)
     dim = public.shape[1] if projection["components"] is None else projection["components"].shape[0]
     ctx.say(f"{NAME}: {config.aggregator.mechanism} space: {len(used)} private records and "
             f"{len(pool_index) + len(test_index)} public images in {dim} dimensions ({about})")
+
+
+def _dpsgd_teacher(ctx: Context, dataset, used: np.ndarray, pool_index: np.ndarray, test_index: np.ndarray) -> None:
+    """The DP-SGD teacher beside reverse-knn's votes (``pate.teachers.dpsgd``), trained on every private
+    record of the run at exactly the accounted sampling rate and steps; its probabilities on the pool
+    stay in the run (PRIVATE) until the aggregation, which charges its cost, releases them."""
+    config, tcfg = ctx.config, ctx.config.teachers
+    accounted = dpsgd_settings(config, ctx.spec.num_private)
+    if dpsgd.schedule(len(used), tcfg.dpsgd_batch, tcfg.dpsgd_epochs) != (accounted.sample_rate, accounted.steps):
+        raise RunError("the DP-SGD teacher would sample otherwise than accounted (the run's records are not the "
+                       "private set's size); refusing to train it")
+    ctx.run.progress(NAME, "DP-SGD teacher: scattering features of the private records")
+    private = dpsgd.scattering_features(dataset.private_x[used])
+    bar = Progress(tcfg.dpsgd_epochs, f"{NAME}[dp-sgd]", ctx.quiet, unit="epochs")
+
+    def report(epoch, epochs, step, steps, loss, images_per_s):
+        bar.update_to(epoch - 1 + step / steps, status=f"{images_per_s:.0f} img/s")
+        if step == steps:
+            ctx.run.progress(NAME, f"DP-SGD teacher: epoch {epoch}/{epochs}")
+    model = dpsgd.train(private, dataset.private_y[used], dataset.num_classes, noise_multiplier=tcfg.dpsgd_noise,
+                        batch_size=tcfg.dpsgd_batch, epochs=tcfg.dpsgd_epochs, lr=tcfg.dpsgd_lr,
+                        seed=config.aggregator.seed, progress=report)
+    bar.close()
+    probs = dpsgd.predict_proba(model, dpsgd.scattering_features(dataset.public_x[pool_index]))
+    test_truth = dataset.public_y[test_index]
+    test_accuracy = (float((dpsgd.predict_proba(model, dpsgd.scattering_features(dataset.public_x[test_index]))
+                            .argmax(1) == test_truth).mean()) if len(test_index) and (test_truth >= 0).all() else np.nan)
+    atomic_save_npz(ctx.run.file(DPSGD_POOL), private=True, pool_index=pool_index, probabilities=probs,
+                    test_accuracy=np.array(test_accuracy), seeded=np.array(config.aggregator.seed is not None))
+    ctx.say(f"{NAME}: DP-SGD teacher (noise multiplier {tcfg.dpsgd_noise:g}, {accounted.steps} steps at rate "
+            f"{accounted.sample_rate:.4g})" + ("" if np.isnan(test_accuracy) else
+                                               f": {100 * test_accuracy:.1f}% on the held-out test split"))
 
 
 def _extractor_features(ctx: Context, dataset, parts, mine: np.ndarray, rank: int, world: int, device: str):

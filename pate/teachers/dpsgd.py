@@ -34,7 +34,7 @@ float normal per coordinate, without its secure mode's guard against floating-po
 Opacus's own non-secure mode does. When ``torchcsprng`` is importable and no seed is given, Opacus's
 secure mode is used instead (not exercised here).
 
-Opacus is an optional dependency (the ``baselines`` extra) imported inside the functions that need it.
+Opacus is an optional dependency (the ``dpsgd`` extra) imported inside the functions that need it.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from dp_accounting.rdp import RdpAccountant
 from torch import nn
 
 from ..nets import wavelets
-from ..privacy.accounting import resolve_orders
+from ..privacy.accounting import DpsgdSettings, resolve_orders
 from ..privacy.rdp import OrderAtEdgeWarning, order_at_edge
 from ..seeds import derive_seed
 
@@ -63,7 +63,7 @@ MAX_GRAD_NORM = 0.1  # per-example clipping norm C (the paper's)
 MOMENTUM = 0.9
 SIGNIFICANT_DIGITS = 4  # calibrated noise multipliers are decimal numbers with this many significant digits
 MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER = 0.01, 1e4  # the range calibrate_noise searches
-INSTALL_HINT = 'pip install -e ".[baselines]"  (opacus>=1.5)'
+INSTALL_HINT = 'pip install -e ".[dpsgd]"  (opacus>=1.5)'
 
 Progress = Callable[[int, int, int, int, float, float], None]
 
@@ -73,27 +73,23 @@ Progress = Callable[[int, int, int, int, float, float], None]
 
 def schedule(num_records: int, batch_size: int, epochs: int) -> tuple[float, int]:
     """(sample_rate, steps) of ``train``: q = 1/ceil(N/B), T = epochs·ceil(N/B) (Opacus's Poisson
-    loader: each record joins each step's batch with probability q, an epoch is ceil(N/B) steps)."""
-    for name, value in (("num_records", num_records), ("batch_size", batch_size), ("epochs", epochs)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer. Found {value!r}.")
-    per_epoch = -(-int(num_records) // int(batch_size))
-    return 1 / per_epoch, int(epochs) * per_epoch
+    loader: each record joins each step's batch with probability q, an epoch is ceil(N/B) steps);
+    the accounting's own ``pate.privacy.accounting.DpsgdSettings.of``."""
+    settings = DpsgdSettings.of(1.0, num_records, batch_size, epochs)
+    return settings.sample_rate, settings.steps
 
 
 def dp_event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_accounting.DpEvent:
     """T steps of DP-SGD: the Poisson-subsampled Gaussian mechanism (Abadi et al. 2016, Alg. 1;
     Mironov et al. 2019) with noise multiplier σ (noise std / clipping norm) and sampling rate q,
-    self-composed ``steps`` times, under add/remove-one neighbours."""
+    self-composed ``steps`` times, under add/remove-one neighbours (``DpsgdSettings.event``)."""
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"noise_multiplier must be positive and finite. Found {noise_multiplier!r}.")
     if not 0 < sample_rate <= 1:
         raise ValueError(f"sample_rate must be in (0, 1]. Found {sample_rate!r}.")
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer. Found {steps!r}.")
-    gaussian = dp_accounting.GaussianDpEvent(float(noise_multiplier))
-    return dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(float(sample_rate), gaussian),
-                                             int(steps))
+    return DpsgdSettings(float(noise_multiplier), float(sample_rate), int(steps)).event()
 
 
 def _epsilon_and_order(events: Sequence[dp_accounting.DpEvent], delta: float,
@@ -257,7 +253,8 @@ def _collate(batch):
     return batch  # already (x, y) tensors from __getitems__
 
 
-def _import_opacus():
+def require_opacus() -> None:
+    """Opacus is installed (the ``dpsgd`` extra), or an ImportError naming how to install it."""
     try:
         import opacus  # noqa: F401
     except ImportError as e:
@@ -292,7 +289,7 @@ def fit(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, noise
     eyes, not a release). Returns the trained ``model`` (a plain module again) and
     {sample_rate, steps, expected_batch, noise_multiplier}.
     """
-    _import_opacus()
+    require_opacus()
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
@@ -366,7 +363,7 @@ def train(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
         raise ValueError(f"labels must be one class in [0, {num_classes}) per record ({len(x)}).")
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"noise_multiplier must be positive and finite. Found {noise_multiplier!r}.")
-    _import_opacus()
+    require_opacus()
     secure = seed is None and find_spec("torchcsprng") is not None
     start = derive_seed(seed) if seed is not None else int.from_bytes(os.urandom(8), "little")
     generator = torch.Generator().manual_seed(start)

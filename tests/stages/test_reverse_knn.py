@@ -120,3 +120,89 @@ def test_keep_widest_trains_on_the_surest_labels_only(finished, tmp_path, fake_d
     pipeline.write_text(refused)
     result = invoke("run", pipeline, "--run-dir", tmp_path / "other", "--data-root", fake_data_root, "-q")
     assert result.exit_code == 2 and "keep_widest" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def _arrays(root, sizes=(("p", 600, 1), ("q", 300, 2), ("t", 100, 3))):
+    """The tiny pipeline's data as .npz arrays (a private set whose size is its own, not MNIST's), one
+    bright square per class as in conftest's fake MNIST."""
+    for name, n, seed in sizes:
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = np.zeros((n, 28, 28), np.uint8)
+        rows, cols = (labels // 5) * 12 + 4, (labels % 5) * 5 + 2
+        for dr in range(4):
+            for dc in range(4):
+                images[np.arange(n), rows + dr, cols + dc] = 255
+        images = np.clip(images.astype(np.int16) + rng.integers(0, 40, images.shape), 0, 255).astype(np.uint8)
+        np.savez(root / f"{name}.npz", images=images, labels=labels)
+
+
+DPSGD_PIPELINE = edit_pipeline(
+    RKNN_PIPELINE, ('dataset = "mnist"\nprivate_size = 600\n',
+                    'source = "arrays"\nprivate_file = "p.npz"\npublic_file = "q.npz"\ntest_file = "t.npz"\n'),
+    ('features = "scattering"', 'features = "scattering"\ndpsgd_noise = 1.5\ndpsgd_batch = 150\ndpsgd_epochs = 2'))
+
+
+def test_a_dpsgd_teacher_beside_the_votes_is_composed_in_one_accountant(tmp_path):
+    """The statement's ε is the RDP composition of the votes (αk/(2σ²)) and T steps of the
+    Poisson-subsampled Gaussian at the sampling rate of 1/ceil(N/B), recomputed here; the spend log
+    charges that curve; the teacher's probabilities are released on a grid, beside the labels."""
+    from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_poisson_subsampled_gaussian
+    from pate.privacy import spend
+    _arrays(tmp_path)
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(DPSGD_PIPELINE)
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
+    assert result.exit_code == 0, result.output
+    public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
+    q, steps = 1 / 4, 2 * 4  # N = 600, B = 150: four batches an epoch
+    assert public["dpsgd_teacher"]["sample_rate"] == q and public["dpsgd_teacher"]["steps"] == steps
+    orders = rdp.DEFAULT_ORDERS
+    curve = orders * 5 / (2 * 4.0 ** 2) + steps * np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, 1.5, orders))
+    expected = accounting.epsilon(curve, orders, 1e-4, "improved")[0]
+    assert public["guarantee"]["epsilon"] == pytest.approx(expected, rel=1e-9) and public["guarantee"]["accountant"] == "rdp"
+    votes_alone = accounting.guarantee(accounting.Settings(
+        mechanism=ReverseKNN(sigma2=4.0, knn_k=5), num_teachers=6, num_classes=10, max_queries=300, delta=1e-4,
+        orders=tuple(orders))).epsilon
+    assert public["guarantee"]["epsilon"] > votes_alone
+    entry = [e for e in spend_log.entries() if e.run_dir == str((tmp_path / "run").resolve())][0]
+    assert np.allclose(entry.curve(), spend.ORDERS * 5 / 32 + steps * np.asarray(
+        _compute_rdp_poisson_subsampled_gaussian(q, 1.5, spend.ORDERS)))
+    labels = np.load(tmp_path / "run" / "labels.npz")
+    kept = np.load(tmp_path / "run" / "teachers" / "dpsgd-pool.npz")
+    prior = labels["prior"]
+    assert prior.shape == (300, 10) and np.array_equal(prior, np.round(prior * 2 ** 16) / 2 ** 16)
+    rows = [int(np.flatnonzero(kept["pool_index"] == i)[0]) for i in labels["query_index"]]
+    assert np.allclose(prior, kept["probabilities"][rows], atol=2 ** -16)
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ('mechanism = "reverse-knn"', 'mechanism = "private-knn"', "dpsgd_noise"),
+    ("[privacy]\n", "[privacy]\ntotal_budget = 8.0\n", "total_budget"),
+    ("dpsgd_noise = 1.5", "dpsgd_noise = 0.1", "dpsgd_noise"),
+])
+def test_dpsgd_refusals(tmp_path, old, new, key):
+    _arrays(tmp_path)
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(edit_pipeline(DPSGD_PIPELINE, (old, new)))
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
+    assert result.exit_code == 2 and key in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "run").exists()
+    mnist = edit_pipeline(RKNN_PIPELINE, ('features = "scattering"', 'features = "scattering"\ndpsgd_noise = 1.5'))
+    pipeline.write_text(mnist)  # a private_size draw: the number of records sampled from is not public
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
+    assert result.exit_code == 2 and "private_size" in result.output, result.output
+
+
+def test_without_opacus_a_dpsgd_teacher_is_one_line_before_anything_is_written(tmp_path, monkeypatch):
+    from pate.teachers import dpsgd
+
+    def missing():
+        raise ImportError(f"the DP-SGD teacher needs opacus: {dpsgd.INSTALL_HINT}")
+    monkeypatch.setattr(dpsgd, "require_opacus", missing)
+    _arrays(tmp_path)
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(DPSGD_PIPELINE)
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
+    assert result.exit_code != 0 and ".[dpsgd]" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -2,7 +2,7 @@
 Gaussian mechanism's exact (ε, δ) curve and closed-form RDP conversions; the subsampled Gaussian's
 Rényi divergence by numerical integration), the calibration's grid, monotonicity and refusals, and
 training on a tiny planted-signal set. The training tests are skipped without opacus (the
-``baselines`` extra)."""
+``dpsgd`` extra)."""
 from __future__ import annotations
 
 import importlib.util
@@ -21,7 +21,7 @@ from pate.teachers import dpsgd
 
 DELTA = 1e-5
 needs_opacus = pytest.mark.skipif(importlib.util.find_spec("opacus") is None,
-                                  reason='opacus missing: pip install -e ".[baselines]"')
+                                  reason='opacus missing: pip install -e ".[dpsgd]"')
 
 
 # ----------------------------------------------------------------------------- accounting
@@ -210,5 +210,5 @@ def test_train_refuses_bad_inputs():
 def test_train_without_opacus_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "opacus", None)  # import opacus now raises ImportError
     x, y = _planted(n=20)
-    with pytest.raises(ImportError, match="baselines"):
+    with pytest.raises(ImportError, match=r"\.\[dpsgd\]"):
         dpsgd.train(x, y, 4, noise_multiplier=1.0, batch_size=5, epochs=1, lr=0.1)
