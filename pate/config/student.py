@@ -41,6 +41,8 @@ class StudentConfig:
     # vector's top-two margin is widest (the surest); the others join the unlabelled pool. Post-processing
     # of the release (reverse-knn labels every anchor, and the narrow margins are the noisy ones).
     keep_widest: float = 1.0
+    # Horizontal flips in the student's augmentations (clothes, not digits or text).
+    hflip: bool = False
 
     def validate(self) -> None:
         _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)

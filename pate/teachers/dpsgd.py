@@ -42,156 +42,28 @@ import math
 import os
 import time
 import warnings
-from decimal import Decimal
 from importlib.util import find_spec
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
-import dp_accounting
 import numpy as np
 import torch
-from dp_accounting.rdp import RdpAccountant
 from torch import nn
 
 from ..nets import wavelets
-from ..privacy.accounting import DpsgdSettings, resolve_orders
-from ..privacy.rdp import OrderAtEdgeWarning, order_at_edge
+from ..privacy.dpsgd import (MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER, SIGNIFICANT_DIGITS,  # noqa: F401
+                             calibrate_noise, dp_event, epsilon, schedule)
 from ..seeds import derive_seed
 
 J, L = 2, 8  # the scattering transform: 81 channels of 7×7 per 28×28 grey image
 GROUPS = 27  # GroupNorm groups over the scattering channels (the paper's: 3 channels each for grey images)
 MAX_GRAD_NORM = 0.1  # per-example clipping norm C (the paper's)
 MOMENTUM = 0.9
-SIGNIFICANT_DIGITS = 4  # calibrated noise multipliers are decimal numbers with this many significant digits
-MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER = 0.01, 1e4  # the range calibrate_noise searches
 INSTALL_HINT = 'pip install -e ".[dpsgd]"  (opacus>=1.5)'
 
 Progress = Callable[[int, int, int, int, float, float], None]
 
 
 # ----------------------------------------------------------------------------- accounting
-
-
-def schedule(num_records: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    """(sample_rate, steps) of ``train``: q = 1/ceil(N/B), T = epochs·ceil(N/B) (Opacus's Poisson
-    loader: each record joins each step's batch with probability q, an epoch is ceil(N/B) steps);
-    the accounting's own ``pate.privacy.accounting.DpsgdSettings.of``."""
-    settings = DpsgdSettings.of(1.0, num_records, batch_size, epochs)
-    return settings.sample_rate, settings.steps
-
-
-def dp_event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_accounting.DpEvent:
-    """T steps of DP-SGD: the Poisson-subsampled Gaussian mechanism (Abadi et al. 2016, Alg. 1;
-    Mironov et al. 2019) with noise multiplier σ (noise std / clipping norm) and sampling rate q,
-    self-composed ``steps`` times, under add/remove-one neighbours (``DpsgdSettings.event``)."""
-    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
-        raise ValueError(f"noise_multiplier must be positive and finite. Found {noise_multiplier!r}.")
-    if not 0 < sample_rate <= 1:
-        raise ValueError(f"sample_rate must be in (0, 1]. Found {sample_rate!r}.")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer. Found {steps!r}.")
-    return DpsgdSettings(float(noise_multiplier), float(sample_rate), int(steps)).event()
-
-
-def _epsilon_and_order(events: Sequence[dp_accounting.DpEvent], delta: float,
-                       orders: Optional[Sequence[float]]) -> tuple[float, float, np.ndarray]:
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1). Found {delta!r}.")
-    grid = resolve_orders(() if orders is None else orders)
-    accountant = RdpAccountant([float(o) for o in grid])
-    event = dp_accounting.ComposedDpEvent(list(events))
-    if not accountant.supports(event):
-        raise ValueError(f"dp_accounting's RDP accountant does not support {event!r}.")
-    accountant.compose(event)
-    eps, order = accountant.get_epsilon_and_optimal_order(delta)
-    return float(eps), float(order), grid
-
-
-def epsilon(events: Sequence[dp_accounting.DpEvent] | dp_accounting.DpEvent, delta: float,
-            orders: Optional[Sequence[float]] = None) -> float:
-    """ε at δ of the composition of ``events`` (add/remove-one neighbours), by one
-    ``dp_accounting`` RDP accountant: RDP curves add up over the orders (Mironov 2017,
-    arXiv:1702.07476v3, Prop. 1), then the conversion of Canonne, Kamath & Steinke 2020
-    (arXiv:2004.00010v5, Prop. 12), tighter than the classic ε = R(α) + log(1/δ)/(α − 1).
-
-    ``orders``: the Rényi orders (default pate's, ``pate.privacy.rdp.DEFAULT_ORDERS``, as for every
-    other pate guarantee). An ``OrderAtEdgeWarning`` says when the optimum is the first or last
-    order (still a valid bound, possibly loose).
-    """
-    if isinstance(events, dp_accounting.DpEvent):
-        events = [events]
-    eps, order, grid = _epsilon_and_order(list(events), delta, orders)
-    if eps > 0 and order_at_edge(order, grid):
-        warnings.warn(f"optimal Rényi order {order:g} is at the edge of the order list [{grid.min():g}, "
-                      f"{grid.max():g}]; ε = {eps:.4g} is valid but a wider list might give a smaller ε.",
-                      OrderAtEdgeWarning, stacklevel=2)
-    return eps
-
-
-def _grid_value(index: int) -> float:
-    """The index-th positive decimal with SIGNIFICANT_DIGITS significant digits (0 → 1.000,
-    9000 → 10.00, -1 → 0.9999): increasing in ``index``, a public grid."""
-    per_decade = 9 * 10 ** (SIGNIFICANT_DIGITS - 1)
-    decade, mantissa = divmod(int(index), per_decade)
-    return float(Decimal(10 ** (SIGNIFICANT_DIGITS - 1) + mantissa).scaleb(decade - SIGNIFICANT_DIGITS + 1))
-
-
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                    beside: Sequence[dp_accounting.DpEvent] = (), orders: Optional[Sequence[float]] = None) -> float:
-    """The smallest noise multiplier σ on a public grid (decimals with ``SIGNIFICANT_DIGITS``
-    significant digits, so σ itself reveals nothing beyond the settings) such that
-    ``epsilon([dp_event(σ, sample_rate, steps), *beside], delta) <= target_epsilon``.
-
-    ``beside``: the other mechanisms on the same private records whose cost composes with this one
-    (e.g. the votes' ``GaussianDpEvent(sigma / sqrt(k))``). ε decreases with σ (the subsampled
-    Gaussian's RDP does, at every order), so a bisection over the grid's indices finds the exact
-    smallest grid value in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]; a target already met at
-    MIN_NOISE_MULTIPLIER returns it. Computed from the settings alone: never overshoots.
-
-    Raises:
-        ValueError: the events ``beside`` alone already spend the target, or even
-            MAX_NOISE_MULTIPLIER spends more than it.
-    """
-    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
-        raise ValueError(f"target_epsilon must be positive and finite. Found {target_epsilon!r}.")
-    beside = list(beside)
-    dp_event(1.0, sample_rate, steps)  # checks sample_rate and steps
-    if beside:
-        spent = _epsilon_and_order(beside, delta, orders)[0]
-        if spent >= target_epsilon:
-            raise ValueError(f"the events beside DP-SGD already spend epsilon = {spent:.6g} at delta = {delta:g}, "
-                             f"not below the target {target_epsilon:g}: no noise multiplier leaves room for it.")
-
-    def meets(index: int) -> bool:
-        sigma = _grid_value(index)
-        return _epsilon_and_order([dp_event(sigma, sample_rate, steps), *beside], delta, orders)[0] <= target_epsilon
-
-    per_decade = 9 * 10 ** (SIGNIFICANT_DIGITS - 1)
-    lowest = per_decade * round(math.log10(MIN_NOISE_MULTIPLIER))
-    highest = per_decade * round(math.log10(MAX_NOISE_MULTIPLIER))
-    if meets(0):  # σ = 1 is enough: go down a decade at a time
-        hi = 0
-        while hi > lowest and meets(hi - per_decade):
-            hi -= per_decade
-        if hi == lowest:
-            return _grid_value(lowest)
-        lo = hi - per_decade
-    else:  # go up a decade at a time
-        lo = 0
-        while True:
-            if lo >= highest:
-                most = dp_event(MAX_NOISE_MULTIPLIER, sample_rate, steps)
-                eps = _epsilon_and_order([most, *beside], delta, orders)[0]
-                raise ValueError(f"target_epsilon {target_epsilon:g} is out of reach: even noise multiplier "
-                                 f"{MAX_NOISE_MULTIPLIER:g} spends epsilon = {eps:.6g} at delta = {delta:g} "
-                                 f"(sample_rate {sample_rate:g}, {steps} steps).")
-            if meets(lo + per_decade):
-                hi = lo + per_decade
-                break
-            lo += per_decade
-    while hi - lo > 1:  # meets(hi), not meets(lo)
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
-    return _grid_value(hi)
 
 
 # ----------------------------------------------------------------------------- features and model

@@ -115,8 +115,16 @@ def render_reverse(plan: dict) -> str:
              f"{plan['knn_k']} of them)",
              f"votes: about {plan['expected_votes_per_anchor']:.0f} per anchor; the noise's sigma2 {plan['sigma2']:g} is "
              f"{plan['noise_over_votes']:.2f} of that"]
+    if "dpsgd_teacher" in plan:
+        d = plan["dpsgd_teacher"]
+        lines.append(f"composed in one RDP accountant: the votes alone epsilon {plan['votes_alone_epsilon_rdp']:.4f}, "
+                     f"the DP-SGD teacher alone {d['epsilon_alone']:.4f} (noise multiplier {d['noise_multiplier']:g}, "
+                     f"{d['steps']} steps at rate {d['sample_rate']:.4g})")
     if "proposed" in plan:
-        lines.append(f"for epsilon {plan['proposed']['target_epsilon']:g}: sigma2 = {plan['proposed']['sigma2']:g}")
+        proposed = plan["proposed"]
+        lines.append(f"for epsilon {proposed['target_epsilon']:g}: " + (
+            f"sigma2 = {proposed['sigma2']:g}" if "sigma2" in proposed else
+            f"the votes as set and [teachers] dpsgd_noise = {proposed['dpsgd_noise']:g}"))
     return "\n".join(lines) + "\n"
 
 

@@ -32,7 +32,7 @@ from dp_accounting import get_sigma_gaussian
 from ..config import MAX_CLASSES, MAX_QUERIES, MAX_TEACHERS, NOISE_RANGE, PipelineConfig
 from ..aggregation.settings import privacy_settings
 from ..errors import PateError
-from ..privacy import accounting, mechanisms, profiles, rdp
+from ..privacy import accounting, dpsgd, mechanisms, profiles, rdp
 from ..privacy.discrete import MAX_TABLE_SIGMA
 from ..privacy.smooth_sensitivity import MAX_WALK_CELLS, rdp_gnss, walk_fits
 
@@ -502,7 +502,23 @@ def reverse_plan(config: PipelineConfig, target_epsilon: Optional[float] = None)
     plan = {"mechanism": agg.mechanism, "guarantee": accounting.guarantee(settings).to_dict(), "knn_k": agg.knn_k,
             "sigma2": agg.sigma2, "anchors": agg.max_queries, "expected_votes_per_anchor": agg.knn_k * n / agg.max_queries,
             "noise_over_votes": agg.sigma2 / (agg.knn_k * n / agg.max_queries)}
-    if target_epsilon is not None:
+    if settings.dpsgd is not None:  # each side alone, and the composition the guarantee is
+        alone = replace(settings, dpsgd=None)
+        plan["votes_alone_epsilon_rdp"] = accounting.epsilon(accounting.worst_case_curve(alone), settings.order_array,
+                                                            settings.delta, settings.conversion)[0]
+        plan["dpsgd_teacher"] = {**asdict(settings.dpsgd), "epsilon_alone": accounting.epsilon(
+            accounting.rdp_of_events([settings.dpsgd.event()], settings.order_array), settings.order_array,
+            settings.delta, settings.conversion)[0]}
+    if target_epsilon is not None and settings.dpsgd is not None:  # the votes as set: the teacher takes the rest
+        d = settings.dpsgd
+        try:
+            noise = dpsgd.calibrate_noise(target_epsilon, settings.delta, d.sample_rate, d.steps,
+                                          beside=[settings.mechanism.dp_event(agg.max_queries)],
+                                          orders=settings.order_array)
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
+        plan["proposed"] = {"dpsgd_noise": noise, "target_epsilon": target_epsilon}
+    elif target_epsilon is not None:
         def eps(sigma: float) -> float:
             return accounting.guarantee(replace(settings, mechanism=replace(settings.mechanism, sigma2=sigma))).epsilon
         lo, hi = NOISE_RANGE

@@ -206,3 +206,23 @@ def test_without_opacus_a_dpsgd_teacher_is_one_line_before_anything_is_written(t
     result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
     assert result.exit_code != 0 and ".[dpsgd]" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_shipped_pipelines_settings_follow_their_rules():
+    """pipelines/*-rknn.toml say their sigma2 and DP-SGD noise come from `pate plan --target-epsilon`:
+    rerun the plan and compare, so the files cannot drift from the rule they state."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "pipelines"
+    mnist = invoke("plan", root / "mnist-rknn.toml", "--target-epsilon", 0.5, "--format", "json")
+    assert mnist.exit_code == 0, mnist.output
+    plan = json.loads(mnist.output)
+    assert plan["proposed"]["sigma2"] == plan["sigma2"] and plan["guarantee"]["epsilon"] <= 0.5
+    fashion = invoke("plan", root / "fashion-mnist-rknn.toml", "--target-epsilon", 2.0, "--format", "json")
+    assert fashion.exit_code == 0, fashion.output
+    plan = json.loads(fashion.output)
+    assert plan["guarantee"]["epsilon"] <= 2.0 and plan["proposed"]["dpsgd_noise"] == 5.997
+    assert 1.0 < plan["votes_alone_epsilon_rdp"] < 1.1 and plan["dpsgd_teacher"]["epsilon_alone"] < 2.0
+    assert json.loads(invoke("plan", root / "fashion-mnist-rknn.toml", "--format", "json").output)["guarantee"][
+        "epsilon"] == plan["guarantee"]["epsilon"]
+    votes_only = invoke("plan", root / "fashion-mnist-rknn.toml", "--target-epsilon", 1.0)
+    assert votes_only.exit_code != 0 and "already spend" in votes_only.output
