@@ -208,15 +208,19 @@ def test_without_opacus_a_dpsgd_teacher_is_one_line_before_anything_is_written(t
     assert not (tmp_path / "run").exists()
 
 
-def test_the_shipped_pipelines_settings_follow_their_rules():
+def test_the_shipped_pipelines_settings_follow_their_rules(tmp_path):
     """pipelines/*-rknn.toml say their sigma2 and DP-SGD noise come from `pate plan --target-epsilon`:
     rerun the plan and compare, so the files cannot drift from the rule they state."""
     from pathlib import Path
     root = Path(__file__).resolve().parents[2] / "pipelines"
+    votes_only = tmp_path / "votes.toml"
+    votes_only.write_text(edit_pipeline((root / "mnist-rknn.toml").read_text(), ("dpsgd_noise = 17.2", "dpsgd_noise = 0")))
+    plan = json.loads(invoke("plan", votes_only, "--target-epsilon", 0.3, "--format", "json").output)
+    assert plan["proposed"]["sigma2"] == plan["sigma2"] == 100.52
     mnist = invoke("plan", root / "mnist-rknn.toml", "--target-epsilon", 0.5, "--format", "json")
     assert mnist.exit_code == 0, mnist.output
     plan = json.loads(mnist.output)
-    assert plan["proposed"]["sigma2"] == plan["sigma2"] and plan["guarantee"]["epsilon"] <= 0.5
+    assert plan["proposed"]["dpsgd_noise"] == 17.2 and plan["guarantee"]["epsilon"] <= 0.5
     fashion = invoke("plan", root / "fashion-mnist-rknn.toml", "--target-epsilon", 2.0, "--format", "json")
     assert fashion.exit_code == 0, fashion.output
     plan = json.loads(fashion.output)
