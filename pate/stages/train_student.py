@@ -76,7 +76,8 @@ def run(ctx: Context) -> None:
         ctx.say(f"{NAME}: label spreading labelled {len(spread_index)} of {len(unlabeled_index)} unlabelled pool images")
     model, history = train_student(
         public_images(dataset, trained_index), targets,
-        public_images(dataset, unlabeled_index) if cfg.method != "supervised" else None,
+        public_images(dataset, unlabeled_index if len(unlabeled_index) else trained_index)
+        if cfg.method != "supervised" else None,  # every pool image labelled: its consistency term on them
         arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
         batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,
         weight_decay=cfg.weight_decay, threshold=cfg.threshold, hflip=cfg.hflip, seed=cfg.seed,

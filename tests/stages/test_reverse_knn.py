@@ -230,3 +230,16 @@ def test_the_shipped_pipelines_settings_follow_their_rules(tmp_path):
         "epsilon"] == plan["guarantee"]["epsilon"]
     votes_only = invoke("plan", root / "fashion-mnist-rknn.toml", "--target-epsilon", 1.0)
     assert votes_only.exit_code != 0 and "already spend" in votes_only.output
+
+
+def test_a_semi_supervised_student_when_every_pool_image_is_labelled(finished, tmp_path, fake_data_root):
+    """Reverse-knn may label the whole pool: FixMatch then takes its consistency term on the labelled
+    images themselves (it once stopped with a traceback: no unlabelled images)."""
+    import shutil
+    shutil.copytree(finished / "run", tmp_path / "run")
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(edit_pipeline(RKNN_PIPELINE, ('method = "supervised"', 'method = "fixmatch"')))
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "--data-root", fake_data_root, "-q")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["train-student"]
+    assert record["labeled"] == 300 and record["unlabeled"] == 0
