@@ -96,11 +96,10 @@ def run(ctx: Context) -> None:
 def with_prior(targets: torch.Tensor, prior: np.ndarray) -> torch.Tensor:
     """(n, m) the product of the votes' targets (class indices or rows) and a prior (n, m), renormalised:
     two independent views of each label (the votes of the records near it and a model of all of
-    them). A row whose product vanishes keeps the votes' row."""
-    rows = _rows(targets, prior.shape[1])
-    product = rows.double() * torch.from_numpy(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None))
-    total = product.sum(1, keepdim=True)
-    return torch.where(total > 0, product / total.clamp_min(1e-300), rows.double()).float()
+    them). The prior is floored at 1e-6, so no row's product vanishes."""
+    rows = _rows(targets, prior.shape[1]).double()
+    product = rows * torch.from_numpy(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None))
+    return (product / product.sum(1, keepdim=True)).float()
 
 
 def widest(soft: np.ndarray, fraction: float) -> np.ndarray:

@@ -150,19 +150,23 @@ def run(ctx: Context) -> None:
             f"plurality {100 * stats['ensemble_accuracy']:.1f}% on the held-out test split")
 
 
+def _feature_space(ctx: Context):
+    """(partition, dataset, device, public, private): what the voting of private records reads, the
+    feature space train-teachers built, checked against its recorded hashes."""
+    try:
+        public = load_checkpoint(ctx.run.verified(KNN_PUBLIC))
+        private = load_checkpoint(ctx.run.verified(KNN_PRIVATE))
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    return load_partition(ctx), load_dataset(ctx), resolve_device(ctx.device), public, private
+
+
 def _knn_neighbourhoods(ctx: Context) -> None:
     """Private-kNN: each query's neighbourhood, the private records within its public radius
     (``pate.features.knn``), exact, in blocks. No vote is decided here: which members may still vote
     depends on earlier answers, so the aggregator counts them."""
     run_dir, config = ctx.run, ctx.config
-    parts = load_partition(ctx)
-    dataset = load_dataset(ctx)
-    device = resolve_device(ctx.device)
-    try:
-        public = load_checkpoint(run_dir.verified(KNN_PUBLIC))
-        private = load_checkpoint(run_dir.verified(KNN_PRIVATE))
-    except CheckpointError as exc:
-        raise RunError(str(exc)) from None
+    parts, dataset, device, public, private = _feature_space(ctx)
     run_dir.begin(NAME)
     pool_index = public["pool_index"].numpy()
     pool = public["features"][:len(pool_index)]
@@ -195,14 +199,7 @@ def _reverse_votes(ctx: Context) -> None:
     anchor (PRIVATE). A record's anchors depend on it and the public anchors alone
     (``pate.features.knn.nearest_anchors``), so it moves exactly ``knn_k`` counts by one."""
     run_dir, config = ctx.run, ctx.config
-    parts = load_partition(ctx)
-    dataset = load_dataset(ctx)
-    device = resolve_device(ctx.device)
-    try:
-        public = load_checkpoint(run_dir.verified(KNN_PUBLIC))
-        private = load_checkpoint(run_dir.verified(KNN_PRIVATE))
-    except CheckpointError as exc:
-        raise RunError(str(exc)) from None
+    parts, dataset, device, public, private = _feature_space(ctx)
     run_dir.begin(NAME)
     query_index = parts["query_index"]
     anchors = public["features"][torch.from_numpy(knn.rows_of(public["pool_index"].numpy(), query_index))]
