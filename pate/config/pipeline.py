@@ -57,6 +57,8 @@ class PipelineConfig:
                        "each record has its own budget: [privacy] record_epsilon)" if mech.individual else
                        "one release over every anchor: its cost is fixed by sigma2 and knn_k)"),
                    self.aggregator.epsilon_budget)
+        _check("teachers", "dpsgd_dim", self.teachers.dpsgd_dim == 0 or bool(self.teachers.dpsgd_noise),
+               "0 without a DP-SGD teacher ([teachers] dpsgd_noise)", self.teachers.dpsgd_dim)
         if self.teachers.dpsgd_noise:
             _check("teachers", "dpsgd_noise", mech.reads_records and not mech.individual,
                    f"0 with mechanism {self.aggregator.mechanism!r} (the DP-SGD teacher stands beside reverse-knn's "
@@ -115,6 +117,11 @@ class PipelineConfig:
         if MECHANISM_CLASSES[self.aggregator.mechanism].individual:
             _check("aggregator", "knn_k", self.aggregator.knn_k <= min(n, pool - 1),
                    f"at most the {n} private records and the {pool - 1} other pool images", self.aggregator.knn_k)
+        if self.teachers.dpsgd_dim:  # whitened axes of the pool's scattering coefficients: at most either count
+            coefficients = SCATTERING_CHANNELS * spec.channels * (spec.image_size // 4) ** 2
+            _check("teachers", "dpsgd_dim", self.teachers.dpsgd_dim <= min(pool, coefficients),
+                   f"at most the {pool} pool images and the {coefficients} scattering coefficients of an image",
+                   self.teachers.dpsgd_dim)
         _check("data", "classes", 2 <= spec.num_classes <= MAX_CLASSES, f"between 2 and {MAX_CLASSES}",
                spec.num_classes)
         priv = self.privacy
@@ -160,12 +167,18 @@ class PipelineConfig:
         return self.fingerprint(exclude=DOWNSTREAM_SECTIONS)
 
 
+# Scattering channels per image channel of the DP-SGD teacher's transform (J = 2, L = 8: 1 + JL + L²J(J-1)/2;
+# pate.nets.wavelets.num_channels, which needs torch, agrees: tests/teachers/test_dpsgd.py).
+SCATTERING_CHANNELS = 81
+
+
 # Keys added after the first release of the run-directory format (image sources, pretrained backbones,
 # private-knn, interactive-gnmax), left out of the fingerprint at their defaults.
 ADDED_LATER = {
     "data": ("source", "private_dir", "public_dir", "test_dir", "private_file", "public_file", "test_file",
              "channels", "image_size", "classes", "name", "dicom_window", "dicom_frames"),
-    "teachers": ("backbone", "weights", "backbone_size", "dpsgd_noise", "dpsgd_batch", "dpsgd_epochs", "dpsgd_lr"),
+    "teachers": ("backbone", "weights", "backbone_size", "dpsgd_noise", "dpsgd_batch", "dpsgd_epochs", "dpsgd_lr",
+                 "dpsgd_dim"),
     "aggregator": ("knn_k", "knn_dim", "student_confidence", "interactive_rounds", "interactive_steps",
                    "soft_labels", "query_selection"),
     "privacy": ("record_epsilon", "record_budgets"),

@@ -44,10 +44,14 @@ class TeachersConfig:
     # linear, Opacus): dpsgd_noise = its noise multiplier (0 = none); Poisson sampling at rate
     # 1/ceil(N/dpsgd_batch) for dpsgd_epochs epochs, SGD at dpsgd_lr. Its cost is composed with the
     # votes' in one accountant; its probabilities on the pool multiply the votes' soft labels.
+    # dpsgd_dim: 0 = every scattering coefficient (Tramer & Boneh's input); d > 0 = the coefficients
+    # projected on d whitened principal axes of the public pool first (fewer coordinates for the
+    # noise; the projection reads public images only and is folded into the linear layer).
     dpsgd_noise: float = 0.0
     dpsgd_batch: int = 4096
     dpsgd_epochs: int = 40
     dpsgd_lr: float = 8.0
+    dpsgd_dim: int = 0
 
     def validate(self) -> None:
         _check("teachers", "dpsgd_noise", self.dpsgd_noise == 0 or 0.3 <= self.dpsgd_noise <= 1000,
@@ -57,6 +61,8 @@ class TeachersConfig:
         _check("teachers", "dpsgd_epochs", 1 <= self.dpsgd_epochs <= MAX_EPOCHS, f"between 1 and {MAX_EPOCHS}",
                self.dpsgd_epochs)
         _check("teachers", "dpsgd_lr", 0 < self.dpsgd_lr <= 1e4, "in (0, 10000]", self.dpsgd_lr)
+        _check("teachers", "dpsgd_dim", 0 <= self.dpsgd_dim <= 4096, "0 (every coefficient) or between 1 and 4096",
+               self.dpsgd_dim)
         _check("teachers", "count", 1 <= self.count <= MAX_TEACHERS, f"between 1 and {MAX_TEACHERS}", self.count)
         _check("teachers", "features", self.features in FEATURES, f"one of {list(FEATURES)}", self.features)
         _check("teachers", "feature_epochs", 1 <= self.feature_epochs <= MAX_EPOCHS, f"between 1 and {MAX_EPOCHS}",

@@ -53,14 +53,7 @@ def run(ctx: Context) -> None:
             run_dir.progress(NAME, f"step {step}/{steps}")
 
     private_mkdir(run_dir.file(STUDENT_MODEL).parent)
-    label = released["label"]
-    targets = torch.from_numpy(np.asarray(label, dtype=np.int64))
-    if "soft" in released:  # the noisy vectors released with the labels (post-processing: free)
-        targets = soft_targets(released["soft"], label, cfg.soft_temperature or mechanism(ctx.config).answer_noise_std)
-    margins = released["soft"] if "soft" in released else None
-    if "prior" in released:  # a DP-SGD teacher's probabilities, released beside the votes: their product
-        targets = with_prior(targets, released["prior"])
-        margins = targets.numpy()
+    targets, margins = released_targets(released, cfg, mechanism(ctx.config).answer_noise_std)
     if cfg.keep_widest < 1 and margins is not None:  # post-processing: the surest labels, the rest unlabelled
         kept = widest(margins, cfg.keep_widest)
         labeled_index, targets = labeled_index[kept], targets[torch.from_numpy(kept)]
@@ -91,6 +84,22 @@ def run(ctx: Context) -> None:
            **({"propagated": int(len(trained_index) - len(labeled_index))} if cfg.propagation != "none" else {}))
     ctx.say(f"{NAME}: {len(labeled_index)} labelled + {len(unlabeled_index)} unlabelled public images, "
             f"{cfg.method}, {cfg.steps} steps")
+
+
+def released_targets(released: dict, cfg, answer_noise_std: float) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(targets, margins) of labels.npz's rows as the student learns them: the labels, or the noisy
+    vectors as soft targets (``[student] soft_temperature``, else the mechanism's noise scale), times a
+    DP-SGD teacher's released probabilities where there are some; ``margins`` are the rows whose
+    top-two gap ``keep_widest`` ranks (None: hard labels alone, nothing to rank)."""
+    label = released["label"]
+    targets = torch.from_numpy(np.asarray(label, dtype=np.int64))
+    if "soft" in released:  # the noisy vectors released with the labels (post-processing: free)
+        targets = soft_targets(released["soft"], label, cfg.soft_temperature or answer_noise_std)
+    margins = released["soft"] if "soft" in released else None
+    if "prior" in released:  # a DP-SGD teacher's probabilities, released beside the votes: their product
+        targets = with_prior(targets, released["prior"])
+        margins = targets.numpy()
+    return targets, margins
 
 
 def with_prior(targets: torch.Tensor, prior: np.ndarray) -> torch.Tensor:

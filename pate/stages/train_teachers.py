@@ -169,11 +169,12 @@ def _dpsgd_teacher(ctx: Context, dataset, used: np.ndarray, pool_index: np.ndarr
         bar.update_to(epoch - 1 + step / steps, status=f"{images_per_s:.0f} img/s")
         if step == steps:
             ctx.run.progress(NAME, f"DP-SGD teacher: epoch {epoch}/{epochs}")
+    pool = dpsgd.scattering_features(dataset.public_x[pool_index])  # public: the projection's axes if dpsgd_dim
     model = dpsgd.train(private, dataset.private_y[used], dataset.num_classes, noise_multiplier=tcfg.dpsgd_noise,
                         batch_size=tcfg.dpsgd_batch, epochs=tcfg.dpsgd_epochs, lr=tcfg.dpsgd_lr,
-                        seed=config.aggregator.seed, progress=report)
+                        seed=config.aggregator.seed, public=pool, dim=tcfg.dpsgd_dim, progress=report)
     bar.close()
-    probs = dpsgd.predict_proba(model, dpsgd.scattering_features(dataset.public_x[pool_index]))
+    probs = dpsgd.predict_proba(model, pool)
     test_truth = dataset.public_y[test_index]
     test_accuracy = (float((dpsgd.predict_proba(model, dpsgd.scattering_features(dataset.public_x[test_index]))
                             .argmax(1) == test_truth).mean()) if len(test_index) and (test_truth >= 0).all() else np.nan)

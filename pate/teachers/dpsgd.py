@@ -103,6 +103,37 @@ def linear_model(channels: int = 81, size: int = 7, num_classes: int = 10, group
     return nn.Sequential(nn.GroupNorm(groups, channels, affine=False), nn.Flatten(), linear)
 
 
+@torch.no_grad()
+def public_projection(public: torch.Tensor, dim: int) -> nn.Linear:
+    """A fixed linear map from normalised scattering features (N, C, h, w) or (N, C·h·w) to their
+    coordinates on the ``dim`` leading principal axes of ``public``, each scaled to unit variance
+    (whitened): the principal components of the public pool, so it reads no private record and costs
+    nothing. DP-SGD's noise is then spread over ``dim`` coordinates instead of C·h·w (Abadi et al.
+    2016 projected MNIST on 60 principal axes for the same reason; theirs were computed privately).
+    Axes whose variance is below 1e-12 of the largest keep unit scale (no division by zero)."""
+    x = public.flatten(1).double()
+    if not 1 <= dim <= min(x.shape):
+        raise ValueError(f"dim must be between 1 and {min(x.shape)} (public images, coordinates). Found {dim}.")
+    mean = x.mean(0)
+    _, singular, axes = torch.linalg.svd(x - mean, full_matrices=False)
+    scale = singular[:dim] / math.sqrt(max(len(x) - 1, 1))
+    scale = torch.where(scale > 1e-6 * scale[0], scale, torch.ones_like(scale))
+    weight = axes[:dim] / scale[:, None]
+    projection = nn.Linear(x.shape[1], dim)
+    projection.weight.copy_(weight.float())
+    projection.bias.copy_((-(weight @ mean)).float())
+    return projection.requires_grad_(False)
+
+
+@torch.no_grad()
+def folded(projection: nn.Linear, head: nn.Linear) -> nn.Linear:
+    """One linear layer equal to ``head(projection(x))``: the projected teacher as ScatterNet + linear."""
+    layer = nn.Linear(projection.in_features, head.out_features)
+    layer.weight.copy_((head.weight.double() @ projection.weight.double()).float())
+    layer.bias.copy_((head.weight.double() @ projection.bias.double() + head.bias.double()).float())
+    return layer
+
+
 class Records(torch.utils.data.Dataset):
     """(features, labels) whose batches are fetched by one fancy index (``__getitems__``), not
     thousands of ``__getitem__`` calls."""
@@ -211,7 +242,8 @@ def _epoch(model, optimizer, loss_fn, batches, epoch: int, epochs: int, progress
 
 def train(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, num_classes: int, *,
           noise_multiplier: float, batch_size: int, epochs: int, lr: float, max_grad_norm: float = MAX_GRAD_NORM,
-          seed: Optional[int] = None, progress: Optional[Progress] = None) -> nn.Module:
+          seed: Optional[int] = None, public: Optional[torch.Tensor] = None, dim: int = 0,
+          progress: Optional[Progress] = None) -> nn.Module:
     """The DP-SGD teacher (Tramèr & Boneh 2021's ScatterNet + linear) trained on the private
     records' scattering features (N, 81·C, h, w) (``scattering_features``; not yet normalised),
     on the CPU.
@@ -225,6 +257,10 @@ def train(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
     reproducible; a seeded run is not a production guarantee) or from ``os.urandom``; see the module
     docstring for what that generator is. Returns the whole model (GroupNorm, Flatten, Linear) in eval
     mode: it takes raw scattering features, as ``predict_proba`` gives them.
+
+    ``dim`` > 0 with ``public`` (the public pool's raw scattering features): DP-SGD trains a linear
+    layer on the ``dim`` whitened principal coordinates of the public pool (``public_projection``),
+    then the projection is folded into it, so the model returned is the same ScatterNet + linear.
     """
     x = torch.as_tensor(features, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.long)
@@ -240,8 +276,19 @@ def train(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
     start = derive_seed(seed) if seed is not None else int.from_bytes(os.urandom(8), "little")
     generator = torch.Generator().manual_seed(start)
     model = linear_model(x.shape[1], x.shape[-1], num_classes, generator=generator)
-    fit(model[1:], normalise(x), y, noise_multiplier=noise_multiplier, batch_size=batch_size, epochs=epochs,
-        lr=lr, max_grad_norm=max_grad_norm, generator=generator, secure=secure, progress=progress)
+    if not dim:
+        fit(model[1:], normalise(x), y, noise_multiplier=noise_multiplier, batch_size=batch_size, epochs=epochs,
+            lr=lr, max_grad_norm=max_grad_norm, generator=generator, secure=secure, progress=progress)
+        return model.eval()
+    if public is None:
+        raise ValueError("dim > 0 projects on the public pool's principal axes: give its features as `public`.")
+    projection = public_projection(normalise(torch.as_tensor(public, dtype=torch.float32)), dim)
+    head = linear_model(dim, 1, num_classes, groups=1, generator=generator)[2]  # nn.Linear's initialisation
+    with torch.no_grad():
+        projected = torch.cat([projection(normalise(x[i:i + 8192]).flatten(1)) for i in range(0, len(x), 8192)])
+    fit(head, projected, y, noise_multiplier=noise_multiplier, batch_size=batch_size, epochs=epochs, lr=lr,
+        max_grad_norm=max_grad_norm, generator=generator, secure=secure, progress=progress)
+    model[2] = folded(projection, head)
     return model.eval()
 
 

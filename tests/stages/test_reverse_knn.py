@@ -143,6 +143,28 @@ DPSGD_PIPELINE = edit_pipeline(
     ('features = "scattering"', 'features = "scattering"\ndpsgd_noise = 1.5\ndpsgd_batch = 150\ndpsgd_epochs = 2'))
 
 
+def _composed_epsilon(q: float, steps: int) -> float:
+    """ε at δ 1e-4 of the votes (k 5, σ2 4: αk/(2σ²)) and T steps of the subsampled Gaussian (z 1.5), by RDP."""
+    from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_poisson_subsampled_gaussian
+    orders = rdp.DEFAULT_ORDERS
+    curve = orders * 5 / (2 * 4.0 ** 2) + steps * np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, 1.5, orders))
+    return accounting.epsilon(curve, orders, 1e-4, "improved")[0]
+
+
+def test_a_dpsgd_teacher_on_public_axes_costs_what_it_costs_on_every_coefficient(tmp_path):
+    """dpsgd_dim projects on the public pool's axes: the same steps, rate and noise, so the same
+    guarantee; the teacher still labels every pool image (its probabilities beside the votes)."""
+    _arrays(tmp_path)
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(edit_pipeline(DPSGD_PIPELINE, ("dpsgd_noise = 1.5", "dpsgd_noise = 1.5\ndpsgd_dim = 16")))
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
+    assert result.exit_code == 0, result.output
+    public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
+    assert public["guarantee"]["epsilon"] == pytest.approx(_composed_epsilon(1 / 4, 8), rel=1e-9)
+    prior = np.load(tmp_path / "run" / "labels.npz")["prior"]
+    assert prior.shape == (300, 10) and np.allclose(prior.sum(axis=1), 1.0, atol=1e-3)
+
+
 def test_a_dpsgd_teacher_beside_the_votes_is_composed_in_one_accountant(tmp_path):
     """The statement's ε is the RDP composition of the votes (αk/(2σ²)) and T steps of the
     Poisson-subsampled Gaussian at the sampling rate of 1/ceil(N/B), recomputed here; the spend log
@@ -157,10 +179,9 @@ def test_a_dpsgd_teacher_beside_the_votes_is_composed_in_one_accountant(tmp_path
     public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
     q, steps = 1 / 4, 2 * 4  # N = 600, B = 150: four batches an epoch
     assert public["dpsgd_teacher"]["sample_rate"] == q and public["dpsgd_teacher"]["steps"] == steps
+    assert public["guarantee"]["epsilon"] == pytest.approx(_composed_epsilon(q, steps), rel=1e-9)
+    assert public["guarantee"]["accountant"] == "rdp"
     orders = rdp.DEFAULT_ORDERS
-    curve = orders * 5 / (2 * 4.0 ** 2) + steps * np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, 1.5, orders))
-    expected = accounting.epsilon(curve, orders, 1e-4, "improved")[0]
-    assert public["guarantee"]["epsilon"] == pytest.approx(expected, rel=1e-9) and public["guarantee"]["accountant"] == "rdp"
     votes_alone = accounting.guarantee(accounting.Settings(
         mechanism=ReverseKNN(sigma2=4.0, knn_k=5), num_teachers=6, num_classes=10, max_queries=300, delta=1e-4,
         orders=tuple(orders))).epsilon
@@ -180,6 +201,8 @@ def test_a_dpsgd_teacher_beside_the_votes_is_composed_in_one_accountant(tmp_path
     ('mechanism = "reverse-knn"', 'mechanism = "private-knn"', "dpsgd_noise"),
     ("[privacy]\n", "[privacy]\ntotal_budget = 8.0\n", "total_budget"),
     ("dpsgd_noise = 1.5", "dpsgd_noise = 0.1", "dpsgd_noise"),
+    ("dpsgd_noise = 1.5", "dpsgd_noise = 1.5\ndpsgd_dim = 4000", "dpsgd_dim"),  # 3 969 coefficients an image
+    ("dpsgd_noise = 1.5", "dpsgd_noise = 0\ndpsgd_dim = 64", "dpsgd_dim"),  # no DP-SGD teacher to project for
 ])
 def test_dpsgd_refusals(tmp_path, old, new, key):
     _arrays(tmp_path)

@@ -199,6 +199,52 @@ def test_fit_samples_at_the_accounted_rate(one_thread):
     assert type(trained) is torch.nn.Sequential and trained[-1] is model[-1]  # Opacus's wrapper removed
 
 
+def test_public_projection_whitens_the_public_features_and_folds_into_one_linear_layer():
+    """The projection's output on the public features it was built from has mean 0 and identity
+    covariance (checked with numpy's covariance, not the SVD it was built with); folding it into a
+    head gives the same logits as the two layers one after the other."""
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.randn(20, 20, generator=g)
+    public = (torch.randn(500, 20, generator=g) * torch.linspace(0.1, 5, 20)) @ mixing + 3.0
+    projection = dpsgd.public_projection(public, 6)
+    with torch.no_grad():
+        z = projection(public).double().numpy()
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(6), atol=1e-4)
+    direction = np.linalg.eigh(np.cov(public.double().numpy(), rowvar=False))[1][:, -1]  # the widest axis
+    weight = projection.weight.double().numpy()
+    assert abs(weight[0] @ direction) / np.linalg.norm(weight[0]) == pytest.approx(1.0, abs=1e-5)
+    head = torch.nn.Linear(6, 3)
+    layer = dpsgd.folded(projection, head)
+    x = torch.randn(7, 20, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), head(projection(x)), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="dim"):
+        dpsgd.public_projection(public, 21)
+
+
+@needs_opacus
+def test_train_on_public_axes_returns_the_same_scatternet_and_linear(one_thread):
+    x, y = _planted(n=500)
+    settings = dict(noise_multiplier=0.5, batch_size=50, epochs=8, lr=0.5, seed=3)
+    model = dpsgd.train(x[:300], y[:300], 4, public=x[300:], dim=32, **settings)
+    shape = dpsgd.linear_model(num_classes=4)
+    assert [type(m) for m in model] == [type(m) for m in shape]
+    assert model[-1].weight.shape == shape[-1].weight.shape  # the projection folded in: (4, 81·7·7)
+    again = dpsgd.train(x[:300], y[:300], 4, public=x[300:], dim=32, **settings)
+    assert torch.equal(model[-1].weight, again[-1].weight)
+    assert (dpsgd.predict_proba(model, x[300:]).argmax(axis=1) == y[300:].numpy()).mean() >= 0.8
+    with pytest.raises(ValueError, match="public"):
+        dpsgd.train(x[:300], y[:300], 4, dim=32, **settings)
+
+
+def test_the_configs_scattering_channel_count_is_the_transforms():
+    from pate.config.pipeline import SCATTERING_CHANNELS
+    from pate.nets import wavelets
+    assert wavelets.num_channels(1, dpsgd.J, dpsgd.L) == SCATTERING_CHANNELS
+    assert dpsgd.scattering_features(np.zeros((1, 1, 28, 28), np.uint8)).shape == (1, SCATTERING_CHANNELS, 7, 7)
+
+
 def test_train_refuses_bad_inputs():
     x, y = _planted(n=20)
     with pytest.raises(ValueError, match="multiple of 27"):

@@ -1,0 +1,81 @@
+"""Choosing student settings on a split of the public pool (never the held-out test split): retrain
+a finished run's student without ``--validate`` pool images and score it on them.
+
+    python benchmarks/student_split.py RUN_DIR --keep-widest 0.67,1 [--validate 1000] [--steps 4500]
+
+The run's release (``labels.npz``: labels, noisy vectors, a DP-SGD teacher's probabilities) becomes
+targets exactly as ``pate.stages.train_student`` makes them (``released_targets``, ``widest``); a
+fixed random ``--validate`` of the student pool (seed 0: public, the same for every setting) is taken
+out of the labelled and the unlabelled images alike, and each setting's student (the run's
+``[student]`` section with ``keep_widest`` replaced) is scored on them against the pool's public
+labels. Nothing is written to the run directory. Costs no privacy: the release and public images only.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: `benchmarks` is this folder
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pate import config as config_mod, data  # noqa: E402
+from pate.run.artifacts import mechanism  # noqa: E402
+from pate.stages.train_student import released_targets, widest  # noqa: E402
+from pate.student import training  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--keep-widest", default="0.67,1")
+    parser.add_argument("--validate", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=None, help="the run's [student] steps by default")
+    parser.add_argument("--arch", default=None, help="the run's [student] arch by default")
+    parser.add_argument("--method", default=None, help="the run's [student] method by default")
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args()
+    config = config_mod.load(args.run_dir / "config.toml")
+    ds = data.load(config.data, Path(args.data_root))
+    parts = np.load(args.run_dir / "partition.npz")
+    pool = parts["student_pool_index"]
+    if (ds.public_y[pool] < 0).any():
+        raise SystemExit("the public pool has no labels to score settings with")
+    held = np.sort(np.random.default_rng(0).choice(pool, size=args.validate, replace=False))
+    with np.load(args.run_dir / "labels.npz") as npz:
+        released = {k: npz[k] for k in npz.files}
+    targets, margins = released_targets(released, config.student, mechanism(config).answer_noise_std)
+    images = lambda index: data.to_float(ds.public_x[index], ds.mean, ds.std)  # noqa: E731
+    truth = torch.from_numpy(ds.public_y[held].astype(np.int64))
+    rows_held = np.flatnonzero(np.isin(released["query_index"], held))
+    for name, rows in (("the student's targets (the release as the stage reads it)", targets), ("the DP-SGD teacher's released probabilities",
+                                                          torch.from_numpy(released["prior"]) if "prior" in released else None)):
+        if rows is not None and rows.ndim == 2:  # free: they were released for these very images
+            right = (rows[torch.from_numpy(rows_held)].argmax(1).numpy() == ds.public_y[released["query_index"][rows_held]])
+            print(f"{name}: {100 * right.mean():.2f}% of the {len(rows_held)} held-out pool images they label right")
+    for fraction in (float(f) for f in args.keep_widest.split(",")):
+        cfg = dataclasses.replace(config.student, keep_widest=fraction, steps=args.steps or config.student.steps,
+                                  arch=args.arch or config.student.arch, method=args.method or config.student.method)
+        kept = widest(margins, fraction) if fraction < 1 and margins is not None else np.arange(len(targets))
+        labeled, rows = released["query_index"][kept], targets[torch.from_numpy(kept)]
+        train = ~np.isin(labeled, held)
+        unlabeled = np.setdiff1d(np.setdiff1d(pool, labeled), held)
+        t0 = time.time()
+        model, _ = training.train_student(
+            images(labeled[train]), rows[torch.from_numpy(train)],
+            images(unlabeled if len(unlabeled) else labeled[train]) if cfg.method != "supervised" else None,
+            arch=cfg.arch, num_classes=ds.num_classes, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size,
+            unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay, threshold=cfg.threshold,
+            hflip=cfg.hflip, seed=cfg.seed)
+        right = training.accuracy(model, images(held), truth)
+        print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps, keep_widest {fraction:g}: {int(train.sum())} labelled + {len(unlabeled)} unlabelled, "
+              f"{100 * right:.2f}% of the {len(held)} held-out pool images right ({time.time() - t0:.0f} s)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
