@@ -23,6 +23,14 @@ Sections, in this order (the issue's targets first, so that a run cut by ``--bud
   teachers_deep   as teachers_small, 250 x cnn-deep on 200 synthetic CIFAR-10-shaped images each
                   (CIFAR-10's 50 000 training images over 250 teachers).
 
+A student this CPU cannot train within a pipeline's 15 minutes, on the release of a pipeline, alone:
+
+    timeout 540 python benchmarks/gpu.py --only e2e --pipeline pipelines/fashion-mnist-rknn.toml \
+        --student-method fixmatch --student-steps 20000 --budget-s 500 --out $OUT/gpu-fashion.json
+
+(``--student-arch/-method/-steps`` replace the pipeline's ``[student]`` settings in a copy; the
+other stages run as the pipeline says, the DP-SGD teacher on the CPU.)
+
 Every in-process section runs in two modes, reported separately:
   fp32  IEEE fp32 everywhere (cuDNN's default TF32 convolutions switched off): the mode in which each
         teacher of the ensemble equals its separately trained network to rounding
@@ -61,6 +69,7 @@ sys.path.insert(0, str(REPO))  # measure the checkout this file is in, installed
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks.seeds import with_settings  # noqa: E402
 from benchmarks.teachers import training_flops_per_image  # noqa: E402
 from pate import config as config_mod  # noqa: E402
 from pate import data as data_mod  # noqa: E402
@@ -508,13 +517,23 @@ def e2e_section(bench: Bench) -> None:
 
 
 def e2e_pipeline(bench: Bench, tmp: Path) -> Path:
-    if bench.args.pipeline:
-        return bench.args.pipeline.resolve()
-    if not bench.args.smoke:
-        return REPO / "pipelines" / "mnist.toml"
-    path = tmp / "gpu-smoke.toml"
-    path.write_text(SMOKE_PIPELINE)
-    return path
+    args = bench.args
+    if args.pipeline:
+        path = args.pipeline.resolve()
+    elif not args.smoke:
+        path = REPO / "pipelines" / "mnist.toml"
+    else:
+        path = tmp / "gpu-smoke.toml"
+        path.write_text(SMOKE_PIPELINE)
+    student = {key: value for key, value in (("arch", args.student_arch and f'"{args.student_arch}"'),
+                                              ("method", args.student_method and f'"{args.student_method}"'),
+                                              ("steps", args.student_steps and str(args.student_steps))) if value}
+    if not student:
+        return path
+    copy = tmp / f"{path.stem}-student.toml"  # the student the CPU cannot train in time, on the same release
+    copy.write_text(with_settings(path.read_text(), {"student": student}))
+    bench.report.put("e2e.student", " ".join(f"{key}={value}" for key, value in student.items()))
+    return copy
 
 
 def prepared_root(pipeline: Path, root: Path, tmp: Path) -> Path:
@@ -588,10 +607,19 @@ def parse(argv) -> argparse.Namespace:
                    help="dataset cache for e2e; if the pipeline's dataset is not there it is prepared in a "
                         "temporary folder")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (and OMP_NUM_THREADS of e2e)")
+    p.add_argument("--only", default=None, help="comma-separated sections to run (default: all)")
+    p.add_argument("--student-arch", default=None, help="e2e: the pipeline's [student] arch replaced")
+    p.add_argument("--student-method", default=None, help="e2e: the pipeline's [student] method replaced")
+    p.add_argument("--student-steps", type=int, default=None, help="e2e: the pipeline's [student] steps replaced")
     args = p.parse_args(argv)
+    if args.only and not set(args.only.split(",")) <= set(SECTIONS):
+        p.error(f"--only: sections are {', '.join(SECTIONS)}")
     if args.budget_s is None and not args.smoke:
         args.budget_s = 420.0
     return args
+
+
+SECTIONS = ("matmul", "teachers_small", "voting", "student", "e2e", "teachers_deep")
 
 
 def main(argv=None) -> None:
@@ -607,6 +635,8 @@ def main(argv=None) -> None:
     for name, section in sections:
         if name == "e2e" and args.skip_e2e:
             report.skip(name, "--skip-e2e")
+        elif args.only and name not in args.only.split(","):
+            report.skip(name, "--only")
         elif bench.budget.left() <= 0:
             report.skip(name, f"budget of {args.budget_s:.0f} s spent")
         else:

@@ -30,19 +30,26 @@ SEEDED = {"data": "split_seed", "teachers": "seed", "student": "seed"}
 def with_seed(text: str, seed: int) -> str:
     """The pipeline TOML with the name suffixed and every seed of SEEDED set to ``seed``."""
     text = re.sub(r'(?m)^name\s*=\s*"([^"]*)"', lambda m: f'name = "{m.group(1)}-seed{seed}"', text, count=1)
-    for table, key in SEEDED.items():
-        header = re.search(rf"(?m)^\[{table}\]\s*$", text)
-        if header is None:
-            text += f"\n[{table}]\n{key} = {seed}\n"
-            continue
-        end = re.search(r"(?m)^\[", text[header.end():])
-        body_end = header.end() + (end.start() if end else len(text) - header.end())
-        body = text[header.end():body_end]
-        if re.search(rf"(?m)^{key}\s*=", body):
-            body = re.sub(rf"(?m)^{key}\s*=.*$", f"{key} = {seed}", body)
-        else:
-            body = f"\n{key} = {seed}" + body
-        text = text[:header.end()] + body + text[body_end:]
+    return with_settings(text, {table: {key: str(seed)} for table, key in SEEDED.items()})
+
+
+def with_settings(text: str, settings: dict[str, dict[str, str]]) -> str:
+    """The pipeline TOML with each ``[table] key`` set to its TOML value (a string such as ``'"cnn-deep"'``),
+    replaced where it is set and added where it is not (the table too)."""
+    for table, values in settings.items():
+        for key, value in values.items():
+            header = re.search(rf"(?m)^\[{table}\]\s*$", text)
+            if header is None:
+                text += f"\n[{table}]\n{key} = {value}\n"
+                continue
+            end = re.search(r"(?m)^\[", text[header.end():])
+            body_end = header.end() + (end.start() if end else len(text) - header.end())
+            body = text[header.end():body_end]
+            if re.search(rf"(?m)^{key}\s*=", body):
+                body = re.sub(rf"(?m)^{key}\s*=.*$", lambda _: f"{key} = {value}", body)
+            else:
+                body = f"\n{key} = {value}" + body
+            text = text[:header.end()] + body + text[body_end:]
     return text
 
 

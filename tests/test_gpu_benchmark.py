@@ -67,3 +67,14 @@ def test_spent_budget_skips_every_section_and_still_summarises(tmp_path):
     assert not any(section in figures for section in SECTIONS)
     assert stdout[-1] == figures["summary"]
     assert {item.split("=")[1] for item in stdout[-1].split()} == {"skipped"}
+
+
+def test_only_the_e2e_section_with_another_student(tmp_path, fake_data_root):
+    """The GPU row of a student the CPU cannot train in time: the pipeline's [student] replaced in a
+    copy, the other sections left out."""
+    figures, stdout = run_benchmark(tmp_path, "--data-root", str(fake_data_root), "--only", "e2e",
+                                    "--student-method", "supervised", "--student-steps", "7")
+    assert set(figures["skipped"]) == set(SECTIONS) - {"e2e"}
+    assert figures["e2e"]["student"] == 'method="supervised" steps=7'
+    assert figures["e2e"]["stages"]["train-student_s"] > 0 and 0 <= figures["e2e"]["student_accuracy"] <= 1
+    assert "e2e_s=" in stdout[-1] and "teachers_small_s=skipped" in stdout[-1]
