@@ -8,7 +8,8 @@ targets exactly as ``pate.stages.train_student`` makes them (``released_targets`
 fixed random ``--validate`` of the student pool (seed 0: public, the same for every setting) is taken
 out of the labelled and the unlabelled images alike, and each setting's student (the run's
 ``[student]`` section with ``keep_widest`` replaced) is scored on them against the pool's public
-labels. Nothing is written to the run directory. Costs no privacy: the release and public images only.
+labels (and, beside, on the held-out test split, which is never read to choose). Nothing is written to
+the run directory. Costs no privacy: the release and public images only.
 """
 from __future__ import annotations
 
@@ -72,9 +73,12 @@ def main() -> None:
             unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay, threshold=cfg.threshold,
             hflip=cfg.hflip, seed=cfg.seed)
         right = training.accuracy(model, images(held), truth)
-        print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps, keep_widest {fraction:g}: {int(train.sum())} labelled + {len(unlabeled)} unlabelled, "
-              f"{100 * right:.2f}% of the {len(held)} held-out pool images right ({time.time() - t0:.0f} s)",
-              flush=True)
+        test = parts["test_index"]  # reported beside, as the ablation does; never read to choose
+        tested = (f"; {100 * training.accuracy(model, images(test), torch.from_numpy(ds.public_y[test].astype(np.int64))):.2f}%"
+                  f" of the {len(test)} held-out test images" if len(test) and (ds.public_y[test] >= 0).all() else "")
+        print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps, keep_widest {fraction:g}: {int(train.sum())} "
+              f"labelled + {len(unlabeled)} unlabelled, {100 * right:.2f}% of the {len(held)} held-out pool images "
+              f"right{tested} ({time.time() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
