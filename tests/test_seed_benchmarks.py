@@ -48,6 +48,16 @@ def test_existing_seed_is_replaced_not_duplicated():
     assert raw["teachers"] == {"seed": 5}
 
 
+def test_with_settings_replaces_adds_and_leaves_the_rest():
+    text = 'name = "x"\n[data]\ndataset = "mnist"\n[student]\narch = "cnn-wide"\nsteps = 4500\n'
+    raw = tomllib.loads(seeds.with_settings(text, {"student": {"arch": '"cnn-deep"', "method": '"fixmatch"'},
+                                                   "privacy": {"delta": "1e-6"}}))
+    assert raw["student"] == {"arch": "cnn-deep", "method": "fixmatch", "steps": 4500}
+    assert raw["data"] == {"dataset": "mnist"} and raw["privacy"] == {"delta": 1e-6} and raw["name"] == "x"
+    odd = seeds.with_settings(text, {"student": {"arch": r'"a\\1"'}})  # a value that looks like a backreference
+    assert tomllib.loads(odd)["student"]["arch"] == "a\\1"
+
+
 def test_leave_one_out_never_counts_the_point_itself():
     # Two tight clusters; point 0 is an outlier labelled 0 sitting inside cluster 1: its own label
     # must not vote for it, so it is misclassified, and every other point is right.
