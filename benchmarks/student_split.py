@@ -38,10 +38,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="the run's [student] steps by default")
     parser.add_argument("--arch", default=None, help="the run's [student] arch by default")
     parser.add_argument("--method", default=None, help="the run's [student] method by default")
-    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--data-root", type=Path, default=data.DEFAULT_ROOT)
     args = parser.parse_args()
     config = config_mod.load(args.run_dir / "config.toml")
-    ds = data.load(config.data, Path(args.data_root))
+    if config.student.propagation != "none":
+        raise SystemExit("this run spreads its labels over the pool ([student] propagation), which this benchmark "
+                         "does not: use benchmarks/student_on_run.py --propagation")
+    ds = data.load(config.data, args.data_root)
     parts = np.load(args.run_dir / "partition.npz")
     pool = parts["student_pool_index"]
     if (ds.public_y[pool] < 0).any():

@@ -119,8 +119,9 @@ class PipelineConfig:
                    f"at most the {n} private records and the {pool - 1} other pool images", self.aggregator.knn_k)
         if self.teachers.dpsgd_dim:  # whitened axes of the pool's scattering coefficients: at most either count
             coefficients = SCATTERING_CHANNELS * spec.channels * (spec.image_size // 4) ** 2
-            _check("teachers", "dpsgd_dim", self.teachers.dpsgd_dim <= min(pool, coefficients),
-                   f"at most the {pool} pool images and the {coefficients} scattering coefficients of an image",
+            _check("teachers", "dpsgd_dim", self.teachers.dpsgd_dim <= min(pool - 1, coefficients),
+                   f"at most {pool - 1} (the pool's images less one: the axes its centred images span) and the "
+                   f"{coefficients} scattering coefficients of an image",
                    self.teachers.dpsgd_dim)
         _check("data", "classes", 2 <= spec.num_classes <= MAX_CLASSES, f"between 2 and {MAX_CLASSES}",
                spec.num_classes)

@@ -104,22 +104,34 @@ def linear_model(channels: int = 81, size: int = 7, num_classes: int = 10, group
 
 
 @torch.no_grad()
-def public_projection(public: torch.Tensor, dim: int) -> nn.Linear:
+def public_projection(public: torch.Tensor, dim: int, batch: int = 8192) -> nn.Linear:
     """A fixed linear map from normalised scattering features (N, C, h, w) or (N, C·h·w) to their
     coordinates on the ``dim`` leading principal axes of ``public``, each scaled to unit variance
     (whitened): the principal components of the public pool, so it reads no private record and costs
     nothing. DP-SGD's noise is then spread over ``dim`` coordinates instead of C·h·w (Abadi et al.
     2016 projected MNIST on 60 principal axes for the same reason; theirs were computed privately).
-    Axes whose variance is below 1e-12 of the largest keep unit scale (no division by zero)."""
-    x = public.flatten(1).double()
-    if not 1 <= dim <= min(x.shape):
-        raise ValueError(f"dim must be between 1 and {min(x.shape)} (public images, coordinates). Found {dim}.")
-    mean = x.mean(0)
-    _, singular, axes = torch.linalg.svd(x - mean, full_matrices=False)
-    scale = singular[:dim] / math.sqrt(max(len(x) - 1, 1))
-    scale = torch.where(scale > 1e-6 * scale[0], scale, torch.ones_like(scale))
-    weight = axes[:dim] / scale[:, None]
-    projection = nn.Linear(x.shape[1], dim)
+
+    The axes are the eigenvectors of the pool's covariance (accumulated ``batch`` rows at a time in
+    float64), each signed so that its largest entry is positive: the same map on every machine, so a
+    seeded run repeats. At most N − 1 axes (the centred pool spans no more); axes whose standard
+    deviation is below 1e-3 of the largest keep unit scale, so no near-empty direction is blown up."""
+    x = public.flatten(1)
+    n, d = x.shape
+    if not 1 <= dim <= min(n - 1, d):
+        raise ValueError(f"dim must be between 1 and {min(n - 1, d)} (public images - 1, coordinates). Found {dim}.")
+    mean = x.double().mean(0)
+    covariance = torch.zeros(d, d, dtype=torch.float64)
+    for i in range(0, n, batch):
+        centred = x[i:i + batch].double() - mean
+        covariance += centred.T @ centred
+    variance, axes = torch.linalg.eigh(covariance / (n - 1))  # ascending
+    variance, axes = variance.flip(0)[:dim].clamp_min(0), axes.flip(1)[:, :dim].T
+    signs = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))
+    axes = axes * torch.where(signs == 0, torch.ones_like(signs), signs)
+    scale = variance.sqrt()
+    scale = torch.where(scale > 1e-3 * scale[0], scale, torch.ones_like(scale))
+    weight = axes / scale[:, None]
+    projection = nn.utils.skip_init(nn.Linear, d, dim)
     projection.weight.copy_(weight.float())
     projection.bias.copy_((-(weight @ mean)).float())
     return projection.requires_grad_(False)
@@ -128,7 +140,7 @@ def public_projection(public: torch.Tensor, dim: int) -> nn.Linear:
 @torch.no_grad()
 def folded(projection: nn.Linear, head: nn.Linear) -> nn.Linear:
     """One linear layer equal to ``head(projection(x))``: the projected teacher as ScatterNet + linear."""
-    layer = nn.Linear(projection.in_features, head.out_features)
+    layer = nn.utils.skip_init(nn.Linear, projection.in_features, head.out_features)
     layer.weight.copy_((head.weight.double() @ projection.weight.double()).float())
     layer.bias.copy_((head.weight.double() @ projection.bias.double() + head.bias.double()).float())
     return layer
@@ -282,7 +294,11 @@ def train(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
         return model.eval()
     if public is None:
         raise ValueError("dim > 0 projects on the public pool's principal axes: give its features as `public`.")
-    projection = public_projection(normalise(torch.as_tensor(public, dtype=torch.float32)), dim)
+    public = torch.as_tensor(public, dtype=torch.float32)
+    if public.shape[1:] != x.shape[1:]:
+        raise ValueError(f"public features must be shaped as the private ones, (P, {', '.join(map(str, x.shape[1:]))}). "
+                         f"Found {tuple(public.shape)}.")
+    projection = public_projection(normalise(public), dim)
     head = linear_model(dim, 1, num_classes, groups=1, generator=generator)[2]  # nn.Linear's initialisation
     with torch.no_grad():
         projected = torch.cat([projection(normalise(x[i:i + 8192]).flatten(1)) for i in range(0, len(x), 8192)])

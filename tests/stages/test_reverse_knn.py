@@ -201,7 +201,7 @@ def test_a_dpsgd_teacher_beside_the_votes_is_composed_in_one_accountant(tmp_path
     ('mechanism = "reverse-knn"', 'mechanism = "private-knn"', "dpsgd_noise"),
     ("[privacy]\n", "[privacy]\ntotal_budget = 8.0\n", "total_budget"),
     ("dpsgd_noise = 1.5", "dpsgd_noise = 0.1", "dpsgd_noise"),
-    ("dpsgd_noise = 1.5", "dpsgd_noise = 1.5\ndpsgd_dim = 4000", "dpsgd_dim"),  # 3 969 coefficients an image
+    ("dpsgd_noise = 1.5", "dpsgd_noise = 1.5\ndpsgd_dim = 300", "dpsgd_dim"),  # 300 pool images span 299 axes
     ("dpsgd_noise = 1.5", "dpsgd_noise = 0\ndpsgd_dim = 64", "dpsgd_dim"),  # no DP-SGD teacher to project for
 ])
 def test_dpsgd_refusals(tmp_path, old, new, key):

@@ -221,6 +221,11 @@ def test_public_projection_whitens_the_public_features_and_folds_into_one_linear
         torch.testing.assert_close(layer(x), head(projection(x)), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="dim"):
         dpsgd.public_projection(public, 21)
+    with pytest.raises(ValueError, match="dim"):
+        dpsgd.public_projection(public[:5], 5)  # 5 centred images span 4 axes
+    flipped = dpsgd.public_projection(public[torch.randperm(500, generator=g)], 6)  # the same pool, reordered
+    torch.testing.assert_close(flipped.weight, projection.weight, atol=1e-4, rtol=1e-3)  # signs fixed, not LAPACK's
+    assert (projection.weight.gather(1, projection.weight.abs().argmax(1, keepdim=True)) > 0).all()
 
 
 @needs_opacus
@@ -236,6 +241,8 @@ def test_train_on_public_axes_returns_the_same_scatternet_and_linear(one_thread)
     assert (dpsgd.predict_proba(model, x[300:]).argmax(axis=1) == y[300:].numpy()).mean() >= 0.8
     with pytest.raises(ValueError, match="public"):
         dpsgd.train(x[:300], y[:300], 4, dim=32, **settings)
+    with pytest.raises(ValueError, match="shaped"):
+        dpsgd.train(x[:300], y[:300], 4, public=x[300:, :54], dim=32, **settings)
 
 
 def test_the_configs_scattering_channel_count_is_the_transforms():
