@@ -297,11 +297,20 @@ CTRL_C = textwrap.dedent("""
 """)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT as a terminal sends it")
 def test_ctrl_c_stops_the_pool_without_a_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A suite started as a background job of a shell without job control runs with SIGINT ignored, and
+    # a child inherits that (Python then installs no Ctrl-C handler), as it inherits a blocked SIGINT:
+    # give it the default disposition, unblocked, as a terminal's foreground job has.
     process = subprocess.Popen([sys.executable, "-c", CTRL_C, str(tmp_path)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True, env=env,
+                               preexec_fn=_default_sigint)
     try:
         limit = time.monotonic() + 30
         while len(list(tmp_path.glob("running-*"))) < 2:
