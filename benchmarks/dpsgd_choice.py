@@ -68,7 +68,7 @@ def main() -> None:
         right = []
         for draw in range(args.draws):
             generator = torch.Generator().manual_seed(draw)
-            model = dpsgd.linear_model(x_in.shape[1], 1, dataset.num_classes, groups=1, generator=generator)[2]
+            model = dpsgd.initialised_linear(x_in.shape[1], dataset.num_classes, generator)
             dpsgd.fit(model, x_in.contiguous(), y, noise_multiplier=noise, batch_size=len(stand_in),
                       epochs=steps, lr=tcfg.dpsgd_lr, generator=generator)
             with torch.no_grad():

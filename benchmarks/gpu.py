@@ -619,7 +619,9 @@ def parse(argv) -> argparse.Namespace:
     return args
 
 
-SECTIONS = ("matmul", "teachers_small", "voting", "student", "e2e", "teachers_deep")
+SECTIONS = {"matmul": matmul_section, "teachers_small": lambda b: teachers_section(b, SMALL),
+            "voting": voting_section, "student": student_section, "e2e": e2e_section,
+            "teachers_deep": lambda b: teachers_section(b, DEEP)}  # in the order they run
 
 
 def main(argv=None) -> None:
@@ -629,10 +631,7 @@ def main(argv=None) -> None:
     sizes, device = (SMOKE if args.smoke else FULL), pick_device(args.device)
     report = Report(args.out, meta(args, sizes, device))
     bench = Bench(args, sizes, device, report, Budget(args.budget_s))
-    sections = [("matmul", matmul_section), ("teachers_small", lambda b: teachers_section(b, SMALL)),
-                ("voting", voting_section), ("student", student_section), ("e2e", e2e_section),
-                ("teachers_deep", lambda b: teachers_section(b, DEEP))]
-    for name, section in sections:
+    for name, section in SECTIONS.items():
         if name == "e2e" and args.skip_e2e:
             report.skip(name, "--skip-e2e")
         elif args.only and name not in args.only.split(","):

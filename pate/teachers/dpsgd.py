@@ -91,16 +91,21 @@ def linear_model(channels: int = 81, size: int = 7, num_classes: int = 10, group
     """ScatterNet + linear on (channels, size, size) scattering features: GroupNorm (no affine
     parameters), flatten, one linear layer. Initialised as ``nn.Linear`` is (uniform in ±1/√fan_in),
     from ``generator``, or from torch's global generator when it is None."""
-    fan_in = channels * size * size
+    return nn.Sequential(nn.GroupNorm(groups, channels, affine=False), nn.Flatten(),
+                         initialised_linear(channels * size * size, num_classes, generator))
+
+
+def initialised_linear(fan_in: int, out_features: int, generator: Optional[torch.Generator] = None) -> nn.Linear:
+    """``nn.Linear(fan_in, out_features)`` initialised as torch does (uniform in ±1/√fan_in), from
+    ``generator``, or from torch's global generator when it is None."""
     if generator is None:
-        linear = nn.Linear(fan_in, num_classes)
-    else:
-        linear = nn.utils.skip_init(nn.Linear, fan_in, num_classes)
-        bound = 1 / math.sqrt(fan_in)
-        with torch.no_grad():
-            linear.weight.uniform_(-bound, bound, generator=generator)
-            linear.bias.uniform_(-bound, bound, generator=generator)
-    return nn.Sequential(nn.GroupNorm(groups, channels, affine=False), nn.Flatten(), linear)
+        return nn.Linear(fan_in, out_features)
+    linear = nn.utils.skip_init(nn.Linear, fan_in, out_features)
+    bound = 1 / math.sqrt(fan_in)
+    with torch.no_grad():
+        linear.weight.uniform_(-bound, bound, generator=generator)
+        linear.bias.uniform_(-bound, bound, generator=generator)
+    return linear
 
 
 @torch.no_grad()
@@ -299,7 +304,7 @@ def train(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
         raise ValueError(f"public features must be shaped as the private ones, (P, {', '.join(map(str, x.shape[1:]))}). "
                          f"Found {tuple(public.shape)}.")
     projection = public_projection(normalise(public), dim)
-    head = linear_model(dim, 1, num_classes, groups=1, generator=generator)[2]  # nn.Linear's initialisation
+    head = initialised_linear(dim, num_classes, generator)
     with torch.no_grad():
         projected = torch.cat([projection(normalise(x[i:i + 8192]).flatten(1)) for i in range(0, len(x), 8192)])
     fit(head, projected, y, noise_multiplier=noise_multiplier, batch_size=batch_size, epochs=epochs, lr=lr,
