@@ -52,7 +52,7 @@ def main() -> None:
     held = np.sort(np.random.default_rng(0).choice(pool, size=args.validate, replace=False))
     with np.load(args.run_dir / "labels.npz") as npz:
         released = {k: npz[k] for k in npz.files}
-    targets, margins = released_targets(released, config.student, mechanism(config).answer_noise_std)
+    targets, margins = released_targets(released, config.student, mechanism(config))
     images = lambda index: data.to_float(ds.public_x[index], ds.mean, ds.std)  # noqa: E731
     truth = torch.from_numpy(ds.public_y[held].astype(np.int64))
     rows_held = np.flatnonzero(np.isin(released["query_index"], held))

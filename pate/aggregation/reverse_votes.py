@@ -8,6 +8,7 @@ import numpy as np
 
 from ..features import knn
 from ..privacy import accounting, ledger
+from ..progress import Progress
 from ..run.directory import RunError
 from ..run.artifacts import DPSGD_POOL, VOTES, Context, load_partition
 from . import protocol, teacher_votes
@@ -32,7 +33,24 @@ def load(ctx: Context, settings: accounting.Settings) -> teacher_votes.Votes:
     return teacher_votes.Votes(votes, query_index)
 
 
-decide = teacher_votes.decide  # chunk by chunk, ledger first: the same driver, with no filter (one release)
+def decide(run: protocol.Aggregation, inputs: teacher_votes.Votes) -> bool:
+    """Chunk by chunk, ledger first: the teachers' driver (no filter: one release); with no votes
+    (``knn_k = 0``) each anchor's label is the DP-SGD teacher's most probable class, no noise drawn."""
+    if run.settings.mechanism.casts_votes:
+        return teacher_votes.decide(run, inputs)
+    ctx, votes, query_index = run.ctx, inputs.ledger_votes, inputs.query_index
+    labels = np.argmax(snapped_prior(ctx, query_index), axis=1)
+    done, mac = len(run.book.records), run.book.last_mac
+    progress = Progress(len(votes), protocol.STAGE, ctx.quiet, start=done)
+    while done < len(votes):
+        end = min((done // protocol.CHUNK + 1) * protocol.CHUNK, len(votes))
+        mac = run.write(protocol.records_of(run.settings.mechanism, votes[done:end], done, labels[done:end],
+                                            query_index), mac)
+        protocol.progress_note(ctx, end, len(votes), f"{end} labelled by the DP-SGD teacher")
+        progress.update(end - done)
+        done = end
+    progress.close()
+    return False
 
 
 def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: list, stopped_by_budget: bool,
@@ -52,10 +70,11 @@ def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: li
             "explanation": "none: one release over every anchor, accounted from its settings alone"}}
     guarantee = accounting.guarantee(settings)
     beside = " and the DP-SGD teacher's probabilities" if settings.dpsgd is not None else ""
+    how = (f"each private record voted for {config.aggregator.knn_k} anchors" if settings.mechanism.casts_votes else
+           "no votes: the DP-SGD teacher's cost alone")
     summary = (f"aggregate: {len(records)} anchors labelled in one release{beside}; guarantee epsilon "
-               f"{guarantee.epsilon:.3f}, "
-               f"delta {guarantee.delta:g} ({guarantee.accountant}, from the settings alone: each private record "
-               f"voted for {config.aggregator.knn_k} anchors)")
+               f"{guarantee.epsilon:.3f}, delta {guarantee.delta:g} ({guarantee.accountant}, from the settings alone: "
+               f"{how})")
     return protocol.Outcome(report, summary)
 
 
@@ -64,12 +83,16 @@ PRIOR_GRID = 2 ** -16  # the DP-SGD teacher's released probabilities are multipl
 
 def _dpsgd_prior(ctx: Context, records: list) -> dict:
     """{"prior": (n, m)} the DP-SGD teacher's probabilities on the released anchors, in labels.npz's
-    order, on a public grid; {} without a DP-SGD teacher. Released only
-    here, after the spend log was charged the composed cost of the votes and the teacher."""
+    order; {} without a DP-SGD teacher. Released only here, after the spend log was charged the
+    composed cost of the votes and the teacher."""
     if not ctx.config.teachers.dpsgd_noise:
         return {}
-    kept = ctx.run.load_npz(DPSGD_POOL)
     _, public_index, _ = ledger.released_labels(records)
+    return {"prior": snapped_prior(ctx, public_index)}
+
+
+def snapped_prior(ctx: Context, public_index: np.ndarray) -> np.ndarray:
+    """(n, m) the DP-SGD teacher's probabilities on these pool images, on the public grid ``PRIOR_GRID``."""
+    kept = ctx.run.load_npz(DPSGD_POOL)
     rows = knn.rows_of(kept["pool_index"], public_index)
-    snapped = np.round(kept["probabilities"][rows] / PRIOR_GRID) * PRIOR_GRID
-    return {"prior": snapped}
+    return np.round(kept["probabilities"][rows] / PRIOR_GRID) * PRIOR_GRID

@@ -23,7 +23,8 @@ class AggregatorConfig:
     epsilon_budget: float = 0.0  # 0 = no budget; else stop before data-independent eps exceeds it
     seed: Optional[int] = None  # None = OS cryptographic noise; a seed is NOT a production guarantee
     # private-knn (pate.features.knn): a query's radius is the distance to its knn_k-th nearest public pool
-    # image, in the [teachers] features space projected on knn_dim principal axes of the pool (0 = all)
+    # image, in the [teachers] features space projected on knn_dim principal axes of the pool (0 = all);
+    # reverse-knn: the anchors each private record votes for (0 = none: a DP-SGD teacher labels alone)
     knn_k: int = 30
     knn_dim: int = 64
     # interactive-gnmax: the queries are asked in interactive_rounds rounds; before each round a
@@ -60,7 +61,7 @@ class AggregatorConfig:
                f"absent (OS noise) or in [0, {MAX_SEED}]", self.seed)
         _check("aggregator", "epsilon_budget", self.epsilon_budget >= 0, ">= 0 (0 = none)",
                self.epsilon_budget)
-        _check("aggregator", "knn_k", 1 <= self.knn_k <= MAX_KNN_K, f"between 1 and {MAX_KNN_K}", self.knn_k)
+        _check("aggregator", "knn_k", 0 <= self.knn_k <= MAX_KNN_K, f"between 0 and {MAX_KNN_K}", self.knn_k)
         _check("aggregator", "student_confidence", 0 < self.student_confidence < 1, "in (0, 1)",
                self.student_confidence)
         # Each mechanism's settings are checked against the others only where it is the one configured

@@ -69,6 +69,14 @@ class PipelineConfig:
             _check("privacy", "total_budget", not self.privacy.total_budget,
                    "0 with a DP-SGD teacher (its sampling rate is accounted from the number of records, which the "
                    "total_budget filter would make depend on the spend log)", self.privacy.total_budget)
+        _check("aggregator", "knn_k", self.aggregator.knn_k >= 1 or (
+                   mech.reads_records and not mech.individual and bool(self.teachers.dpsgd_noise)),
+               "at least 1 (0, no votes, only with mechanism 'reverse-knn' and a DP-SGD teacher to label the anchors: "
+               "[teachers] dpsgd_noise)", self.aggregator.knn_k)
+        if self.aggregator.knn_k == 0:
+            _check("aggregator", "soft_labels", not self.aggregator.soft_labels,
+                   "false with knn_k = 0 (no votes, so no noisy vectors: the student learns the DP-SGD teacher's "
+                   "probabilities)", self.aggregator.soft_labels)
         if mech.reads_records and not mech.individual:  # each record votes for knn_k of the anchors (the queries)
             _check("aggregator", "knn_k", self.aggregator.knn_k <= self.aggregator.max_queries,
                    f"at most the {self.aggregator.max_queries} anchors (max_queries)", self.aggregator.knn_k)

@@ -174,6 +174,12 @@ class Mechanism:
         """The standard deviation of the noise on each released count (the scale soft labels are read at)."""
         return self.sigma2
 
+    @property
+    def casts_votes(self) -> bool:
+        """Whether the release holds votes (False: reverse-knn with ``knn_k = 0``, where a DP-SGD
+        teacher's probabilities are the only label of every anchor)."""
+        return True
+
     def query_rdp(self, votes, orders) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per query: Pr[answered] (N,), threshold-step RDP (N, L), answer RDP (N, L), data-dependent."""
         raise NotImplementedError
@@ -543,20 +549,30 @@ class ReverseKNN(Mechanism):
     with L2 sensitivity √k: RDP αk/(2σ2²) (the discrete Gaussian's bound, Canonne, Kamath & Steinke
     2020), or exactly k sensitivity-1 discrete Gaussians for the PLD accountant. Nothing is
     thresholded and there is no data-dependent analysis: which labels to trust (the noisy margin)
-    is post-processing of the released vectors."""
+    is post-processing of the released vectors.
+
+    ``knn_k = 0`` casts no votes: beside a DP-SGD teacher, the whole budget goes to it (the issue's
+    "all of ε to one side"), every anchor is labelled by its probabilities, and this release costs
+    nothing and draws no noise."""
     sigma2: float
-    knn_k: int  # the public anchors each private record votes for
+    knn_k: int  # the public anchors each private record votes for (0: none, a DP-SGD teacher labels alone)
     name: ClassVar[str] = "reverse-knn"
     data_dependent: ClassVar[bool] = False
     reads_records: ClassVar[bool] = True
     family: ClassVar[str] = "reverse-votes"
 
+    @property
+    def casts_votes(self) -> bool:
+        return self.knn_k > 0
+
     def decide_noisy(self, votes, noise):
+        if not self.casts_votes:
+            raise ValueError("reverse-knn with knn_k = 0 casts no votes: there is nothing to add noise to")
         noisy = gnmax_noisy(votes, self.sigma2, noise)
         return np.argmax(noisy, axis=1), noisy
 
     def release_rdp(self, orders) -> np.ndarray:
-        """(L,) the whole release's RDP: αk/(2σ2²)."""
+        """(L,) the whole release's RDP: αk/(2σ2²) (0 for k = 0: no record's vote is in it)."""
         return np.asarray(orders, dtype=float) * self.knn_k / (2 * self.sigma2 ** 2)
 
     def query_rdp(self, votes, orders):
@@ -575,15 +591,20 @@ class ReverseKNN(Mechanism):
         return self.data_independent_rdp(queries, queries, orders)
 
     def discrete_gaussians(self, queries):
-        return [(self.sigma2, self.knn_k)] if queries else []
+        return [(self.sigma2, self.knn_k)] if queries and self.casts_votes else []
 
     def dp_event(self, queries):
         """The release as a Gaussian of sensitivity √k (σ2/√k per unit): its RDP is the discrete one's
         bound αk/(2σ2²), so RDP compositions (with a DP-SGD teacher) may use it; PLD uses
         ``discrete_gaussians``."""
-        return dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(self.knn_k)) if queries else dp_event.NoOpDpEvent()
+        if not (queries and self.casts_votes):
+            return dp_event.NoOpDpEvent()
+        return dp_event.GaussianDpEvent(self.sigma2 / math.sqrt(self.knn_k))
 
     def explain(self, row, answered, orders):
+        if not self.casts_votes:
+            return {"explanation": "no votes (knn_k = 0): the DP-SGD teacher's probabilities label every anchor; its "
+                                   "cost is its own event, composed in the guarantee"}
         return {"explanation": f"one release over every anchor: each private record voted for its {self.knn_k} nearest "
                                "anchors, so the whole release costs alpha*k/(2 sigma2^2), whatever this anchor's votes"}
 

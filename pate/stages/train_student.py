@@ -53,7 +53,7 @@ def run(ctx: Context) -> None:
             run_dir.progress(NAME, f"step {step}/{steps}")
 
     private_mkdir(run_dir.file(STUDENT_MODEL).parent)
-    targets, margins = released_targets(released, cfg, mechanism(ctx.config).answer_noise_std)
+    targets, margins = released_targets(released, cfg, mechanism(ctx.config))
     if cfg.keep_widest < 1 and margins is not None:  # post-processing: the surest labels, the rest unlabelled
         kept = widest(margins, cfg.keep_widest)
         labeled_index, targets = labeled_index[kept], targets[torch.from_numpy(kept)]
@@ -86,15 +86,20 @@ def run(ctx: Context) -> None:
             f"{cfg.method}, {cfg.steps} steps")
 
 
-def released_targets(released: dict, cfg, answer_noise_std: float) -> tuple[torch.Tensor, np.ndarray | None]:
+def released_targets(released: dict, cfg, mech) -> tuple[torch.Tensor, np.ndarray | None]:
     """(targets, margins) of labels.npz's rows as the student learns them: the labels, or the noisy
     vectors as soft targets (``[student] soft_temperature``, else the mechanism's noise scale), times a
-    DP-SGD teacher's released probabilities where there are some; ``margins`` are the rows whose
-    top-two gap ``keep_widest`` ranks (None: hard labels alone, nothing to rank)."""
+    DP-SGD teacher's released probabilities where there are some (those alone where no votes were
+    cast); ``margins`` are the rows whose top-two gap ``keep_widest`` ranks (None: hard labels alone,
+    nothing to rank)."""
     label = released["label"]
+    if not mech.casts_votes:  # the labels are the prior's argmax: learn the whole distribution
+        prior = np.asarray(released["prior"], dtype=np.float64)
+        targets = torch.from_numpy(prior / prior.sum(1, keepdims=True)).float()
+        return targets, targets.numpy()
     targets = torch.from_numpy(np.asarray(label, dtype=np.int64))
     if "soft" in released:  # the noisy vectors released with the labels (post-processing: free)
-        targets = soft_targets(released["soft"], label, cfg.soft_temperature or answer_noise_std)
+        targets = soft_targets(released["soft"], label, cfg.soft_temperature or mech.answer_noise_std)
     margins = released["soft"] if "soft" in released else None
     if "prior" in released:  # a DP-SGD teacher's probabilities, released beside the votes: their product
         targets = with_prior(targets, released["prior"])

@@ -204,13 +204,16 @@ def _reverse_votes(ctx: Context) -> None:
     query_index = parts["query_index"]
     anchors = public["features"][torch.from_numpy(knn.rows_of(public["pool_index"].numpy(), query_index))]
     k = config.aggregator.knn_k
-    nearest = knn.nearest_anchors(private["features"], anchors, k, device=device,
-                                  progress=_bar(len(private["features"]), f"{NAME}[nearest anchors]", ctx))
     records = private["records"].numpy()
-    votes = knn.anchor_votes(nearest.numpy(), dataset.private_y[records], len(query_index), dataset.num_classes)
+    if k:
+        nearest = knn.nearest_anchors(private["features"], anchors, k, device=device,
+                                      progress=_bar(len(private["features"]), f"{NAME}[nearest anchors]", ctx)).numpy()
+    else:  # knn_k = 0: no record votes; the DP-SGD teacher labels every anchor alone
+        nearest = np.zeros((len(records), 0), np.int64)
+    votes = knn.anchor_votes(nearest, dataset.private_y[records], len(query_index), dataset.num_classes)
     atomic_save_npz(run_dir.file(VOTES), private=True, votes=votes, query_index=query_index)  # 0600: private
     truth = dataset.public_y[query_index]
-    known = len(truth) and (truth >= 0).all()
+    known = k and len(truth) and (truth >= 0).all()  # with no votes there is no plurality to score
     stats = {"teacher_accuracy_mean": None, "teacher_accuracy_min": None, "teacher_accuracy_max": None,
              "teacher_accuracy": [], "ensemble_accuracy": None,
              "query_plurality_accuracy": float((votes.argmax(1) == truth).mean()) if known else None,
@@ -220,6 +223,9 @@ def _reverse_votes(ctx: Context) -> None:
                      "never used for training or queries"}
     atomic_write_json(run_dir.file(TEACHERS_EVAL), stats)
     finish(ctx, NAME)
+    if not k:
+        ctx.say(f"vote: no votes cast (knn_k = 0): the DP-SGD teacher labels the {len(query_index)} anchors alone")
+        return
     ctx.say(f"vote: {len(records)} private records voted for their {k} nearest of {len(query_index)} anchors "
             f"({np.median(votes.sum(1)):.0f} votes per anchor, median)" + (
                 "" if stats["query_plurality_accuracy"] is None else

@@ -114,7 +114,8 @@ def render_reverse(plan: dict) -> str:
              f"({g['accountant']}: one release over all {plan['anchors']} anchors, each record voting for "
              f"{plan['knn_k']} of them)",
              f"votes: about {plan['expected_votes_per_anchor']:.0f} per anchor; the noise's sigma2 {plan['sigma2']:g} is "
-             f"{plan['noise_over_votes']:.2f} of that"]
+             f"{plan['noise_over_votes']:.2f} of that" if plan["knn_k"] else
+             "votes: none (knn_k = 0): the DP-SGD teacher labels every anchor and takes the whole budget"]
     if "dpsgd_teacher" in plan:
         d = plan["dpsgd_teacher"]
         lines.append(f"composed in one RDP accountant: the votes alone epsilon {plan['votes_alone_epsilon_rdp']:.4f}, "

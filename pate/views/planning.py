@@ -501,7 +501,7 @@ def reverse_plan(config: PipelineConfig, target_epsilon: Optional[float] = None)
     settings = privacy_settings(config, spec.num_classes)
     plan = {"mechanism": agg.mechanism, "guarantee": accounting.guarantee(settings).to_dict(), "knn_k": agg.knn_k,
             "sigma2": agg.sigma2, "anchors": agg.max_queries, "expected_votes_per_anchor": agg.knn_k * n / agg.max_queries,
-            "noise_over_votes": agg.sigma2 / (agg.knn_k * n / agg.max_queries)}
+            "noise_over_votes": agg.sigma2 / (agg.knn_k * n / agg.max_queries) if agg.knn_k else None}
     if settings.dpsgd is not None:  # each side alone, and the composition the guarantee is
         alone = replace(settings, dpsgd=None)
         plan["votes_alone_epsilon_rdp"] = accounting.epsilon(accounting.worst_case_curve(alone), settings.order_array,

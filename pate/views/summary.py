@@ -35,6 +35,7 @@ def rows(run: RunDir) -> list[tuple[str, str, str]]:
            ("data", config.data.public_name, ""),
            ("teachers", "the private records near each query (private-knn)" if mech.individual
             else f"each private record, for its {config.aggregator.knn_k} nearest anchors ({mech.name})"
+            if mech.reads_records and mech.casts_votes else "a DP-SGD teacher alone (no votes)"
             if mech.reads_records else str(config.teachers.count), ""),
            ("mechanism", f"{mech.name} ({mech.describe()})", "")]
     if privacy:

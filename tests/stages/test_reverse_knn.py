@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +196,56 @@ def test_a_dpsgd_teacher_beside_the_votes_is_composed_in_one_accountant(tmp_path
     assert prior.shape == (300, 10) and np.array_equal(prior, np.round(prior * 2 ** 16) / 2 ** 16)
     rows = [int(np.flatnonzero(kept["pool_index"] == i)[0]) for i in labels["query_index"]]
     assert np.allclose(prior, kept["probabilities"][rows], atol=2 ** -16)
+
+
+def test_no_votes_gives_the_whole_budget_to_the_dpsgd_teacher(tmp_path):
+    """knn_k = 0: no record votes, so the statement is T steps of the subsampled Gaussian alone
+    (recomputed here), the spend log charges that curve, no noise is drawn for the anchors, each
+    label is the released prior's most probable class, and the student learns the prior itself."""
+    from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_poisson_subsampled_gaussian
+    from pate.privacy import spend
+    from pate.stages.train_student import released_targets
+    from pate.config import load as load_config
+    from pate.run.artifacts import mechanism
+    _arrays(tmp_path)
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(edit_pipeline(DPSGD_PIPELINE, ("knn_k = 5", "knn_k = 0"), ("soft_labels = true", "")))
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "no votes cast" in result.output and "Traceback" not in result.output
+    public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
+    q, steps, orders = 1 / 4, 8, rdp.DEFAULT_ORDERS
+    alone = steps * np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, 1.5, orders))
+    assert public["guarantee"]["epsilon"] == pytest.approx(accounting.epsilon(alone, orders, 1e-4, "improved")[0],
+                                                           rel=1e-9)
+    entry = [e for e in spend_log.entries() if e.run_dir == str((tmp_path / "run").resolve())][0]
+    assert np.allclose(entry.curve(), steps * np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, 1.5, spend.ORDERS)))
+    assert not np.load(tmp_path / "run" / "votes.npz")["votes"].any()
+    labels = np.load(tmp_path / "run" / "labels.npz")
+    assert "soft" not in labels and len(labels["label"]) == 300
+    assert np.array_equal(labels["label"], labels["prior"].argmax(axis=1))
+    config = load_config(pipeline)
+    targets, margins = released_targets(dict(labels), config.student, mechanism(config))
+    assert np.allclose(targets.numpy(), labels["prior"] / labels["prior"].sum(1, keepdims=True), atol=1e-6)
+    audit = invoke("audit", tmp_path / "run", "--query", 0)
+    assert audit.exit_code == 0 and "no votes" in audit.output, audit.output
+    fashion = Path(__file__).resolve().parents[2] / "pipelines" / "fashion-mnist-rknn.toml"
+    pipeline.write_text(edit_pipeline(fashion.read_text(), ("knn_k = 40", "knn_k = 0"), ("soft_labels = true", "")))
+    plan = invoke("plan", pipeline, "--target-epsilon", 2.0)
+    assert plan.exit_code == 0 and "votes: none" in plan.output, plan.output
+
+
+def test_no_votes_without_a_dpsgd_teacher_or_with_soft_labels_is_refused(tmp_path):
+    _arrays(tmp_path)
+    pipeline = tmp_path / "rknn.toml"
+    for edits, key in ([(("knn_k = 5", "knn_k = 0"),), "soft_labels"],  # no votes, no noisy vectors
+                       [(("knn_k = 5", "knn_k = 0"), ("soft_labels = true", ""), ("dpsgd_noise = 1.5", "dpsgd_noise = 0")),
+                        "knn_k"]):  # nothing would label the anchors
+        pipeline.write_text(edit_pipeline(DPSGD_PIPELINE, *edits))
+        result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
+        assert result.exit_code == 2 and key in result.output and len(result.output.strip().splitlines()) == 1, \
+            result.output
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("old, new, key", [
