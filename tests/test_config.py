@@ -75,7 +75,7 @@ BAD = [
     ("[aggregator]\nmechanism = 'interactive-gnmax'\nepsilon_budget = 20.0\n",
      "[aggregator] epsilon_budget must be 0 with mechanism 'interactive-gnmax' (its driver runs no Renyi filter"),
     ("[privacy]\nrecord_epsilon = 2.0\n", "[privacy] record_epsilon must be 1 (its default) with mechanism "
-                                         "'confident-gnmax' (per-record budgets are for private-knn only"),
+                                         "'confident-gnmax' (per-record budgets are for private-knn, reverse-knn only"),
     ("[aggregator]\nmechanism = 'gnmax'\n[privacy]\nrecord_budgets = 'budgets.csv'\n",
      "[privacy] record_budgets must be empty with mechanism 'gnmax'"),
 ]
@@ -127,13 +127,13 @@ def test_keys_added_later_keep_older_runs_fingerprints():
     assert knn.fingerprint() != as_before and knn.canonical_dict()["aggregator"]["knn_k"] == 5
 
 
-ALL = ("lnmax", "gnmax", "confident-gnmax", "interactive-gnmax", "private-knn")
+ALL = ("lnmax", "gnmax", "confident-gnmax", "interactive-gnmax", "private-knn", "reverse-knn")
 HONOURED = {  # a setting that bounds privacy -> the mechanisms whose aggregation driver honours it
     ("aggregator", "epsilon_budget", 5.0): ("lnmax", "gnmax", "confident-gnmax"),  # the batch driver's filter
     ("aggregator", "max_queries", 100): ALL,
     ("privacy", "total_budget", 5.0): ALL,  # the spend log, before the first query of every driver
     ("privacy", "record_epsilon", 2.0): ("private-knn",),  # the individual filter
-    ("privacy", "record_budgets", "budgets.csv"): ("private-knn",),
+    ("privacy", "record_budgets", "budgets.csv"): ("private-knn", "reverse-knn"),  # reverse-knn: fewer anchors
     ("privacy", "data_dependent_release", True): ("gnmax", "confident-gnmax"),  # a smooth-sensitivity analysis
 }
 
@@ -144,7 +144,7 @@ def test_a_privacy_bound_is_honoured_or_refused_for_each_mechanism(section, key,
     """DESIGN invariant 11: every (bound, mechanism) pair either loads (the driver honours it) or is
     refused at config time with one message naming the key."""
     raw = {"name": "x", "aggregator": {"mechanism": mechanism},
-           "teachers": {"features": "scattering"} if mechanism == "private-knn" else {}}
+           "teachers": {"features": "scattering"} if mechanism.endswith("-knn") else {}}
     raw.setdefault(section, {})[key] = value
     if mechanism in HONOURED[section, key, value]:
         assert getattr(getattr(config.from_dict(raw), section), key) == value

@@ -92,6 +92,21 @@ def test_removing_a_record_moves_exactly_its_k_counts_by_one():
         assert sorted(np.flatnonzero(diff[:, labels[j]])) == sorted(nearest[j])
 
 
+def test_a_record_with_a_smaller_budget_moves_only_its_first_counts():
+    """Per-record budgets: record i votes at its first counts[i] nearest anchors only, so removing it
+    moves exactly counts[i] cells by one (0 for a record with no votes), whatever the others' counts."""
+    private, anchors, labels = _reverse_setting(seed=2)
+    nearest = knn.nearest_anchors(private, anchors, 4).numpy()
+    counts = np.arange(len(private)) % 5  # 0 to 4 anchors each
+    votes = knn.anchor_votes(nearest, labels, len(anchors), 3, counts)
+    assert votes.sum() == counts.sum()
+    for j in range(len(private)):
+        keep = np.arange(len(private)) != j
+        diff = votes - knn.anchor_votes(nearest[keep], labels[keep], len(anchors), 3, counts[keep])
+        assert diff.sum() == counts[j] and diff.min() == 0 and diff.max() <= 1
+        assert sorted(np.flatnonzero(diff[:, labels[j]])) == sorted(nearest[j, :counts[j]])
+
+
 def test_nearest_anchors_are_exact_whatever_the_blocks():
     """The distances are exact integers on a public grid, so the block a record is searched in (and
     so which other records are present) cannot change its anchors; ties go to the lower anchor."""

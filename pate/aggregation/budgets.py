@@ -24,8 +24,11 @@ from typing import Iterator
 
 import numpy as np
 
+from ..data import records as records_mod, source_of
 from ..errors import PateError
-from ..io import InputError, read_text_limited
+from ..io import InputError, read_text_limited, sha256_file
+from ..run.artifacts import DATA
+from ..run.directory import RunError
 
 # A budgets file has one short row per record whose budget differs from the default: 256 MiB holds
 # millions of them. It is read only if it is a regular file (a FIFO or /dev/zero is refused, never
@@ -120,3 +123,24 @@ def resolve(path: str, default: float, num_records: int, names: list[str] | None
         seen[i] = number
         budgets[i] = eps
     return budgets
+
+
+def digest(path: str) -> str:
+    """sha256 of the budgets file ("" = none configured), kept beside the resolved budgets so a run
+    that has begun spending refuses a changed file."""
+    return sha256_file(path) if path and Path(path).is_file() else ""
+
+
+def of_records(ctx, records: np.ndarray, default: float) -> np.ndarray:
+    """(len(records),) the budget of each of a run's private records (positions in the private set),
+    resolved by identity from ``[privacy] record_budgets`` (PRIVATE); a bad file or record name is
+    one ``RunError`` line."""
+    config = ctx.config
+    source = source_of(config.data)  # records named by their file, their id, or (built-in data) their index
+    try:
+        names = source.record_names(config.data, lambda: ctx.run.read_json(DATA)["files"])
+        every = resolve(config.privacy.record_budgets, default, ctx.spec.num_private, names,
+                        by_index=source.by_index)
+    except (BudgetError, records_mod.RecordError) as exc:
+        raise RunError(str(exc)) from None
+    return every[records]

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from . import budgets
-from ..data import records as records_mod, source_of
-from ..io import atomic_save_npz, sha256_file
+from ..io import atomic_save_npz
 from ..privacy import accounting, individual
 from ..privacy.noise import noise_source
 from ..progress import Progress
 from ..run.directory import RunError
-from ..run.artifacts import DATA, NEIGHBOURS, RECORD_BUDGETS, Context, load_partition
+from ..run.artifacts import NEIGHBOURS, RECORD_BUDGETS, Context, load_partition
 from . import protocol
 from .ledger_files import KnnInputs, knn_inputs
 from .settings import gaussian_budgets
@@ -50,9 +49,8 @@ def _record_budgets(ctx: Context, records: np.ndarray) -> tuple[np.ndarray, str]
     """(N,) every private record's budget (ε at δ), resolved from ``[privacy] record_budgets`` by
     record identity (``pate.aggregation.budgets``), or as kept in the run when aggregation began (PRIVATE); a
     resumed run refuses a changed file."""
-    config = ctx.config
-    path = config.privacy.record_budgets
-    digest = sha256_file(path) if path and Path(path).is_file() else ""
+    path = ctx.config.privacy.record_budgets
+    digest = budgets.digest(path)
     saved = ctx.run.file(RECORD_BUDGETS)
     if saved.exists():
         with np.load(saved, allow_pickle=False) as kept:
@@ -60,14 +58,7 @@ def _record_budgets(ctx: Context, records: np.ndarray) -> tuple[np.ndarray, str]
                 raise RunError(f"[privacy] record_budgets changed since aggregation began ({path or 'none'}); the "
                                "run continues only with the budgets it started with")
             return kept["epsilon"], digest
-    source = source_of(config.data)  # records named by their file, their id, or (built-in data) their index
-    try:
-        names = source.record_names(config.data, lambda: ctx.run.read_json(DATA)["files"])
-        every = budgets.resolve(path, config.privacy.record_epsilon, ctx.spec.num_private, names,
-                                by_index=source.by_index)
-    except (budgets.BudgetError, records_mod.RecordError) as exc:
-        raise RunError(str(exc)) from None
-    return every[records], digest
+    return budgets.of_records(ctx, records, ctx.config.privacy.record_epsilon), digest
 
 
 def decide(run: protocol.Aggregation, inputs: Neighbourhoods) -> None:

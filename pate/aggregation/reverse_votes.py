@@ -10,8 +10,9 @@ from ..features import knn
 from ..privacy import accounting, ledger
 from ..progress import Progress
 from ..run.directory import RunError
-from ..run.artifacts import DPSGD_POOL, VOTES, Context, load_partition
-from . import protocol, teacher_votes
+from ..run.artifacts import DPSGD_POOL, RECORD_BUDGETS, VOTES, Context, load_partition
+from . import budgets, protocol, teacher_votes
+from .settings import budget_levels
 
 
 def load(ctx: Context, settings: accounting.Settings) -> teacher_votes.Votes:
@@ -30,6 +31,12 @@ def load(ctx: Context, settings: accounting.Settings) -> teacher_votes.Votes:
         problem = "query_index differs from the partition's queries"
     if problem:
         raise RunError(f"{ctx.run.file(VOTES)} is invalid: {problem}; refusing to spend privacy on it")
+    path = ctx.config.privacy.record_budgets
+    if path:  # the records voted for their budget level's anchors: the levels must be the file's still
+        kept = ctx.run.load_npz(RECORD_BUDGETS)
+        if str(kept["source_sha256"]) != budgets.digest(path):
+            raise RunError(f"[privacy] record_budgets changed since the records voted ({path}); start a new run "
+                           "directory to vote with the new budgets")
     return teacher_votes.Votes(votes, query_index)
 
 
@@ -62,6 +69,8 @@ def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: li
                                              seeded=config.seeded, stopped_by_budget=False)
         if config.aggregator.soft_labels:
             public["soft_labels"] = accounting.SOFT_LABELS_NOTE
+        if config.privacy.record_budgets:
+            public["per_budget_level"] = budget_levels(config, ctx.spec.num_classes, ctx.spec.num_private)
         votes = inputs.ledger_votes[:len(records)]
         per_anchor = votes.sum(axis=1)
         report = {"public": public, "private": {
@@ -70,7 +79,8 @@ def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: li
             "explanation": "none: one release over every anchor, accounted from its settings alone"}}
     guarantee = accounting.guarantee(settings)
     beside = " and the DP-SGD teacher's probabilities" if settings.dpsgd is not None else ""
-    how = (f"each private record voted for {config.aggregator.knn_k} anchors" if settings.mechanism.casts_votes else
+    how = (f"each private record voted for {'at most ' if config.privacy.record_budgets else ''}"
+           f"{config.aggregator.knn_k} anchors" if settings.mechanism.casts_votes else
            "no votes: the DP-SGD teacher's cost alone")
     summary = (f"aggregate: {len(records)} anchors labelled in one release{beside}; guarantee epsilon "
                f"{guarantee.epsilon:.3f}, delta {guarantee.delta:g} ({guarantee.accountant}, from the settings alone: "

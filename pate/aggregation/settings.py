@@ -74,7 +74,43 @@ def check_accountable(config: PipelineConfig, num_classes: int, num_private: int
         raise ConfigError("the privacy settings give no finite guarantee (epsilon is infinite at every order); "
                           "check [aggregator] sigma1, sigma2, gamma and [privacy] orders")
     check_total_budget(config, num_classes, num_private)
+    if config.privacy.record_budgets and not mechanism(config).individual:
+        try:
+            anchors_by_level(config, num_classes, num_private)  # a level nothing can fit is refused now
+        except budgets.BudgetError as exc:
+            raise ConfigError(str(exc)) from None
     return guarantee
+
+
+def anchors_by_level(config: PipelineConfig, num_classes: int, num_private: int | None = None) -> dict[float, int]:
+    """Reverse-kNN with per-record budgets: for each budget level (ε at δ; the levels are public
+    policy, ``budgets.levels``) the most anchors a record may vote for, at most ``knn_k``, so that
+    its own guarantee, the release with that many votes (composed with a DP-SGD teacher) from the
+    settings alone, stays within the level. A record's votes move only its own k counts, so its
+    guarantee is that of a release of sensitivity √k, whatever the other records' k (individual
+    privacy: Feldman & Zrnic 2021; Boenisch et al. 2023). A level below what the DP-SGD teacher
+    costs on its own is refused (``BudgetError``): no number of votes fits it."""
+    settings = privacy_settings(config, num_classes, num_private=num_private)
+    mech = settings.mechanism
+
+    def epsilon(k: int) -> float:
+        return accounting.guarantee(replace(settings, mechanism=replace(mech, knn_k=k))).epsilon
+
+    out = {}
+    for level in budgets.levels(config.privacy.record_budgets, math.inf):
+        if not math.isfinite(level) or epsilon(mech.knn_k) <= level:
+            out[level] = mech.knn_k
+            continue
+        if settings.dpsgd is not None and epsilon(0) > level:
+            raise budgets.BudgetError(
+                f"[privacy] record_budgets: a budget of epsilon {level:g} is below the DP-SGD teacher's own cost "
+                f"(epsilon {epsilon(0):.3f} at delta {config.privacy.delta:g}); no record can be charged less")
+        lo, hi = 0, mech.knn_k  # epsilon(lo) fits, epsilon(hi) does not; epsilon grows with k
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if epsilon(mid) <= level else (lo, mid)
+        out[level] = lo
+    return out
 
 
 def spend_curves(config: PipelineConfig, num_classes: int,
@@ -118,3 +154,16 @@ def gaussian_budgets(epsilon: np.ndarray, config: PipelineConfig) -> np.ndarray:
                           for e in levels])
     return converted[inverse]
 
+
+
+def budget_levels(config: PipelineConfig, num_classes: int, num_private: int | None = None) -> list[dict]:
+    """Public (reverse-knn with ``[privacy] record_budgets``): each budget level (public policy), the
+    anchors a record at that level votes for and its guarantee, from the settings alone; a record
+    the file does not name has the run's guarantee. Which record holds which level is not said."""
+    settings = privacy_settings(config, num_classes, num_private=num_private)
+    out = []
+    for level, k in sorted(anchors_by_level(config, num_classes, num_private).items()):
+        if math.isfinite(level):
+            g = accounting.guarantee(replace(settings, mechanism=replace(settings.mechanism, knn_k=k)))
+            out.append({"budget_epsilon": level, "anchors": k, "epsilon": g.epsilon, "delta": g.delta})
+    return out

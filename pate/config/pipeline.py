@@ -89,14 +89,16 @@ class PipelineConfig:
                    f"0 with mechanism {self.aggregator.mechanism!r} (its driver runs no Renyi filter and asks "
                    f"every query: bound the run with {bound})", self.aggregator.epsilon_budget)
         if not mech.individual:
-            individual = [name for name, cls in MECHANISM_CLASSES.items() if cls.individual]
+            budgeted = [name for name, cls in MECHANISM_CLASSES.items() if cls.reads_records]
             _check("privacy", "record_epsilon", self.privacy.record_epsilon == PrivacyConfig.record_epsilon,
-                   f"{PrivacyConfig.record_epsilon:g} (its default) with mechanism {self.aggregator.mechanism!r} "
-                   f"(per-record budgets are for {', '.join(individual)} only: bound the run with {bound})",
+                   f"{PrivacyConfig.record_epsilon:g} (its default) with mechanism {self.aggregator.mechanism!r} (" + (
+                       "a record's default budget is the run's guarantee: give the records that must spend less "
+                       "their budgets in [privacy] record_budgets)" if mech.reads_records else
+                       f"per-record budgets are for {', '.join(budgeted)} only: bound the run with {bound})"),
                    self.privacy.record_epsilon)
-            _check("privacy", "record_budgets", not self.privacy.record_budgets,
+            _check("privacy", "record_budgets", not self.privacy.record_budgets or mech.reads_records,
                    f"empty with mechanism {self.aggregator.mechanism!r} (per-record budgets are for "
-                   f"{', '.join(individual)} only: bound the run with {bound})", self.privacy.record_budgets)
+                   f"{', '.join(budgeted)} only: bound the run with {bound})", self.privacy.record_budgets)
         _check("student", "keep_widest", self.student.keep_widest == 1 or self.aggregator.soft_labels
                or bool(self.teachers.dpsgd_noise), "1 without [aggregator] soft_labels = true or a DP-SGD teacher "
                "(the margins are read from the released noisy vectors or probabilities)", self.student.keep_widest)

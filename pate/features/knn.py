@@ -151,8 +151,13 @@ def nearest_anchors(private: torch.Tensor, anchors: torch.Tensor, k: int, *, dev
     return out
 
 
-def anchor_votes(nearest: np.ndarray, labels: np.ndarray, num_anchors: int, num_classes: int) -> np.ndarray:
-    """(A, m) int64: each record's label counted once at each of its nearest anchors (row of ``nearest``)."""
+def anchor_votes(nearest: np.ndarray, labels: np.ndarray, num_anchors: int, num_classes: int,
+                 counts: np.ndarray | None = None) -> np.ndarray:
+    """(A, m) int64: each record's label counted once at each of its nearest anchors (row of ``nearest``),
+    or, with ``counts``, at the first ``counts[i]`` of them only (a record with a smaller budget)."""
     nearest = np.asarray(nearest)
-    flat = (nearest.astype(np.int64) * num_classes + np.asarray(labels, dtype=np.int64)[:, None]).ravel()
+    flat = (nearest.astype(np.int64) * num_classes + np.asarray(labels, dtype=np.int64)[:, None])
+    if counts is not None:
+        flat = flat[np.arange(nearest.shape[1])[None, :] < np.asarray(counts)[:, None]]
+    flat = flat.ravel()
     return np.bincount(flat, minlength=num_anchors * num_classes).astype(np.int64).reshape(num_anchors, num_classes)

@@ -31,7 +31,7 @@ from .. import tracking
 from ..aggregation.ledger_files import votes_file
 from ..aggregation.settings import check_accountable
 from ..run.artifacts import (DATA, DPSGD_POOL, EXTRACTOR, KNN_PRIVATE, KNN_PUBLIC, LABELS, LEDGER, METRICS, PARTITION, PRIVACY,
-                             STUDENT_HISTORY, STUDENT_MODEL, TEACHERS_EVAL, Context, heads_part, mechanism,
+                             RECORD_BUDGETS, STUDENT_HISTORY, STUDENT_MODEL, TEACHERS_EVAL, Context, heads_part, mechanism,
                              public_features_part, read_metrics, read_privacy, spec_from_json, teacher_part)
 
 
@@ -82,7 +82,8 @@ STAGES = (
     Stage("partition", lambda config, world: (PARTITION, DATA)),
     Stage("train-teachers", _teacher_outputs,
           checks=lambda config: config.teachers.features == "pretrained" or bool(config.teachers.dpsgd_noise)),
-    Stage("vote", lambda config, world: (votes_file(config), TEACHERS_EVAL)),
+    Stage("vote", lambda config, world: (votes_file(config), TEACHERS_EVAL) + (
+        (RECORD_BUDGETS,) if config.privacy.record_budgets and not mechanism(config).individual else ())),
     Stage("aggregate", lambda config, world: (LABELS, PRIVACY, LEDGER)),
     # Post-processing of the released labels: retraining them costs no privacy.
     Stage("train-student", lambda config, world: (STUDENT_MODEL, STUDENT_HISTORY), rerun_on=DOWNSTREAM_SECTIONS,

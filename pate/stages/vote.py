@@ -11,6 +11,7 @@ evaluation only; nothing reads them to choose anything.
 """
 from __future__ import annotations
 
+import math
 import zipfile
 
 import numpy as np
@@ -20,11 +21,12 @@ from ..io import CheckpointError, atomic_save_npz, atomic_write_json, load_check
 from ..progress import Progress
 from ..run.directory import RunError
 from ..features import knn
-from ..aggregation import selection
+from ..aggregation import budgets, selection
+from ..aggregation.settings import anchors_by_level
 from ..teachers import ensemble
 from ..features import extractors as features
 from . import finish
-from ..run.artifacts import (EXTRACTOR, HEADS_PREFIX, KNN_PRIVATE, KNN_PUBLIC, NEIGHBOURS, PUBLIC_FEATURES_PREFIX,
+from ..run.artifacts import (EXTRACTOR, HEADS_PREFIX, KNN_PRIVATE, KNN_PUBLIC, NEIGHBOURS, PUBLIC_FEATURES_PREFIX, RECORD_BUDGETS,
                              TEACHER_PART_PREFIX, TEACHERS_EVAL, VOTES, Context, load_dataset, load_partition,
                              mechanism, public_images, resolve_device)
 
@@ -210,7 +212,8 @@ def _reverse_votes(ctx: Context) -> None:
                                       progress=_bar(len(private["features"]), f"{NAME}[nearest anchors]", ctx)).numpy()
     else:  # knn_k = 0: no record votes; the DP-SGD teacher labels every anchor alone
         nearest = np.zeros((len(records), 0), np.int64)
-    votes = knn.anchor_votes(nearest, dataset.private_y[records], len(query_index), dataset.num_classes)
+    counts = _anchors_per_record(ctx, records)
+    votes = knn.anchor_votes(nearest, dataset.private_y[records], len(query_index), dataset.num_classes, counts)
     atomic_save_npz(run_dir.file(VOTES), private=True, votes=votes, query_index=query_index)  # 0600: private
     truth = dataset.public_y[query_index]
     known = k and len(truth) and (truth >= 0).all()  # with no votes there is no plurality to score
@@ -230,6 +233,23 @@ def _reverse_votes(ctx: Context) -> None:
             f"({np.median(votes.sum(1)):.0f} votes per anchor, median)" + (
                 "" if stats["query_plurality_accuracy"] is None else
                 f"; the noiseless plurality {100 * stats['query_plurality_accuracy']:.1f}% right on the anchors"))
+
+
+def _anchors_per_record(ctx: Context, records: np.ndarray) -> np.ndarray | None:
+    """With ``[privacy] record_budgets``: how many of its nearest anchors each record votes for (its
+    budget level's, ``anchors_by_level``), kept with the resolved budgets and the file's digest so
+    aggregation refuses a file changed since (PRIVATE). None without a budgets file: ``knn_k`` each."""
+    config = ctx.config
+    saved = ctx.run.file(RECORD_BUDGETS)
+    if not config.privacy.record_budgets:
+        saved.unlink(missing_ok=True)  # a file an earlier vote with budgets wrote; this vote has none
+        return None
+    epsilon = budgets.of_records(ctx, records, math.inf)
+    by_level = anchors_by_level(config, ctx.spec.num_classes, ctx.spec.num_private)
+    counts = np.array([by_level[float(e)] for e in epsilon], dtype=np.int64)
+    atomic_save_npz(saved, private=True, epsilon=epsilon, anchors=counts,
+                    source_sha256=np.array(budgets.digest(config.privacy.record_budgets)))
+    return counts
 
 
 def _knn_stats(dataset, parts, public, private, pool, hoods, records, k, device) -> dict:

@@ -90,7 +90,7 @@ def _totals_lines(report: dict) -> list[str]:
               f"epsilon data-dependent (PRIVATE): {private.get('error') or private.get('explanation') or 'unavailable'}")]
     for level in public.get("per_budget_level", []):
         lines.append(f"records with budget {level['budget_epsilon']:g}: guarantee epsilon {level['epsilon']:.4f} at "
-                     f"delta {level['delta']:g}")
+                     f"delta {level['delta']:g}" + (f" (voting for {level['anchors']} anchors)" if "anchors" in level else ""))
     release = public.get("data_dependent_release")
     if release:
         lines.append(f"epsilon data-dependent, released with smooth-sensitivity noise (publishable as the papers' "

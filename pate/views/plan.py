@@ -121,6 +121,9 @@ def render_reverse(plan: dict) -> str:
         lines.append(f"composed in one RDP accountant: the votes alone epsilon {plan['votes_alone_epsilon_rdp']:.4f}, "
                      f"the DP-SGD teacher alone {d['epsilon_alone']:.4f} (noise multiplier {d['noise_multiplier']:g}, "
                      f"{d['steps']} steps at rate {d['sample_rate']:.4g})")
+    for level in plan.get("per_budget_level", []):
+        lines.append(f"records with budget {level['budget_epsilon']:g}: {level['anchors']} anchors each, guarantee "
+                     f"epsilon {level['epsilon']:.4f}")
     if "proposed" in plan:
         proposed = plan["proposed"]
         lines.append(f"for epsilon {proposed['target_epsilon']:g}: " + (

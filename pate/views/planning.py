@@ -30,7 +30,8 @@ import numpy as np
 from dp_accounting import get_sigma_gaussian
 
 from ..config import MAX_CLASSES, MAX_QUERIES, MAX_TEACHERS, NOISE_RANGE, PipelineConfig
-from ..aggregation.settings import privacy_settings
+from ..aggregation.budgets import BudgetError
+from ..aggregation.settings import budget_levels, privacy_settings
 from ..errors import PateError
 from ..privacy import accounting, dpsgd, mechanisms, profiles, rdp
 from ..privacy.discrete import MAX_TABLE_SIGMA
@@ -509,6 +510,11 @@ def reverse_plan(config: PipelineConfig, target_epsilon: Optional[float] = None)
         plan["dpsgd_teacher"] = {**asdict(settings.dpsgd), "epsilon_alone": accounting.epsilon(
             accounting.rdp_of_events([settings.dpsgd.event()], settings.order_array), settings.order_array,
             settings.delta, settings.conversion)[0]}
+    if config.privacy.record_budgets:  # the levels are public policy; which record holds which is not read
+        try:
+            plan["per_budget_level"] = budget_levels(config, spec.num_classes, n)
+        except BudgetError as exc:
+            raise PlanError(str(exc)) from None
     if target_epsilon is not None and settings.dpsgd is not None:  # the votes as set: the teacher takes the rest
         d = settings.dpsgd
         try:

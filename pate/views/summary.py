@@ -80,7 +80,8 @@ def privacy_rows(run: RunDir, privacy: dict) -> list[tuple[str, str, str]]:
                                                             f"{public['answered_by_student']}", PUBLIC))
     for level in public.get("per_budget_level", []):
         out.append((f"ε guarantee of records with budget {level['budget_epsilon']:g}",
-                    f"{level['epsilon']:.3f} at δ {level['delta']:g}", PUBLIC))
+                    f"{level['epsilon']:.3f} at δ {level['delta']:g}"
+                    + (f" (voting for {level['anchors']} anchors)" if "anchors" in level else ""), PUBLIC))
     release = public.get("data_dependent_release")
     if release:
         out.append(("ε data-dependent, smooth-sensitivity release (papers' convention, not a guarantee)",

@@ -135,7 +135,8 @@ def _arrays(root, sizes=(("p", 600, 1), ("q", 300, 2), ("t", 100, 3))):
             for dc in range(4):
                 images[np.arange(n), rows + dr, cols + dc] = 255
         images = np.clip(images.astype(np.int16) + rng.integers(0, 40, images.shape), 0, 255).astype(np.uint8)
-        np.savez(root / f"{name}.npz", images=images, labels=labels)
+        ids = {"ids": np.array([f"{name}-{i}" for i in range(n)])} if name == "p" else {}
+        np.savez(root / f"{name}.npz", images=images, labels=labels, **ids)
 
 
 DPSGD_PIPELINE = edit_pipeline(
@@ -233,6 +234,58 @@ def test_no_votes_gives_the_whole_budget_to_the_dpsgd_teacher(tmp_path):
     pipeline.write_text(edit_pipeline(fashion.read_text(), ("knn_k = 40", "knn_k = 0"), ("soft_labels = true", "")))
     plan = invoke("plan", pipeline, "--target-epsilon", 2.0)
     assert plan.exit_code == 0 and "votes: none" in plan.output, plan.output
+
+
+def _rdp_epsilon(k: int) -> float:
+    """ε at δ 1e-4 of DPSGD_PIPELINE with k votes per record: k/(2σ2²) per order plus the teacher."""
+    from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_poisson_subsampled_gaussian
+    orders = rdp.DEFAULT_ORDERS
+    curve = orders * k / (2 * 4.0 ** 2) + 8 * np.asarray(_compute_rdp_poisson_subsampled_gaussian(1 / 4, 1.5, orders))
+    return accounting.epsilon(curve, orders, 1e-4, "improved")[0]
+
+
+def test_per_record_budgets_vote_for_fewer_anchors(tmp_path):
+    """A record with a budget below the run's guarantee votes for its first k_b nearest anchors, k_b
+    the most whose composed guarantee (recomputed here, k/(2σ²) per order plus the DP-SGD teacher)
+    fits the budget; a budget above the guarantee keeps knn_k; the statement gives each level's
+    anchors and guarantee; a budgets file changed after the vote is refused before anything is spent."""
+    _arrays(tmp_path)
+    budget = tmp_path / "budgets.csv"
+    budget.write_text("record,epsilon\n" + "".join(f"p-{i},3.1\n" for i in range(0, 600, 2)) + "p-1,50\n")
+    expected = max(k for k in range(6) if _rdp_epsilon(k) <= 3.1)
+    assert expected == 2 and _rdp_epsilon(3) > 3.1  # the level sits between two and three votes
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(edit_pipeline(DPSGD_PIPELINE, ("[privacy]\n", f"[privacy]\nrecord_budgets = '{budget}'\n")))
+    for stage in ("partition", "train-teachers", "vote"):
+        assert invoke(stage, pipeline, "--run-dir", tmp_path / "run", "-q").exit_code == 0
+    kept = np.load(tmp_path / "run" / "record_budgets.npz")
+    low = kept["epsilon"] == 3.1
+    assert low.sum() == 300 and np.array_equal(kept["anchors"], np.where(low, 2, 5))
+    votes = np.load(tmp_path / "run" / "votes.npz")["votes"]
+    assert votes.sum() == 300 * 2 + 300 * 5
+    budget.write_text(budget.read_text() + "p-3,3.1\n")
+    changed = invoke("aggregate", pipeline, "--run-dir", tmp_path / "run", "-q")
+    assert changed.exit_code != 0 and "record_budgets changed" in changed.output, changed.output
+    assert not (tmp_path / "run" / "ledger.jsonl").exists() and not (tmp_path / "run" / "labels.npz").exists()
+    budget.write_text(budget.read_text().replace("p-3,3.1\n", ""))
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
+    assert result.exit_code == 0, result.output
+    public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
+    assert public["guarantee"]["epsilon"] == pytest.approx(_rdp_epsilon(5), rel=1e-9)
+    levels = public["per_budget_level"]
+    assert [(lv["budget_epsilon"], lv["anchors"]) for lv in levels] == [(3.1, 2), (50.0, 5)]
+    assert levels[0]["epsilon"] == pytest.approx(_rdp_epsilon(2), rel=1e-9) and levels[0]["epsilon"] <= 3.1
+
+
+def test_a_budget_below_the_dpsgd_teachers_own_cost_is_refused(tmp_path):
+    _arrays(tmp_path)
+    (tmp_path / "budgets.csv").write_text("record,epsilon\np-0,2.5\n")  # the teacher alone: 2.70
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(edit_pipeline(DPSGD_PIPELINE, ("[privacy]\n", "[privacy]\nrecord_budgets = 'budgets.csv'\n")))
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
+    assert result.exit_code == 2 and "record_budgets" in result.output and "2.704" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert _rdp_epsilon(0) > 2.5
 
 
 def test_no_votes_without_a_dpsgd_teacher_or_with_soft_labels_is_refused(tmp_path):
