@@ -8,17 +8,20 @@ A CSV file names the records that differ from ``[privacy] record_epsilon``::
     patient-0042,0.5               # arrays: the record's entry in the private file's 'ids' array
     1234,0.5                        # built-in datasets: the record's index (their records never move)
 
-Each value is an ε at the run's δ; an individual mechanism (private-knn) retires each record at
-its own budget, and the public statement gives the guarantee of each budget level in the file
-(the levels are public policy; which record holds which is not). The file is
-PRIVATE (which records have which budget is a fact about the private data); the run keeps the
-resolved budgets beside its ledger and refuses to continue if the file changes.
+Each value is an ε at the run's δ. Private-kNN retires each record at its own budget; reverse-kNN
+lets a record with a smaller budget vote for fewer anchors (its default is the run's guarantee).
+The public statement gives the guarantee of each budget level in the file (the levels are public
+policy; which record holds which is not). The file is PRIVATE (which records have which budget is
+a fact about the private data); the run keeps the resolved budgets and the digest of the bytes
+they came from, and refuses to spend on a file changed since.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -26,7 +29,7 @@ import numpy as np
 
 from ..data import records as records_mod, source_of
 from ..errors import PateError
-from ..io import InputError, read_text_limited, sha256_file
+from ..io import InputError, read_bytes_limited
 from ..run.artifacts import DATA
 from ..run.directory import RunError
 
@@ -41,25 +44,41 @@ class BudgetError(PateError, ValueError):
     """The budgets file is unusable; the message names the file and line."""
 
 
-def _rows(path: Path) -> list[tuple[int, str, float]]:
-    """(line number, record, epsilon) of every row, each value checked. A UTF-8 byte-order mark
+@dataclass(frozen=True)
+class Policy:
+    """The budgets file as read once: its rows and the sha256 of the very bytes they were parsed
+    from, so a run's resolved budgets, its levels and the digest it keeps agree even if the file
+    changes while it is read."""
+    rows: tuple[tuple[int, str, float], ...] = ()  # (line number, record, epsilon)
+    sha256: str = ""  # "" = no file configured
+    path: str = ""
+
+
+def read(path: str) -> Policy:
+    """``[privacy] record_budgets`` (``""``: none), every row checked. A UTF-8 byte-order mark
     (spreadsheets on Windows write one) is dropped before the header is read."""
+    if not path:
+        return Policy()
     where = f"[privacy] record_budgets = {str(path)!r}"
     try:
-        text = read_text_limited(path, MAX_BUDGETS_BYTES, "budgets file")
+        raw = read_bytes_limited(path, MAX_BUDGETS_BYTES, "budgets file")
+        text = raw.decode("utf-8-sig")
     except FileNotFoundError:
         raise BudgetError(f"{where} does not exist") from None
     except IsADirectoryError:
         raise BudgetError(f"{where} is a folder, not a CSV file") from None
-    except InputError as exc:  # a FIFO, a device, an oversize file, bytes that are not UTF-8
+    except InputError as exc:  # a FIFO, a device, an oversize file
         raise BudgetError(f"{where}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BudgetError(f"{where}: not UTF-8 text (byte {exc.start}); save the budgets file as UTF-8") from None
     except OSError as exc:
         raise BudgetError(f"{where} is unreadable ({exc.strerror or exc})") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        return list(_checked(path, reader))
+        rows = tuple(_checked(Path(path), reader))
     except csv.Error as exc:  # a field over the csv module's limit, a NUL byte, a stray quote
         raise BudgetError(f"{path} line {reader.line_num}: not a CSV row ({exc})") from None
+    return Policy(rows, hashlib.sha256(raw).hexdigest(), str(path))
 
 
 def _checked(path: Path, reader) -> Iterator[tuple[int, str, float]]:
@@ -81,15 +100,13 @@ def _checked(path: Path, reader) -> Iterator[tuple[int, str, float]]:
         yield number, row[0].strip(), eps
 
 
-def levels(path: str, default: float) -> list[float]:
+def levels(policy: Policy | str, default: float) -> list[float]:
     """Every budget a record may have: the default and each value in the file (sorted, distinct)."""
-    values = {float(default)}
-    if path:
-        values |= {eps for _, _, eps in _rows(Path(path))}
-    return sorted(values)
+    policy = read(policy) if isinstance(policy, str) else policy
+    return sorted({float(default)} | {eps for _, _, eps in policy.rows})
 
 
-def resolve(path: str, default: float, num_records: int, names: list[str] | None = None,
+def resolve(policy: Policy | str, default: float, num_records: int, names: list[str] | None = None,
             by_index: bool = False) -> np.ndarray:
     """(num_records,) ε budget of each private record, matched by the record's identity, never by
     its position in a set that may gain or lose records: ``names`` are the records' stable names
@@ -97,12 +114,12 @@ def resolve(path: str, default: float, num_records: int, names: list[str] | None
     records by index only where ``by_index`` (a built-in dataset, fixed and checked against pinned
     hashes, whose indices never move). A row naming a record the data does not hold is no error:
     the same file serves every version of a dataset that gains or loses records."""
+    policy = read(policy) if isinstance(policy, str) else policy
+    path = policy.path
     budgets = np.full(num_records, float(default))
-    if not path:
-        return budgets
     position = {name: i for i, name in enumerate(names)} if names is not None else None
     seen: dict[int, int] = {}
-    for number, record, eps in _rows(Path(path)):
+    for number, record, eps in policy.rows:
         if position is not None:
             if record not in position:
                 continue  # a record this version of the data does not hold (the file is a policy over ids)
@@ -125,22 +142,15 @@ def resolve(path: str, default: float, num_records: int, names: list[str] | None
     return budgets
 
 
-def digest(path: str) -> str:
-    """sha256 of the budgets file ("" = none configured), kept beside the resolved budgets so a run
-    that has begun spending refuses a changed file."""
-    return sha256_file(path) if path and Path(path).is_file() else ""
-
-
-def of_records(ctx, records: np.ndarray, default: float) -> np.ndarray:
+def of_records(ctx, policy: Policy, records: np.ndarray, default: float) -> np.ndarray:
     """(len(records),) the budget of each of a run's private records (positions in the private set),
-    resolved by identity from ``[privacy] record_budgets`` (PRIVATE); a bad file or record name is
-    one ``RunError`` line."""
+    resolved by identity from the budgets file as read (PRIVATE); a bad record name is one
+    ``RunError`` line."""
     config = ctx.config
     source = source_of(config.data)  # records named by their file, their id, or (built-in data) their index
     try:
         names = source.record_names(config.data, lambda: ctx.run.read_json(DATA)["files"])
-        every = resolve(config.privacy.record_budgets, default, ctx.spec.num_private, names,
-                        by_index=source.by_index)
+        every = resolve(policy, default, ctx.spec.num_private, names, by_index=source.by_index)
     except (BudgetError, records_mod.RecordError) as exc:
         raise RunError(str(exc)) from None
     return every[records]

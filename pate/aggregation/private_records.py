@@ -50,15 +50,18 @@ def _record_budgets(ctx: Context, records: np.ndarray) -> tuple[np.ndarray, str]
     record identity (``pate.aggregation.budgets``), or as kept in the run when aggregation began (PRIVATE); a
     resumed run refuses a changed file."""
     path = ctx.config.privacy.record_budgets
-    digest = budgets.digest(path)
+    try:
+        policy = budgets.read(path)
+    except budgets.BudgetError as exc:
+        raise RunError(str(exc)) from None
     saved = ctx.run.file(RECORD_BUDGETS)
     if saved.exists():
         with np.load(saved, allow_pickle=False) as kept:
-            if str(kept["source_sha256"]) != digest:
+            if str(kept["source_sha256"]) != policy.sha256:
                 raise RunError(f"[privacy] record_budgets changed since aggregation began ({path or 'none'}); the "
                                "run continues only with the budgets it started with")
-            return kept["epsilon"], digest
-    return budgets.of_records(ctx, records, ctx.config.privacy.record_epsilon), digest
+            return kept["epsilon"], policy.sha256
+    return budgets.of_records(ctx, policy, records, ctx.config.privacy.record_epsilon), policy.sha256
 
 
 def decide(run: protocol.Aggregation, inputs: Neighbourhoods) -> None:

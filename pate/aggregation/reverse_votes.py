@@ -34,7 +34,11 @@ def load(ctx: Context, settings: accounting.Settings) -> teacher_votes.Votes:
     path = ctx.config.privacy.record_budgets
     if path:  # the records voted for their budget level's anchors: the levels must be the file's still
         kept = ctx.run.load_npz(RECORD_BUDGETS)
-        if str(kept["source_sha256"]) != budgets.digest(path):
+        try:
+            now = budgets.read(path).sha256
+        except budgets.BudgetError as exc:
+            raise RunError(str(exc)) from None
+        if str(kept["source_sha256"]) != now:
             raise RunError(f"[privacy] record_budgets changed since the records voted ({path}); start a new run "
                            "directory to vote with the new budgets")
     return teacher_votes.Votes(votes, query_index)
@@ -70,7 +74,9 @@ def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: li
         if config.aggregator.soft_labels:
             public["soft_labels"] = accounting.SOFT_LABELS_NOTE
         if config.privacy.record_budgets:
-            public["per_budget_level"] = budget_levels(config, ctx.spec.num_classes, ctx.spec.num_private)
+            kept = ctx.run.load_npz(RECORD_BUDGETS)  # the levels the records voted with (checked at load)
+            public["per_budget_level"] = budget_levels(config, ctx.spec.num_classes, ctx.spec.num_private,
+                                                       kept["levels"])
         votes = inputs.ledger_votes[:len(records)]
         per_anchor = votes.sum(axis=1)
         report = {"public": public, "private": {

@@ -2,8 +2,10 @@
 entry and the plan are computed from, before any vote is seen."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 
@@ -82,34 +84,39 @@ def check_accountable(config: PipelineConfig, num_classes: int, num_private: int
     return guarantee
 
 
-def anchors_by_level(config: PipelineConfig, num_classes: int, num_private: int | None = None) -> dict[float, int]:
-    """Reverse-kNN with per-record budgets: for each budget level (ε at δ; the levels are public
-    policy, ``budgets.levels``) the most anchors a record may vote for, at most ``knn_k``, so that
-    its own guarantee, the release with that many votes (composed with a DP-SGD teacher) from the
-    settings alone, stays within the level. A record's votes move only its own k counts, so its
-    guarantee is that of a release of sensitivity √k, whatever the other records' k (individual
-    privacy: Feldman & Zrnic 2021; Boenisch et al. 2023). A level below what the DP-SGD teacher
-    costs on its own is refused (``BudgetError``): no number of votes fits it."""
+def anchors_by_level(config: PipelineConfig, num_classes: int, num_private: int | None = None,
+                     levels: Sequence[float] | None = None) -> dict[float, tuple[int, float]]:
+    """Reverse-kNN with per-record budgets: for each budget level (ε at δ; ``levels``, or those of
+    ``[privacy] record_budgets`` read now; the levels are public policy; the default level, ``inf``,
+    is a record the file does not name) the most
+    anchors a record may vote for, at most ``knn_k``, and the guarantee that gives it: the release
+    with that many of its votes, composed with a DP-SGD teacher, from the settings alone. A record's
+    votes move only its own k counts, so its guarantee is that of a release of sensitivity √k,
+    whatever the other records' k (individual privacy: Feldman & Zrnic 2021; Boenisch et al. 2023).
+    A level below what the DP-SGD teacher costs on its own is refused (``BudgetError``): no number
+    of votes fits it."""
+    levels = budgets.levels(config.privacy.record_budgets, math.inf) if levels is None else levels
     settings = privacy_settings(config, num_classes, num_private=num_private)
     mech = settings.mechanism
 
-    def epsilon(k: int) -> float:
+    @functools.cache
+    def epsilon(k: int) -> float:  # grows with k; each k is accounted once however many levels ask
         return accounting.guarantee(replace(settings, mechanism=replace(mech, knn_k=k))).epsilon
 
     out = {}
-    for level in budgets.levels(config.privacy.record_budgets, math.inf):
-        if not math.isfinite(level) or epsilon(mech.knn_k) <= level:
-            out[level] = mech.knn_k
+    for level in sorted({float(v) for v in levels} | {math.inf}):
+        if epsilon(mech.knn_k) <= level:
+            out[level] = (mech.knn_k, epsilon(mech.knn_k))
             continue
-        if settings.dpsgd is not None and epsilon(0) > level:
+        if epsilon(0) > level:
             raise budgets.BudgetError(
                 f"[privacy] record_budgets: a budget of epsilon {level:g} is below the DP-SGD teacher's own cost "
                 f"(epsilon {epsilon(0):.3f} at delta {config.privacy.delta:g}); no record can be charged less")
-        lo, hi = 0, mech.knn_k  # epsilon(lo) fits, epsilon(hi) does not; epsilon grows with k
+        lo, hi = 0, mech.knn_k  # epsilon(lo) fits, epsilon(hi) does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if epsilon(mid) <= level else (lo, mid)
-        out[level] = lo
+        out[level] = (lo, epsilon(lo))
     return out
 
 
@@ -155,15 +162,12 @@ def gaussian_budgets(epsilon: np.ndarray, config: PipelineConfig) -> np.ndarray:
     return converted[inverse]
 
 
-
-def budget_levels(config: PipelineConfig, num_classes: int, num_private: int | None = None) -> list[dict]:
-    """Public (reverse-knn with ``[privacy] record_budgets``): each budget level (public policy), the
-    anchors a record at that level votes for and its guarantee, from the settings alone; a record
-    the file does not name has the run's guarantee. Which record holds which level is not said."""
-    settings = privacy_settings(config, num_classes, num_private=num_private)
-    out = []
-    for level, k in sorted(anchors_by_level(config, num_classes, num_private).items()):
-        if math.isfinite(level):
-            g = accounting.guarantee(replace(settings, mechanism=replace(settings.mechanism, knn_k=k)))
-            out.append({"budget_epsilon": level, "anchors": k, "epsilon": g.epsilon, "delta": g.delta})
-    return out
+def budget_levels(config: PipelineConfig, num_classes: int, num_private: int | None = None,
+                  levels: Sequence[float] | None = None) -> list[dict]:
+    """Public (reverse-knn with ``[privacy] record_budgets``): each budget level in the file, the
+    anchors a record at that level votes for and its guarantee (``anchors_by_level``); a record the
+    file does not name has the run's guarantee. Which record holds which level is not said."""
+    delta = config.privacy.delta
+    return [{"budget_epsilon": level, "anchors": k, "epsilon": eps, "delta": delta}
+            for level, (k, eps) in sorted(anchors_by_level(config, num_classes, num_private, levels).items())
+            if math.isfinite(level)]

@@ -16,7 +16,7 @@ import json
 
 from ..data import source_of
 from ..run.directory import RunDir
-from ..run.artifacts import data_spec
+from ..run.artifacts import data_spec, mechanism
 
 TAGS = ("differential-privacy", "pate", "image-classification", "pytorch")
 
@@ -49,6 +49,28 @@ def front_matter(run: RunDir, doc: dict) -> list[str]:
                   "    metrics:", "    - type: accuracy", f"      value: {round(float(student['accuracy']), 4)!r}",
                   f"      name: {_yaml(f'accuracy on {size} held-out public images')}"]
     return [*lines, "---", ""]
+
+
+def _private_path(config, features: str) -> str:
+    """How the private records reached the student, from the settings alone."""
+    mech, teachers = mechanism(config), config.teachers
+    if not mech.reads_records:
+        return (f"split into {teachers.count} disjoint shards, one teacher each ({features}). It reached the student "
+                "only through the noisy labels below.")
+    space = f"a public {teachers.features} feature space"
+    if mech.individual:
+        return (f"each query's private records within its public radius ({space}) voted, each until its budget was "
+                "spent. It reached the student only through the noisy labels below.")
+    if not mech.casts_votes:
+        return ("no record voted: a DP-SGD model (ScatterNet + linear) trained on every record labelled the public "
+                "images, and its probabilities on them were released. It reached the student only through them.")
+    most = "at most " if config.privacy.record_budgets else ""
+    sentences = [f"each record voted for {most}its {config.aggregator.knn_k} nearest public images ({space}), all "
+                 "counts released at once with noise."]
+    if teachers.dpsgd_noise:
+        sentences.append("A DP-SGD model (ScatterNet + linear) was also trained on every record; its probabilities "
+                         "on the labelled images were released with them.")
+    return " ".join([*sentences, "It reached the student only through them."])
 
 
 def render(run: RunDir, doc: dict, classes: list[str]) -> str:
@@ -90,9 +112,9 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
         "",
         "## Data and training",
         f"- Source: {source}; images {spec.channels}x{spec.image_size}x{spec.image_size}.",
-        f"- Private data: split into {teachers.count} disjoint shards, one teacher each ({features}). "
-        "It reached the student only through the noisy labels below.",
-        f"- Public data: {p['queries_asked']} public images were sent to the teachers; {p['queries_answered']} "
+        f"- Private data: {_private_path(config, features)}",
+        f"- Public data: {p['queries_asked']} public images were sent to the "
+        f"{'private records' if mechanism(config).reads_records else 'teachers'}; {p['queries_answered']} "
         f"labels were released ({p['mechanism']}). The student learned from those labels and from the unlabelled "
         f"rest of the public pool ({student['method']}).",
         "",

@@ -139,7 +139,7 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
     model = student_model(run)  # its weights verified
     made = {  # everything made (and every artifact verified) before the first write
         LABELS_NPZ: _npz(public_index=labels["query_index"], label=labels["label"],  # soft: the noisy vectors
-                         **({"soft": labels["soft"]} if "soft" in labels else {})),  # (soft labels), public
+                         **{key: labels[key] for key in ("soft", "prior") if key in labels}),  # prior: DP-SGD's
         LABELS_CSV: _labels_csv(run, labels["query_index"], labels["label"], classes).encode(),
         STUDENT_ONNX: formats.onnx_bytes(model, meta),
         STUDENT_PT2: formats.program_bytes(model, meta),

@@ -256,8 +256,8 @@ def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
     if queries == 0:
         return 0.0
     parts = mechanism.discrete_gaussians(queries)
-    if parts is not None:
-        return _pld_discrete_gaussian(tuple(parts), delta)
+    if parts is not None:  # [] (reverse-knn, no votes): no draw reads a record, nothing to pay
+        return _pld_discrete_gaussian(tuple(parts), delta) if parts else 0.0
     try:
         event = mechanism.dp_event(queries)
     except NotImplementedError:

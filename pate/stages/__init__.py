@@ -46,6 +46,12 @@ def _teacher_outputs(config: PipelineConfig, world: int) -> tuple[str, ...]:
     return tuple(teacher_part(r, world) for r in ranks)
 
 
+def _votes_for_anchors(config: PipelineConfig) -> bool:
+    """reverse-knn: records vote in the vote stage (so their budgets are resolved there)."""
+    mech = mechanism(config)
+    return mech.reads_records and not mech.individual
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -83,7 +89,7 @@ STAGES = (
     Stage("train-teachers", _teacher_outputs,
           checks=lambda config: config.teachers.features == "pretrained" or bool(config.teachers.dpsgd_noise)),
     Stage("vote", lambda config, world: (votes_file(config), TEACHERS_EVAL) + (
-        (RECORD_BUDGETS,) if config.privacy.record_budgets and not mechanism(config).individual else ())),
+        (RECORD_BUDGETS,) if config.privacy.record_budgets and _votes_for_anchors(config) else ())),
     Stage("aggregate", lambda config, world: (LABELS, PRIVACY, LEDGER)),
     # Post-processing of the released labels: retraining them costs no privacy.
     Stage("train-student", lambda config, world: (STUDENT_MODEL, STUDENT_HISTORY), rerun_on=DOWNSTREAM_SECTIONS,

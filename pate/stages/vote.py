@@ -207,12 +207,12 @@ def _reverse_votes(ctx: Context) -> None:
     anchors = public["features"][torch.from_numpy(knn.rows_of(public["pool_index"].numpy(), query_index))]
     k = config.aggregator.knn_k
     records = private["records"].numpy()
+    counts = _anchors_per_record(ctx, records)
     if k:
         nearest = knn.nearest_anchors(private["features"], anchors, k, device=device,
                                       progress=_bar(len(private["features"]), f"{NAME}[nearest anchors]", ctx)).numpy()
     else:  # knn_k = 0: no record votes; the DP-SGD teacher labels every anchor alone
         nearest = np.zeros((len(records), 0), np.int64)
-    counts = _anchors_per_record(ctx, records)
     votes = knn.anchor_votes(nearest, dataset.private_y[records], len(query_index), dataset.num_classes, counts)
     atomic_save_npz(run_dir.file(VOTES), private=True, votes=votes, query_index=query_index)  # 0600: private
     truth = dataset.public_y[query_index]
@@ -237,18 +237,24 @@ def _reverse_votes(ctx: Context) -> None:
 
 def _anchors_per_record(ctx: Context, records: np.ndarray) -> np.ndarray | None:
     """With ``[privacy] record_budgets``: how many of its nearest anchors each record votes for (its
-    budget level's, ``anchors_by_level``), kept with the resolved budgets and the file's digest so
-    aggregation refuses a file changed since (PRIVATE). None without a budgets file: ``knn_k`` each."""
+    budget level's, ``anchors_by_level``), kept with the resolved budgets and the digest of the
+    bytes they were read from, so aggregation refuses a file changed since (PRIVATE). None without a
+    budgets file: ``knn_k`` each."""
     config = ctx.config
     saved = ctx.run.file(RECORD_BUDGETS)
     if not config.privacy.record_budgets:
         saved.unlink(missing_ok=True)  # a file an earlier vote with budgets wrote; this vote has none
         return None
-    epsilon = budgets.of_records(ctx, records, math.inf)
-    by_level = anchors_by_level(config, ctx.spec.num_classes, ctx.spec.num_private)
-    counts = np.array([by_level[float(e)] for e in epsilon], dtype=np.int64)
-    atomic_save_npz(saved, private=True, epsilon=epsilon, anchors=counts,
-                    source_sha256=np.array(budgets.digest(config.privacy.record_budgets)))
+    try:
+        policy = budgets.read(config.privacy.record_budgets)  # read once: budgets, levels and digest agree
+        levels = np.array([v for v in budgets.levels(policy, math.inf) if math.isfinite(v)])
+        by_level = anchors_by_level(config, ctx.spec.num_classes, ctx.spec.num_private, levels)
+    except budgets.BudgetError as exc:
+        raise RunError(str(exc)) from None
+    epsilon = budgets.of_records(ctx, policy, records, math.inf)
+    counts = np.array([by_level[float(e)][0] for e in epsilon], dtype=np.int64)
+    atomic_save_npz(saved, private=True, epsilon=epsilon, anchors=counts, levels=levels,
+                    source_sha256=np.array(policy.sha256))
     return counts
 
 

@@ -228,6 +228,9 @@ def test_no_votes_gives_the_whole_budget_to_the_dpsgd_teacher(tmp_path):
     config = load_config(pipeline)
     targets, margins = released_targets(dict(labels), config.student, mechanism(config))
     assert np.allclose(targets.numpy(), labels["prior"] / labels["prior"].sum(1, keepdims=True), atol=1e-6)
+    released = np.load(tmp_path / "run-release" / "labels.npz")  # what the student learned from is public
+    assert np.array_equal(released["prior"], labels["prior"]) and "soft" not in released
+    assert "no record voted" in (tmp_path / "run-release" / "model-card.md").read_text()
     audit = invoke("audit", tmp_path / "run", "--query", 0)
     assert audit.exit_code == 0 and "no votes" in audit.output, audit.output
     fashion = Path(__file__).resolve().parents[2] / "pipelines" / "fashion-mnist-rknn.toml"
@@ -275,6 +278,22 @@ def test_per_record_budgets_vote_for_fewer_anchors(tmp_path):
     levels = public["per_budget_level"]
     assert [(lv["budget_epsilon"], lv["anchors"]) for lv in levels] == [(3.1, 2), (50.0, 5)]
     assert levels[0]["epsilon"] == pytest.approx(_rdp_epsilon(2), rel=1e-9) and levels[0]["epsilon"] <= 3.1
+
+
+def test_a_budget_below_one_vote_casts_none_without_a_dpsgd_teacher(tmp_path, fake_data_root):
+    """Without a DP-SGD teacher a level below one vote's cost gives k_b = 0: the record votes for no
+    anchor, its guarantee is 0, and the plan, the run and the statement say so (no accountant is
+    asked about an empty release)."""
+    (tmp_path / "budgets.csv").write_text("record,epsilon\n3,0.01\n")
+    pipeline = tmp_path / "rknn.toml"
+    pipeline.write_text(edit_pipeline(RKNN_PIPELINE, ("[privacy]\n", "[privacy]\nrecord_budgets = 'budgets.csv'\n")))
+    plan = invoke("plan", pipeline)
+    assert plan.exit_code == 0 and "records with budget 0.01: 0 anchors each, guarantee epsilon 0.0000" in plan.output, \
+        plan.output
+    result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "--data-root", fake_data_root, "-q")
+    assert result.exit_code == 0, result.output
+    levels = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]["per_budget_level"]
+    assert levels == [{"budget_epsilon": 0.01, "anchors": 0, "epsilon": 0.0, "delta": 1e-4}]
 
 
 def test_a_budget_below_the_dpsgd_teachers_own_cost_is_refused(tmp_path):
