@@ -212,3 +212,34 @@ def test_fixmatch_beats_supervised_when_labels_are_scarce():
     a_sup, a_semi = accuracy(sup, held_x, held_y), accuracy(semi, held_x, held_y)
     assert hist["mask_rate"][-1] > 0.5
     assert a_semi > a_sup + 0.1, (a_sup, a_semi)
+
+
+# ------------------------------------------------------------------ random erasing
+def test_random_erasing_erases_one_rectangle_of_the_chosen_share_of_images():
+    """Each image is erased with the given probability, in one axis-aligned rectangle of 2-40% of
+    its area (a little more or less where the rectangle is rounded to whole pixels), from the
+    generator alone; probability 0 returns the images unchanged."""
+    from pate.nets.augment import random_erase
+    x = torch.zeros(4000, 1, 28, 28)
+    out = random_erase(x, torch.Generator().manual_seed(0), 0.3)
+    erased = (out != 0).flatten(1)
+    hit = erased.any(1)
+    assert abs(hit.float().mean().item() - 0.3) < 0.03
+    share = erased[hit].float().mean(1)
+    assert share.min() >= 0.01 and share.max() <= 0.45 and 0.17 < share.mean() < 0.25
+    for image in (out[hit][:50] != 0)[:, 0]:  # one rectangle: the erased rows and columns span exactly it
+        rows, cols = image.any(1).nonzero().flatten(), image.any(0).nonzero().flatten()
+        assert image.sum() == len(rows) * len(cols) and rows[-1] - rows[0] + 1 == len(rows)
+    assert torch.equal(out, random_erase(x, torch.Generator().manual_seed(0), 0.3))
+    assert random_erase(x, torch.Generator().manual_seed(0), 0.0) is x
+
+
+def test_erasing_changes_training_and_is_part_of_the_checkpoints_settings(tmp_path):
+    x, y = blobs(60, seed=5)
+    plain, _ = train(x, y, steps=10)
+    erased, _ = train(x, y, steps=10, erase=0.5)
+    assert any(not torch.equal(plain.state_dict()[k], erased.state_dict()[k]) for k in plain.state_dict())
+    path = tmp_path / "student.pt"
+    train(x, y, steps=4, checkpoint_path=path, checkpoint_every=2)
+    with pytest.raises(CheckpointMismatch):  # the same steps with erasing are another training
+        train(x, y, steps=4, erase=0.5, checkpoint_path=path, checkpoint_every=2)

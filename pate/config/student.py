@@ -43,6 +43,9 @@ class StudentConfig:
     keep_widest: float = 1.0
     # Horizontal flips in the student's augmentations (clothes, not digits or text).
     hflip: bool = False
+    # Random erasing of the labelled batches: the probability that an image has a rectangle erased
+    # (Zhong et al. 2020; 0 = none).
+    erase: float = 0.0
 
     def validate(self) -> None:
         _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
@@ -54,6 +57,7 @@ class StudentConfig:
                self.propagation_confidence)
         _check("student", "keep_widest", 0 < self.keep_widest <= 1, "in (0, 1] (1 = every released label)",
                self.keep_widest)
+        _check("student", "erase", 0 <= self.erase <= 1, "in [0, 1] (the probability an image is erased)", self.erase)
         _check("student", "soft_temperature", 0 <= self.soft_temperature <= 1e6, "in [0, 1e6] (0 = the noise's std)",
                self.soft_temperature)
         _check("student", "method", self.method in STUDENT_METHODS, f"one of {list(STUDENT_METHODS)}",

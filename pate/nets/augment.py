@@ -2,7 +2,7 @@
 
 Teachers train with random shifts (``shift_images``, the shifts drawn per teacher from its own
 seed); the student with FixMatch's weak (shift, optional flip) and strong (RandAugment-like)
-views (Sohn et al. 2020, arXiv:2001.07685v2); the public feature extractor with SimCLR-style
+views (Sohn et al. 2020, arXiv:2001.07685v2), and random erasing on its labelled batches; the public feature extractor with SimCLR-style
 contrastive views (Chen et al. 2020, arXiv:2002.05709v3). Every function takes normalised float
 images (B, C, H, W) on any device and returns the same shape.
 """
@@ -43,6 +43,35 @@ def weak_augment(x: torch.Tensor, gen: torch.Generator, *, max_shift: int = 2, h
     """Random shift by up to ``max_shift`` pixels; horizontal flip only when ``hflip`` (not digits)."""
     x = random_shift(x, max_shift, gen)
     return _flip(x, gen) if hflip else x
+
+
+def random_erase(x: torch.Tensor, gen: torch.Generator, probability: float, *, area: tuple[float, float] = (0.02, 0.4),
+                 aspect: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020, "Random Erasing Data Augmentation"): with ``probability``,
+    one rectangle of each image, ``area`` of it in proportion and of aspect ratio in ``aspect``
+    (log-uniform), is filled with noise, so the model cannot lean on any one part of the object
+    (a sleeve, a collar). Batched: every image draws its own rectangle."""
+    if probability <= 0:
+        return x
+    b, c, h, w = x.shape
+    dev = x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=gen, device=dev)
+
+    target = u(*area) * h * w
+    ratio = torch.exp(u(math.log(aspect[0]), math.log(aspect[1])))
+    eh = torch.sqrt(target * ratio).round().clamp(1, h).long()
+    ew = torch.sqrt(target / ratio).round().clamp(1, w).long()
+    top = (torch.rand(b, generator=gen, device=dev) * (h - eh + 1)).long()
+    left = (torch.rand(b, generator=gen, device=dev) * (w - ew + 1)).long()
+    on = torch.rand(b, generator=gen, device=dev) < probability
+    ys, xs = torch.arange(h, device=dev)[None], torch.arange(w, device=dev)[None]
+    in_y = (ys >= top[:, None]) & (ys < (top + eh)[:, None])                    # (B, H)
+    in_x = (xs >= left[:, None]) & (xs < (left + ew)[:, None])                  # (B, W)
+    box = (in_y[:, :, None] & in_x[:, None, :] & on[:, None, None])[:, None]    # (B, 1, H, W)
+    fill = torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
+    return torch.where(box, fill, x)
 
 
 def strong_augment(x: torch.Tensor, gen: torch.Generator, *, hflip: bool = False,
