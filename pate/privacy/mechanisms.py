@@ -563,7 +563,7 @@ class ReverseKNN(Mechanism):
 
     @property
     def casts_votes(self) -> bool:
-        return self.knn_k > 0
+        return self.knn_k != 0  # None: built from settings that do not say (the registry's test)
 
     def decide_noisy(self, votes, noise):
         if not self.casts_votes:
