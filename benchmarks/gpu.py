@@ -69,7 +69,7 @@ sys.path.insert(0, str(REPO))  # measure the checkout this file is in, installed
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.seeds import with_settings  # noqa: E402
+from benchmarks.seeds import pipeline_text, with_settings  # noqa: E402
 from benchmarks.teachers import training_flops_per_image  # noqa: E402
 from pate import config as config_mod  # noqa: E402
 from pate import data as data_mod  # noqa: E402
@@ -531,7 +531,7 @@ def e2e_pipeline(bench: Bench, tmp: Path) -> Path:
     if not student:
         return path
     copy = tmp / f"{path.stem}-student.toml"  # the student the CPU cannot train in time, on the same release
-    copy.write_text(with_settings(path.read_text(), {"student": student}))
+    copy.write_text(with_settings(pipeline_text(path), {"student": student}))  # its paths absolute
     bench.report.put("e2e.student", " ".join(f"{key}={value}" for key, value in student.items()))
     return copy
 

@@ -6,8 +6,8 @@ For each seed s, a copy of the pipeline with ``[data] split_seed``, ``[teachers]
 ``[student] seed`` set to s (a new partition, new teachers, a new student) runs end to end with
 ``pate run`` in ``<out>/<name>-seed<s>``; the aggregator's noise stays the OS's (unseeded), so the
 spread covers it too. Each run's spend goes to ``<out>/spend`` (PATE_SPEND_DIR), never to the
-user's log. A finished run is read, not rerun, so an interrupted benchmark resumes. Paths inside
-the pipeline (record_budgets, image folders) must be absolute: the copy lives in ``<out>``.
+user's log. A finished run is read, not rerun, so an interrupted benchmark resumes. The copy lives
+in ``<out>``, so its paths (record_budgets, image folders) are made absolute first (``pipeline_text``).
 
 Prints one line per seed and a summary line per figure; writes ``<out>/<name>.json``.
 """
@@ -25,6 +25,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDED = {"data": "split_seed", "teachers": "seed", "student": "seed"}
+
+
+def pipeline_text(path: Path) -> str:
+    """The pipeline as its canonical TOML, every path in it (data, budgets, weights) made absolute
+    from the pipeline's own folder, so a copy written in another folder names the same files."""
+    sys.path.insert(0, str(ROOT))
+    from pate import config as config_mod
+    return config_mod.to_toml(config_mod.load(path))
 
 
 def with_seed(text: str, seed: int) -> str:
@@ -65,7 +73,7 @@ def figures(run_dir: Path) -> dict:
 
 def run_one(pipeline: Path, seed: int, out: Path) -> dict:
     copy = out / f"{pipeline.stem}-seed{seed}.toml"
-    copy.write_text(with_seed(pipeline.read_text(), seed))
+    copy.write_text(with_seed(pipeline_text(pipeline), seed))
     run_dir = out / f"{pipeline.stem}-seed{seed}"
     if not (run_dir / "metrics.json").exists():
         env = {**os.environ, "PATE_SPEND_DIR": str(out / "spend"), "PYTHONPATH": str(ROOT)}

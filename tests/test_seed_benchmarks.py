@@ -41,6 +41,22 @@ def test_every_pipeline_copy_gets_every_seed_and_stays_valid(pipeline, tmp_path)
         config_mod.load(copy)  # still a valid pipeline
 
 
+def test_a_copy_written_elsewhere_names_the_same_files(tmp_path):
+    """A pipeline naming its files relative to its own folder: the benchmarks' copies (in another
+    folder) name them by absolute path, and the copy's settings are the pipeline's."""
+    (tmp_path / "own").mkdir()
+    pipeline = tmp_path / "own" / "p.toml"
+    pipeline.write_text('name = "p"\n[data]\ndataset = "mnist"\n[aggregator]\nmechanism = "private-knn"\n'
+                        '[teachers]\nfeatures = "scattering"\n[privacy]\nrecord_budgets = "budgets.csv"\n')
+    copy = tmp_path / "elsewhere.toml"
+    copy.write_text(seeds.with_seed(seeds.pipeline_text(pipeline), 2))
+    raw = tomllib.loads(copy.read_text())
+    assert raw["privacy"]["record_budgets"] == str((tmp_path / "own" / "budgets.csv").resolve())
+    assert raw["name"] == "p-seed2" and raw["data"]["split_seed"] == 2
+    loaded = config_mod.load(copy)
+    assert loaded.aggregator == config_mod.load(pipeline).aggregator
+
+
 def test_existing_seed_is_replaced_not_duplicated():
     text = 'name = "x"\n[data]\nsplit_seed = 3\ndataset = "mnist"\n[student]\nseed = 1\n'
     raw = tomllib.loads(seeds.with_seed(text, 5))
