@@ -1,7 +1,7 @@
 """Choosing student settings on a split of the public pool (never the held-out test split): retrain
 a finished run's student without ``--validate`` pool images and score it on them.
 
-    python benchmarks/student_split.py RUN_DIR --keep-widest 0.67,1 [--erase 0,0.5] [--validate 1000] [--steps 4500]
+    python benchmarks/student_split.py RUN_DIR --keep-widest 0.67,1 [--erase 0,0.5] [--prior-temperature 1,2] [--validate 1000] [--steps 4500]
 
 The run's release (``labels.npz``: labels, noisy vectors, a DP-SGD teacher's probabilities) becomes
 targets exactly as ``pate.stages.train_student`` makes them (``released_targets``, ``widest``); a
@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--arch", default=None, help="the run's [student] arch by default")
     parser.add_argument("--method", default=None, help="the run's [student] method by default")
     parser.add_argument("--erase", default=None, help="comma-separated [student] erase values (the run's by default)")
+    parser.add_argument("--prior-temperature", default=None,
+                        help="comma-separated [student] prior_temperature values (the run's by default)")
     parser.add_argument("--data-root", type=Path, default=data.DEFAULT_ROOT)
     args = parser.parse_args()
     config = config_mod.load(args.run_dir / "config.toml")
@@ -53,20 +55,23 @@ def main() -> None:
     held = np.sort(np.random.default_rng(0).choice(pool, size=args.validate, replace=False))
     with np.load(args.run_dir / "labels.npz") as npz:
         released = {k: npz[k] for k in npz.files}
-    targets, margins = released_targets(released, config.student, mechanism(config))
     images = lambda index: data.to_float(ds.public_x[index], ds.mean, ds.std)  # noqa: E731
     truth = torch.from_numpy(ds.public_y[held].astype(np.int64))
     rows_held = np.flatnonzero(np.isin(released["query_index"], held))
+    targets, _ = released_targets(released, config.student, mechanism(config))
     for name, rows in (("the student's targets (the release as the stage reads it)", targets), ("the DP-SGD teacher's released probabilities",
                                                           torch.from_numpy(released["prior"]) if "prior" in released else None)):
         if rows is not None and rows.ndim == 2:  # free: they were released for these very images
             right = (rows[torch.from_numpy(rows_held)].argmax(1).numpy() == ds.public_y[released["query_index"][rows_held]])
             print(f"{name}: {100 * right.mean():.2f}% of the {len(rows_held)} held-out pool images they label right")
-    erases = [float(e) for e in args.erase.split(",")] if args.erase else [config.student.erase]
-    for fraction, erase in ((float(f), e) for f in args.keep_widest.split(",") for e in erases):
+    erases = _values(args.erase, config.student.erase)
+    temperatures = _values(args.prior_temperature, config.student.prior_temperature)
+    for fraction, erase, temperature in ((float(f), e, t) for f in args.keep_widest.split(",") for e in erases
+                                         for t in temperatures):
         cfg = dataclasses.replace(config.student, keep_widest=fraction, steps=args.steps or config.student.steps,
                                   arch=args.arch or config.student.arch, method=args.method or config.student.method,
-                                  erase=erase)
+                                  erase=erase, prior_temperature=temperature)
+        targets, margins = released_targets(released, cfg, mechanism(config))
         kept = widest(margins, fraction) if fraction < 1 and margins is not None else np.arange(len(targets))
         labeled, rows = released["query_index"][kept], targets[torch.from_numpy(kept)]
         train = ~np.isin(labeled, held)
@@ -82,10 +87,15 @@ def main() -> None:
         test = parts["test_index"]  # reported beside, as the ablation does; never read to choose
         tested = (f"; {100 * training.accuracy(model, images(test), torch.from_numpy(ds.public_y[test].astype(np.int64))):.2f}%"
                   f" of the {len(test)} held-out test images" if len(test) and (ds.public_y[test] >= 0).all() else "")
-        print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps, keep_widest {fraction:g}, erase {erase:g}: "
+        print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps, keep_widest {fraction:g}, erase {erase:g}, "
+              f"prior_temperature {temperature:g}: "
               f"{int(train.sum())} "
               f"labelled + {len(unlabeled)} unlabelled, {100 * right:.2f}% of the {len(held)} held-out pool images "
               f"right{tested} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def _values(text: str | None, default: float) -> list[float]:
+    return [float(v) for v in text.split(",")] if text else [default]
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ class StudentConfig:
     # vector's top-two margin is widest (the surest); the others join the unlabelled pool. Post-processing
     # of the release (reverse-knn labels every anchor, and the narrow margins are the noisy ones).
     keep_widest: float = 1.0
+    # A DP-SGD teacher's released probabilities are tempered before the student learns them:
+    # p^(1/prior_temperature), renormalised (above 1 softens an overconfident model; 1 = as released).
+    prior_temperature: float = 1.0
     # Horizontal flips in the student's augmentations (clothes, not digits or text).
     hflip: bool = False
     # Random erasing of the labelled batches: the probability that an image has a rectangle erased
@@ -58,6 +61,8 @@ class StudentConfig:
         _check("student", "keep_widest", 0 < self.keep_widest <= 1, "in (0, 1] (1 = every released label)",
                self.keep_widest)
         _check("student", "erase", 0 <= self.erase <= 1, "in [0, 1] (the probability an image is erased)", self.erase)
+        _check("student", "prior_temperature", 0.01 <= self.prior_temperature <= 100, "in [0.01, 100] (1 = as released)",
+               self.prior_temperature)
         _check("student", "soft_temperature", 0 <= self.soft_temperature <= 1e6, "in [0, 1e6] (0 = the noise's std)",
                self.soft_temperature)
         _check("student", "method", self.method in STUDENT_METHODS, f"one of {list(STUDENT_METHODS)}",

@@ -93,18 +93,26 @@ def released_targets(released: dict, cfg, mech) -> tuple[torch.Tensor, np.ndarra
     cast); ``margins`` are the rows whose top-two gap ``keep_widest`` ranks (None: hard labels alone,
     nothing to rank)."""
     label = released["label"]
+    prior = tempered(released["prior"], cfg.prior_temperature) if "prior" in released else None
     if not mech.casts_votes:  # the labels are the prior's argmax: learn the whole distribution
-        prior = np.asarray(released["prior"], dtype=np.float64)
-        targets = torch.from_numpy(prior / prior.sum(1, keepdims=True)).float()
+        targets = torch.from_numpy(prior).float()
         return targets, targets.numpy()
     targets = torch.from_numpy(np.asarray(label, dtype=np.int64))
     if "soft" in released:  # the noisy vectors released with the labels (post-processing: free)
         targets = soft_targets(released["soft"], label, cfg.soft_temperature or mech.answer_noise_std)
     margins = released["soft"] if "soft" in released else None
-    if "prior" in released:  # a DP-SGD teacher's probabilities, released beside the votes: their product
-        targets = with_prior(targets, released["prior"])
+    if prior is not None:  # a DP-SGD teacher's probabilities, released beside the votes: their product
+        targets = with_prior(targets, prior)
         margins = targets.numpy()
     return targets, margins
+
+
+def tempered(prior: np.ndarray, temperature: float) -> np.ndarray:
+    """(n, m) float64 rows p^(1/temperature), renormalised (floored at 1e-6 first, so no class is
+    ruled out): a DP-SGD model trained to its clipping's limits is often surer than it is right."""
+    logp = np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-6, None)) / temperature
+    rows = np.exp(logp - logp.max(axis=1, keepdims=True))
+    return rows / rows.sum(axis=1, keepdims=True)
 
 
 def with_prior(targets: torch.Tensor, prior: np.ndarray) -> torch.Tensor:
