@@ -111,8 +111,8 @@ def render_reverse(plan: dict) -> str:
     g = plan["guarantee"]
     lines = [f"{plan['mechanism']}: planned from public settings only",
              f"GUARANTEE: epsilon {g['epsilon']:.4f} at delta {g['delta']:g} for every private record "
-             f"({g['accountant']}: one release over all {plan['anchors']} anchors, each record voting for "
-             f"{plan['knn_k']} of them)",
+             f"({g['accountant']}: " + (f"one release over all {plan['anchors']} anchors, each record voting for "
+                                        f"{plan['knn_k']} of them)" if plan["knn_k"] else "no record votes)"),
              f"votes: about {plan['expected_votes_per_anchor']:.0f} per anchor; the noise's sigma2 {plan['sigma2']:g} is "
              f"{plan['noise_over_votes']:.2f} of that" if plan["knn_k"] else
              "votes: none (knn_k = 0): the DP-SGD teacher labels every anchor and takes the whole budget"]

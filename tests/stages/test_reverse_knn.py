@@ -355,7 +355,7 @@ def test_without_opacus_a_dpsgd_teacher_is_one_line_before_anything_is_written(t
 
 
 def test_the_shipped_pipelines_settings_follow_their_rules(tmp_path):
-    """pipelines/*-rknn.toml say their sigma2 and DP-SGD noise come from `pate plan --target-epsilon`:
+    """pipelines/*-rknn.toml and fashion-mnist-dpsgd-teacher.toml say their sigma2 and DP-SGD noise come from `pate plan --target-epsilon`:
     rerun the plan and compare, so the files cannot drift from the rule they state."""
     from pathlib import Path
     root = Path(__file__).resolve().parents[2] / "pipelines"
@@ -376,6 +376,10 @@ def test_the_shipped_pipelines_settings_follow_their_rules(tmp_path):
         "epsilon"] == plan["guarantee"]["epsilon"]
     votes_only = invoke("plan", root / "fashion-mnist-rknn.toml", "--target-epsilon", 1.0)
     assert votes_only.exit_code != 0 and "already spend" in votes_only.output
+    teacher = json.loads(invoke("plan", root / "fashion-mnist-dpsgd-teacher.toml", "--target-epsilon", 2.0, "--format",
+                                "json").output)
+    assert teacher["knn_k"] == 0 and teacher["votes_alone_epsilon_rdp"] == 0.0
+    assert teacher["proposed"]["dpsgd_noise"] == 4.949 and 1.99 < teacher["guarantee"]["epsilon"] <= 2.0
 
 
 def test_a_semi_supervised_student_when_every_pool_image_is_labelled(finished, tmp_path, fake_data_root):
