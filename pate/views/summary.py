@@ -44,9 +44,10 @@ def rows(run: RunDir) -> list[tuple[str, str, str]]:
         out += [("neighbourhood plurality accuracy", _pct(teachers_eval.get("ensemble_accuracy"))
                  + f" (median {teachers_eval.get('neighbours_median', 0):.0f} private records per query)", NOT_COVERED)]
     elif teachers_eval and mech.reads_records:
-        out += [("anchor plurality accuracy", _pct(teachers_eval.get("query_plurality_accuracy"))
-                 + f" (noiseless; median {teachers_eval.get('votes_per_anchor_median', 0):.0f} votes per anchor)",
-                 NOT_COVERED)]
+        if mech.casts_votes:  # knn_k = 0: no vote to count
+            out += [("anchor plurality accuracy", _pct(teachers_eval.get("query_plurality_accuracy"))
+                     + f" (noiseless; median {teachers_eval.get('votes_per_anchor_median', 0):.0f} votes per anchor)",
+                     NOT_COVERED)]
     elif teachers_eval:
         spread = ""
         if teachers_eval.get("teacher_accuracy_min") is not None:
