@@ -8,7 +8,6 @@ import numpy as np
 
 from ..features import knn
 from ..privacy import accounting, ledger
-from ..progress import Progress
 from ..run.directory import RunError
 from ..run.artifacts import DPSGD_POOL, RECORD_BUDGETS, VOTES, Context, load_partition
 from . import budgets, protocol, teacher_votes
@@ -49,19 +48,8 @@ def decide(run: protocol.Aggregation, inputs: teacher_votes.Votes) -> bool:
     (``knn_k = 0``) each anchor's label is the DP-SGD teacher's most probable class, no noise drawn."""
     if run.settings.mechanism.casts_votes:
         return teacher_votes.decide(run, inputs)
-    ctx, votes, query_index = run.ctx, inputs.ledger_votes, inputs.query_index
-    labels = np.argmax(snapped_prior(ctx, query_index), axis=1)
-    done, mac = len(run.book.records), run.book.last_mac
-    progress = Progress(len(votes), protocol.STAGE, ctx.quiet, start=done)
-    while done < len(votes):
-        end = min((done // protocol.CHUNK + 1) * protocol.CHUNK, len(votes))
-        mac = run.write(protocol.records_of(run.settings.mechanism, votes[done:end], done, labels[done:end],
-                                            query_index), mac)
-        protocol.progress_note(ctx, end, len(votes), f"{end} labelled by the DP-SGD teacher")
-        progress.update(end - done)
-        done = end
-    progress.close()
-    return False
+    labels = np.argmax(snapped_prior(run.ctx, inputs.query_index), axis=1)
+    return teacher_votes.decide(run, inputs, labels_of=lambda first, end, chunk: (labels[first:end], None))
 
 
 def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: list, stopped_by_budget: bool,

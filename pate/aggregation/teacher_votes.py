@@ -5,6 +5,7 @@ configured, is logged in the spend log, then drawn once, after the last query.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -47,9 +48,11 @@ def load(ctx: Context, settings: accounting.Settings) -> Votes:
     return Votes(votes, query_index)
 
 
-def decide(run: protocol.Aggregation, inputs: Votes) -> bool:
+def decide(run: protocol.Aggregation, inputs: Votes,
+           labels_of: Callable[[int, int, int], tuple[np.ndarray, np.ndarray | None]] | None = None) -> bool:
     """Decide every query after the ledger's last, chunk by chunk, ledger first; returns whether
-    the Rényi filter stopped it."""
+    the Rényi filter stopped it. ``labels_of(first, end, chunk)`` gives a chunk's labels and noisy
+    vectors (None: none released) where they come from elsewhere than the mechanism's noise."""
     ctx, votes, query_index = run.ctx, inputs.ledger_votes, inputs.query_index
     mech, seed = run.settings.mechanism, ctx.config.aggregator.seed
     records, mac = run.book.records, run.book.last_mac
@@ -66,10 +69,12 @@ def decide(run: protocol.Aggregation, inputs: Votes) -> bool:
         if allowed == 0:
             stopped_by_budget = True
             break
-        labels, noisy = mech.decide_noisy(votes[first:end], noise_source(seed, stream=chunk))
-        labels, noisy = labels[done - first:][:allowed], noisy[done - first:][:allowed]
+        labels, noisy = (labels_of(first, end, chunk) if labels_of is not None else
+                         mech.decide_noisy(votes[first:end], noise_source(seed, stream=chunk)))
+        labels = labels[done - first:][:allowed]
+        noisy = noisy[done - first:][:allowed] if noisy is not None and run.soft_labels else None
         mac = run.write(protocol.records_of(mech, votes[done:done + allowed], done, labels, query_index,
-                                            noisy=noisy if run.soft_labels else None), mac)
+                                            noisy=noisy), mac)
         if filt is not None:
             filt.charge(allowed * plan.charge)
         done += allowed

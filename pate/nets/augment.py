@@ -34,6 +34,20 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
     return shift_images(x, off.t() - max_shift)
 
 
+def _uniform(lo: float, hi: float, n: int, gen: torch.Generator, device) -> torch.Tensor:
+    """(n,) draws uniform in [lo, hi) from ``gen``."""
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+
+
+def _rectangles(top: torch.Tensor, height: torch.Tensor, left: torch.Tensor, width: torch.Tensor,
+                h: int, w: int) -> torch.Tensor:
+    """(B, 1, h, w) bool: each image's rows [top, top + height) × columns [left, left + width)."""
+    ys, xs = torch.arange(h, device=top.device)[None], torch.arange(w, device=top.device)[None]
+    in_y = (ys >= top[:, None]) & (ys < (top + height)[:, None])  # (B, H)
+    in_x = (xs >= left[:, None]) & (xs < (left + width)[:, None])  # (B, W)
+    return (in_y[:, :, None] & in_x[:, None, :])[:, None]
+
+
 def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -53,23 +67,16 @@ def random_erase(x: torch.Tensor, gen: torch.Generator, probability: float, *, a
     (a sleeve, a collar). Batched: every image draws its own rectangle."""
     if probability <= 0:
         return x
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     dev = x.device
-
-    def u(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(b, generator=gen, device=dev)
-
-    target = u(*area) * h * w
-    ratio = torch.exp(u(math.log(aspect[0]), math.log(aspect[1])))
+    target = _uniform(*area, b, gen, dev) * h * w
+    ratio = torch.exp(_uniform(math.log(aspect[0]), math.log(aspect[1]), b, gen, dev))
     eh = torch.sqrt(target * ratio).round().clamp(1, h).long()
     ew = torch.sqrt(target / ratio).round().clamp(1, w).long()
     top = (torch.rand(b, generator=gen, device=dev) * (h - eh + 1)).long()
     left = (torch.rand(b, generator=gen, device=dev) * (w - ew + 1)).long()
     on = torch.rand(b, generator=gen, device=dev) < probability
-    ys, xs = torch.arange(h, device=dev)[None], torch.arange(w, device=dev)[None]
-    in_y = (ys >= top[:, None]) & (ys < (top + eh)[:, None])                    # (B, H)
-    in_x = (xs >= left[:, None]) & (xs < (left + ew)[:, None])                  # (B, W)
-    box = (in_y[:, :, None] & in_x[:, None, :] & on[:, None, None])[:, None]    # (B, 1, H, W)
+    box = _rectangles(top, eh, left, ew, h, w) & on[:, None, None, None]
     fill = torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
     return torch.where(box, fill, x)
 
@@ -84,7 +91,7 @@ def strong_augment(x: torch.Tensor, gen: torch.Generator, *, hflip: bool = False
     dev = x.device
 
     def u(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(b, generator=gen, device=dev)
+        return _uniform(lo, hi, b, gen, dev)
 
     if hflip:
         x = _flip(x, gen)
@@ -106,15 +113,11 @@ def strong_augment(x: torch.Tensor, gen: torch.Generator, *, hflip: bool = False
     x = x + (u(-brightness, brightness)[:, None, None, None] * std)
     x = x + noise * std * torch.randn(x.shape, generator=gen, device=dev)
 
-    size = max(1, int(round(cutout_frac * min(h, w))))
-    cy = torch.randint(0, h, (b,), generator=gen, device=dev)[:, None]
-    cx = torch.randint(0, w, (b,), generator=gen, device=dev)[:, None]
-    ys = torch.arange(h, device=dev)[None]
-    xs = torch.arange(w, device=dev)[None]
-    in_y = (ys - cy).abs() <= size // 2                                # (B, H)
-    in_x = (xs - cx).abs() <= size // 2                                # (B, W)
-    box = (in_y[:, :, None] & in_x[:, None, :])[:, None]              # (B, 1, H, W)
-    return torch.where(box, mean, x)
+    half = max(1, int(round(cutout_frac * min(h, w)))) // 2
+    cy = torch.randint(0, h, (b,), generator=gen, device=dev)
+    cx = torch.randint(0, w, (b,), generator=gen, device=dev)
+    side = torch.full_like(cy, 2 * half + 1)  # the square of rows and columns within half of the centre
+    return torch.where(_rectangles(cy - half, side, cx - half, side, h, w), mean, x)
 
 
 def contrastive_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
