@@ -1,7 +1,8 @@
 """Choosing student settings on a split of the public pool (never the held-out test split): retrain
 a finished run's student without ``--validate`` pool images and score it on them.
 
-    python benchmarks/student_split.py RUN_DIR --keep-widest 0.67,1 [--erase 0,0.5] [--prior-temperature 1,2] [--validate 1000] [--steps 4500]
+    python benchmarks/student_split.py RUN_DIR --keep-widest 0.67,1 [--erase 0,0.5] [--prior-temperature 1,2] [--mixup 0,0.2]
+        [--validate 1000] [--steps 4500]
 
 The run's release (``labels.npz``: labels, noisy vectors, a DP-SGD teacher's probabilities) becomes
 targets exactly as ``pate.stages.train_student`` makes them (``released_targets``, ``widest``); a
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--erase", default=None, help="comma-separated [student] erase values (the run's by default)")
     parser.add_argument("--prior-temperature", default=None,
                         help="comma-separated [student] prior_temperature values (the run's by default)")
+    parser.add_argument("--mixup", default=None, help="comma-separated [student] mixup values (the run's by default)")
     parser.add_argument("--data-root", type=Path, default=data.DEFAULT_ROOT)
     args = parser.parse_args()
     config = config_mod.load(args.run_dir / "config.toml")
@@ -66,11 +68,12 @@ def main() -> None:
             print(f"{name}: {100 * right.mean():.2f}% of the {len(rows_held)} held-out pool images they label right")
     erases = _values(args.erase, config.student.erase)
     temperatures = _values(args.prior_temperature, config.student.prior_temperature)
-    for fraction, erase, temperature in ((float(f), e, t) for f in args.keep_widest.split(",") for e in erases
-                                         for t in temperatures):
+    mixups = _values(args.mixup, config.student.mixup)
+    for fraction, erase, temperature, mixup in ((float(f), e, t, x) for f in args.keep_widest.split(",") for e in erases
+                                                for t in temperatures for x in mixups):
         cfg = dataclasses.replace(config.student, keep_widest=fraction, steps=args.steps or config.student.steps,
                                   arch=args.arch or config.student.arch, method=args.method or config.student.method,
-                                  erase=erase, prior_temperature=temperature)
+                                  erase=erase, prior_temperature=temperature, mixup=mixup)
         targets, margins = released_targets(released, cfg, mechanism(config))
         kept = widest(margins, fraction) if fraction < 1 and margins is not None else np.arange(len(targets))
         labeled, rows = released["query_index"][kept], targets[torch.from_numpy(kept)]
@@ -82,13 +85,13 @@ def main() -> None:
             images(unlabeled if len(unlabeled) else labeled[train]) if cfg.method != "supervised" else None,
             arch=cfg.arch, num_classes=ds.num_classes, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size,
             unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay, threshold=cfg.threshold,
-            hflip=cfg.hflip, erase=cfg.erase, seed=cfg.seed)
+            hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup, seed=cfg.seed)
         right = training.accuracy(model, images(held), truth)
         test = parts["test_index"]  # reported beside, as the ablation does; never read to choose
         tested = (f"; {100 * training.accuracy(model, images(test), torch.from_numpy(ds.public_y[test].astype(np.int64))):.2f}%"
                   f" of the {len(test)} held-out test images" if len(test) and (ds.public_y[test] >= 0).all() else "")
         print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps, keep_widest {fraction:g}, erase {erase:g}, "
-              f"prior_temperature {temperature:g}: "
+              f"prior_temperature {temperature:g}, mixup {mixup:g}: "
               f"{int(train.sum())} "
               f"labelled + {len(unlabeled)} unlabelled, {100 * right:.2f}% of the {len(held)} held-out pool images "
               f"right{tested} ({time.time() - t0:.0f} s)", flush=True)

@@ -52,6 +52,7 @@ BAD = [
     ("[privacy]\nconversion = 'magic'\n", "[privacy] conversion"),
     ("[student]\nmethod = 'vat'\n", "[student] method"),
     ("[student]\nerase = 1.5\n", "[student] erase must be in [0, 1]"),
+    ("[student]\nmixup = -0.2\n", "[student] mixup must be 0 (none) or in [0.01, 100]"),
     ("[data]\nstudent_pool = 9500\ntest_size = 1000\n", "student_pool + test_size"),
     ("[data]\nprivate_size = 70000\n", "[data] private_size"),
     ("colour = 'blue'\n", "unknown top-level key 'colour'"),

@@ -243,3 +243,42 @@ def test_erasing_changes_training_and_is_part_of_the_checkpoints_settings(tmp_pa
     train(x, y, steps=4, checkpoint_path=path, checkpoint_every=2)
     with pytest.raises(CheckpointMismatch):  # the same steps with erasing are another training
         train(x, y, steps=4, erase=0.5, checkpoint_path=path, checkpoint_every=2)
+
+
+# ------------------------------------------------------------------ mixup
+def test_mixup_blends_images_and_targets_with_beta_weights():
+    """Each image is λ·x + (1-λ)·x' with its target λ·y + (1-λ)·y' for one partner of the batch, λ
+    Beta(alpha, alpha): with image i the constant i and target row i the one-hot of class i, row i of
+    the mixed targets holds λ at column i and 1-λ at the partner's; λ is checked against the Beta's
+    own CDF (scipy) with a Kolmogorov-Smirnov test; the draws are the generator's alone."""
+    from scipy import stats
+    from pate.nets.augment import mix_up
+    n, alpha = 2000, 0.4
+    x = torch.arange(n, dtype=torch.float64).reshape(n, 1, 1, 1).expand(n, 1, 2, 2).clone()
+    y = torch.eye(n, dtype=torch.float64)
+    mx, my = mix_up(x, y, torch.Generator().manual_seed(3), alpha)
+    rows = torch.arange(n)
+    lam = my[rows, rows]
+    other = my.clone()
+    other[rows, rows] = 0
+    partner = other.argmax(1)
+    moved = partner != rows  # an image drawn as its own partner is itself, whatever λ
+    assert moved.float().mean() > 0.99
+    assert torch.allclose(my.sum(1), torch.ones(n, dtype=torch.float64))
+    assert torch.allclose(other[rows, partner][moved], 1 - lam[moved])
+    assert torch.allclose(mx[:, 0, 0, 0][moved], (lam * rows + (1 - lam) * partner)[moved])
+    assert stats.kstest(lam[moved].numpy(), stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+    assert stats.kstest(lam[moved].numpy(), stats.beta(1.0, 1.0).cdf).pvalue < 1e-6  # the test can fail
+    again = mix_up(x, y, torch.Generator().manual_seed(3), alpha)
+    assert torch.equal(again[0], mx) and torch.equal(again[1], my)
+
+
+def test_mixup_changes_training_is_in_the_checkpoints_settings_and_is_refused_out_of_range(tmp_path):
+    x, y = blobs(60, seed=5)
+    plain, _ = train(x, y, steps=10)
+    mixed, _ = train(x, y, steps=10, mixup=0.2)
+    assert any(not torch.equal(plain.state_dict()[k], mixed.state_dict()[k]) for k in plain.state_dict())
+    path = tmp_path / "student.pt"
+    train(x, y, steps=4, checkpoint_path=path, checkpoint_every=2)
+    with pytest.raises(CheckpointMismatch):
+        train(x, y, steps=4, mixup=0.2, checkpoint_path=path, checkpoint_every=2)

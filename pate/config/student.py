@@ -49,6 +49,9 @@ class StudentConfig:
     # Random erasing of the labelled batches: the probability that an image has a rectangle erased
     # (Zhong et al. 2020; 0 = none).
     erase: float = 0.0
+    # Mixup of the labelled batches (Zhang et al. 2018): each image and its target blended with another
+    # of the batch, the weight drawn from Beta(mixup, mixup) (0 = none).
+    mixup: float = 0.0
 
     def validate(self) -> None:
         _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
@@ -61,6 +64,8 @@ class StudentConfig:
         _check("student", "keep_widest", 0 < self.keep_widest <= 1, "in (0, 1] (1 = every released label)",
                self.keep_widest)
         _check("student", "erase", 0 <= self.erase <= 1, "in [0, 1] (the probability an image is erased)", self.erase)
+        _check("student", "mixup", self.mixup == 0 or 0.01 <= self.mixup <= 100,
+               "0 (none) or in [0.01, 100] (Beta(mixup, mixup) weights)", self.mixup)
         _check("student", "prior_temperature", 0.01 <= self.prior_temperature <= 100, "in [0.01, 100] (1 = as released)",
                self.prior_temperature)
         _check("student", "soft_temperature", 0 <= self.soft_temperature <= 1e6, "in [0, 1e6] (0 = the noise's std)",

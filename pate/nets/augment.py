@@ -81,6 +81,23 @@ def random_erase(x: torch.Tensor, gen: torch.Generator, probability: float, *, a
     return torch.where(box, fill, x)
 
 
+def mix_up(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization", arXiv:1710.09412v2):
+    each image and its target row are blended with another of the batch (a permutation from ``gen``),
+    λ·(x, y) + (1 − λ)·(x', y'), λ ~ Beta(alpha, alpha) per image (by inverting the Beta's CDF at a
+    uniform from ``gen``). Wrong labels then teach a blend, not a memorised image: mixup was proposed
+    for robustness to corrupted labels among other things. ``y`` is (B, m) float rows."""
+    from scipy.special import betaincinv  # the Beta's inverse CDF: draws stay on ``gen``
+
+    b = len(x)
+    partner = torch.randperm(b, generator=gen, device=x.device)
+    u = torch.rand(b, generator=gen, device=x.device, dtype=torch.float64)
+    lam = torch.from_numpy(betaincinv(alpha, alpha, u.cpu().numpy())).to(x.device, x.dtype)
+    mixed_x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner]
+    mixed_y = lam[:, None] * y + (1 - lam[:, None]) * y[partner]
+    return mixed_x, mixed_y
+
+
 def strong_augment(x: torch.Tensor, gen: torch.Generator, *, hflip: bool = False,
                    rotate_deg: float = 20.0, shear: float = 0.25, scale: float = 0.15,
                    max_shift_frac: float = 0.15, cutout_frac: float = 0.4,

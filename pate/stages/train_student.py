@@ -73,7 +73,8 @@ def run(ctx: Context) -> None:
         if cfg.method != "supervised" else None,  # every pool image labelled: its consistency term on them
         arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
         batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, threshold=cfg.threshold, hflip=cfg.hflip, erase=cfg.erase, seed=cfg.seed,
+        weight_decay=cfg.weight_decay, threshold=cfg.threshold, hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup,
+        seed=cfg.seed,
         device=resolve_device(ctx.device), checkpoint_path=run_dir.file("student/checkpoint.pt"),
         checkpoint_every=max(1, min(200, cfg.steps // 5)), fingerprint=ctx.config.fingerprint(),
         progress=report)

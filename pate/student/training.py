@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nets.augment import random_erase, strong_augment, weak_augment
+from ..nets.augment import mix_up, random_erase, strong_augment, weak_augment
 from ..io import check_resumable, load_checkpoint, save_checkpoint
 from ..nets.models import build_model
 from ..seeds import derive_seed
@@ -168,6 +168,7 @@ def train_student(
     ema_decay: float = 0.99,
     hflip: bool = False,
     erase: float = 0.0,
+    mixup: float = 0.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
     checkpoint_path: str | os.PathLike | None = None,
@@ -188,6 +189,8 @@ def train_student(
     ``loss_labeled``, ``loss_unlabeled``, ``mask_rate`` (fraction of unlabelled images above
     ``threshold``), ``labeled_accuracy`` (on the augmented labelled batches) and ``lr``, each
     averaged over the ``log_every`` steps before the logged step; only training data is used.
+    ``hflip``, ``erase`` and ``mixup`` (Beta(mixup, mixup) blends of labelled images and targets,
+    ``mix_up``) augment the labelled batches; each is part of the checkpoint's settings when on.
 
     With ``checkpoint_path`` the state is saved atomically every ``checkpoint_every`` steps
     (default: at the end only) and a run finding a checkpoint there resumes from it; a checkpoint
@@ -204,7 +207,7 @@ def train_student(
     settings = dict(arch=arch, num_classes=num_classes, method=method, steps=steps, batch_size=batch_size,
                     unlabeled_ratio=unlabeled_ratio, lr=lr, weight_decay=weight_decay, threshold=threshold,
                     unlabeled_weight=unlabeled_weight, ema_decay=ema_decay, hflip=hflip, seed=seed,
-                    log_every=log_every, **({"erase": erase} if erase else {}),  # old checkpoints still resume
+                    log_every=log_every, **({"erase": erase} if erase else {}), **({"mixup": mixup} if mixup else {}),  # old checkpoints still resume
                     data=_data_digest((labeled_x, labeled_y) + ((unlabeled_x,) if semi else ())))
     state = _new_state(arch, labeled_x.shape[1:], num_classes, seed=seed, lr=lr, weight_decay=weight_decay,
                        steps=steps, device=device)
@@ -215,7 +218,7 @@ def train_student(
     data = (lx, ly, unlabeled_x.to(device, torch.float32) if semi else None,
             batch_size * unlabeled_ratio if semi else 0)
     step_kwargs = dict(method=method, batch_size=batch_size, threshold=threshold,
-                       unlabeled_weight=unlabeled_weight, hflip=hflip, erase=erase)
+                       unlabeled_weight=unlabeled_weight, hflip=hflip, erase=erase, mixup=mixup)
 
     def save(done: int) -> None:
         if checkpoint_path is not None and (done % checkpoint_every == 0 or done == steps):
@@ -276,10 +279,12 @@ def _log(state: _State, stats: dict, done: int, steps: int, log_every: int) -> N
 
 
 def _train_step(model, optimizer, lx, ly, ux, n_unl, gen, *, method, batch_size, threshold,
-                unlabeled_weight, hflip, erase) -> dict:
+                unlabeled_weight, hflip, erase, mixup=0.0) -> dict:
     li = torch.randint(0, len(lx), (batch_size,), generator=gen, device=lx.device)
     xb = random_erase(weak_augment(lx[li], gen, hflip=hflip), gen, erase)
     yb = ly[li]
+    if mixup:
+        xb, yb = mix_up(xb, yb if yb.ndim == 2 else F.one_hot(yb, model[-1].out_features).float(), gen, mixup)
     stats = {"loss_unlabeled": 0.0, "mask_rate": 0.0}
     if n_unl:
         ui = torch.randint(0, len(ux), (n_unl,), generator=gen, device=ux.device)
