@@ -50,7 +50,8 @@ def load(ctx: Context, settings: accounting.Settings) -> Candidates:
 
 def _student_probabilities(ctx: Context, round_number: int, records: list, index: np.ndarray) -> np.ndarray | None:
     """(len(index), m) the class probabilities, on the public images ``index``, of a student trained
-    on the labels released before the round (and the unlabelled rest of the pool): a function of
+    on the labels released before the round (and the unlabelled rest of the pool), with the final
+    student's settings and augmentations ([student]) but ``interactive_steps`` steps: a function of
     released labels and public images only. None when nothing was released yet (no student)."""
     positions, public_index, labels = ledger.released_labels(records)
     if len(labels) == 0:
@@ -65,7 +66,8 @@ def _student_probabilities(ctx: Context, round_number: int, records: list, index
         public_images(dataset, unlabeled) if cfg.method != "supervised" else None,
         arch=cfg.arch, num_classes=m, method=cfg.method, steps=config.aggregator.interactive_steps,
         batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        threshold=cfg.threshold, seed=cfg.seed + round_number, device=resolve_device(ctx.device),
+        threshold=cfg.threshold, hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup, seed=cfg.seed + round_number,
+        device=resolve_device(ctx.device),
         progress=lambda step, steps, loss, info: bar.update_to(step))
     bar.close()
     return probabilities(model, public_images(dataset, index), device=resolve_device(ctx.device)).numpy().astype(

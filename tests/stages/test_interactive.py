@@ -99,3 +99,27 @@ def test_soft_labels_are_the_teachers_vectors_and_one_hot_where_the_student_answ
         soft, label, teachers = data["soft"], data["label"], data["from_teachers"]
     assert np.isfinite(soft[teachers]).all() and np.array_equal(soft[teachers].argmax(1), label[teachers])
     assert np.isnan(soft[~teachers]).all()  # the student's own answers carry no vector of the teachers
+
+
+def test_round_students_train_with_the_students_augmentations(voted, tmp_path, fake_data_root, monkeypatch):
+    """A round's student is trained as the final one is ([student] flips, erasing, mixup), for
+    interactive_steps steps: the round student used to drop the augmentations."""
+    from pate.aggregation import interactive
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return train(*args, **kwargs)
+
+    train = interactive.train_student
+    monkeypatch.setattr(interactive, "train_student", recording)
+    config = INTERACTIVE.replace("[student]", "[student]\nhflip = true\nerase = 0.5\nmixup = 0.2")
+    assert config != INTERACTIVE
+    (tmp_path / "p.toml").write_text(config)
+    run_dir = tmp_path / "run"
+    shutil.copytree(voted / "voted", run_dir)
+    result = invoke("run", tmp_path / "p.toml", "--run-dir", run_dir, "--data-root", fake_data_root, "-q",
+                    "--until", "aggregate")
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 1  # round 1's student (round 0 has none)
+    assert (seen[0]["hflip"], seen[0]["erase"], seen[0]["mixup"], seen[0]["steps"]) == (True, 0.5, 0.2, 40)
