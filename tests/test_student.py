@@ -276,8 +276,13 @@ def test_mixup_blends_images_and_targets_with_beta_weights():
 def test_mixup_changes_training_is_in_the_checkpoints_settings_and_is_refused_out_of_range(tmp_path):
     x, y = blobs(60, seed=5)
     plain, _ = train(x, y, steps=10)
-    mixed, _ = train(x, y, steps=10, mixup=0.2)
+    mixed, _ = train(x, y, steps=10, mixup=0.2)  # hard labels: blended as one-hot rows
     assert any(not torch.equal(plain.state_dict()[k], mixed.state_dict()[k]) for k in plain.state_dict())
+    soft, _ = train(x, torch.nn.functional.one_hot(y, K).float(), steps=10, mixup=0.2)
+    assert all(torch.equal(mixed.state_dict()[k], soft.state_dict()[k]) for k in mixed.state_dict())
+    for bad in (-0.2, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="mixup"):
+            train(x, y, steps=2, mixup=bad)
     path = tmp_path / "student.pt"
     train(x, y, steps=4, checkpoint_path=path, checkpoint_every=2)
     with pytest.raises(CheckpointMismatch):

@@ -127,7 +127,7 @@ def _new_state(arch: str, shape, num_classes: int, *, seed: int, lr: float, weig
 
 
 def _check_inputs(labeled_x, labeled_y, unlabeled_x, *, method, num_classes, steps, batch_size,
-                  unlabeled_ratio, threshold) -> None:
+                  unlabeled_ratio, threshold, mixup=0.0) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}. Found {method!r}.")
     if labeled_x.ndim != 4 or labeled_y.shape[:1] != labeled_x.shape[:1] or len(labeled_y) == 0:
@@ -146,6 +146,8 @@ def _check_inputs(labeled_x, labeled_y, unlabeled_x, *, method, num_classes, ste
     if semi and tuple(unlabeled_x.shape[1:]) != tuple(labeled_x.shape[1:]):
         raise ValueError(f"unlabeled_x images must have shape {tuple(labeled_x.shape[1:])}. "
                          f"Found {tuple(unlabeled_x.shape[1:])}.")
+    if not (mixup == 0 or 0 < mixup < math.inf):
+        raise ValueError(f"mixup must be 0 (none) or a positive Beta parameter. Found {mixup!r}.")
     if steps < 1 or batch_size < 1 or unlabeled_ratio < 0 or not 0.0 <= threshold <= 1.0:
         raise ValueError("steps and batch_size must be >= 1, unlabeled_ratio >= 0, threshold in [0, 1].")
 
@@ -197,7 +199,7 @@ def train_student(
     from different settings or another ``fingerprint`` raises ``CheckpointMismatch``.
     """
     _check_inputs(labeled_x, labeled_y, unlabeled_x, method=method, num_classes=num_classes, steps=steps,
-                  batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, threshold=threshold)
+                  batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, threshold=threshold, mixup=mixup)
     checkpoint_every = steps if checkpoint_every is None else checkpoint_every
     log_every = max(1, steps // 100) if log_every is None else log_every
     if checkpoint_every < 1 or log_every < 1:
@@ -214,6 +216,8 @@ def train_student(
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
         _resume(checkpoint_path, fingerprint, settings, state)
     lx = labeled_x.to(device, torch.float32)
+    if mixup and labeled_y.ndim == 1:  # blends of two labels are rows
+        labeled_y = F.one_hot(labeled_y, num_classes).float()
     ly = labeled_y.to(device, torch.float32) if labeled_y.ndim == 2 else labeled_y.to(device)
     data = (lx, ly, unlabeled_x.to(device, torch.float32) if semi else None,
             batch_size * unlabeled_ratio if semi else 0)
@@ -283,8 +287,8 @@ def _train_step(model, optimizer, lx, ly, ux, n_unl, gen, *, method, batch_size,
     li = torch.randint(0, len(lx), (batch_size,), generator=gen, device=lx.device)
     xb = random_erase(weak_augment(lx[li], gen, hflip=hflip), gen, erase)
     yb = ly[li]
-    if mixup:
-        xb, yb = mix_up(xb, yb if yb.ndim == 2 else F.one_hot(yb, model[-1].out_features).float(), gen, mixup)
+    if mixup:  # the targets are rows here (``train_student``)
+        xb, yb = mix_up(xb, yb, gen, mixup)
     stats = {"loss_unlabeled": 0.0, "mask_rate": 0.0}
     if n_unl:
         ui = torch.randint(0, len(ux), (n_unl,), generator=gen, device=ux.device)
