@@ -237,7 +237,7 @@ PLD_SIGMA = (0.5, 1e4)  # outside, the discrete Gaussian's PLD takes seconds to 
 # integers, its loss range ~23/σ): the RDP bound is used there
 
 
-def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
+def pld_epsilon(mechanism: Mechanism, queries: int, delta: float, dpsgd: Optional[DpsgdSettings] = None) -> float:
     """ε of ``queries`` queries, every one answered, from the privacy-loss distribution, or +inf
     where it does not apply.
 
@@ -252,10 +252,16 @@ def pld_epsilon(mechanism: Mechanism, queries: int, delta: float) -> float:
     ``PLD_TAIL`` of δ pays for it (up to 10¹⁵ draws). The continuous Gaussian's analytic
     conversion would be about another mechanism: the discrete Gaussian is not always the more
     private one (Canonne, Kamath & Steinke 2020, Sec. 4). Discrete Laplace (LNMax): the
-    accountant's own ``DiscreteLaplaceDpEvent``."""
-    if queries == 0:
+    accountant's own ``DiscreteLaplaceDpEvent``.
+
+    ``dpsgd``: a DP-SGD teacher trained on the same records, composed with the discrete Gaussians in
+    the same privacy-loss distribution (``_pld_with_dpsgd``); beside any other mechanism, +inf (its
+    RDP composition stands)."""
+    if queries == 0 and dpsgd is None:
         return 0.0
-    parts = mechanism.discrete_gaussians(queries)
+    parts = mechanism.discrete_gaussians(queries) if queries else []
+    if dpsgd is not None:
+        return math.inf if parts is None else _pld_with_dpsgd(tuple(parts), dpsgd, delta)
     if parts is not None:  # [] (reverse-knn, no votes): no draw reads a record, nothing to pay
         return _pld_discrete_gaussian(tuple(parts), delta) if parts else 0.0
     try:
@@ -277,19 +283,52 @@ def _discrete_gaussian_pld(sigma: float, interval: float):
         sigma, sensitivity=1, value_discretization_interval=interval, use_connect_dots=True)
 
 
-@functools.lru_cache(maxsize=64)
-def _pld_discrete_gaussian(parts: tuple[tuple[float, int], ...], delta: float) -> float:
+def _discrete_gaussians_apply(parts: tuple[tuple[float, int], ...], delta: float) -> bool:
+    """Whether the discrete Gaussians' PLD covers ``parts`` at ``delta``: σ in range, and the tail
+    beyond its support (1e-30 a draw) within ``PLD_TAIL``, which δ leaves room for."""
     draws = sum(count for _, count in parts)
-    if delta <= 2 * PLD_TAIL or draws * 1e-30 > PLD_TAIL or not all(PLD_SIGMA[0] <= s <= PLD_SIGMA[1] for s, _ in parts):
-        return math.inf
-    # The composed loss spans about Σ count/σ² (its mean is half that): a grid of a millionth of it keeps the
-    # support small (a pessimistic grid only widens the bound) where the 1e-4 default would take minutes.
-    interval = max(1e-4, 1e-6 * sum(count / sigma ** 2 for sigma, count in parts))
+    return delta > 2 * PLD_TAIL and draws * 1e-30 <= PLD_TAIL and all(PLD_SIGMA[0] <= s <= PLD_SIGMA[1] for s, _ in parts)
+
+
+def _pld_interval(parts: tuple[tuple[float, int], ...]) -> float:
+    """The composed loss spans about Σ count/σ² (its mean is half that): a grid of a millionth of it keeps
+    the support small (a pessimistic grid only widens the bound) where the 1e-4 default would take minutes."""
+    return max(1e-4, 1e-6 * sum(count / sigma ** 2 for sigma, count in parts))
+
+
+def _composed_discrete_gaussians(parts: tuple[tuple[float, int], ...], interval: float):
     total = None
     for sigma, count in parts:
         composed = _discrete_gaussian_pld(float(sigma), interval).self_compose(int(count))
         total = composed if total is None else total.compose(composed)
-    return float(total.get_epsilon_for_delta(delta - PLD_TAIL))
+    return total
+
+
+@functools.lru_cache(maxsize=64)
+def _pld_discrete_gaussian(parts: tuple[tuple[float, int], ...], delta: float) -> float:
+    if not _discrete_gaussians_apply(parts, delta):
+        return math.inf
+    return float(_composed_discrete_gaussians(parts, _pld_interval(parts)).get_epsilon_for_delta(delta - PLD_TAIL))
+
+
+@functools.lru_cache(maxsize=64)
+def _pld_with_dpsgd(parts: tuple[tuple[float, int], ...], dpsgd: DpsgdSettings, delta: float) -> float:
+    """ε at δ of the discrete Gaussians ``parts`` (none: a DP-SGD teacher alone) composed with T steps
+    of DP-SGD: ``dp_accounting``'s PLD of the Poisson-subsampled Gaussian (``from_gaussian_mechanism``
+    with ``sampling_prob`` q, add-or-remove-one neighbours, both directions kept, pessimistic
+    discretisation: Koskela et al. 2020; Doroshenko et al. 2022), self-composed T times, on the
+    discrete Gaussians' grid, then composed with them. What ``PLDAccountant`` computes for the same
+    ``DpEvent``, and what Opacus's PRV accountant (Gopi et al. 2021) approximates from another side:
+    the tests check both."""
+    if parts and not _discrete_gaussians_apply(parts, delta):
+        return math.inf
+    interval = _pld_interval(parts)
+    total = privacy_loss_distribution.from_gaussian_mechanism(
+        dpsgd.noise_multiplier, sensitivity=1, sampling_prob=dpsgd.sample_rate,
+        value_discretization_interval=interval).self_compose(dpsgd.steps)
+    if parts:
+        total = total.compose(_composed_discrete_gaussians(parts, interval))
+    return float(total.get_epsilon_for_delta(delta - PLD_TAIL if parts else delta))
 
 
 @functools.lru_cache(maxsize=64)
@@ -305,9 +344,8 @@ def guarantee(settings: Settings) -> Guarantee:
     eps, order = ((math.inf, math.nan) if snap >= settings.delta else
                   epsilon(curve, settings.order_array, settings.delta - snap, settings.conversion))
     best = Guarantee(eps, settings.delta, "rdp", order, queries)
-    if settings.release is None and settings.dpsgd is None:  # PLD composes neither the release's RDP bound
-        # nor (here) a DP-SGD teacher's curve: those guarantees are the RDP composition above
-        pld = pld_epsilon(settings.mechanism, queries, settings.delta)
+    if settings.release is None:  # PLD does not compose the release's RDP bound: that guarantee is the RDP one
+        pld = pld_epsilon(settings.mechanism, queries, settings.delta, settings.dpsgd)
         if pld < best.epsilon:
             best = Guarantee(pld, settings.delta, "pld", None, queries)
     if settings.epsilon_budget > 0 and settings.epsilon_budget < best.epsilon:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from decimal import Decimal
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import dp_accounting
 import numpy as np
@@ -87,16 +87,22 @@ def _grid_value(index: int) -> float:
 
 
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                    beside: Sequence[dp_accounting.DpEvent] = (), orders: Optional[Sequence[float]] = None) -> float:
+                    beside: Sequence[dp_accounting.DpEvent] = (), orders: Optional[Sequence[float]] = None,
+                    epsilon_of: Optional[Callable[[float], float]] = None) -> float:
     """The smallest noise multiplier σ on a public grid (decimals with ``SIGNIFICANT_DIGITS``
     significant digits, so σ itself reveals nothing beyond the settings) such that
     ``epsilon([dp_event(σ, sample_rate, steps), *beside], delta) <= target_epsilon``.
 
     ``beside``: the other mechanisms on the same private records whose cost composes with this one
     (e.g. the votes' ``GaussianDpEvent(sigma / sqrt(k))``). ε decreases with σ (the subsampled
-    Gaussian's RDP does, at every order), so a bisection over the grid's indices finds the exact
+    Gaussian's RDP does, at every order, and so does its privacy-loss distribution's ε), so a
+    bisection over the grid's indices finds the exact
     smallest grid value in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]; a target already met at
     MIN_NOISE_MULTIPLIER returns it. Computed from the settings alone: never overshoots.
+
+    ``epsilon_of``: σ ↦ the ε of the whole release with DP-SGD at σ, in place of the RDP composition
+    with ``beside`` (`pate plan` passes the guarantee a run would publish, the least of its RDP and
+    PLD bounds, so the proposal is the least σ that guarantee admits).
 
     Raises:
         ValueError: the events ``beside`` alone already spend the target, or even
@@ -106,6 +112,9 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
         raise ValueError(f"target_epsilon must be positive and finite. Found {target_epsilon!r}.")
     beside = list(beside)
     dp_event(1.0, sample_rate, steps)  # checks sample_rate and steps
+    if epsilon_of is None:
+        def epsilon_of(sigma: float) -> float:
+            return _epsilon_and_order([dp_event(sigma, sample_rate, steps), *beside], delta, orders)[0]
     if beside:
         spent = _epsilon_and_order(beside, delta, orders)[0]
         if spent >= target_epsilon:
@@ -114,7 +123,7 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
 
     def meets(index: int) -> bool:
         sigma = _grid_value(index)
-        return _epsilon_and_order([dp_event(sigma, sample_rate, steps), *beside], delta, orders)[0] <= target_epsilon
+        return epsilon_of(sigma) <= target_epsilon
 
     per_decade = 9 * 10 ** (SIGNIFICANT_DIGITS - 1)
     lowest = per_decade * round(math.log10(MIN_NOISE_MULTIPLIER))
@@ -130,8 +139,7 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
         lo = 0
         while True:
             if lo >= highest:
-                most = dp_event(MAX_NOISE_MULTIPLIER, sample_rate, steps)
-                eps = _epsilon_and_order([most, *beside], delta, orders)[0]
+                eps = epsilon_of(MAX_NOISE_MULTIPLIER)
                 raise ValueError(f"target_epsilon {target_epsilon:g} is out of reach: even noise multiplier "
                                  f"{MAX_NOISE_MULTIPLIER:g} spends epsilon = {eps:.6g} at delta = {delta:g} "
                                  f"(sample_rate {sample_rate:g}, {steps} steps).")

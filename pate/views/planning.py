@@ -507,9 +507,10 @@ def reverse_plan(config: PipelineConfig, target_epsilon: Optional[float] = None)
         alone = replace(settings, dpsgd=None)
         plan["votes_alone_epsilon_rdp"] = accounting.epsilon(accounting.worst_case_curve(alone), settings.order_array,
                                                             settings.delta, settings.conversion)[0]
-        plan["dpsgd_teacher"] = {**asdict(settings.dpsgd), "epsilon_alone": accounting.epsilon(
+        plan["dpsgd_teacher"] = {**asdict(settings.dpsgd), "epsilon_alone": min(accounting.epsilon(
             accounting.rdp_of_events([settings.dpsgd.event()], settings.order_array), settings.order_array,
-            settings.delta, settings.conversion)[0]}
+            settings.delta, settings.conversion)[0], accounting.pld_epsilon(settings.mechanism, 0, settings.delta,
+                                                                            settings.dpsgd))}
     if config.privacy.record_budgets:  # the levels are public policy; which record holds which is not read
         try:
             plan["per_budget_level"] = budget_levels(config, spec.num_classes, n)
@@ -518,9 +519,11 @@ def reverse_plan(config: PipelineConfig, target_epsilon: Optional[float] = None)
     if target_epsilon is not None and settings.dpsgd is not None:  # the votes as set: the teacher takes the rest
         d = settings.dpsgd
         try:
-            noise = dpsgd.calibrate_noise(target_epsilon, settings.delta, d.sample_rate, d.steps,
-                                          beside=[settings.mechanism.dp_event(agg.max_queries)],
-                                          orders=settings.order_array)
+            noise = dpsgd.calibrate_noise(
+                target_epsilon, settings.delta, d.sample_rate, d.steps,
+                beside=[settings.mechanism.dp_event(agg.max_queries)], orders=settings.order_array,
+                epsilon_of=lambda sigma: accounting.guarantee(
+                    replace(settings, dpsgd=replace(d, noise_multiplier=sigma))).epsilon)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
         plan["proposed"] = {"dpsgd_noise": noise, "target_epsilon": target_epsilon}
