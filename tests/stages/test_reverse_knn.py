@@ -153,6 +153,18 @@ def _composed_epsilon(q: float, steps: int) -> float:
     return accounting.epsilon(curve, orders, 1e-4, "improved")[0]
 
 
+def _pld_epsilon(k: int) -> float:
+    """The same composition (k votes) by its privacy-loss distribution: checked against values derived
+    independently in tests/privacy/test_dpsgd_pld.py."""
+    from pate.privacy.accounting import DpsgdSettings
+    return accounting.pld_epsilon(ReverseKNN(sigma2=4.0, knn_k=k), 300, 1e-4, DpsgdSettings(1.5, 1 / 4, 8))
+
+
+def _guarantee(k: int) -> float:
+    """What DPSGD_PIPELINE with k votes a record publishes: the least of the RDP and PLD bounds."""
+    return min(_rdp_epsilon(k), _pld_epsilon(k))
+
+
 def test_a_dpsgd_teacher_on_public_axes_costs_what_it_costs_on_every_coefficient(tmp_path):
     """dpsgd_dim projects on the public pool's axes: the same steps, rate and noise, so the same
     guarantee; the teacher still labels every pool image (its probabilities beside the votes)."""
@@ -162,15 +174,16 @@ def test_a_dpsgd_teacher_on_public_axes_costs_what_it_costs_on_every_coefficient
     result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
     assert result.exit_code == 0, result.output
     public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
-    assert public["guarantee"]["epsilon"] == pytest.approx(_composed_epsilon(1 / 4, 8), rel=1e-9)
+    assert public["guarantee"]["epsilon"] == pytest.approx(_guarantee(5), rel=1e-9)
     prior = np.load(tmp_path / "run" / "labels.npz")["prior"]
     assert prior.shape == (300, 10) and np.allclose(prior.sum(axis=1), 1.0, atol=1e-3)
 
 
 def test_a_dpsgd_teacher_beside_the_votes_is_composed_in_one_accountant(tmp_path):
-    """The statement's ε is the RDP composition of the votes (αk/(2σ²)) and T steps of the
-    Poisson-subsampled Gaussian at the sampling rate of 1/ceil(N/B), recomputed here; the spend log
-    charges that curve; the teacher's probabilities are released on a grid, beside the labels."""
+    """The statement's ε is the least of the RDP composition of the votes (αk/(2σ²)) and T steps of
+    the Poisson-subsampled Gaussian at the sampling rate of 1/ceil(N/B), recomputed here, and their
+    PLD composition (here the smaller); the spend log charges the RDP curve (runs compose in RDP);
+    the teacher's probabilities are released on a grid, beside the labels."""
     from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_poisson_subsampled_gaussian
     from pate.privacy import spend
     _arrays(tmp_path)
@@ -181,8 +194,9 @@ def test_a_dpsgd_teacher_beside_the_votes_is_composed_in_one_accountant(tmp_path
     public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
     q, steps = 1 / 4, 2 * 4  # N = 600, B = 150: four batches an epoch
     assert public["dpsgd_teacher"]["sample_rate"] == q and public["dpsgd_teacher"]["steps"] == steps
-    assert public["guarantee"]["epsilon"] == pytest.approx(_composed_epsilon(q, steps), rel=1e-9)
-    assert public["guarantee"]["accountant"] == "rdp"
+    assert _pld_epsilon(5) < _composed_epsilon(q, steps) == pytest.approx(_rdp_epsilon(5), rel=1e-12)
+    assert public["guarantee"]["epsilon"] == pytest.approx(_pld_epsilon(5), rel=1e-9)
+    assert public["guarantee"]["accountant"] == "pld"
     orders = rdp.DEFAULT_ORDERS
     votes_alone = accounting.guarantee(accounting.Settings(
         mechanism=ReverseKNN(sigma2=4.0, knn_k=5), num_teachers=6, num_classes=10, max_queries=300, delta=1e-4,
@@ -201,7 +215,7 @@ def test_a_dpsgd_teacher_beside_the_votes_is_composed_in_one_accountant(tmp_path
 
 def test_no_votes_gives_the_whole_budget_to_the_dpsgd_teacher(tmp_path):
     """knn_k = 0: no record votes, so the statement is T steps of the subsampled Gaussian alone
-    (recomputed here), the spend log charges that curve, no noise is drawn for the anchors, each
+    (its RDP recomputed here, its PLD the smaller), the spend log charges that curve, no noise is drawn for the anchors, each
     label is the released prior's most probable class, and the student learns the prior itself."""
     from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_poisson_subsampled_gaussian
     from pate.privacy import spend
@@ -217,8 +231,8 @@ def test_no_votes_gives_the_whole_budget_to_the_dpsgd_teacher(tmp_path):
     public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
     q, steps, orders = 1 / 4, 8, rdp.DEFAULT_ORDERS
     alone = steps * np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, 1.5, orders))
-    assert public["guarantee"]["epsilon"] == pytest.approx(accounting.epsilon(alone, orders, 1e-4, "improved")[0],
-                                                           rel=1e-9)
+    assert accounting.epsilon(alone, orders, 1e-4, "improved")[0] == pytest.approx(_rdp_epsilon(0), rel=1e-12)
+    assert public["guarantee"]["epsilon"] == pytest.approx(_guarantee(0), rel=1e-9) and _guarantee(0) < _rdp_epsilon(0)
     entry = [e for e in spend_log.entries() if e.run_dir == str((tmp_path / "run").resolve())][0]
     assert np.allclose(entry.curve(), steps * np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, 1.5, spend.ORDERS)))
     assert not np.load(tmp_path / "run" / "votes.npz")["votes"].any()
@@ -249,35 +263,35 @@ def _rdp_epsilon(k: int) -> float:
 
 def test_per_record_budgets_vote_for_fewer_anchors(tmp_path):
     """A record with a budget below the run's guarantee votes for its first k_b nearest anchors, k_b
-    the most whose composed guarantee (recomputed here, k/(2σ²) per order plus the DP-SGD teacher)
-    fits the budget; a budget above the guarantee keeps knn_k; the statement gives each level's
+    the most whose composed guarantee (the least of its RDP, recomputed here, k/(2σ²) per order plus the
+    DP-SGD teacher, and its PLD) fits the budget; a budget above the guarantee keeps knn_k; the statement gives each level's
     anchors and guarantee; a budgets file changed after the vote is refused before anything is spent."""
     _arrays(tmp_path)
     budget = tmp_path / "budgets.csv"
-    budget.write_text("record,epsilon\n" + "".join(f"p-{i},3.1\n" for i in range(0, 600, 2)) + "p-1,50\n")
-    expected = max(k for k in range(6) if _rdp_epsilon(k) <= 3.1)
-    assert expected == 2 and _rdp_epsilon(3) > 3.1  # the level sits between two and three votes
+    budget.write_text("record,epsilon\n" + "".join(f"p-{i},2.7\n" for i in range(0, 600, 2)) + "p-1,50\n")
+    expected = max(k for k in range(6) if _guarantee(k) <= 2.7)
+    assert expected == 2 and _guarantee(3) > 2.7  # the level sits between two and three votes
     pipeline = tmp_path / "rknn.toml"
     pipeline.write_text(edit_pipeline(DPSGD_PIPELINE, ("[privacy]\n", f"[privacy]\nrecord_budgets = '{budget}'\n")))
     for stage in ("partition", "train-teachers", "vote"):
         assert invoke(stage, pipeline, "--run-dir", tmp_path / "run", "-q").exit_code == 0
     kept = np.load(tmp_path / "run" / "record_budgets.npz")
-    low = kept["epsilon"] == 3.1
+    low = kept["epsilon"] == 2.7
     assert low.sum() == 300 and np.array_equal(kept["anchors"], np.where(low, 2, 5))
     votes = np.load(tmp_path / "run" / "votes.npz")["votes"]
     assert votes.sum() == 300 * 2 + 300 * 5
-    budget.write_text(budget.read_text() + "p-3,3.1\n")
+    budget.write_text(budget.read_text() + "p-3,2.7\n")
     changed = invoke("aggregate", pipeline, "--run-dir", tmp_path / "run", "-q")
     assert changed.exit_code != 0 and "record_budgets changed" in changed.output, changed.output
     assert not (tmp_path / "run" / "ledger.jsonl").exists() and not (tmp_path / "run" / "labels.npz").exists()
-    budget.write_text(budget.read_text().replace("p-3,3.1\n", ""))
+    budget.write_text(budget.read_text().replace("p-3,2.7\n", ""))
     result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
     assert result.exit_code == 0, result.output
     public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
-    assert public["guarantee"]["epsilon"] == pytest.approx(_rdp_epsilon(5), rel=1e-9)
+    assert public["guarantee"]["epsilon"] == pytest.approx(_guarantee(5), rel=1e-9)
     levels = public["per_budget_level"]
-    assert [(lv["budget_epsilon"], lv["anchors"]) for lv in levels] == [(3.1, 2), (50.0, 5)]
-    assert levels[0]["epsilon"] == pytest.approx(_rdp_epsilon(2), rel=1e-9) and levels[0]["epsilon"] <= 3.1
+    assert [(lv["budget_epsilon"], lv["anchors"]) for lv in levels] == [(2.7, 2), (50.0, 5)]
+    assert levels[0]["epsilon"] == pytest.approx(_guarantee(2), rel=1e-9) and levels[0]["epsilon"] <= 2.7
 
 
 def test_a_budget_below_one_vote_casts_none_without_a_dpsgd_teacher(tmp_path, fake_data_root):
@@ -298,13 +312,13 @@ def test_a_budget_below_one_vote_casts_none_without_a_dpsgd_teacher(tmp_path, fa
 
 def test_a_budget_below_the_dpsgd_teachers_own_cost_is_refused(tmp_path):
     _arrays(tmp_path)
-    (tmp_path / "budgets.csv").write_text("record,epsilon\np-0,2.5\n")  # the teacher alone: 2.70
+    (tmp_path / "budgets.csv").write_text("record,epsilon\np-0,2.2\n")  # the teacher alone: 2.297
     pipeline = tmp_path / "rknn.toml"
     pipeline.write_text(edit_pipeline(DPSGD_PIPELINE, ("[privacy]\n", "[privacy]\nrecord_budgets = 'budgets.csv'\n")))
     result = invoke("run", pipeline, "--run-dir", tmp_path / "run", "-q")
-    assert result.exit_code == 2 and "record_budgets" in result.output and "2.704" in result.output, result.output
+    assert result.exit_code == 2 and "record_budgets" in result.output and "2.297" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
-    assert _rdp_epsilon(0) > 2.5
+    assert _guarantee(0) > 2.2
 
 
 def test_no_votes_without_a_dpsgd_teacher_or_with_soft_labels_is_refused(tmp_path):
@@ -360,17 +374,17 @@ def test_the_shipped_pipelines_settings_follow_their_rules(tmp_path):
     from pathlib import Path
     root = Path(__file__).resolve().parents[2] / "pipelines"
     votes_only = tmp_path / "votes.toml"
-    votes_only.write_text(edit_pipeline((root / "mnist-rknn.toml").read_text(), ("dpsgd_noise = 17.2", "dpsgd_noise = 0")))
+    votes_only.write_text(edit_pipeline((root / "mnist-rknn.toml").read_text(), ("dpsgd_noise = 14.79", "dpsgd_noise = 0")))
     plan = json.loads(invoke("plan", votes_only, "--target-epsilon", 0.3, "--format", "json").output)
     assert plan["proposed"]["sigma2"] == plan["sigma2"] == 100.52
     mnist = invoke("plan", root / "mnist-rknn.toml", "--target-epsilon", 0.5, "--format", "json")
     assert mnist.exit_code == 0, mnist.output
     plan = json.loads(mnist.output)
-    assert plan["proposed"]["dpsgd_noise"] == 17.2 and plan["guarantee"]["epsilon"] <= 0.5
+    assert plan["proposed"]["dpsgd_noise"] == 14.79 and 0.49 < plan["guarantee"]["epsilon"] <= 0.5
     fashion = invoke("plan", root / "fashion-mnist-rknn.toml", "--target-epsilon", 2.0, "--format", "json")
     assert fashion.exit_code == 0, fashion.output
     plan = json.loads(fashion.output)
-    assert plan["guarantee"]["epsilon"] <= 2.0 and plan["proposed"]["dpsgd_noise"] == 5.997
+    assert 1.99 < plan["guarantee"]["epsilon"] <= 2.0 and plan["proposed"]["dpsgd_noise"] == 5.387
     assert 1.0 < plan["votes_alone_epsilon_rdp"] < 1.1 and plan["dpsgd_teacher"]["epsilon_alone"] < 2.0
     assert json.loads(invoke("plan", root / "fashion-mnist-rknn.toml", "--format", "json").output)["guarantee"][
         "epsilon"] == plan["guarantee"]["epsilon"]
@@ -379,7 +393,8 @@ def test_the_shipped_pipelines_settings_follow_their_rules(tmp_path):
     teacher = json.loads(invoke("plan", root / "fashion-mnist-dpsgd-teacher.toml", "--target-epsilon", 2.0, "--format",
                                 "json").output)
     assert teacher["knn_k"] == 0 and teacher["votes_alone_epsilon_rdp"] == 0.0
-    assert teacher["proposed"]["dpsgd_noise"] == 4.949 and 1.99 < teacher["guarantee"]["epsilon"] <= 2.0
+    assert teacher["proposed"]["dpsgd_noise"] == 4.591 and 1.99 < teacher["guarantee"]["epsilon"] <= 2.0
+    assert teacher["guarantee"]["accountant"] == "pld"
 
 
 def test_a_semi_supervised_student_when_every_pool_image_is_labelled(finished, tmp_path, fake_data_root):
