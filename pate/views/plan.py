@@ -118,7 +118,8 @@ def render_reverse(plan: dict) -> str:
              "votes: none (knn_k = 0): the DP-SGD teacher labels every anchor and takes the whole budget"]
     if "dpsgd_teacher" in plan:
         d = plan["dpsgd_teacher"]
-        lines.append(f"composed in one RDP accountant: the votes alone epsilon {plan['votes_alone_epsilon_rdp']:.4f}, "
+        lines.append(f"composed (the guarantee is the least of their RDP and PLD compositions): the votes alone "
+                     f"epsilon {plan['votes_alone_epsilon_rdp']:.4f} (RDP), "
                      f"the DP-SGD teacher alone {d['epsilon_alone']:.4f} (noise multiplier {d['noise_multiplier']:g}, "
                      f"{d['steps']} steps at rate {d['sample_rate']:.4g})")
     for level in plan.get("per_budget_level", []):
