@@ -6,7 +6,8 @@ orders, and the release parameters when the data-dependent cost is released), so
 number whatever the votes were. It is the least of two valid bounds: Rényi-DP composition of each
 mechanism's per-query worst case (``Mechanism.worst_case_rdp``), and ``dp_accounting``'s PLD
 accountant on the same queries with every one answered, where the mechanism is one it models
-(compositions of discrete Gaussians or discrete Laplaces: the noise pate draws). The data-dependent cost of Papernot et al. 2018
+(compositions of discrete Gaussians or discrete Laplaces: the noise pate draws; and a DP-SGD teacher's
+Poisson-subsampled Gaussian beside discrete Gaussians). The data-dependent cost of Papernot et al. 2018
 (arXiv:1802.08908v1, Thm 6, Table 1) is a function of the votes: it stays PRIVATE, or is released
 through smooth sensitivity (App. B) with λ, β and σ_ss fixed before any vote is seen, and then
 only as the papers' per-instance figure, never as the guarantee.
