@@ -256,15 +256,15 @@ def pld_epsilon(mechanism: Mechanism, queries: int, delta: float, dpsgd: Optiona
     accountant's own ``DiscreteLaplaceDpEvent``.
 
     ``dpsgd``: a DP-SGD teacher trained on the same records, composed with the discrete Gaussians in
-    the same privacy-loss distribution (``_pld_with_dpsgd``); beside any other mechanism, +inf (its
+    the same privacy-loss distribution (``_pld_composed``); beside any other mechanism, +inf (its
     RDP composition stands)."""
     if queries == 0 and dpsgd is None:
         return 0.0
     parts = mechanism.discrete_gaussians(queries) if queries else []
     if dpsgd is not None:
-        return math.inf if parts is None else _pld_with_dpsgd(tuple(parts), dpsgd, delta)
+        return math.inf if parts is None else _pld_composed(tuple(parts), dpsgd, delta)
     if parts is not None:  # [] (reverse-knn, no votes): no draw reads a record, nothing to pay
-        return _pld_discrete_gaussian(tuple(parts), delta) if parts else 0.0
+        return _pld_composed(tuple(parts), None, delta) if parts else 0.0
     try:
         event = mechanism.dp_event(queries)
     except NotImplementedError:
@@ -297,38 +297,31 @@ def _pld_interval(parts: tuple[tuple[float, int], ...]) -> float:
     return max(1e-4, 1e-6 * sum(count / sigma ** 2 for sigma, count in parts))
 
 
-def _composed_discrete_gaussians(parts: tuple[tuple[float, int], ...], interval: float):
-    total = None
-    for sigma, count in parts:
-        composed = _discrete_gaussian_pld(float(sigma), interval).self_compose(int(count))
-        total = composed if total is None else total.compose(composed)
-    return total
+@functools.lru_cache(maxsize=16)
+def _dpsgd_pld(dpsgd: DpsgdSettings, interval: float):
+    """T steps of DP-SGD as one privacy-loss distribution: ``dp_accounting``'s PLD of the
+    Poisson-subsampled Gaussian (``from_gaussian_mechanism`` with ``sampling_prob`` q,
+    add-or-remove-one neighbours, both directions kept, pessimistic discretisation: Koskela et al.
+    2020; Doroshenko et al. 2022), self-composed T times: what ``PLDAccountant`` computes for the same
+    ``DpEvent``, and what Opacus's PRV accountant (Gopi et al. 2021) approximates from another side
+    (the tests check both)."""
+    return privacy_loss_distribution.from_gaussian_mechanism(
+        dpsgd.noise_multiplier, sensitivity=1, sampling_prob=dpsgd.sample_rate,
+        value_discretization_interval=interval).self_compose(dpsgd.steps)
 
 
 @functools.lru_cache(maxsize=64)
-def _pld_discrete_gaussian(parts: tuple[tuple[float, int], ...], delta: float) -> float:
-    if not _discrete_gaussians_apply(parts, delta):
-        return math.inf
-    return float(_composed_discrete_gaussians(parts, _pld_interval(parts)).get_epsilon_for_delta(delta - PLD_TAIL))
-
-
-@functools.lru_cache(maxsize=64)
-def _pld_with_dpsgd(parts: tuple[tuple[float, int], ...], dpsgd: DpsgdSettings, delta: float) -> float:
-    """ε at δ of the discrete Gaussians ``parts`` (none: a DP-SGD teacher alone) composed with T steps
-    of DP-SGD: ``dp_accounting``'s PLD of the Poisson-subsampled Gaussian (``from_gaussian_mechanism``
-    with ``sampling_prob`` q, add-or-remove-one neighbours, both directions kept, pessimistic
-    discretisation: Koskela et al. 2020; Doroshenko et al. 2022), self-composed T times, on the
-    discrete Gaussians' grid, then composed with them. What ``PLDAccountant`` computes for the same
-    ``DpEvent``, and what Opacus's PRV accountant (Gopi et al. 2021) approximates from another side:
-    the tests check both."""
+def _pld_composed(parts: tuple[tuple[float, int], ...], dpsgd: Optional[DpsgdSettings], delta: float) -> float:
+    """ε at δ of the sensitivity-1 discrete Gaussians ``parts`` composed with a DP-SGD teacher's T steps
+    (``dpsgd``; None: none), on one grid; +inf where the discrete Gaussians' PLD does not cover ``parts``.
+    δ pays ``PLD_TAIL`` for their truncated support when there are any."""
     if parts and not _discrete_gaussians_apply(parts, delta):
         return math.inf
     interval = _pld_interval(parts)
-    total = privacy_loss_distribution.from_gaussian_mechanism(
-        dpsgd.noise_multiplier, sensitivity=1, sampling_prob=dpsgd.sample_rate,
-        value_discretization_interval=interval).self_compose(dpsgd.steps)
-    if parts:
-        total = total.compose(_composed_discrete_gaussians(parts, interval))
+    total = _dpsgd_pld(dpsgd, interval) if dpsgd is not None else None
+    for sigma, count in parts:
+        composed = _discrete_gaussian_pld(float(sigma), interval).self_compose(int(count))
+        total = composed if total is None else total.compose(composed)
     return float(total.get_epsilon_for_delta(delta - PLD_TAIL if parts else delta))
 
 

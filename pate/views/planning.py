@@ -507,10 +507,8 @@ def reverse_plan(config: PipelineConfig, target_epsilon: Optional[float] = None)
         alone = replace(settings, dpsgd=None)
         plan["votes_alone_epsilon_rdp"] = accounting.epsilon(accounting.worst_case_curve(alone), settings.order_array,
                                                             settings.delta, settings.conversion)[0]
-        plan["dpsgd_teacher"] = {**asdict(settings.dpsgd), "epsilon_alone": min(accounting.epsilon(
-            accounting.rdp_of_events([settings.dpsgd.event()], settings.order_array), settings.order_array,
-            settings.delta, settings.conversion)[0], accounting.pld_epsilon(settings.mechanism, 0, settings.delta,
-                                                                            settings.dpsgd))}
+        no_votes = replace(settings, mechanism=replace(settings.mechanism, knn_k=0))  # the teacher's guarantee alone
+        plan["dpsgd_teacher"] = {**asdict(settings.dpsgd), "epsilon_alone": accounting.guarantee(no_votes).epsilon}
     if config.privacy.record_budgets:  # the levels are public policy; which record holds which is not read
         try:
             plan["per_budget_level"] = budget_levels(config, spec.num_classes, n)

@@ -1,4 +1,4 @@
-"""The DP-SGD teacher's guarantee from its privacy-loss distribution (``accounting._pld_with_dpsgd``),
+"""The DP-SGD teacher's guarantee from its privacy-loss distribution (``accounting.pld_epsilon`` with a ``DpsgdSettings``),
 checked against values derived without dp_accounting's PLD code: the analytic Gaussian (Balle & Wang
 2018) where there is no subsampling, a brute-force numerical convolution of the subsampled
 Gaussian's privacy loss, and Opacus's PRV accountant (Gopi et al. 2021, another method); and the
@@ -13,6 +13,11 @@ from scipy import optimize, stats
 
 from pate.privacy import accounting, dpsgd, mechanisms as M
 from pate.privacy.accounting import DpsgdSettings
+
+
+def _teacher_alone(settings: DpsgdSettings, delta: float) -> float:
+    """The PLD ε of a DP-SGD teacher with no vote beside it (reverse-kNN with knn_k 0, no query)."""
+    return accounting.pld_epsilon(M.ReverseKNN(sigma2=1.0, knn_k=0), 0, delta, settings)
 
 
 def analytic_gaussian_epsilon(mu: float, delta: float) -> float:
@@ -55,7 +60,7 @@ def test_without_subsampling_it_is_the_analytic_gaussian():
     """q = 1: T steps of the Gaussian at σ are one Gaussian at σ/√T; the PLD's ε is an upper bound within 0.2%."""
     for sigma, steps in ((2.0, 4), (5.0, 100)):
         exact = analytic_gaussian_epsilon(math.sqrt(steps) / sigma, 1e-5)
-        ours = accounting._pld_with_dpsgd((), DpsgdSettings(sigma, 1.0, steps), 1e-5)
+        ours = _teacher_alone(DpsgdSettings(sigma, 1.0, steps), 1e-5)
         assert exact <= ours <= exact * 1.002 + 1e-4, (sigma, steps, exact, ours)
 
 
@@ -66,7 +71,7 @@ def test_subsampled_matches_a_brute_force_convolution():
     for q, sigma, steps in ((0.25, 1.5, 8), (0.125, 3.0, 40)):
         settings = DpsgdSettings(sigma, q, steps)
         low, high = (brute_force_epsilon(q, sigma, steps, 1e-4, up) for up in (False, True))
-        ours = accounting._pld_with_dpsgd((), settings, 1e-4)
+        ours = _teacher_alone(settings, 1e-4)
         assert low < high < low + steps * 2e-4  # the rounding moves each step's loss by one grid step at most
         assert low <= ours <= high, (q, sigma, steps, low, ours, high)
         assert dpsgd.epsilon([settings.event()], 1e-4) > high
@@ -80,7 +85,7 @@ def test_the_pipelines_teacher_matches_opacus_prv_and_dp_accounting():
     from dp_accounting.pld import pld_privacy_accountant
     from opacus.accountants import PRVAccountant
     settings = DpsgdSettings(4.949, 0.125, 320)
-    ours = accounting._pld_with_dpsgd((), settings, 1e-5)
+    ours = _teacher_alone(settings, 1e-5)
     accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
     assert ours == pytest.approx(accountant.compose(settings.event()).get_epsilon(1e-5), rel=1e-9)
     prv = PRVAccountant()
@@ -108,5 +113,5 @@ def test_the_guarantee_is_the_least_of_rdp_and_pld_and_knn_k_zero_is_the_teacher
                                    dpsgd=DpsgdSettings(4.949, 0.125, 320))
     g = accounting.guarantee(settings)
     assert g.accountant == "pld" and g.order is None
-    assert g.epsilon == pytest.approx(accounting._pld_with_dpsgd((), settings.dpsgd, 1e-5), rel=1e-12)
+    assert g.epsilon == pytest.approx(_teacher_alone(settings.dpsgd, 1e-5), rel=1e-12)
     assert g.epsilon < dpsgd.epsilon([settings.dpsgd.event()], 1e-5)
