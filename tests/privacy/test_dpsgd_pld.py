@@ -27,27 +27,37 @@ def analytic_gaussian_epsilon(mu: float, delta: float) -> float:
     return optimize.brentq(f, 0.0, 100.0, xtol=1e-12)
 
 
-def brute_force_epsilon(q: float, sigma: float, steps: int, delta: float, up: bool, grid: float = 1e-4) -> float:
+def brute_force_epsilon(q: float, sigma: float, steps: int, delta: float, up: bool, grid: float = 1e-4,
+                        votes: tuple[float, int] | None = None) -> float:
     """ε at δ of ``steps`` compositions of the Poisson-subsampled Gaussian (rate q, noise σ, sensitivity
     1), both neighbour directions, by numerical integration: the privacy loss of one step under its
     own distribution, tabulated on a fine grid of the output and rounded onto a loss grid (``up``: an
     upper bound on the true ε; down: a lower bound), convolved ``steps`` times by FFT, then
     δ(ε) = E[(1 - e^(ε-L))+] + P(L = ∞), solved for ε. Both directions: removal (P the mixture
-    (1-q)N(0,σ²) + qN(1,σ²), Q = N(0,σ²)) and addition (P and Q swapped)."""
+    (1-q)N(0,σ²) + qN(1,σ²), Q = N(0,σ²)) and addition (P and Q swapped). ``votes`` (σ_v, k): k
+    sensitivity-1 discrete Gaussians composed too, their loss (2z − 1)/(2σ_v²) under z ~ N_Z(1, σ_v²)
+    summed exactly over the integers (the same in both directions: the pmf is symmetric)."""
     x = np.linspace(-14 * sigma, 14 * sigma + 1, 400_001)  # beyond: under 1e-40 of either distribution
     log_q0 = stats.norm.logpdf(x, 0, sigma)
     log_mixture = np.logaddexp(math.log1p(-q) + log_q0, math.log(q) + stats.norm.logpdf(x, 1, sigma))
+    factors = []  # (pmf on the loss grid, its first index, how many times it is composed), per direction
+    if votes is not None:
+        sigma_v, k = votes
+        z = np.arange(-int(40 * sigma_v) - 1, int(40 * sigma_v) + 2)
+        mass = np.exp(-(z - 1.0) ** 2 / (2 * sigma_v ** 2))
+        factors.append((mass / mass.sum(), (2 * z - 1) / (2 * sigma_v ** 2), k))
     worst = 0.0
     for log_p, loss in ((log_mixture, log_mixture - log_q0), (log_q0, log_q0 - log_mixture)):
         mass = np.exp(log_p - log_p.max())
-        mass /= mass.sum()
-        index = (np.ceil if up else np.floor)(loss / grid).astype(np.int64)
-        offset = index.min()
-        pmf = np.bincount(index - offset, weights=mass)
-        size = 1 << int(math.ceil(math.log2(len(pmf) * steps)))
-        total = np.fft.irfft(np.fft.rfft(pmf, size) ** steps, size)[: (len(pmf) - 1) * steps + 1]
-        total = np.clip(total, 0, None)
-        losses = (np.arange(len(total)) + offset * steps) * grid
+        pmfs = []
+        for weights, values, power in [(mass / mass.sum(), loss, steps)] + factors:
+            index = (np.ceil if up else np.floor)(values / grid).astype(np.int64)
+            pmfs.append((np.bincount(index - index.min(), weights=weights), int(index.min()), power))
+        length = sum((len(pmf) - 1) * power for pmf, _, power in pmfs) + 1
+        size = 1 << int(math.ceil(math.log2(length)))
+        spectrum = np.prod([np.fft.rfft(pmf, size) ** power for pmf, _, power in pmfs], axis=0)
+        total = np.clip(np.fft.irfft(spectrum, size)[:length], 0, None)
+        losses = (np.arange(length) + sum(first * power for _, first, power in pmfs)) * grid
 
         def delta_of(eps):
             return float(np.sum(total * np.clip(1 - np.exp(eps - losses), 0, None)))
@@ -92,6 +102,18 @@ def test_the_pipelines_teacher_matches_opacus_prv_and_dp_accounting():
     prv.history = [(4.949, 0.125, 320)]
     assert ours == pytest.approx(prv.get_epsilon(delta=1e-5), abs=0.02)
     assert 1.05 * ours < dpsgd.epsilon([settings.event()], 1e-5) < 1.15 * ours
+
+
+def test_with_votes_it_matches_a_brute_force_convolution_of_both():
+    """The tiny stage tests' release (k 5 votes at σ2 4) beside their teacher (q 1/4, σ 1.5, 8 steps),
+    at δ 1e-4: the numerical integration of both losses together brackets the true ε, and the
+    guarantee's PLD (less PLD_TAIL of δ for the votes' truncated support) lies inside, up to that
+    δ's worth (its ε moves by under 1e-6)."""
+    settings = DpsgdSettings(1.5, 0.25, 8)
+    low, high = (brute_force_epsilon(0.25, 1.5, 8, 1e-4, up, votes=(4.0, 5)) for up in (False, True))
+    ours = accounting.pld_epsilon(M.ReverseKNN(sigma2=4.0, knn_k=5), 300, 1e-4, settings)
+    assert low < high < low + 13 * 2e-4
+    assert low - 1e-6 <= ours <= high + 1e-6, (low, ours, high)
 
 
 def test_with_votes_the_composition_lies_between_either_side_and_the_rdp_bound():
