@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("pipeline", type=Path)
     parser.add_argument("--dims", default="0,256,512,1024")
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--average", default="0", help="comma-separated EMA decays of the DP-SGD iterates (0: the last)")
     parser.add_argument("--private-size", type=int, default=None, help="N of the private set (default: the data's)")
     args = parser.parse_args()
     config = config_mod.load(args.pipeline)
@@ -65,17 +66,18 @@ def main() -> None:
                 x_in, x_out = project(feats[stand_in].flatten(1)), project(feats[scored].flatten(1))
         else:
             x_in, x_out = feats[stand_in].flatten(1), feats[scored].flatten(1)
-        right = []
-        for draw in range(args.draws):
-            generator = torch.Generator().manual_seed(draw)
-            model = dpsgd.initialised_linear(x_in.shape[1], dataset.num_classes, generator)
-            dpsgd.fit(model, x_in.contiguous(), y, noise_multiplier=noise, batch_size=len(stand_in),
-                      epochs=steps, lr=tcfg.dpsgd_lr, generator=generator)
-            with torch.no_grad():
-                right.append(float((model(x_out).argmax(1).numpy() == labels[scored]).mean()))
-        sd = statistics.stdev(right) if len(right) > 1 else 0.0
-        print(f"dim {dim or 'all (' + str(x_in.shape[1]) + ')'}: {100 * statistics.mean(right):.2f} ± {100 * sd:.2f}% "
-              f"of the scoring half right ({time.perf_counter() - t0:.0f} s)", flush=True)
+        for average in (float(a) for a in args.average.split(",")):
+            right = []
+            for draw in range(args.draws):
+                generator = torch.Generator().manual_seed(draw)
+                model = dpsgd.initialised_linear(x_in.shape[1], dataset.num_classes, generator)
+                dpsgd.fit(model, x_in.contiguous(), y, noise_multiplier=noise, batch_size=len(stand_in),
+                          epochs=steps, lr=tcfg.dpsgd_lr, generator=generator, average=average)
+                with torch.no_grad():
+                    right.append(float((model(x_out).argmax(1).numpy() == labels[scored]).mean()))
+            sd = statistics.stdev(right) if len(right) > 1 else 0.0
+            print(f"dim {dim or 'all (' + str(x_in.shape[1]) + ')'}, average {average:g}: {100 * statistics.mean(right):.2f} "
+                  f"± {100 * sd:.2f}% of the scoring half right ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

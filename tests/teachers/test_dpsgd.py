@@ -199,6 +199,37 @@ def test_fit_samples_at_the_accounted_rate(one_thread):
     assert type(trained) is torch.nn.Sequential and trained[-1] is model[-1]  # Opacus's wrapper removed
 
 
+@needs_opacus
+def test_fit_returns_the_moving_average_of_its_iterates(one_thread):
+    """The iterates are the same with or without averaging (same draws); the model returned with
+    ``average`` is their EMA, recomputed here by hand from the iterates the last-iterate run went
+    through, with the warm-up min(d, (1+t)/(10+t))."""
+    x, y = _planted(n=230)
+    features = dpsgd.normalise(x)
+
+    def run(average, record=None):
+        model = dpsgd.linear_model(num_classes=4, generator=torch.Generator().manual_seed(0))[1:]
+        start = [p.detach().clone() for p in model.parameters()]
+        progress = (lambda *a: record.append([p.detach().clone() for p in model.parameters()])) if record is not None else None
+        trained, _ = dpsgd.fit(model, features, y, noise_multiplier=1.0, batch_size=64, epochs=3, lr=0.5,
+                               generator=torch.Generator().manual_seed(1), average=average, progress=progress)
+        return start, [p.detach() for p in trained.parameters()]
+
+    iterates = []
+    start, last = run(0.0, iterates)
+    assert len(iterates) == 12 and all(torch.equal(a, b) for a, b in zip(last, iterates[-1]))
+    _, averaged = run(0.6)
+    expected = [s.double() for s in start]
+    for t, params in enumerate(iterates):
+        weight = 1.0 - min(0.6, (1.0 + t) / (10.0 + t))
+        expected = [e + weight * (p.double() - e) for e, p in zip(expected, params)]
+    for got, want, final in zip(averaged, expected, last):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got, final)  # the average is not the last iterate
+    with pytest.raises(ValueError, match="average"):
+        run(1.0)
+
+
 def test_public_projection_whitens_the_public_features_and_folds_into_one_linear_layer():
     """The projection's output on the public features it was built from has mean 0 and identity
     covariance (checked with numpy's covariance, not the SVD it was built with); folding it into a
