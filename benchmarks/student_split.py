@@ -2,15 +2,17 @@
 a finished run's student without ``--validate`` pool images and score it on them.
 
     python benchmarks/student_split.py RUN_DIR --keep-widest 0.67,1 [--erase 0,0.5] [--prior-temperature 1,2] [--mixup 0,0.2]
-        [--validate 1000] [--steps 4500]
+        [--validate 1000] [--steps 4500] [--members 2]
 
 The run's release (``labels.npz``: labels, noisy vectors, a DP-SGD teacher's probabilities) becomes
 targets exactly as ``pate.stages.train_student`` makes them (``released_targets``, ``widest``); a
 fixed random ``--validate`` of the student pool (seed 0: public, the same for every setting) is taken
 out of the labelled and the unlabelled images alike, and each setting's student (the run's
 ``[student]`` section with ``keep_widest`` replaced) is scored on them against the pool's public
-labels (and, beside, on the held-out test split, which is never read to choose). Nothing is written to
-the run directory. Costs no privacy: the release and public images only.
+labels (and, beside, on the held-out test split, which is never read to choose). With ``--members N``
+each setting trains N students (seeds seed .. seed + N - 1, as ``[student] members`` does) and scores
+each alone, then the average of the first 1 .. N, each without and with ``flip_average`` (the logits of
+every image and its mirror averaged). Nothing is written to the run directory. Costs no privacy: the release and public images only.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pate import config as config_mod, data  # noqa: E402
+from pate.nets.models import averaged  # noqa: E402
 from pate.run.artifacts import mechanism  # noqa: E402
 from pate.stages.train_student import released_targets, widest  # noqa: E402
 from pate.student import training  # noqa: E402
@@ -43,8 +46,12 @@ def main() -> None:
     parser.add_argument("--prior-temperature", default=None,
                         help="comma-separated [student] prior_temperature values (the run's by default)")
     parser.add_argument("--mixup", default=None, help="comma-separated [student] mixup values (the run's by default)")
+    parser.add_argument("--members", type=int, default=1,
+                        help="students trained per setting; their averages of 1..N scored without and with mirrors")
     parser.add_argument("--data-root", type=Path, default=data.DEFAULT_ROOT)
     args = parser.parse_args()
+    if not 1 <= args.members <= 16:
+        parser.error("--members must be between 1 and 16")
     config = config_mod.load(args.run_dir / "config.toml")
     if config.student.propagation != "none":
         raise SystemExit("this run spreads its labels over the pool ([student] propagation), which this benchmark "
@@ -79,22 +86,34 @@ def main() -> None:
         labeled, rows = released["query_index"][kept], targets[torch.from_numpy(kept)]
         train = ~np.isin(labeled, held)
         unlabeled = np.setdiff1d(np.setdiff1d(pool, labeled), held)
-        t0 = time.time()
-        model, _ = training.train_student(
-            images(labeled[train]), rows[torch.from_numpy(train)],
-            images(unlabeled if len(unlabeled) else labeled[train]) if cfg.method != "supervised" else None,
-            arch=cfg.arch, num_classes=ds.num_classes, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size,
-            unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay, threshold=cfg.threshold,
-            hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup, seed=cfg.seed)
-        right = training.accuracy(model, images(held), truth)
         test = parts["test_index"]  # reported beside, as the ablation does; never read to choose
-        tested = (f"; {100 * training.accuracy(model, images(test), torch.from_numpy(ds.public_y[test].astype(np.int64))):.2f}%"
-                  f" of the {len(test)} held-out test images" if len(test) and (ds.public_y[test] >= 0).all() else "")
-        print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps, keep_widest {fraction:g}, erase {erase:g}, "
-              f"prior_temperature {temperature:g}, mixup {mixup:g}: "
-              f"{int(train.sum())} "
-              f"labelled + {len(unlabeled)} unlabelled, {100 * right:.2f}% of the {len(held)} held-out pool images "
-              f"right{tested} ({time.time() - t0:.0f} s)", flush=True)
+        scored = len(test) and (ds.public_y[test] >= 0).all()
+        networks = []
+        for member in range(args.members):
+            t0 = time.time()
+            model, _ = training.train_student(
+                images(labeled[train]), rows[torch.from_numpy(train)],
+                images(unlabeled if len(unlabeled) else labeled[train]) if cfg.method != "supervised" else None,
+                arch=cfg.arch, num_classes=ds.num_classes, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size,
+                unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay, threshold=cfg.threshold,
+                hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup, seed=cfg.seed + member)
+            networks.append(model)
+            seconds = time.time() - t0
+            students = [(f"student {member}" if args.members > 1 else "", [model], False)]
+            if args.members > 1:
+                students += [(f"mirrors averaged, student {member}", [model], True)]
+            if member:
+                students += [(f"average of students 0-{member}{', mirrors averaged' if flips else ''}", networks[:], flips)
+                             for flips in (False, True)]
+            for what, members, flips in students:
+                student = averaged(members, flips)
+                right = training.accuracy(student, images(held), truth)
+                tested = (f"; {100 * training.accuracy(student, images(test), torch.from_numpy(ds.public_y[test].astype(np.int64))):.2f}%"
+                          f" of the {len(test)} held-out test images" if scored else "")
+                print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps, keep_widest {fraction:g}, erase {erase:g}, "
+                      f"prior_temperature {temperature:g}, mixup {mixup:g}{', ' + what if what else ''}: "
+                      f"{int(train.sum())} labelled + {len(unlabeled)} unlabelled, {100 * right:.2f}% of the {len(held)} "
+                      f"held-out pool images right{tested} ({seconds:.0f} s)", flush=True)
 
 
 def _values(text: str | None, default: float) -> list[float]:

@@ -194,7 +194,7 @@ ADDED_LATER = {
                    "soft_labels", "query_selection"),
     "privacy": ("record_epsilon", "record_budgets"),
     "student": ("soft_temperature", "propagation", "propagation_k", "propagation_alpha", "propagation_confidence",
-                "keep_widest", "hflip", "erase", "prior_temperature", "mixup"),
+                "keep_widest", "hflip", "erase", "prior_temperature", "mixup", "members", "flip_average"),
 }
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..nets.models import ARCHITECTURES
+from ..nets.models import ARCHITECTURES, MAX_MEMBERS
 from .checks import MAX_BATCH, MAX_SEED, MAX_STEPS, MAX_UNLABELED_RATIO, _check
 
 
@@ -52,6 +52,12 @@ class StudentConfig:
     # Mixup of the labelled batches (Zhang et al. 2018): each image and its target blended with another
     # of the batch, the weight drawn from Beta(mixup, mixup) (0 = none).
     mixup: float = 0.0
+    # Students trained on the same targets from seeds seed, seed + 1, ...; the model that is evaluated
+    # and exported averages their logits (pate.nets.models.build_student). Each costs a full training.
+    members: int = 1
+    # The exported model also averages the logits of each image and its left-right mirror (for data
+    # whose mirror is the same class: clothes, not digits or text; pairs with hflip).
+    flip_average: bool = False
 
     def validate(self) -> None:
         _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
@@ -66,6 +72,9 @@ class StudentConfig:
         _check("student", "erase", 0 <= self.erase <= 1, "in [0, 1] (the probability an image is erased)", self.erase)
         _check("student", "mixup", self.mixup == 0 or 0.01 <= self.mixup <= 100,
                "0 (none) or in [0.01, 100] (Beta(mixup, mixup) weights)", self.mixup)
+        _check("student", "members", type(self.members) is int and 1 <= self.members <= MAX_MEMBERS,
+               f"an integer between 1 and {MAX_MEMBERS} (students averaged)", self.members)
+        _check("student", "flip_average", isinstance(self.flip_average, bool), "true or false", self.flip_average)
         _check("student", "prior_temperature", 0.01 <= self.prior_temperature <= 100, "in [0.01, 100] (1 = as released)",
                self.prior_temperature)
         _check("student", "soft_temperature", 0 <= self.soft_temperature <= 1e6, "in [0, 1e6] (0 = the noise's std)",

@@ -48,7 +48,8 @@ def normalised(model: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
         norm.bias.copy_(-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32))
     for p in norm.parameters():
         p.requires_grad_(False)
-    return nn.Sequential(norm, *model.children()).eval()
+    layers = list(model.children()) if isinstance(model, nn.Sequential) else [model]  # an averaged student: whole
+    return nn.Sequential(norm, *layers).eval()
 
 
 def describe(arch: str, classes: Sequence[str], channels: int, image_size: int, mean, std, **about) -> dict:
@@ -57,6 +58,14 @@ def describe(arch: str, classes: Sequence[str], channels: int, image_size: int, 
             "image_size": int(image_size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
             "input": "float32 (N, C, H, W), pixels in [0, 1]; the normalisation is inside the model",
             "output": "logits (N, classes)", **about}
+
+
+def averaging(student) -> dict:
+    """What a ``[student]`` section adds to the description of an averaged student (``members``,
+    ``flip_average``; nothing for one network, so earlier files read as they always did)."""
+    if student.members == 1 and not student.flip_average:
+        return {}
+    return {"members": int(student.members), "flip_average": bool(student.flip_average)}
 
 
 def check_export_tools(torchscript: bool = False, arch: str | None = None) -> None:
@@ -122,7 +131,7 @@ def program_bytes(model: Any, meta: dict) -> bytes:
 
 
 def safetensors_bytes(model: Any, meta: dict) -> bytes:
-    """The bare network's weights (no normalisation: rebuild it with ``pate.nets.models.build_model``
+    """The bare network's weights (no normalisation: rebuild it with ``pate.nets.models.build_student``
     and normalise inputs with ``mean``/``std``) as safetensors, ``meta`` in the header's metadata."""
     from safetensors.torch import save
 

@@ -99,7 +99,7 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
         f"A {student['arch']} image classifier of {len(classes)} classes, trained by pate {doc['pate_version']} on "
         f"{doc['generated'][:10]}. Input: float32 images (N, {spec.channels}, {spec.image_size}, {spec.image_size}) "
         "with pixels in [0, 1] (the normalisation is inside `student.onnx` and `student.pt2`); "
-        "output: one logit per class.",
+        f"output: one logit per class.{_averaged(student)}",
         "",
         "| label | class |",
         "|---|---|",
@@ -145,3 +145,13 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
     lines += ["- The public images are not protected: the guarantee is about the private records only.",
               "", "Full statement: `statement.txt` / `statement.json`."]
     return "\n".join(lines) + "\n"
+
+
+def _averaged(student: dict) -> str:
+    """The sentence saying what an averaged student averages; nothing for one network."""
+    members, mirrors = student.get("members", 1), student.get("flip_average", False)
+    if members == 1 and not mirrors:
+        return ""
+    what = (f"the logits of {members} {student['arch']} networks trained on the same labels from different seeds"
+            if members > 1 else "the logits of its network")
+    return f" They are the mean of {what}{', each on the image and on its left-right mirror' if mirrors else ''}."

@@ -78,6 +78,7 @@ def statement(run: RunDir, written: tuple[str, ...] = FILES) -> dict:
         "privacy": public,
         "spend_log": spend_log_claim(config.privacy.total_budget, public["delta"]),
         "student": {"arch": config.student.arch, "method": config.student.method, "classes": spec.num_classes,
+                    **formats.averaging(config.student),
                     "input": [spec.channels, spec.image_size, spec.image_size], "mean": list(spec.mean),
                     "std": list(spec.std), "accuracy": metrics.get("student_accuracy"),
                     "test_size": metrics.get("test_size"),
@@ -133,7 +134,9 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
                             guarantee={"epsilon": doc["privacy"]["guarantee"]["epsilon"],
                                        "delta": doc["privacy"]["guarantee"]["delta"]},
                             seeded=bool(doc["privacy"].get("seeded")), release_of=release_tag(run),
-                            rebuild="pate.nets.models.build_model(arch, channels, len(classes), image_size)"
+                            **formats.averaging(config.student),
+                            rebuild="pate.nets.models.build_student(arch, channels, len(classes), image_size, "
+                                    "members=members (1 if absent), flip_average=flip_average (false if absent))"
                                     ".load_state_dict(safetensors.torch.load_file('student.safetensors')) on "
                                     "inputs normalised with mean/std")
     model = student_model(run)  # its weights verified

@@ -24,11 +24,11 @@ import numpy as np
 from ..data import images as image_files
 from ..errors import PateError
 from ..io import read_bytes_limited
-from ..nets.models import build_model
+from ..nets.models import MAX_MEMBERS, build_student
 from ..stages import existing_run
 from ..run.artifacts import data_spec, student_model
 from .formats import (FORMAT, INPUT_NAME, META, STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS, STUDENT_TS,
-                      _importable, _quiet_deprecation, _torchscript_available, describe, normalised)
+                      _importable, _quiet_deprecation, _torchscript_available, averaging, describe, normalised)
 from .onnx_graph import check_onnx_graph
 
 # What a student file may claim, checked before anything is allocated for its images: pate trains
@@ -325,7 +325,7 @@ def _load_safetensors(path: Path) -> Student:
                     raise _bad(path, meta, key, must)
             try:
                 with torch.device("meta"):  # shapes only: nothing allocated for a bad file's claims
-                    skeleton = build_model(str(meta.get("arch")), channels, len(meta["classes"]), meta["image_size"])
+                    skeleton = _skeleton(meta, channels)
             except (ValueError, KeyError, TypeError) as exc:
                 raise _bad(path, meta, "arch", f"an architecture pate builds ({_first_line(exc)})") from None
             expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
@@ -337,9 +337,15 @@ def _load_safetensors(path: Path) -> Student:
             state = {name: weights.get_tensor(name) for name in shapes}
     except SafetensorError as exc:
         raise PateError(f"{path} is not a safetensors student exported by pate ({_first_line(exc)})") from None
-    model = build_model(meta["arch"], channels, len(meta["classes"]), meta["image_size"])
+    model = _skeleton(meta, channels)
     model.load_state_dict({name: t.float() for name, t in state.items()})
     return Student(normalised(model, meta["mean"], meta["std"]), meta)
+
+
+def _skeleton(meta: dict, channels: int):
+    """The network(s) ``meta`` describes (``members`` and ``flip_average`` as checked by ``checked_meta``)."""
+    return build_student(str(meta.get("arch")), channels, len(meta["classes"]), meta["image_size"],
+                         members=meta.get("members", 1), flip_average=meta.get("flip_average", False))
 
 
 LOADERS = {".onnx": _load_onnx, ".pt2": _load_program, ".ts": _load_torchscript,
@@ -384,6 +390,10 @@ def checked_meta(raw: str | bytes, path: Path, kind: str = "a TorchScript file")
     if not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES \
             or not all(isinstance(c, str) for c in classes):
         raise _bad(path, meta, "classes", f"a list of 1 to {MAX_CLASSES} class names")
+    if "members" in meta:
+        integer("members", 1, MAX_MEMBERS)
+    if not isinstance(meta.get("flip_average", False), bool):
+        raise _bad(path, meta, "flip_average", "true or false")
     return meta
 
 
@@ -394,7 +404,7 @@ def _from_run(run_path: Path) -> Student:
     model = student_model(run)
     classes = list(spec.classes) or [str(c) for c in range(spec.num_classes)]
     meta = describe(config.student.arch, classes, spec.channels, spec.image_size, spec.mean, spec.std,
-                    pipeline=config.name)
+                    pipeline=config.name, **averaging(config.student))
     return Student(normalised(model, spec.mean, spec.std), meta)
 
 

@@ -16,7 +16,7 @@ from .. import data as data_mod
 from . import spend_log
 from ..config import DatasetSpec, PipelineConfig
 from ..io import CheckpointError, load_checkpoint
-from ..nets.models import build_model
+from ..nets.models import build_student
 from ..data.partition import PartitionError, verify_partition
 from ..privacy.mechanisms import Mechanism, build
 from ..progress import say
@@ -189,8 +189,9 @@ def normaliser(dataset: data_mod.Dataset):
 
 def student_model(run: RunDir):
     """The trained student of ``run`` (a torch module on normalised inputs), its weights verified."""
-    spec, arch = data_spec(run), run.config.student.arch
-    model = build_model(arch, spec.channels, spec.num_classes, spec.image_size)
+    spec, cfg = data_spec(run), run.config.student
+    model = build_student(cfg.arch, spec.channels, spec.num_classes, spec.image_size, members=cfg.members,
+                          flip_average=cfg.flip_average)
     try:
         model.load_state_dict(load_checkpoint(run.verified(STUDENT_MODEL)))
     except CheckpointError as exc:

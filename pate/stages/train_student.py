@@ -15,7 +15,7 @@ import torch
 
 from ..features import knn
 from ..student import propagation
-from ..nets.models import layer_plan
+from ..nets.models import averaged, layer_plan
 from ..io import CheckpointError, atomic_write_json, load_checkpoint, private_mkdir, save_checkpoint
 from ..progress import Progress
 from ..run.directory import RunError
@@ -45,7 +45,8 @@ def run(ctx: Context) -> None:
     except ValueError as err:
         raise RunError(f"[student] arch: {err}; choose another student or [data] image_size") from None
     run_dir.begin(NAME)
-    progress = Progress(cfg.steps, NAME, ctx.quiet)
+    total = cfg.steps * cfg.members
+    progress = Progress(total, NAME, ctx.quiet)
 
     def report(step, steps, loss, info):
         progress.update_to(step, status=f"loss {loss:.3f}")
@@ -67,24 +68,36 @@ def run(ctx: Context) -> None:
         trained_index = np.concatenate([labeled_index, spread_index])
         targets = torch.cat([_rows(targets, dataset.num_classes), spread])
         ctx.say(f"{NAME}: label spreading labelled {len(spread_index)} of {len(unlabeled_index)} unlabelled pool images")
-    model, history = train_student(
-        public_images(dataset, trained_index), targets,
-        public_images(dataset, unlabeled_index if len(unlabeled_index) else trained_index)
-        if cfg.method != "supervised" else None,  # every pool image labelled: its consistency term on them
-        arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
-        batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, threshold=cfg.threshold, hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup,
-        seed=cfg.seed,
-        device=resolve_device(ctx.device), checkpoint_path=run_dir.file("student/checkpoint.pt"),
-        checkpoint_every=max(1, min(200, cfg.steps // 5)), fingerprint=ctx.config.fingerprint(),
-        progress=report)
+    labeled_x = public_images(dataset, trained_index)
+    unlabeled_x = (public_images(dataset, unlabeled_index if len(unlabeled_index) else trained_index)
+                   if cfg.method != "supervised" else None)  # every pool image labelled: its consistency term on them
+    networks, histories = [], []
+    for member in range(cfg.members):  # each resumable from its own checkpoint; a finished one reloads at once
+        network, history = train_student(
+            labeled_x, targets, unlabeled_x,
+            arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
+            batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,
+            weight_decay=cfg.weight_decay, threshold=cfg.threshold, hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup,
+            seed=cfg.seed + member,
+            device=resolve_device(ctx.device), checkpoint_path=run_dir.file(member_checkpoint(member)),
+            checkpoint_every=max(1, min(200, cfg.steps // 5)), fingerprint=ctx.config.fingerprint(),
+            progress=lambda step, steps, loss, info, done=member * cfg.steps: report(done + step, total, loss, info))
+        networks.append(network.cpu())
+        histories.append(history)
     progress.close()
+    model = averaged(networks, cfg.flip_average)  # the student evaluated and exported
     save_checkpoint(run_dir.file(STUDENT_MODEL), {k: v.cpu() for k, v in model.state_dict().items()})
+    history = histories[0] if len(histories) == 1 else {**histories[0], "later_members": histories[1:]}
     atomic_write_json(run_dir.file(STUDENT_HISTORY), history)
     finish(ctx, NAME, labeled=int(len(labeled_index)), unlabeled=int(len(unlabeled_index)),
            **({"propagated": int(len(trained_index) - len(labeled_index))} if cfg.propagation != "none" else {}))
     ctx.say(f"{NAME}: {len(labeled_index)} labelled + {len(unlabeled_index)} unlabelled public images, "
             f"{cfg.method}, {cfg.steps} steps")
+
+
+def member_checkpoint(member: int) -> str:
+    """The training checkpoint of the ``member``-th student (the first keeps the name it always had)."""
+    return "student/checkpoint.pt" if member == 0 else f"student/checkpoint-{member}.pt"
 
 
 def released_targets(released: dict, cfg, mech) -> tuple[torch.Tensor, np.ndarray | None]:

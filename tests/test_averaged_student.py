@@ -1,0 +1,117 @@
+"""``[student] members`` and ``flip_average``: the student evaluated and exported is the mean of the
+logits of several students trained on the same targets (and of each image's mirror), checked against
+that mean recomputed by hand from each member's own training checkpoint, in every exported format, on
+raw images."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import pate
+from pate.cli import main
+from pate.data import load as load_data
+from pate.export import student as exported
+from pate.export.formats import FORMAT
+from pate.errors import PateError
+from pate.io import load_checkpoint
+from pate.nets.models import MAX_MEMBERS, averaged, build_model, build_student
+
+from .conftest import TINY_PIPELINE, edit_pipeline
+
+ATOL = 1e-4
+
+
+def test_averaged_logits_are_the_mean_over_members_and_mirrors():
+    torch.manual_seed(0)
+    networks = [build_model("cnn-small", 1, 4, 28).eval() for _ in range(3)]
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        by_hand = [n(x) for n in networks]
+        mirrored = [n(torch.from_numpy(x.numpy()[..., ::-1].copy())) for n in networks]
+        torch.testing.assert_close(averaged(networks)(x), sum(by_hand) / 3)
+        torch.testing.assert_close(averaged(networks, flip_average=True)(x), (sum(by_hand) + sum(mirrored)) / 6)
+        torch.testing.assert_close(averaged(networks[:1], flip_average=True)(x), (by_hand[0] + mirrored[0]) / 2)
+    assert averaged(networks[:1]) is networks[0]  # one network, no mirror: the bare network itself
+    lone = build_student("cnn-small", 1, 4, 28)
+    assert list(lone.state_dict()) == list(build_model("cnn-small", 1, 4, 28).state_dict())  # earlier names
+    pair = build_student("cnn-small", 1, 4, 28, members=2)
+    assert {k.split(".")[1] for k in pair.state_dict()} == {"0", "1"}
+    for bad in (0, MAX_MEMBERS + 1, 1.5, "2"):
+        with pytest.raises(ValueError, match="members"):
+            build_student("cnn-small", 1, 4, 28, members=bad)
+
+
+AVERAGED = edit_pipeline(TINY_PIPELINE, ("steps = 20\n", "steps = 20\nmembers = 2\nflip_average = true\nhflip = true\n"))
+
+
+@pytest.fixture(scope="module")
+def averaged_run(tmp_path_factory, fake_data_root):
+    root = tmp_path_factory.mktemp("averaged")
+    (root / "tiny.toml").write_text(textwrap.dedent(AVERAGED))
+    result = CliRunner().invoke(main, ["run", str(root / "tiny.toml"), "--run-dir", str(root / "run"), "--data-root",
+                                       str(fake_data_root), "-q"])
+    assert result.exit_code == 0, result.output
+    run = pate.load_run(root / "run")
+    images = load_data(run.config.data, fake_data_root, quiet=True).public_x[:23]
+    return root, run, images
+
+
+def test_the_runs_student_averages_its_members_checkpoints(averaged_run):
+    root, run, images = averaged_run
+    spec = json.loads((root / "run" / "data.json").read_text())["spec"]
+    mean, std = (np.asarray(spec[k], np.float32).reshape(1, -1, 1, 1) for k in ("mean", "std"))
+    x = torch.from_numpy((images.astype(np.float32) / 255.0 - mean) / std)
+    logits = []
+    for name in ("checkpoint.pt", "checkpoint-1.pt"):  # each member's EMA weights, as its training left them
+        state = load_checkpoint(root / "run" / "student" / name)
+        assert state["settings"]["seed"] == {"checkpoint.pt": 0, "checkpoint-1.pt": 1}[name]
+        network = build_model("cnn-small", 1, 10, 28).eval()
+        network.load_state_dict(state["ema"])
+        with torch.no_grad():
+            logits += [network(x), network(torch.flip(x, dims=[3]))]
+    by_hand = (sum(logits) / 4).numpy()
+    np.testing.assert_allclose(pate.load_student(root / "run").logits(images), by_hand, atol=ATOL, rtol=0)
+    history = json.loads((root / "run" / "student" / "history.json").read_text())
+    assert len(history["later_members"]) == 1 and history["step"][-1] == 20
+
+
+@pytest.mark.parametrize("name", ["student.onnx", "student.pt2", "student.safetensors"])
+def test_every_exported_format_is_the_averaged_student_on_raw_images(averaged_run, name):
+    root, _, images = averaged_run
+    expected = pate.load_student(root / "run").logits(images)
+    release = root / "run-release"
+    meta = json.loads((release / "student.json").read_text())
+    assert (meta["members"], meta["flip_average"]) == (2, True) and "build_student" in meta["rebuild"]
+    student = pate.load_student(release / name)
+    np.testing.assert_allclose(student.logits(images), expected, atol=ATOL, rtol=0)  # uint8 pixels in
+
+
+@pytest.mark.parametrize("key, value", [("members", 0), ("members", MAX_MEMBERS + 1), ("members", "2"),
+                                        ("members", True), ("flip_average", "yes"), ("flip_average", 1)])
+def test_a_file_claiming_a_bad_average_is_refused(tmp_path, key, value):
+    meta = {"format": FORMAT, "arch": "cnn-small", "classes": ["a", "b"], "channels": 1, "image_size": 28, key: value}
+    with pytest.raises(PateError, match=key):
+        exported.checked_meta(json.dumps(meta), tmp_path / "student.safetensors", "a safetensors file")
+
+
+@pytest.mark.parametrize("line, message", [("members = 0", "members"), ("members = 17", "members"),
+                                           ("members = 1.5", "members"), ('flip_average = "yes"', "flip_average")])
+def test_bad_settings_are_one_line_exit_2(tmp_path, fake_data_root, line, message):
+    pipeline = tmp_path / "bad.toml"
+    pipeline.write_text(textwrap.dedent(edit_pipeline(TINY_PIPELINE, ("steps = 20\n", f"steps = 20\n{line}\n"))))
+    result = CliRunner().invoke(main, ["plan", str(pipeline)])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_the_release_says_what_the_student_averages(averaged_run):
+    root, _, _ = averaged_run
+    release = root / "run-release"
+    statement = json.loads((release / "statement.json").read_text())
+    assert (statement["student"]["members"], statement["student"]["flip_average"]) == (2, True)
+    card = (release / "model-card.md").read_text()
+    assert "mean of the logits of 2 cnn-small networks" in card and "left-right mirror" in card
