@@ -115,3 +115,50 @@ def test_the_release_says_what_the_student_averages(averaged_run):
     assert (statement["student"]["members"], statement["student"]["flip_average"]) == (2, True)
     card = (release / "model-card.md").read_text()
     assert "mean of the logits of 2 cnn-small networks" in card and "left-right mirror" in card
+
+
+class _Stop(Exception):
+    """A crash in the middle of the second student's training."""
+
+
+def test_a_crash_in_the_second_student_resumes_to_the_same_weights(averaged_run, tmp_path, fake_data_root,
+                                                                   monkeypatch):
+    """Killed at step 7 of member 1 (its checkpoint from step 4 on disk), `pate run` again finishes
+    from the checkpoints: member 0 is not trained again, and the student is bit for bit the
+    uninterrupted run's."""
+    import pate.stages.train_student as stage
+
+    root, _, _ = averaged_run
+    (tmp_path / "tiny.toml").write_text(textwrap.dedent(AVERAGED))
+    args = ["run", str(tmp_path / "tiny.toml"), "--run-dir", str(tmp_path / "run"), "--data-root", str(fake_data_root),
+            "-q"]
+    real, calls = stage.train_student, []
+
+    def crashing(*a, **kw):
+        calls.append(kw["seed"])
+        report = kw["progress"]
+
+        def progress(step, steps, loss, info):
+            report(step, steps, loss, info)
+            if kw["seed"] == 1 and step == 7:
+                raise _Stop
+        return real(*a, **{**kw, "progress": progress})
+
+    monkeypatch.setattr(stage, "train_student", crashing)
+    crashed = CliRunner().invoke(main, args)
+    assert isinstance(crashed.exception, _Stop) and calls == [0, 1]
+    assert (tmp_path / "run" / "student" / "checkpoint-1.pt").exists()
+    assert load_checkpoint(tmp_path / "run" / "student" / "checkpoint-1.pt")["step"] == 4
+    steps = {0: [], 1: []}
+
+    def counting(*a, **kw):
+        report = kw["progress"]
+        return real(*a, **{**kw, "progress": lambda step, *rest: (steps[kw["seed"]].append(step), report(step, *rest))})
+
+    monkeypatch.setattr(stage, "train_student", counting)
+    resumed = CliRunner().invoke(main, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert steps == {0: [], 1: list(range(5, 21))}  # member 0 reloads its finished checkpoint; member 1 goes on
+    mine = load_checkpoint(tmp_path / "run" / "student" / "model.pt")
+    theirs = load_checkpoint(root / "run" / "student" / "model.pt")
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

@@ -6,7 +6,9 @@ post-processing of the release, so it costs no further privacy. With ``[student]
 the released labels are first spread over a kNN graph of the pool's public features
 (``pate.student.propagation``): the unlabelled images it labels confidently enough join the labelled ones
 with their propagated distributions as soft targets, and the semi-supervised loss still runs on
-every unlabelled image. Post-processing as well: public images and released labels only.
+every unlabelled image. Post-processing as well: public images and released labels only. With
+``[student] members`` several students learn the same targets from different seeds, each from its
+own checkpoint, and the student saved is the average of their logits (``pate.nets.models.averaged``).
 """
 from __future__ import annotations
 
@@ -92,7 +94,8 @@ def run(ctx: Context) -> None:
     finish(ctx, NAME, labeled=int(len(labeled_index)), unlabeled=int(len(unlabeled_index)),
            **({"propagated": int(len(trained_index) - len(labeled_index))} if cfg.propagation != "none" else {}))
     ctx.say(f"{NAME}: {len(labeled_index)} labelled + {len(unlabeled_index)} unlabelled public images, "
-            f"{cfg.method}, {cfg.steps} steps")
+            f"{cfg.method}, {cfg.steps} steps" + (f", {cfg.members} students averaged" if cfg.members > 1 else "")
+            + (", each on the image and its mirror" if cfg.flip_average else ""))
 
 
 def member_checkpoint(member: int) -> str:
