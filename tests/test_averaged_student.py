@@ -162,3 +162,12 @@ def test_a_crash_in_the_second_student_resumes_to_the_same_weights(averaged_run,
     mine = load_checkpoint(tmp_path / "run" / "student" / "model.pt")
     theirs = load_checkpoint(root / "run" / "student" / "model.pt")
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_torchscript_takes_the_averaged_student_too(averaged_run):
+    root, _, images = averaged_run
+    result = CliRunner().invoke(main, ["export", str(root / "run"), "--out", str(root / "with-ts"), "--torchscript"])
+    assert result.exit_code == 0, result.output
+    expected = pate.load_student(root / "run").logits(images)
+    np.testing.assert_allclose(pate.load_student(root / "with-ts" / "student.ts").logits(images), expected,
+                               atol=ATOL, rtol=0)

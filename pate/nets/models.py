@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 
 SCATTERING_LAYER = "pate.nets.scattering"
+AVERAGED_MODULE = "pate.nets.averaged"  # imports torch: loaded by name, as the scattering layer is
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def build_student(arch: str, in_channels: int, num_classes: int, image_size: int
     with ``flip_average``, on its left-right mirror too. An average of independently trained
     students forgets what each memorised of its noisy labels alone (Hansen & Salamon 1990, "Neural
     Network Ensembles"); the mirror averages out a left-right bias the flips of training did not."""
-    if not (isinstance(members, int) and 1 <= members <= MAX_MEMBERS):
+    if not (isinstance(members, int) and not isinstance(members, bool) and 1 <= members <= MAX_MEMBERS):
         raise ValueError(f"members must be an integer in [1, {MAX_MEMBERS}]. Found {members!r}.")
     networks = [build_model(arch, in_channels, num_classes, image_size) for _ in range(members)]
     return averaged(networks, flip_average)
@@ -181,35 +182,7 @@ def averaged(networks: list, flip_average: bool = False) -> nn.Module:
     logits are the mean of theirs (over each image and its mirror with ``flip_average``)."""
     if len(networks) == 1 and not flip_average:
         return networks[0]
-    return _averaged_logits()(networks, flip_average)
-
-
-def _averaged_logits():
-    """The averaging module's class, built on first use (this module must not import torch)."""
-    global _AVERAGED
-    if _AVERAGED is None:
-        from torch import nn
-
-        class AveragedLogits(nn.Module):
-            def __init__(self, networks, flip_average: bool):
-                super().__init__()
-                self.members = nn.ModuleList(networks)
-                self.flip_average = bool(flip_average)
-
-            def forward(self, x):
-                views = (x, x.flip(-1)) if self.flip_average else (x,)
-                total = None
-                for network in self.members:
-                    for view in views:
-                        logits = network(view)
-                        total = logits if total is None else total + logits
-                return total * (1.0 / (len(self.members) * len(views)))
-
-        _AVERAGED = AveragedLogits
-    return _AVERAGED
-
-
-_AVERAGED = None
+    return importlib.import_module(AVERAGED_MODULE).AveragedLogits(networks, flip_average)
 
 
 def build_model(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Sequential:
