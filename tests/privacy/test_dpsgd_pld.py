@@ -87,6 +87,7 @@ def test_subsampled_matches_a_brute_force_convolution():
         assert dpsgd.epsilon([settings.event()], 1e-4) > high
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")  # Opacus's RDP side, read for comparison
 def test_the_pipelines_teacher_matches_opacus_prv_and_dp_accounting():
     """fashion-mnist-dpsgd-teacher's schedule (q 1/8, 320 steps): dp_accounting's PLDAccountant on the
     same DpEvent gives the same number (the wiring), Opacus's PRV accountant (another method, its
