@@ -171,3 +171,24 @@ def test_torchscript_takes_the_averaged_student_too(averaged_run):
     expected = pate.load_student(root / "run").logits(images)
     np.testing.assert_allclose(pate.load_student(root / "with-ts" / "student.ts").logits(images), expected,
                                atol=ATOL, rtol=0)
+
+
+def test_student_split_scores_each_student_and_their_averages(averaged_run, fake_data_root, capsys, monkeypatch):
+    """`benchmarks/student_split.py RUN --members 2`: each student alone and with mirrors, then the
+    average of the two without and with mirrors, all on the held-out pool images."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root, _, _ = averaged_run
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "student_split.py"
+    spec = importlib.util.spec_from_file_location("student_split_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["student_split.py", str(root / "run"), "--keep-widest", "1", "--validate", "50",
+                                      "--steps", "3", "--members", "2", "--data-root", str(fake_data_root)])
+    module.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "held-out pool images right" in line]
+    whats = [line.split("mixup 0, ")[1].split(":")[0] for line in lines]
+    assert whats == ["student 0", "mirrors averaged, student 0", "student 1", "mirrors averaged, student 1",
+                     "average of students 0-1", "average of students 0-1, mirrors averaged"]
