@@ -102,24 +102,27 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
 
     ``epsilon_of``: σ ↦ the ε of the whole release with DP-SGD at σ, in place of the RDP composition
     with ``beside`` (`pate plan` passes the guarantee a run would publish, the least of its RDP and
-    PLD bounds, so the proposal is the least σ that guarantee admits).
+    PLD bounds, so the proposal is the least σ that guarantee admits). With it, ``beside`` is not
+    read: what the other events spend alone by RDP may exceed a target their composition by
+    ``epsilon_of`` still meets, so only ``epsilon_of`` decides (an unreachable target is refused once
+    even MAX_NOISE_MULTIPLIER misses it).
 
     Raises:
-        ValueError: the events ``beside`` alone already spend the target, or even
-            MAX_NOISE_MULTIPLIER spends more than it.
+        ValueError: the events ``beside`` alone already spend the target (RDP, without ``epsilon_of``),
+            or even MAX_NOISE_MULTIPLIER spends more than it.
     """
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ValueError(f"target_epsilon must be positive and finite. Found {target_epsilon!r}.")
     beside = list(beside)
     dp_event(1.0, sample_rate, steps)  # checks sample_rate and steps
-    if epsilon_of is None:
-        def epsilon_of(sigma: float) -> float:
-            return _epsilon_and_order([dp_event(sigma, sample_rate, steps), *beside], delta, orders)[0]
-    if beside:
+    if epsilon_of is None and beside:  # what the events beside spend in the same RDP composition
         spent = _epsilon_and_order(beside, delta, orders)[0]
         if spent >= target_epsilon:
             raise ValueError(f"the events beside DP-SGD already spend epsilon = {spent:.6g} at delta = {delta:g}, "
                              f"not below the target {target_epsilon:g}: no noise multiplier leaves room for it.")
+    if epsilon_of is None:
+        def epsilon_of(sigma: float) -> float:
+            return _epsilon_and_order([dp_event(sigma, sample_rate, steps), *beside], delta, orders)[0]
 
     def meets(index: int) -> bool:
         sigma = _grid_value(index)
@@ -142,7 +145,8 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
                 eps = epsilon_of(MAX_NOISE_MULTIPLIER)
                 raise ValueError(f"target_epsilon {target_epsilon:g} is out of reach: even noise multiplier "
                                  f"{MAX_NOISE_MULTIPLIER:g} spends epsilon = {eps:.6g} at delta = {delta:g} "
-                                 f"(sample_rate {sample_rate:g}, {steps} steps).")
+                                 f"(sample_rate {sample_rate:g}, {steps} steps"
+                                 + (", with the events beside it, which spend about that alone)." if beside else ")."))
             if meets(lo + per_decade):
                 hi = lo + per_decade
                 break

@@ -388,8 +388,16 @@ def test_the_shipped_pipelines_settings_follow_their_rules(tmp_path):
     assert 1.0 < plan["votes_alone_epsilon_rdp"] < 1.1 and plan["dpsgd_teacher"]["epsilon_alone"] < 2.0
     assert json.loads(invoke("plan", root / "fashion-mnist-rknn.toml", "--format", "json").output)["guarantee"][
         "epsilon"] == plan["guarantee"]["epsilon"]
-    votes_only = invoke("plan", root / "fashion-mnist-rknn.toml", "--target-epsilon", 1.0)
-    assert votes_only.exit_code != 0 and "already spend" in votes_only.output
+    # The votes alone spend 1.09 by RDP but just under 1 by their PLD: a target of 1 is met (by a teacher
+    # with almost no say), one below what the votes spend by either accountant is refused.
+    tight = json.loads(invoke("plan", root / "fashion-mnist-rknn.toml", "--target-epsilon", 1.0, "--format", "json").output)
+    assert tight["proposed"]["dpsgd_noise"] > 100
+    with_it = tmp_path / "tight.toml"
+    with_it.write_text(edit_pipeline((root / "fashion-mnist-rknn.toml").read_text(),
+                                     ("dpsgd_noise = 5.387", f"dpsgd_noise = {tight['proposed']['dpsgd_noise']}")))
+    assert 0.99 < json.loads(invoke("plan", with_it, "--format", "json").output)["guarantee"]["epsilon"] <= 1.0
+    votes_only = invoke("plan", root / "fashion-mnist-rknn.toml", "--target-epsilon", 0.9)
+    assert votes_only.exit_code != 0 and "out of reach" in votes_only.output and "beside" in votes_only.output
     teacher = json.loads(invoke("plan", root / "fashion-mnist-dpsgd-teacher.toml", "--target-epsilon", 2.0, "--format",
                                 "json").output)
     assert teacher["knn_k"] == 0 and teacher["votes_alone_epsilon_rdp"] == 0.0

@@ -144,6 +144,29 @@ def test_calibrate_noise_refuses_the_impossible():
         dpsgd.calibrate_noise(0.0, DELTA, 0.01, 100)
 
 
+def test_calibrate_noise_by_a_tighter_accountant_is_not_refused_by_rdp():
+    """Votes as a Gaussian of noise 5 spend ε 0.794 alone by RDP but 0.726 by their privacy-loss
+    distribution: with ``epsilon_of`` the PLD composition (dp_accounting's PLDAccountant, not pate's
+    code), a target of 0.75 is met by some σ (the least on the grid), where the RDP check alone
+    refused it; 0.72, below what the votes spend by any accountant, is still refused."""
+    from dp_accounting.pld import pld_privacy_accountant
+
+    votes, q, steps = dp_accounting.GaussianDpEvent(5.0), 0.01, 100
+
+    def pld(sigma):
+        accountant = pld_privacy_accountant.PLDAccountant()
+        accountant.compose(votes)
+        accountant.compose(dpsgd.dp_event(sigma, q, steps))
+        return accountant.get_epsilon(DELTA)
+
+    with pytest.raises(ValueError, match="already spend"):
+        dpsgd.calibrate_noise(0.75, DELTA, q, steps, beside=[votes])
+    sigma = dpsgd.calibrate_noise(0.75, DELTA, q, steps, beside=[votes], epsilon_of=pld)
+    assert pld(sigma) <= 0.75 < pld(sigma * (1 - 10 ** -dpsgd.SIGNIFICANT_DIGITS))
+    with pytest.raises(ValueError, match="out of reach"):
+        dpsgd.calibrate_noise(0.72, DELTA, q, steps, beside=[votes], epsilon_of=pld)
+
+
 # ----------------------------------------------------------------------------- training
 
 
