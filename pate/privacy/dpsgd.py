@@ -102,10 +102,10 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
 
     ``epsilon_of``: σ ↦ the ε of the whole release with DP-SGD at σ, in place of the RDP composition
     with ``beside`` (`pate plan` passes the guarantee a run would publish, the least of its RDP and
-    PLD bounds, so the proposal is the least σ that guarantee admits). With it, ``beside`` is not
-    read: what the other events spend alone by RDP may exceed a target their composition by
-    ``epsilon_of`` still meets, so only ``epsilon_of`` decides (an unreachable target is refused once
-    even MAX_NOISE_MULTIPLIER misses it).
+    PLD bounds, so the proposal is the least σ that guarantee admits). With it, ``beside`` only
+    names the other events in a refusal: what they spend alone by RDP may exceed a target their
+    composition by ``epsilon_of`` still meets, so only ``epsilon_of`` decides (an unreachable target
+    is refused once even MAX_NOISE_MULTIPLIER misses it).
 
     Raises:
         ValueError: the events ``beside`` alone already spend the target (RDP, without ``epsilon_of``),

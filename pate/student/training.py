@@ -33,6 +33,7 @@ from torch import nn
 
 from ..nets.augment import mix_up, random_erase, strong_augment, weak_augment
 from ..io import check_resumable, load_checkpoint, save_checkpoint
+from ..nets.averaged import ema_update
 from ..nets.models import build_model
 from ..seeds import derive_seed
 
@@ -95,14 +96,6 @@ def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generat
 def _lr_factor(steps: int) -> Callable[[int], float]:
     # FixMatch's cosine decay: lr · cos(7πk / 16K).
     return lambda k: math.cos(7.0 * math.pi * min(k, steps) / (16.0 * steps))
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
 
 
 def _new_state(arch: str, shape, num_classes: int, *, seed: int, lr: float, weight_decay: float, steps: int,
@@ -246,7 +239,7 @@ def _train_steps(state: _State, data: tuple, *, steps: int, seed: int, ema_decay
     try:
         for step in range(state.step, steps):
             stats = _seeded_step(state, lx, ly, ux, n_unl, _step_generator(seed, step, device), device, step_kwargs)
-            _ema_update(state.ema, state.model, min(ema_decay, (1.0 + step) / (10.0 + step)))
+            ema_update(state.ema, state.model, ema_decay, step)
             state.step = done = step + 1
             _log(state, stats, done, steps, log_every)
             if progress is not None:

@@ -38,6 +38,8 @@ Opacus is an optional dependency (the ``dpsgd`` extra) imported inside the funct
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 import os
 import time
@@ -50,6 +52,7 @@ import torch
 from torch import nn
 
 from ..nets import wavelets
+from ..nets.averaged import ema_update
 from ..privacy.dpsgd import (MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER, SIGNIFICANT_DIGITS,  # noqa: F401
                              calibrate_noise, dp_event, epsilon, schedule)
 from ..seeds import derive_seed
@@ -219,6 +222,9 @@ def fit(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, noise
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
+    if not 0.0 <= average < 1.0:
+        raise ValueError(f"average must be an EMA decay in [0, 1). Found {average!r}.")
+    ema = copy.deepcopy(model) if average else None  # the iterates' average (``ema_update``), before Opacus wraps it
     sample_rate, steps = schedule(len(labels), batch_size, epochs)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loader = torch.utils.data.DataLoader(Records(features, labels), batch_size=batch_size, collate_fn=_collate,
@@ -236,49 +242,31 @@ def fit(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, noise
         (private_model, optimizer, loader), loss_fn = private, nn.CrossEntropyLoss()
     if loader.sample_rate != sample_rate:  # the accounted rate is the sampled one, or nothing holds
         raise RuntimeError(f"Opacus samples at rate {loader.sample_rate}, not {sample_rate} as accounted.")
-    if not 0.0 <= average < 1.0:
-        raise ValueError(f"average must be an EMA decay in [0, 1). Found {average!r}.")
     private_model.train()
-    averaged = _iterate_average(list(model.parameters()), average)
+    steps_taken = itertools.count()
+
+    def after_step() -> None:
+        if ema is not None:
+            ema_update(ema, model, average, next(steps_taken))
     with warnings.catch_warnings():
         _quiet()
         for epoch in range(1, epochs + 1):
             if physical_batch:
                 with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical_batch,
                                         optimizer=optimizer) as batches:
-                    _epoch(private_model, optimizer, loss_fn, batches, epoch, epochs, progress, averaged)
+                    _epoch(private_model, optimizer, loss_fn, batches, epoch, epochs, progress, after_step)
             else:
-                _epoch(private_model, optimizer, loss_fn, loader, epoch, epochs, progress, averaged)
-    averaged(final=True)
+                _epoch(private_model, optimizer, loss_fn, loader, epoch, epochs, progress, after_step)
     info = {"sample_rate": sample_rate, "steps": steps, "expected_batch": float(optimizer.expected_batch_size),
             "noise_multiplier": float(optimizer.noise_multiplier)}
-    return private_model.to_standard_module().eval(), info
-
-
-def _iterate_average(params: list, decay: float) -> Callable[..., None]:
-    """``update()`` after each optimiser step folds the iterate into an exponential moving average;
-    ``update(final=True)`` writes the average into ``params`` (with ``decay`` 0 both do nothing)."""
-    shadow = [p.detach().clone() for p in params] if decay else []
-    count = [0]
-
-    @torch.no_grad()
-    def update(final: bool = False) -> None:
-        if not decay:
-            return
-        if final:
-            for p, s in zip(params, shadow):
-                p.copy_(s)
-            return
-        count[0] += 1
-        weight = 1.0 - min(decay, count[0] / (count[0] + 9.0))
-        for p, s in zip(params, shadow):
-            s.lerp_(p.detach(), weight)
-
-    return update
+    trained = private_model.to_standard_module().eval()
+    if ema is not None:
+        trained.load_state_dict(ema.state_dict())
+    return trained, info
 
 
 def _epoch(model, optimizer, loss_fn, batches, epoch: int, epochs: int, progress: Optional[Progress],
-           averaged: Callable[..., None] = lambda final=False: None) -> None:
+           after_step: Callable[[], None]) -> None:
     total, t0 = len(batches), time.monotonic()
     for step, (x, y) in enumerate(batches, 1):
         optimizer.zero_grad(set_to_none=True)
@@ -286,7 +274,7 @@ def _epoch(model, optimizer, loss_fn, batches, epoch: int, epochs: int, progress
         loss.backward()
         optimizer.step()
         if not getattr(optimizer, "_is_last_step_skipped", False):  # a physical batch that only accumulated
-            averaged()
+            after_step()
         if progress is not None:
             progress(epoch, epochs, step, total, float(loss.detach()), len(y) / max(time.monotonic() - t0, 1e-9))
             t0 = time.monotonic()
