@@ -83,16 +83,28 @@ def conclude(run: protocol.Aggregation, inputs: teacher_votes.Votes, records: li
 
 
 PRIOR_GRID = 2 ** -16  # the DP-SGD teacher's released probabilities are multiples of this (a public grid)
+WEIGHT_GRID = 2 ** -16  # and so are its released weights
 
 
 def _dpsgd_prior(ctx: Context, records: list) -> dict:
     """{"prior": (n, m)} the DP-SGD teacher's probabilities on the released anchors, in labels.npz's
-    order; {} without a DP-SGD teacher. Released only here, after the spend log was charged the
-    composed cost of the votes and the teacher."""
+    order, and the teacher itself (its linear layer, "dpsgd_weight" and "dpsgd_bias", on the public
+    grid ``WEIGHT_GRID``; runs trained before it was kept have none); {} without a DP-SGD teacher.
+    Released only here, after the spend log was charged the composed cost of the votes and the
+    teacher: the model is the DP-SGD mechanism's output, its probabilities post-processing of it, so
+    releasing both costs that mechanism once."""
     if not ctx.config.teachers.dpsgd_noise:
         return {}
     _, public_index, _ = ledger.released_labels(records)
-    return {"prior": snapped_prior(ctx, public_index)}
+    kept = ctx.run.load_npz(DPSGD_POOL)
+    model = {f"dpsgd_{key}": snapped(kept[key], WEIGHT_GRID) for key in ("weight", "bias") if key in kept}
+    return {"prior": snapped_prior(ctx, public_index), **model}
+
+
+def snapped(values: np.ndarray, grid: float) -> np.ndarray:
+    """``values`` rounded to the nearest multiple of ``grid`` (float32 holds every such multiple
+    below 2^24 · grid exactly): what leaves the run of a float computed from private data."""
+    return (np.round(np.asarray(values, dtype=np.float64) / grid) * grid).astype(np.float32)
 
 
 def snapped_prior(ctx: Context, public_index: np.ndarray) -> np.ndarray:

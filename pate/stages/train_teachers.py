@@ -178,7 +178,9 @@ def _dpsgd_teacher(ctx: Context, dataset, used: np.ndarray, pool_index: np.ndarr
     test_truth = dataset.public_y[test_index]
     test_accuracy = (float((dpsgd.predict_proba(model, dpsgd.scattering_features(dataset.public_x[test_index]))
                             .argmax(1) == test_truth).mean()) if len(test_index) and (test_truth >= 0).all() else np.nan)
+    linear = model[-1]  # the model itself (ScatterNet + linear: only this layer has weights), for a student's third voice
     atomic_save_npz(ctx.run.file(DPSGD_POOL), private=True, pool_index=pool_index, probabilities=probs,
+                    weight=linear.weight.detach().numpy(), bias=linear.bias.detach().numpy(),
                     test_accuracy=np.array(test_accuracy), seeded=np.array(config.aggregator.seed is not None))
     ctx.say(f"{NAME}: DP-SGD teacher (noise multiplier {tcfg.dpsgd_noise:g}, {accounted.steps} steps at rate "
             f"{accounted.sample_rate:.4g})" + ("" if np.isnan(test_accuracy) else
