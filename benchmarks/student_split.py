@@ -2,7 +2,7 @@
 a finished run's student without ``--validate`` pool images and score it on them.
 
     python benchmarks/student_split.py RUN_DIR --keep-widest 0.67,1 [--erase 0,0.5] [--prior-temperature 1,2] [--mixup 0,0.2]
-        [--validate 1000] [--steps 4500] [--members 2]
+        [--validate 1000] [--steps 4500] [--members 2] [--teacher-weight 0,0.25,0.5,1]
 
 The run's release (``labels.npz``: labels, noisy vectors, a DP-SGD teacher's probabilities) becomes
 targets exactly as ``pate.stages.train_student`` makes them (``released_targets``, ``widest``); a
@@ -12,7 +12,8 @@ out of the labelled and the unlabelled images alike, and each setting's student 
 labels (and, beside, on the held-out test split, which is never read to choose). With ``--members N``
 each setting trains N students (seeds seed .. seed + N - 1, as ``[student] members`` does) and scores
 each alone, then the average of the first 1 .. N, each without and with ``flip_average`` (the logits of
-every image and its mirror averaged). Nothing is written to the run directory. Costs no privacy: the release and public images only.
+every image and its mirror averaged). With ``--teacher-weight`` each of those is scored again with the
+run's released DP-SGD teacher's logits added at each weight (``[student] teacher_weight``). Nothing is written to the run directory. Costs no privacy: the release and public images only.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pate import config as config_mod, data  # noqa: E402
-from pate.nets.models import averaged  # noqa: E402
+from pate.nets.models import averaged, dpsgd_teacher  # noqa: E402
 from pate.run.artifacts import mechanism  # noqa: E402
 from pate.stages.train_student import released_targets, widest  # noqa: E402
 from pate.student import training  # noqa: E402
@@ -48,6 +49,8 @@ def main() -> None:
     parser.add_argument("--mixup", default=None, help="comma-separated [student] mixup values (the run's by default)")
     parser.add_argument("--members", type=int, default=1,
                         help="students trained per setting; their averages of 1..N scored without and with mirrors")
+    parser.add_argument("--teacher-weight", default=None,
+                        help="comma-separated weights of the released DP-SGD teacher's logits added to each student's")
     parser.add_argument("--data-root", type=Path, default=data.DEFAULT_ROOT)
     args = parser.parse_args()
     if not 1 <= args.members <= 16:
@@ -73,6 +76,13 @@ def main() -> None:
         if rows is not None and rows.ndim == 2:  # free: they were released for these very images
             right = (rows[torch.from_numpy(rows_held)].argmax(1).numpy() == ds.public_y[released["query_index"][rows_held]])
             print(f"{name}: {100 * right.mean():.2f}% of the {len(rows_held)} held-out pool images they label right")
+    teacher_weights = _values(args.teacher_weight, config.student.teacher_weight)
+    teacher = None
+    if any(teacher_weights):
+        if "dpsgd_weight" not in released:
+            raise SystemExit("--teacher-weight: this run's release holds no DP-SGD teacher")
+        teacher = dpsgd_teacher(ds.spec.channels, ds.num_classes, ds.spec.image_size, ds.mean, ds.std,
+                                released["dpsgd_weight"], released["dpsgd_bias"]).eval()
     erases = _values(args.erase, config.student.erase)
     temperatures = _values(args.prior_temperature, config.student.prior_temperature)
     mixups = _values(args.mixup, config.student.mixup)
@@ -105,8 +115,10 @@ def main() -> None:
             if member:
                 students += [(f"average of students 0-{member}{', mirrors averaged' if flips else ''}", networks[:], flips)
                              for flips in (False, True)]
-            for what, members, flips in students:
-                student = averaged(members, flips)
+            for (what, members, flips), weight in ((s, w) for s in students for w in teacher_weights):
+                student = averaged(members, flips, teacher, weight)
+                if teacher is not None:
+                    what = ", ".join(filter(None, (what, f"teacher weight {weight:g}")))
                 right = training.accuracy(student, images(held), truth)
                 tested = (f"; {100 * training.accuracy(student, images(test), torch.from_numpy(ds.public_y[test].astype(np.int64))):.2f}%"
                           f" of the {len(test)} held-out test images" if scored else "")

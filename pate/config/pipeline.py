@@ -59,6 +59,8 @@ class PipelineConfig:
                    self.aggregator.epsilon_budget)
         _check("teachers", "dpsgd_dim", self.teachers.dpsgd_dim == 0 or bool(self.teachers.dpsgd_noise),
                "0 without a DP-SGD teacher ([teachers] dpsgd_noise)", self.teachers.dpsgd_dim)
+        _check("student", "teacher_weight", self.student.teacher_weight == 0 or bool(self.teachers.dpsgd_noise),
+               "0 without a DP-SGD teacher ([teachers] dpsgd_noise)", self.student.teacher_weight)
         if self.teachers.dpsgd_noise:
             _check("teachers", "dpsgd_noise", mech.reads_records and not mech.individual,
                    f"0 with mechanism {self.aggregator.mechanism!r} (the DP-SGD teacher stands beside reverse-knn's "
@@ -194,7 +196,8 @@ ADDED_LATER = {
                    "soft_labels", "query_selection"),
     "privacy": ("record_epsilon", "record_budgets"),
     "student": ("soft_temperature", "propagation", "propagation_k", "propagation_alpha", "propagation_confidence",
-                "keep_widest", "hflip", "erase", "prior_temperature", "mixup", "members", "flip_average"),
+                "keep_widest", "hflip", "erase", "prior_temperature", "mixup", "members", "flip_average",
+                "teacher_weight"),
 }
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..nets.models import ARCHITECTURES, MAX_MEMBERS
+from ..nets.models import ARCHITECTURES, MAX_MEMBERS, MAX_TEACHER_WEIGHT
 from .checks import MAX_BATCH, MAX_SEED, MAX_STEPS, MAX_UNLABELED_RATIO, _check
 
 
@@ -58,6 +58,10 @@ class StudentConfig:
     # The exported model also averages the logits of each image and its left-right mirror (for data
     # whose mirror is the same class: clothes, not digits or text; pairs with hflip).
     flip_average: bool = False
+    # With a DP-SGD teacher ([teachers] dpsgd_noise): the model evaluated and exported adds this weight
+    # times the teacher's logits to the students' averaged logits (0 = the students alone). The teacher
+    # is the DP-SGD mechanism's own output, released with its probabilities: no privacy cost beside it.
+    teacher_weight: float = 0.0
 
     def validate(self) -> None:
         _check("student", "arch", self.arch in ARCHS, f"one of {list(ARCHS)}", self.arch)
@@ -75,6 +79,9 @@ class StudentConfig:
         _check("student", "members", type(self.members) is int and 1 <= self.members <= MAX_MEMBERS,
                f"an integer between 1 and {MAX_MEMBERS} (students averaged)", self.members)
         _check("student", "flip_average", isinstance(self.flip_average, bool), "true or false", self.flip_average)
+        _check("student", "teacher_weight", 0 <= self.teacher_weight <= MAX_TEACHER_WEIGHT,
+               f"in [0, {MAX_TEACHER_WEIGHT:g}] (the DP-SGD teacher's logits' weight; 0 = the students alone)",
+               self.teacher_weight)
         _check("student", "prior_temperature", 0.01 <= self.prior_temperature <= 100, "in [0.01, 100] (1 = as released)",
                self.prior_temperature)
         _check("student", "soft_temperature", 0 <= self.soft_temperature <= 1e6, "in [0, 1e6] (0 = the noise's std)",

@@ -62,10 +62,12 @@ def describe(arch: str, classes: Sequence[str], channels: int, image_size: int, 
 
 def averaging(student) -> dict:
     """What a ``[student]`` section adds to the description of an averaged student (``members``,
-    ``flip_average``; nothing for one network, so earlier files read as they always did)."""
-    if student.members == 1 and not student.flip_average:
+    ``flip_average``, and ``teacher_weight`` where the DP-SGD teacher is weighted in; nothing for one
+    network, so earlier files read as they always did)."""
+    if student.members == 1 and not student.flip_average and not student.teacher_weight:
         return {}
-    return {"members": int(student.members), "flip_average": bool(student.flip_average)}
+    return {"members": int(student.members), "flip_average": bool(student.flip_average),
+            **({"teacher_weight": float(student.teacher_weight)} if student.teacher_weight else {})}
 
 
 def check_export_tools(torchscript: bool = False, arch: str | None = None) -> None:

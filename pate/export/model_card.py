@@ -150,8 +150,12 @@ def render(run: RunDir, doc: dict, classes: list[str]) -> str:
 def _averaged(student: dict) -> str:
     """The sentence saying what an averaged student averages; nothing for one network."""
     members, mirrors = student.get("members", 1), student.get("flip_average", False)
-    if members == 1 and not mirrors:
+    weight = student.get("teacher_weight", 0)
+    if members == 1 and not mirrors and not weight:
         return ""
     what = (f"the logits of {members} {student['arch']} networks trained on the same labels from different seeds"
             if members > 1 else "the logits of its network")
-    return f" They are the mean of {what}{', each on the image and on its left-right mirror' if mirrors else ''}."
+    teacher = (f", plus {weight:g} times the logits of the DP-SGD teacher (ScatterNet + linear, trained on the "
+               "private records under the guarantee above, released with its probabilities)" if weight else "")
+    return (f" They are the mean of {what}{', each on the image and on its left-right mirror' if mirrors else ''}"
+            f"{teacher}.")

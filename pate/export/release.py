@@ -136,7 +136,8 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
                             seeded=bool(doc["privacy"].get("seeded")), release_of=release_tag(run),
                             **formats.averaging(config.student),
                             rebuild="pate.nets.models.build_student(arch, channels, len(classes), image_size, "
-                                    "members=members (1 if absent), flip_average=flip_average (false if absent))"
+                                    "members=members (1 if absent), flip_average=flip_average (false if absent), "
+                                    "teacher_weight=teacher_weight (0 if absent))"
                                     ".load_state_dict(safetensors.torch.load_file('student.safetensors')) on "
                                     "inputs normalised with mean/std")
     model = student_model(run)  # its weights verified

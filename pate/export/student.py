@@ -24,7 +24,7 @@ import numpy as np
 from ..data import images as image_files
 from ..errors import PateError
 from ..io import read_bytes_limited
-from ..nets.models import MAX_MEMBERS, build_student
+from ..nets.models import MAX_MEMBERS, MAX_TEACHER_WEIGHT, build_student
 from ..stages import existing_run
 from ..run.artifacts import data_spec, student_model
 from .formats import (FORMAT, INPUT_NAME, META, STUDENT_ONNX, STUDENT_PT2, STUDENT_SAFETENSORS, STUDENT_TS,
@@ -343,9 +343,11 @@ def _load_safetensors(path: Path) -> Student:
 
 
 def _skeleton(meta: dict, channels: int):
-    """The network(s) ``meta`` describes (``members`` and ``flip_average`` as checked by ``checked_meta``)."""
+    """The network(s) ``meta`` describes (``members``, ``flip_average`` and ``teacher_weight`` as checked
+    by ``checked_meta``)."""
     return build_student(str(meta.get("arch")), channels, len(meta["classes"]), meta["image_size"],
-                         members=meta.get("members", 1), flip_average=meta.get("flip_average", False))
+                         members=meta.get("members", 1), flip_average=meta.get("flip_average", False),
+                         teacher_weight=meta.get("teacher_weight", 0.0))
 
 
 LOADERS = {".onnx": _load_onnx, ".pt2": _load_program, ".ts": _load_torchscript,
@@ -394,6 +396,9 @@ def checked_meta(raw: str | bytes, path: Path, kind: str = "a TorchScript file")
         integer("members", 1, MAX_MEMBERS)
     if not isinstance(meta.get("flip_average", False), bool):
         raise _bad(path, meta, "flip_average", "true or false")
+    weight = meta.get("teacher_weight", 0.0)
+    if type(weight) not in (int, float) or not 0 <= weight <= MAX_TEACHER_WEIGHT:
+        raise _bad(path, meta, "teacher_weight", f"a number in [0, {MAX_TEACHER_WEIGHT}]")
     return meta
 
 

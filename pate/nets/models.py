@@ -161,28 +161,55 @@ def layer_plan(arch: str, in_channels: int, num_classes: int, image_size: int) -
 
 
 MAX_MEMBERS = 16  # students averaged in one model ([student] members)
+MAX_TEACHER_WEIGHT = 100.0  # the most a DP-SGD teacher's logits weigh in it ([student] teacher_weight)
+
+
+DPSGD_TEACHER_ARCH = "scatter-linear"  # the DP-SGD teacher's network (pate.teachers.dpsgd), on [0, 1] images
 
 
 def build_student(arch: str, in_channels: int, num_classes: int, image_size: int, *, members: int = 1,
-                  flip_average: bool = False) -> nn.Module:
-    """The student as trained and exported: one ``build_model`` network, or (``members`` > 1 or
-    ``flip_average``) the mean of the logits of ``members`` such networks, each on the image and,
-    with ``flip_average``, on its left-right mirror too. An average of independently trained
-    students forgets what each memorised of its noisy labels alone (Hansen & Salamon 1990, "Neural
-    Network Ensembles"); the mirror averages out a left-right bias the flips of training did not."""
+                  flip_average: bool = False, teacher_weight: float = 0.0) -> nn.Module:
+    """The student as trained and exported: one ``build_model`` network, or (``members`` > 1,
+    ``flip_average`` or ``teacher_weight``) the mean of the logits of ``members`` such networks, each
+    on the image and, with ``flip_average``, on its left-right mirror too, plus ``teacher_weight``
+    times the logits of a DP-SGD teacher (``dpsgd_teacher``; its weights, mean and std come with the
+    state dict). An average of independently trained students forgets what each memorised of its
+    noisy labels alone (Hansen & Salamon 1990, "Neural Network Ensembles"); the mirror averages out a
+    left-right bias the flips of training did not; the teacher, which learned from every private
+    record, still knows what its probabilities on the pool did not teach the students."""
     if not (isinstance(members, int) and not isinstance(members, bool) and 1 <= members <= MAX_MEMBERS):
         raise ValueError(f"members must be an integer in [1, {MAX_MEMBERS}]. Found {members!r}.")
     networks = [build_model(arch, in_channels, num_classes, image_size) for _ in range(members)]
-    return averaged(networks, flip_average)
+    teacher = (dpsgd_teacher(in_channels, num_classes, image_size, [0.0] * in_channels, [1.0] * in_channels)
+               if teacher_weight else None)
+    return averaged(networks, flip_average, teacher, teacher_weight)
 
 
-def averaged(networks: list, flip_average: bool = False) -> nn.Module:
-    """``networks`` (trained or not) as one student: the lone network itself when there is one and no
-    mirror to average (its weights' names stay those of every earlier student), else the module whose
-    logits are the mean of theirs (over each image and its mirror with ``flip_average``)."""
-    if len(networks) == 1 and not flip_average:
+def dpsgd_teacher(in_channels: int, num_classes: int, image_size: int, mean, std, weight=None, bias=None) -> nn.Module:
+    """The DP-SGD teacher's ScatterNet + linear as a module on the students' inputs (normalised by
+    ``mean`` and ``std``), with its linear layer's ``weight`` and ``bias`` (arrays) where given."""
+    import torch
+
+    network = build_model(DPSGD_TEACHER_ARCH, in_channels, num_classes, image_size)
+    if weight is not None:
+        linear = network[-1]
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(weight).reshape(linear.weight.shape))
+            linear.bias.copy_(torch.as_tensor(bias).reshape(linear.bias.shape))
+    return importlib.import_module(AVERAGED_MODULE).OnUnitImages(network, mean, std)
+
+
+def averaged(networks: list, flip_average: bool = False, teacher: nn.Module | None = None,
+             teacher_weight: float = 0.0) -> nn.Module:
+    """``networks`` (trained or not) as one student: the lone network itself when there is one and
+    nothing else to average (its weights' names stay those of every earlier student), else the module
+    whose logits are the mean of theirs (over each image and its mirror with ``flip_average``), plus
+    ``teacher_weight`` times ``teacher``'s where both are given."""
+    if len(networks) == 1 and not flip_average and not (teacher is not None and teacher_weight):
         return networks[0]
-    return importlib.import_module(AVERAGED_MODULE).AveragedLogits(networks, flip_average)
+    use = teacher is not None and bool(teacher_weight)
+    return importlib.import_module(AVERAGED_MODULE).AveragedLogits(networks, flip_average, teacher if use else None,
+                                                                   teacher_weight if use else 0.0)
 
 
 def build_model(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Sequential:

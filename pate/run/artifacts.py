@@ -191,7 +191,7 @@ def student_model(run: RunDir):
     """The trained student of ``run`` (a torch module on normalised inputs), its weights verified."""
     spec, cfg = data_spec(run), run.config.student
     model = build_student(cfg.arch, spec.channels, spec.num_classes, spec.image_size, members=cfg.members,
-                          flip_average=cfg.flip_average)
+                          flip_average=cfg.flip_average, teacher_weight=cfg.teacher_weight)
     try:
         model.load_state_dict(load_checkpoint(run.verified(STUDENT_MODEL)))
     except CheckpointError as exc:

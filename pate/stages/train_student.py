@@ -8,7 +8,9 @@ the released labels are first spread over a kNN graph of the pool's public featu
 with their propagated distributions as soft targets, and the semi-supervised loss still runs on
 every unlabelled image. Post-processing as well: public images and released labels only. With
 ``[student] members`` several students learn the same targets from different seeds, each from its
-own checkpoint, and the student saved is the average of their logits (``pate.nets.models.averaged``).
+own checkpoint, and the student saved is the average of their logits (``pate.nets.models.averaged``),
+with ``[student] teacher_weight`` plus that weight times the logits of the DP-SGD teacher the
+aggregation released (its weights, on a public grid): post-processing of the same release.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 
 from ..features import knn
 from ..student import propagation
-from ..nets.models import averaged, layer_plan
+from ..nets.models import averaged, dpsgd_teacher, layer_plan
 from ..io import CheckpointError, atomic_write_json, load_checkpoint, private_mkdir, save_checkpoint
 from ..progress import Progress
 from ..run.directory import RunError
@@ -42,6 +44,7 @@ def run(ctx: Context) -> None:
     unlabeled_index = np.setdiff1d(parts["student_pool_index"], labeled_index)
     if len(labeled_index) == 0:
         raise RunError("no query was answered, so the student has no labels; revisit the aggregator settings")
+    teacher = released_teacher(released, dataset.spec) if cfg.teacher_weight else None  # before any step
     try:  # the architecture against the data's shape, before any step
         layer_plan(cfg.arch, dataset.spec.channels, dataset.num_classes, dataset.spec.image_size)
     except ValueError as err:
@@ -87,7 +90,7 @@ def run(ctx: Context) -> None:
         networks.append(network.cpu())
         histories.append(history)
     progress.close()
-    model = averaged(networks, cfg.flip_average)  # the student evaluated and exported
+    model = averaged(networks, cfg.flip_average, teacher, cfg.teacher_weight)  # the student evaluated and exported
     save_checkpoint(run_dir.file(STUDENT_MODEL), {k: v.cpu() for k, v in model.state_dict().items()})
     history = histories[0] if len(histories) == 1 else {**histories[0], "later_members": histories[1:]}
     atomic_write_json(run_dir.file(STUDENT_HISTORY), history)
@@ -95,7 +98,20 @@ def run(ctx: Context) -> None:
            **({"propagated": int(len(trained_index) - len(labeled_index))} if cfg.propagation != "none" else {}))
     ctx.say(f"{NAME}: {len(labeled_index)} labelled + {len(unlabeled_index)} unlabelled public images, "
             f"{cfg.method}, {cfg.steps} steps" + (f", {cfg.members} students averaged" if cfg.members > 1 else "")
-            + (", each on the image and its mirror" if cfg.flip_average else ""))
+            + (", each on the image and its mirror" if cfg.flip_average else "")
+            + (f", plus {cfg.teacher_weight:g} x the DP-SGD teacher's logits" if cfg.teacher_weight else ""))
+
+
+def released_teacher(released: dict, spec):
+    """The DP-SGD teacher the aggregation released beside its probabilities (``[student]
+    teacher_weight``), as a module on the students' normalised inputs; a RunError for a release
+    without one (aggregated before the teacher was kept)."""
+    if "dpsgd_weight" not in released:
+        raise RunError("[student] teacher_weight needs the DP-SGD teacher itself, which this run's release does not "
+                       "hold (it was aggregated before pate kept it): run the pipeline again in a new run directory, "
+                       "or set teacher_weight = 0")
+    return dpsgd_teacher(spec.channels, spec.num_classes, spec.image_size, spec.mean, spec.std,
+                         released["dpsgd_weight"], released["dpsgd_bias"])
 
 
 def member_checkpoint(member: int) -> str:
