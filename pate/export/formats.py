@@ -70,8 +70,9 @@ def averaging(student) -> dict:
             **({"teacher_weight": float(student.teacher_weight)} if student.teacher_weight else {})}
 
 
-def check_export_tools(torchscript: bool = False, arch: str | None = None) -> None:
-    """Refuse, before anything is written, an export this installation (or this student) cannot finish."""
+def check_export_tools(torchscript: bool = False, arch: str | None = None, teacher_weight: float = 0.0) -> None:
+    """Refuse, before anything is written, an export this installation (or this student: its ``arch``, and
+    a DP-SGD teacher weighted in, ``[student] teacher_weight``) cannot finish."""
     missing = [name for name in EXPORT_TOOLS if not _importable(name)]
     if missing:
         raise PateError(f"exporting the student (ONNX, safetensors) needs {', '.join(missing)}: "
@@ -79,8 +80,10 @@ def check_export_tools(torchscript: bool = False, arch: str | None = None) -> No
     if torchscript and not _torchscript_available():
         raise PateError("this torch no longer ships TorchScript: export without --torchscript "
                         f"({STUDENT_ONNX} and {STUDENT_PT2} are written either way)")
-    if torchscript and arch is not None and has_scattering(arch):
-        raise PateError(f"TorchScript is not offered for the {arch} student (its scattering layer is written for "
+    scattering = arch is not None and has_scattering(arch)
+    if torchscript and (scattering or teacher_weight):
+        what = f"the {arch} student" if scattering else "a student that carries the DP-SGD teacher"
+        raise PateError(f"TorchScript is not offered for {what} (its scattering layer is written for "
                         f"torch.export): export without --torchscript; {STUDENT_ONNX} and {STUDENT_PT2} hold it")
 
 

@@ -123,7 +123,7 @@ def build(run: RunDir, out: Path | None = None, torchscript: bool = False) -> Pa
     run.require(*NAMES)
     out = Path(out) if out is not None else default_out(run)
     check_out(run, out)  # before anything is written
-    formats.check_export_tools(torchscript, run.config.student.arch)
+    formats.check_export_tools(torchscript, run.config.student.arch, run.config.student.teacher_weight)
     written = files(torchscript)
     spec, config = data_spec(run), run.config
     classes = list(spec.classes) or [str(c) for c in range(spec.num_classes)]

@@ -162,3 +162,10 @@ def test_student_split_scores_each_teacher_weight(weighted_run, capsys, monkeypa
     module.main()
     lines = [line for line in capsys.readouterr().out.splitlines() if "held-out pool images right" in line]
     assert [line.split("mixup 0, ")[1].split(":")[0] for line in lines] == ["teacher weight 0", "teacher weight 1"]
+
+
+def test_torchscript_is_refused_in_one_line_before_anything_is_written(weighted_run):
+    out = weighted_run / "with-ts"
+    result = invoke("export", weighted_run / "run", "--out", out, "--torchscript")
+    assert result.exit_code != 0 and "carries the DP-SGD teacher" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output and not out.exists()
