@@ -9,7 +9,8 @@ spread covers it too. Each run's spend goes to ``<out>/spend`` (PATE_SPEND_DIR),
 user's log. A finished run is read, not rerun, so an interrupted benchmark resumes. The copy lives
 in ``<out>``, so its paths (record_budgets, image folders) are made absolute first (``pipeline_text``).
 
-Prints one line per seed and a summary line per figure; writes ``<out>/<name>.json``.
+Prints one line per seed and a summary line per figure (with ``[student] teacher_weight`` also the
+students alone, without the DP-SGD teacher's logits); writes ``<out>/<name>.json``.
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def figures(run_dir: Path) -> dict:
     return {"epsilon": privacy["guarantee"]["epsilon"], "answered": privacy["queries_answered"],
             "asked": privacy["queries_asked"], "plurality": metrics.get("ensemble_accuracy"),
             "label_accuracy": metrics.get("label_accuracy"), "student": metrics["student_accuracy"],
+            **({"students_alone": metrics["students_alone_accuracy"]} if "students_alone_accuracy" in metrics else {}),
             "minutes": sum(s.get("seconds", 0.0) for s in stages.values()) / 60}
 
 
@@ -85,7 +87,7 @@ def run_one(pipeline: Path, seed: int, out: Path) -> dict:
 def summary(rows: list[dict]) -> dict:
     out = {}
     for key in rows[0]:
-        values = [r[key] for r in rows if r[key] is not None]
+        values = [r[key] for r in rows if r.get(key) is not None]
         if values:
             out[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
     return out
@@ -106,7 +108,7 @@ def main() -> None:
     stats = summary(rows)
     (args.out / f"{args.pipeline.stem}.json").write_text(json.dumps({"seeds": args.seeds, "runs": rows,
                                                                    "summary": stats}, indent=1))
-    pct = {"plurality", "label_accuracy", "student"}
+    pct = {"plurality", "label_accuracy", "student", "students_alone"}
     print(f"{args.pipeline.stem} over seeds {args.seeds}: " + ", ".join(
         f"{k} {v['mean'] * 100:.2f} ± {v['sd'] * 100:.2f}%" if k in pct else f"{k} {v['mean']:.3g} ± {v['sd']:.2g}"
         for k, v in stats.items()))

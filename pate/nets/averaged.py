@@ -37,6 +37,14 @@ class AveragedLogits(nn.Module):
         return mean
 
 
+def students_alone(model: nn.Module) -> nn.Module:
+    """The averaged students of ``model`` without its teacher (sharing their modules): what the
+    teacher adds, for evaluation; ``model`` itself when it carries none."""
+    if not isinstance(model, AveragedLogits) or not len(model.teachers):
+        return model
+    return AveragedLogits(list(model.members), model.flip_average)
+
+
 class OnUnitImages(nn.Module):
     """``network`` (trained on images scaled to [0, 1], as the DP-SGD teacher's scattering features
     are) fed the students' inputs, which are normalised by the data's per-channel ``mean`` and ``std``:

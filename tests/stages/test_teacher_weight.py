@@ -169,3 +169,21 @@ def test_torchscript_is_refused_in_one_line_before_anything_is_written(weighted_
     result = invoke("export", weighted_run / "run", "--out", out, "--torchscript")
     assert result.exit_code != 0 and "carries the DP-SGD teacher" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output and not out.exists()
+
+
+def test_evaluate_reports_the_students_alone_beside(weighted_run):
+    """metrics.json: the student's accuracy with the teacher, and beside it the member network's alone."""
+    run = pate.load_run(weighted_run / "run")
+    dataset = load_data(run.config.data, quiet=True)
+    test = np.load(weighted_run / "run" / "partition.npz")["test_index"]
+    network = build_model(run.config.student.arch, 1, 10, 28).eval()
+    network.load_state_dict(torch.load(weighted_run / "run" / "student" / "checkpoint.pt", weights_only=False)["ema"])
+    x = torch.from_numpy(((dataset.public_x[test] / 255.0 - np.float32(dataset.mean[0]))
+                          / np.float32(dataset.std[0])).astype(np.float32))
+    with torch.no_grad():
+        alone = float((network(x).argmax(1).numpy() == dataset.public_y[test]).mean())
+        together = float((pate.load_student(weighted_run / "run").logits(dataset.public_x[test]).argmax(1)
+                          == dataset.public_y[test]).mean())
+    metrics = json.loads((weighted_run / "run" / "metrics.json").read_text())
+    assert metrics["students_alone_accuracy"] == pytest.approx(alone)
+    assert metrics["student_accuracy"] == pytest.approx(together)
