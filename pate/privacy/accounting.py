@@ -469,10 +469,10 @@ def individual_report(settings: Settings, *, budget_levels: Sequence[float], spe
 
 
 DPSGD_NOTE = ("a DP-SGD teacher (Poisson-subsampled Gaussian, these settings) was trained on the same private "
-              "records; its probabilities on the labelled images and the model itself (its weights on the grid 2^-16) "
-              "are released with the labels, and the guarantee "
-              "above composes it with the mechanism in one RDP accountant. Its noise is Opacus's non-secure mode: "
-              "float Gaussian draws from a torch generator seeded from the OS, not a cryptographic generator")
+              "records; its probabilities on the labelled images and the model itself (its weights on the grid "
+              "2^-16) are released with the labels, and the guarantee above composes it with the mechanism (the "
+              "least of their RDP and PLD compositions). Its noise is Opacus's non-secure mode: float Gaussian "
+              "draws from a torch generator seeded from the OS, not a cryptographic generator")
 
 
 NEIGHBOURING = ("datasets differing by adding or removing one private record (a record's teacher, and whether a "
