@@ -29,9 +29,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pate import config as config_mod, data  # noqa: E402
-from pate.nets.models import averaged, dpsgd_teacher  # noqa: E402
+from pate.nets.models import averaged  # noqa: E402
+from pate.run.directory import RunError  # noqa: E402
 from pate.run.artifacts import mechanism  # noqa: E402
-from pate.stages.train_student import released_targets, widest  # noqa: E402
+from pate.stages.train_student import released_targets, released_teacher, widest  # noqa: E402
 from pate.student import training  # noqa: E402
 
 
@@ -77,12 +78,10 @@ def main() -> None:
             right = (rows[torch.from_numpy(rows_held)].argmax(1).numpy() == ds.public_y[released["query_index"][rows_held]])
             print(f"{name}: {100 * right.mean():.2f}% of the {len(rows_held)} held-out pool images they label right")
     teacher_weights = _values(args.teacher_weight, config.student.teacher_weight)
-    teacher = None
-    if any(teacher_weights):
-        if "dpsgd_weight" not in released:
-            raise SystemExit("--teacher-weight: this run's release holds no DP-SGD teacher")
-        teacher = dpsgd_teacher(ds.spec.channels, ds.num_classes, ds.spec.image_size, ds.mean, ds.std,
-                                released["dpsgd_weight"], released["dpsgd_bias"]).eval()
+    try:
+        teacher = released_teacher(released, ds.spec).eval() if any(teacher_weights) else None
+    except RunError as exc:
+        raise SystemExit(f"--teacher-weight: {exc}") from None
     erases = _values(args.erase, config.student.erase)
     temperatures = _values(args.prior_temperature, config.student.prior_temperature)
     mixups = _values(args.mixup, config.student.mixup)

@@ -97,18 +97,19 @@ def _dpsgd_prior(ctx: Context, records: list) -> dict:
         return {}
     _, public_index, _ = ledger.released_labels(records)
     kept = ctx.run.load_npz(DPSGD_POOL)
-    model = {f"dpsgd_{key}": snapped(kept[key], WEIGHT_GRID) for key in ("weight", "bias") if key in kept}
+    model = {f"dpsgd_{key}": snapped(kept[key], WEIGHT_GRID).astype(np.float32) for key in ("weight", "bias")
+             if key in kept}  # float32 holds every multiple of 2^-16 below 256 exactly
     return {"prior": snapped_prior(ctx, public_index), **model}
 
 
 def snapped(values: np.ndarray, grid: float) -> np.ndarray:
-    """``values`` rounded to the nearest multiple of ``grid`` (float32 holds every such multiple
-    below 2^24 · grid exactly): what leaves the run of a float computed from private data."""
-    return (np.round(np.asarray(values, dtype=np.float64) / grid) * grid).astype(np.float32)
+    """``values`` rounded to the nearest multiple of ``grid``, in float64: what leaves the run of a
+    float computed from private data."""
+    return np.round(np.asarray(values, dtype=np.float64) / grid) * grid
 
 
 def snapped_prior(ctx: Context, public_index: np.ndarray) -> np.ndarray:
     """(n, m) the DP-SGD teacher's probabilities on these pool images, on the public grid ``PRIOR_GRID``."""
     kept = ctx.run.load_npz(DPSGD_POOL)
     rows = knn.rows_of(kept["pool_index"], public_index)
-    return np.round(kept["probabilities"][rows] / PRIOR_GRID) * PRIOR_GRID
+    return snapped(kept["probabilities"][rows], PRIOR_GRID)

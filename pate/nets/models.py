@@ -205,11 +205,11 @@ def averaged(networks: list, flip_average: bool = False, teacher: nn.Module | No
     nothing else to average (its weights' names stay those of every earlier student), else the module
     whose logits are the mean of theirs (over each image and its mirror with ``flip_average``), plus
     ``teacher_weight`` times ``teacher``'s where both are given."""
-    if len(networks) == 1 and not flip_average and not (teacher is not None and teacher_weight):
+    if teacher is None or not teacher_weight:
+        teacher, teacher_weight = None, 0.0
+    if len(networks) == 1 and not flip_average and teacher is None:
         return networks[0]
-    use = teacher is not None and bool(teacher_weight)
-    return importlib.import_module(AVERAGED_MODULE).AveragedLogits(networks, flip_average, teacher if use else None,
-                                                                   teacher_weight if use else 0.0)
+    return importlib.import_module(AVERAGED_MODULE).AveragedLogits(networks, flip_average, teacher, teacher_weight)
 
 
 def build_model(arch: str, in_channels: int, num_classes: int, image_size: int) -> nn.Sequential:
