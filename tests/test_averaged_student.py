@@ -125,8 +125,20 @@ def test_a_crash_in_the_second_student_resumes_to_the_same_weights(averaged_run,
                                                                    monkeypatch):
     """Killed at step 7 of member 1 (its checkpoint from step 4 on disk), `pate run` again finishes
     from the checkpoints: member 0 is not trained again, and the student is bit for bit the
-    uninterrupted run's."""
+    uninterrupted run's. Here on one thread, so the members train one after the other in this
+    process; the uninterrupted run trained them side by side, one thread each (on a machine with
+    more than one thread, ``pate.student.members``): the same weights either way."""
     import pate.stages.train_student as stage
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _crash_then_resume(stage, averaged_run, tmp_path, fake_data_root, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _crash_then_resume(stage, averaged_run, tmp_path, fake_data_root, monkeypatch):
 
     root, _, _ = averaged_run
     (tmp_path / "tiny.toml").write_text(textwrap.dedent(AVERAGED))

@@ -35,6 +35,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import dicom
+from ..workers import ignore_sigint, sigint_blocked, stop
 from .dataset import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} | dicom.SUFFIXES
@@ -156,9 +157,7 @@ def _worker_init(report) -> None:
     ends the process if a file's decoding outlives its time limit by ``WATCHDOG_GRACE`` seconds
     (the decoder is stuck in code the alarm cannot interrupt), sending the file's name first."""
     global _WATCH
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while it forked
+    ignore_sigint()
     _WATCH = {"path": None, "since": 0.0}
     threading.Thread(target=_watchdog, args=(_WATCH, report), daemon=True, name="pate-decode-watchdog").start()
 
@@ -275,7 +274,7 @@ def decode(paths: Sequence[Path], channels: int, size: int, *, workers: Optional
     pool = ProcessPoolExecutor(max(1, min(workers, len(chunks))), mp_context=context, initializer=_worker_init,
                                initargs=(report,))
     try:
-        with _sigint_blocked():  # workers are forked without Ctrl-C, then ignore it
+        with sigint_blocked():  # workers are forked without Ctrl-C, then ignore it
             futures = [(start, chunk, pool.submit(_decode_chunk, chunk, channels, size, n, dicom_settings))
                        for start, chunk, n in chunks]
         for start, chunk, future in futures:
@@ -293,36 +292,8 @@ def decode(paths: Sequence[Path], channels: int, size: int, *, workers: Optional
             if progress:
                 progress(start + len(array))
     except BaseException:  # Ctrl-C, or a file refused: the other chunks are not waited for
-        _stop(pool)
+        stop(pool)
         raise
     pool.shutdown(wait=True)
     report.close()
     return images, converted
-
-
-@contextlib.contextmanager
-def _sigint_blocked():
-    """SIGINT held back in this thread while worker processes are started (they inherit the mask
-    and would otherwise die of a Ctrl-C, with a traceback, before they ignore it); a Ctrl-C
-    meanwhile is delivered here after."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """The pool's waiting tasks cancelled and its workers ended now (a worker mid-chunk would
-    otherwise be waited for)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        with contextlib.suppress(Exception):
-            process.terminate()
-    for process in processes:
-        with contextlib.suppress(Exception):
-            process.join(5)

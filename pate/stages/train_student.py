@@ -23,6 +23,7 @@ from ..nets.models import averaged, dpsgd_teacher, layer_plan
 from ..io import CheckpointError, atomic_write_json, load_checkpoint, private_mkdir, save_checkpoint
 from ..progress import Progress
 from ..run.directory import RunError
+from ..student import members
 from ..student.training import soft_targets, train_student
 from ..features import extractors as features
 from . import finish
@@ -76,16 +77,26 @@ def run(ctx: Context) -> None:
     labeled_x = public_images(dataset, trained_index)
     unlabeled_x = (public_images(dataset, unlabeled_index if len(unlabeled_index) else trained_index)
                    if cfg.method != "supervised" else None)  # every pool image labelled: its consistency term on them
+    data, device = (labeled_x, targets, unlabeled_x), resolve_device(ctx.device)
+    settings = [dict(arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
+                     batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,
+                     weight_decay=cfg.weight_decay, threshold=cfg.threshold, hflip=cfg.hflip, erase=cfg.erase,
+                     mixup=cfg.mixup, seed=cfg.seed + member, device=device,
+                     checkpoint_path=run_dir.file(member_checkpoint(member)),
+                     checkpoint_every=max(1, min(200, cfg.steps // 5)), fingerprint=ctx.config.fingerprint())
+                for member in range(cfg.members)]
+    plan = members.side_by_side(cfg.members, torch.device(device))
+    if plan is not None:  # on a CPU: one process per member, each to its checkpoint
+        done = [0] * cfg.members
+
+        def member_step(member, step, loss):
+            done[member] = step
+            report(sum(done), total, loss, None)
+        members.train_side_by_side(data, settings, *plan, progress=member_step)
     networks, histories = [], []
     for member in range(cfg.members):  # each resumable from its own checkpoint; a finished one reloads at once
         network, history = train_student(
-            labeled_x, targets, unlabeled_x,
-            arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
-            batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,
-            weight_decay=cfg.weight_decay, threshold=cfg.threshold, hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup,
-            seed=cfg.seed + member,
-            device=resolve_device(ctx.device), checkpoint_path=run_dir.file(member_checkpoint(member)),
-            checkpoint_every=max(1, min(200, cfg.steps // 5)), fingerprint=ctx.config.fingerprint(),
+            *data, **settings[member],
             progress=lambda step, steps, loss, info, done=member * cfg.steps: report(done + step, total, loss, info))
         networks.append(network.cpu())
         histories.append(history)
