@@ -119,8 +119,9 @@ def _train_feature_teachers(ctx: Context) -> None:
 def _knn_space(ctx: Context) -> None:
     """Private-kNN and reverse-kNN train no teachers: their voters are the private records themselves,
     in a public feature space. This builds that space: the ``[teachers] features`` extractor (from public images
-    only), every private record's features, the public pool's and test split's, all projected on
-    the pool's principal axes (``pate.features.knn``; the projection is public information)."""
+    only), every private record's features (none with ``knn_k = 0``, where no record votes: the
+    DP-SGD teacher alone reads them), the public pool's and test split's, all projected on the
+    pool's principal axes (``pate.features.knn``; the projection is public information)."""
     run_dir, config = ctx.run, ctx.config
     if distributed.under_torchrun():
         raise RunError(f"{ctx.config.aggregator.mechanism} trains nothing and embeds on one process; run it without "
@@ -131,16 +132,18 @@ def _knn_space(ctx: Context) -> None:
     device = resolve_device(ctx.device)
     private_mkdir(run_dir.file(TEACHERS_DIR))
     used = np.flatnonzero(parts["teacher_of"] >= 0)  # the private records of this run ([data] private_size)
+    voting = config.aggregator.knn_k > 0  # knn_k = 0: the DP-SGD teacher alone reads the records, none is embedded
     builder = _pretrained_features if config.teachers.features == "pretrained" else _extractor_features
     try:
-        private, about, public_of = builder(ctx, dataset, parts, used, 0, 1, device)
+        private, about, public_of = builder(ctx, dataset, parts, used if voting else used[:0], 0, 1, device)
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
     pool_index, test_index = parts["student_pool_index"], parts["test_index"]
     public = public_of(np.concatenate([pool_index, test_index]))
     projection = knn.fit_projection(public[:len(pool_index)], config.aggregator.knn_dim)
     save_checkpoint(run_dir.file(KNN_PRIVATE), {"format": KNN_FORMAT, "records": torch.from_numpy(used),
-                                                "features": knn.project(private, projection)}, private=True)
+                                                "features": knn.project(private, projection) if voting else torch.zeros(len(used), 0)},
+                    private=True)
     save_checkpoint(run_dir.file(KNN_PUBLIC), {
         "format": KNN_FORMAT, "pool_index": torch.from_numpy(pool_index), "test_index": torch.from_numpy(test_index),
         "features": knn.project(public, projection), "projection": projection})
@@ -148,8 +151,9 @@ def _knn_space(ctx: Context) -> None:
         _dpsgd_teacher(ctx, dataset, used, pool_index, test_index)
     finish(ctx, NAME, world_size=1, features=config.teachers.features)
     dim = public.shape[1] if projection["components"] is None else projection["components"].shape[0]
-    ctx.say(f"{NAME}: {config.aggregator.mechanism} space: {len(used)} private records and "
-            f"{len(pool_index) + len(test_index)} public images in {dim} dimensions ({about})")
+    ctx.say(f"{NAME}: {config.aggregator.mechanism} space: " + (f"{len(used)} private records and " if voting else "")
+            + f"{len(pool_index) + len(test_index)} public images in {dim} dimensions ({about})"
+            + ("" if voting else "; no private record embedded (knn_k = 0: none votes)"))
 
 
 def _dpsgd_teacher(ctx: Context, dataset, used: np.ndarray, pool_index: np.ndarray, test_index: np.ndarray) -> None:

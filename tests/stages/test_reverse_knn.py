@@ -13,9 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from pate.cli import main
+from pate.io import load_checkpoint
 from pate.privacy import accounting, rdp
 from pate.privacy.mechanisms import ReverseKNN
 from pate.run import spend_log
+from pate.run.artifacts import KNN_PRIVATE
 
 from ..conftest import TINY_PIPELINE, edit_pipeline
 
@@ -228,6 +230,9 @@ def test_no_votes_gives_the_whole_budget_to_the_dpsgd_teacher(tmp_path):
     result = invoke("run", pipeline, "--run-dir", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert "no votes cast" in result.output and "Traceback" not in result.output
+    assert "no private record embedded" in result.output  # none votes, so none is read beside the teacher
+    space = load_checkpoint(tmp_path / "run" / KNN_PRIVATE)
+    assert space["features"].shape == (600, 0) and len(space["records"]) == 600
     public = json.loads((tmp_path / "run-release" / "statement.json").read_text())["privacy"]
     q, steps, orders = 1 / 4, 8, rdp.DEFAULT_ORDERS
     alone = steps * np.asarray(_compute_rdp_poisson_subsampled_gaussian(q, 1.5, orders))
