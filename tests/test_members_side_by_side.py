@@ -17,7 +17,7 @@ import torch
 
 from pate.io import CheckpointMismatch, load_checkpoint
 from pate.run.directory import RunError
-from pate.student.members import side_by_side, train_side_by_side
+from pate.student.members import SCRATCH, side_by_side, train_side_by_side
 from pate.student.training import train_student
 
 from .conftest import TINY_PIPELINE, edit_pipeline
@@ -66,7 +66,9 @@ def assert_same(mine: dict, theirs: dict) -> None:
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
-def no_worker_left() -> None:
+def nothing_left(folder) -> None:
+    """No worker process and no data file of theirs (``members.SCRATCH``) outlives the call."""
+    assert not list(folder.glob(f"{SCRATCH}*"))
     deadline = time.monotonic() + 10
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -88,13 +90,22 @@ def test_side_by_side_gives_the_weights_of_one_after_the_other_on_one_thread(tmp
         steps = [step for m, step, loss in reports if m == member]
         assert steps == list(range(1, STEPS + 1))  # every step, in order, relayed to the parent
     assert all(isinstance(loss, float) for *_, loss in reports)
-    no_worker_left()
+    nothing_left(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parent reloads them on its own thread count, as train-student does
+    try:
+        for settings in member_settings(tmp_path):
+            train_student(*data(), **settings, progress=lambda *a: pytest.fail("a finished member trained again"))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_more_members_than_processes_take_turns(tmp_path):
+    (tmp_path / f"{SCRATCH}killed").mkdir()  # a killed run's data files: removed, the run directory being locked
+    (tmp_path / f"{SCRATCH}killed" / "data-0.npy").write_bytes(b"x")
     train_side_by_side(data(), member_settings(tmp_path, members=3), 2, 1)
     assert [load_checkpoint(tmp_path / f"member-{m}.pt")["step"] for m in range(3)] == [STEPS] * 3
-    no_worker_left()
+    nothing_left(tmp_path)
 
 
 def test_a_members_error_is_raised_here_and_stops_the_others(tmp_path):
@@ -102,7 +113,7 @@ def test_a_members_error_is_raised_here_and_stops_the_others(tmp_path):
     train_student(*data(), **{**member_settings(tmp_path, fingerprint="another run")[1], "steps": STEPS})
     with pytest.raises(CheckpointMismatch):  # member 1 finds another run's checkpoint
         train_side_by_side(data(), settings, 2, 1)
-    no_worker_left()
+    nothing_left(tmp_path)
 
 
 def test_every_member_needs_a_checkpoint(tmp_path):
@@ -122,7 +133,7 @@ def test_a_killed_worker_is_one_line_and_a_rerun_finishes_the_same(tmp_path, one
     with pytest.raises(RunError, match="stopped unexpectedly.*rerun the same command") as err:
         train_side_by_side(data(), member_settings(tmp_path), 2, 1, progress=kill_one)
     assert "\n" not in str(err.value)
-    no_worker_left()
+    nothing_left(tmp_path)
     train_side_by_side(data(), member_settings(tmp_path), 2, 1)  # from the checkpoints
     for member in range(2):
         assert_same(weights(tmp_path / f"member-{member}.pt"), one_after_the_other[member])
@@ -135,7 +146,7 @@ def test_an_interrupt_stops_every_worker_and_a_rerun_resumes_to_the_same_weights
 
     with pytest.raises(KeyboardInterrupt):
         train_side_by_side(data(), member_settings(tmp_path), 2, 1, progress=interrupt)
-    no_worker_left()
+    nothing_left(tmp_path)
     saved = {m: load_checkpoint(tmp_path / f"member-{m}.pt")["step"] for m in range(2)
              if (tmp_path / f"member-{m}.pt").exists()}
     assert saved and all(step < STEPS for step in saved.values())  # stopped mid-way, checkpoints kept
@@ -192,6 +203,7 @@ def test_ctrl_c_in_a_real_run_is_one_line_and_leaves_no_process(tmp_path, fake_d
     assert process.returncode == 2, (out, err)
     assert err.strip() == "Error: interrupted; rerun the same command to resume", err
     assert group_ends(process.pid), "a worker outlived the interrupted run"
+    assert not list((tmp_path / "run" / "student").glob(f"{SCRATCH}*"))
     rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert [load_checkpoint(tmp_path / "run" / "student" / name)["step"]

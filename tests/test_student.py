@@ -13,6 +13,7 @@ import torch
 
 
 from pate.io import CheckpointMismatch, load_checkpoint
+from pate.student import training
 from pate.student.training import accuracy, predict, train_student
 
 K = 4  # classes of the toy task
@@ -180,6 +181,52 @@ def test_checkpoint_is_plain_and_refuses_other_settings(tmp_path):
     y2[3] = (y2[3] + 1) % K
     with pytest.raises(CheckpointMismatch):
         train(x, y2, steps=4, checkpoint_path=ck, fingerprint="abc")
+
+
+def test_the_data_digest_is_exact_and_the_same_on_any_number_of_threads():
+    """What a checkpoint is bound to: the same bytes give the same digest on 1 thread or 2 (students
+    trained side by side, one thread each, are reloaded by a parent on more; the earlier digest, a
+    float64 sum whose rounding follows the thread count, told them apart), and moving values the
+    earlier digest summed past its first 4096 changes it."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(9000, 1, 28, 28, generator=g), torch.softmax(torch.randn(9000, 10, generator=g), 1)
+    threads = torch.get_num_threads()
+    try:
+        digests = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            digests.append(training._data_digest((x, y)))
+    finally:
+        torch.set_num_threads(threads)
+    assert digests[0] == digests[1]
+    swapped = x.clone()
+    swapped[[100, 200]] = x[[200, 100]]  # past the first 4096 values: other data, the same sum up to rounding
+    assert training._data_digest((swapped, y)) != digests[0]
+    assert training._data_digest((x.double(), y)) != digests[0]
+
+
+def test_a_checkpoint_with_the_earlier_digest_resumes_to_the_same_weights(tmp_path):
+    x, y = blobs(60, seed=12)
+    kw = dict(steps=10, seed=5)
+    ref, _ = train(x, y, **kw)
+    ck = tmp_path / "older.pt"
+
+    def die_at_7(step, steps, loss, info):
+        if step == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(x, y, checkpoint_path=ck, checkpoint_every=5, progress=die_at_7, **kw)
+    older = load_checkpoint(ck)
+    older["settings"]["data"] = training._legacy_digest((x, y))  # as an older pate wrote it
+    torch.save(older, ck)
+    resumed, _ = train(x, y, checkpoint_path=ck, checkpoint_every=5, **kw)
+    assert_same_state(state(resumed), state(ref))
+    assert load_checkpoint(ck)["settings"]["data"] == training._data_digest((x, y))  # saved the new way
+    older["settings"]["data"] = training._legacy_digest((x + 1, y))  # an older checkpoint of other data
+    torch.save(older, ck)
+    with pytest.raises(CheckpointMismatch, match="data"):
+        train(x, y, checkpoint_path=ck, checkpoint_every=5, **kw)
 
 
 # ------------------------------------------------------------------ semi-supervised learning helps

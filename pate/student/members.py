@@ -8,16 +8,23 @@ processes, the threads shared out between them. Each member writes its own check
 when trained in the parent (``train_student``'s ``checkpoint_path``), so an interrupted run resumes
 member by member, and the parent afterwards loads each finished member from its checkpoint.
 
-Processes are spawned, not forked: a fork of a process whose OpenMP threads have run can hang.
+Processes are spawned, not forked: a fork of a process whose OpenMP threads have run can hang. The
+training data reach them as files beside the checkpoints that each maps copy-on-write: one copy on
+disk and its pages shared, where pickled tensors would need a copy per process or room in
+``/dev/shm`` (64 MB in a default Docker container).
 """
 from __future__ import annotations
 
 import multiprocessing
 import queue as queues
+import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, wait, FIRST_EXCEPTION
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..run.directory import RunError
@@ -25,6 +32,7 @@ from ..workers import ignore_sigint, sigint_blocked, stop
 from .training import train_student
 
 _REPORTS = None  # a worker's queue of progress reports to the parent
+SCRATCH = ".side-by-side-"  # the folder of the data files the workers map, beside the checkpoints
 
 
 def side_by_side(members: int, device: torch.device, threads: int | None = None) -> tuple[int, int] | None:
@@ -46,12 +54,23 @@ def train_side_by_side(data: tuple, settings: list[dict], processes: int, thread
     A member whose training fails raises its error here, after the other workers are stopped."""
     if any(s.get("checkpoint_path") is None for s in settings):
         raise ValueError("every member needs a checkpoint_path: the parent loads the members from them")
+    folder = Path(settings[0]["checkpoint_path"]).parent
+    for stale in folder.glob(f"{SCRATCH}*"):  # a killed run's (the run directory is locked: none is in use)
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH, dir=folder))
+    try:
+        _train_all(_files(data, scratch), settings, processes, threads, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_all(files: tuple, settings: list[dict], processes: int, threads: int, progress) -> None:
     context = multiprocessing.get_context("spawn")
     reports = context.Queue()
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_worker_init, initargs=(reports, threads))
     try:
         with sigint_blocked():  # workers start without Ctrl-C, then ignore it
-            futures = [pool.submit(_train_member, member, data, member_settings)
+            futures = [pool.submit(_train_member, member, files, member_settings)
                        for member, member_settings in enumerate(settings)]
         pending = set(futures)
         while pending:
@@ -91,5 +110,21 @@ def _worker_init(reports, threads: int) -> None:
     _REPORTS = reports
 
 
-def _train_member(member: int, data: tuple, settings: dict) -> None:
-    train_student(*data, **settings, progress=lambda step, steps, loss, info: _REPORTS.put((member, step, loss)))
+def _files(data: tuple, folder: Path) -> tuple:
+    """Each tensor of ``data`` (None stays None) saved in ``folder`` as a ``.npy`` file; their paths."""
+    paths = []
+    for i, tensor in enumerate(data):
+        if tensor is not None:
+            np.save(folder / f"data-{i}.npy", tensor.detach().cpu().numpy())
+        paths.append(None if tensor is None else str(folder / f"data-{i}.npy"))
+    return tuple(paths)
+
+
+def _mapped(files: tuple) -> tuple:
+    """The tensors of ``_files``, mapped copy-on-write (writable, nothing read until used)."""
+    return tuple(None if path is None else torch.from_numpy(np.load(path, mmap_mode="c")) for path in files)
+
+
+def _train_member(member: int, files: tuple, settings: dict) -> None:
+    train_student(*_mapped(files), **settings,
+                  progress=lambda step, steps, loss, info: _REPORTS.put((member, step, loss)))

@@ -57,6 +57,19 @@ class _State:
 
 
 def _data_digest(tensors: tuple[torch.Tensor, ...]) -> str:
+    """sha256 of each tensor's shape, dtype and bytes: exact, so the same data give the same digest in
+    any process on any number of threads (students trained side by side are reloaded by their parent)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{tuple(t.shape)} {t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _legacy_digest(tensors: tuple[torch.Tensor, ...]) -> str:
+    """The digest of checkpoints written before ``_data_digest`` (a float64 sum, whose rounding
+    depends on the thread count, and the first 4096 values), so that they still resume."""
     h = hashlib.sha256()
     for t in tensors:
         h.update(str(tuple(t.shape)).encode())
@@ -75,8 +88,11 @@ def _save(path, fingerprint: str, settings: dict, state: _State, seed: int) -> N
         "rng": {"seed": seed, "torch_cpu": torch.get_rng_state()}})
 
 
-def _resume(path, fingerprint: str, settings: dict, state: _State) -> None:
+def _resume(path, fingerprint: str, settings: dict, state: _State, legacy_digest: Callable[[], str]) -> None:
     ck = load_checkpoint(path, CHECKPOINT_FORMAT)
+    saved = ck.get("settings") or {}
+    if saved.get("data") not in (None, settings["data"]) and saved["data"] == legacy_digest():
+        ck["settings"] = {**saved, "data": settings["data"]}  # an older pate's digest of the same data
     check_resumable(ck, path, fingerprint=fingerprint, settings=settings)
     state.model.load_state_dict(ck["model"])
     state.ema.load_state_dict(ck["ema"])
@@ -199,15 +215,16 @@ def train_student(
         raise ValueError("checkpoint_every and log_every must be >= 1.")
     semi = method != "supervised"
     device = torch.device(device)
+    data_tensors = (labeled_x, labeled_y) + ((unlabeled_x,) if semi else ())
     settings = dict(arch=arch, num_classes=num_classes, method=method, steps=steps, batch_size=batch_size,
                     unlabeled_ratio=unlabeled_ratio, lr=lr, weight_decay=weight_decay, threshold=threshold,
                     unlabeled_weight=unlabeled_weight, ema_decay=ema_decay, hflip=hflip, seed=seed,
                     log_every=log_every, **({"erase": erase} if erase else {}), **({"mixup": mixup} if mixup else {}),  # old checkpoints still resume
-                    data=_data_digest((labeled_x, labeled_y) + ((unlabeled_x,) if semi else ())))
+                    data=_data_digest(data_tensors))
     state = _new_state(arch, labeled_x.shape[1:], num_classes, seed=seed, lr=lr, weight_decay=weight_decay,
                        steps=steps, device=device)
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        _resume(checkpoint_path, fingerprint, settings, state)
+        _resume(checkpoint_path, fingerprint, settings, state, lambda: _legacy_digest(data_tensors))
     lx = labeled_x.to(device, torch.float32)
     if mixup and labeled_y.ndim == 1:  # blends of two labels are rows
         labeled_y = F.one_hot(labeled_y, num_classes).float()
