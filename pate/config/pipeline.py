@@ -197,7 +197,7 @@ ADDED_LATER = {
     "privacy": ("record_epsilon", "record_budgets"),
     "student": ("soft_temperature", "propagation", "propagation_k", "propagation_alpha", "propagation_confidence",
                 "keep_widest", "hflip", "erase", "prior_temperature", "mixup", "members", "flip_average",
-                "teacher_weight"),
+                "teacher_weight", "precision"),
 }
 
 

@@ -21,10 +21,10 @@ from ..features import knn
 from ..student import propagation
 from ..nets.models import averaged, dpsgd_teacher, layer_plan
 from ..io import CheckpointError, atomic_write_json, load_checkpoint, private_mkdir, save_checkpoint
-from ..progress import Progress
+from ..progress import Progress, say
 from ..run.directory import RunError
 from ..student import members
-from ..student.training import soft_targets, train_student
+from ..student.training import native_bf16, soft_targets, train_student
 from ..features import extractors as features
 from . import finish
 from ..run.artifacts import (EXTRACTOR, KNN_PUBLIC, LABELS, PUBLIC_FEATURES_PREFIX, STUDENT_HISTORY, STUDENT_MODEL,
@@ -81,10 +81,13 @@ def run(ctx: Context) -> None:
     settings = [dict(arch=cfg.arch, num_classes=dataset.num_classes, method=cfg.method, steps=cfg.steps,
                      batch_size=cfg.batch_size, unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr,
                      weight_decay=cfg.weight_decay, threshold=cfg.threshold, hflip=cfg.hflip, erase=cfg.erase,
-                     mixup=cfg.mixup, seed=cfg.seed + member, device=device,
+                     mixup=cfg.mixup, precision=cfg.precision, seed=cfg.seed + member, device=device,
                      checkpoint_path=run_dir.file(member_checkpoint(member)),
                      checkpoint_every=max(1, min(200, cfg.steps // 5)), fingerprint=ctx.config.fingerprint())
                 for member in range(cfg.members)]
+    if cfg.precision == "bf16" and not native_bf16(device):
+        say(f"{NAME}: warning: this {device.upper()} has no native bfloat16 arithmetic, so [student] precision = "
+            '"bf16" trains slower here than "fp32"')
     plan = members.side_by_side(cfg.members, torch.device(device))
     if plan is not None:  # on a CPU: one process per member, each to its checkpoint
         done = [0] * cfg.members

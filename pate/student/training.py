@@ -135,10 +135,32 @@ def _new_state(arch: str, shape, num_classes: int, *, seed: int, lr: float, weig
     return _State(model, ema, optimizer, scheduler)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _arithmetic(precision: str, device: torch.device):
+    """The forward passes' arithmetic: float32, or with ``"bf16"`` mixed precision (convolutions and
+    matrix products in bfloat16 under autocast; weights, gradients' accumulation, optimiser and EMA
+    in float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (AVX512-BF16 or AMX on a CPU; a GPU that
+    supports it), so ``precision = "bf16"`` is faster there, not slower."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return device.type == "cpu" and any(check() for check in checks if check is not None)
+
+
 def _check_inputs(labeled_x, labeled_y, unlabeled_x, *, method, num_classes, steps, batch_size,
-                  unlabeled_ratio, threshold, mixup=0.0) -> None:
+                  unlabeled_ratio, threshold, mixup=0.0, precision="fp32") -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}. Found {method!r}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}. Found {precision!r}.")
     if labeled_x.ndim != 4 or labeled_y.shape[:1] != labeled_x.shape[:1] or len(labeled_y) == 0:
         raise ValueError(f"labeled_x must be (N, C, H, W) and labeled_y (N,) or (N, m) with N > 0. "
                          f"Found {tuple(labeled_x.shape)} and {tuple(labeled_y.shape)}.")
@@ -180,6 +202,7 @@ def train_student(
     hflip: bool = False,
     erase: float = 0.0,
     mixup: float = 0.0,
+    precision: str = "fp32",
     seed: int = 0,
     device: str | torch.device = "cpu",
     checkpoint_path: str | os.PathLike | None = None,
@@ -201,14 +224,16 @@ def train_student(
     ``threshold``), ``labeled_accuracy`` (on the augmented labelled batches) and ``lr``, each
     averaged over the ``log_every`` steps before the logged step; only training data is used.
     ``hflip``, ``erase`` and ``mixup`` (Beta(mixup, mixup) blends of labelled images and targets,
-    ``mix_up``) augment the labelled batches; each is part of the checkpoint's settings when on.
+    ``mix_up``) augment the labelled batches; each is part of the checkpoint's settings when on, as
+    is ``precision = "bf16"`` (mixed-precision forward passes, ``native_bf16`` says where it is faster).
 
     With ``checkpoint_path`` the state is saved atomically every ``checkpoint_every`` steps
     (default: at the end only) and a run finding a checkpoint there resumes from it; a checkpoint
     from different settings or another ``fingerprint`` raises ``CheckpointMismatch``.
     """
     _check_inputs(labeled_x, labeled_y, unlabeled_x, method=method, num_classes=num_classes, steps=steps,
-                  batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, threshold=threshold, mixup=mixup)
+                  batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, threshold=threshold, mixup=mixup,
+                  precision=precision)
     checkpoint_every = steps if checkpoint_every is None else checkpoint_every
     log_every = max(1, steps // 100) if log_every is None else log_every
     if checkpoint_every < 1 or log_every < 1:
@@ -220,6 +245,7 @@ def train_student(
                     unlabeled_ratio=unlabeled_ratio, lr=lr, weight_decay=weight_decay, threshold=threshold,
                     unlabeled_weight=unlabeled_weight, ema_decay=ema_decay, hflip=hflip, seed=seed,
                     log_every=log_every, **({"erase": erase} if erase else {}), **({"mixup": mixup} if mixup else {}),  # old checkpoints still resume
+                    **({"precision": precision} if precision != "fp32" else {}),
                     data=_data_digest(data_tensors))
     state = _new_state(arch, labeled_x.shape[1:], num_classes, seed=seed, lr=lr, weight_decay=weight_decay,
                        steps=steps, device=device)
@@ -232,7 +258,8 @@ def train_student(
     data = (lx, ly, unlabeled_x.to(device, torch.float32) if semi else None,
             batch_size * unlabeled_ratio if semi else 0)
     step_kwargs = dict(method=method, batch_size=batch_size, threshold=threshold,
-                       unlabeled_weight=unlabeled_weight, hflip=hflip, erase=erase, mixup=mixup)
+                       unlabeled_weight=unlabeled_weight, hflip=hflip, erase=erase, mixup=mixup,
+                       precision=precision)
 
     def save(done: int) -> None:
         if checkpoint_path is not None and (done % checkpoint_every == 0 or done == steps):
@@ -293,7 +320,7 @@ def _log(state: _State, stats: dict, done: int, steps: int, log_every: int) -> N
 
 
 def _train_step(model, optimizer, lx, ly, ux, n_unl, gen, *, method, batch_size, threshold,
-                unlabeled_weight, hflip, erase, mixup=0.0) -> dict:
+                unlabeled_weight, hflip, erase, mixup=0.0, precision="fp32") -> dict:
     li = torch.randint(0, len(lx), (batch_size,), generator=gen, device=lx.device)
     xb = random_erase(weak_augment(lx[li], gen, hflip=hflip), gen, erase)
     yb = ly[li]
@@ -303,14 +330,15 @@ def _train_step(model, optimizer, lx, ly, ux, n_unl, gen, *, method, batch_size,
     if n_unl:
         ui = torch.randint(0, len(ux), (n_unl,), generator=gen, device=ux.device)
         u = ux[ui]
-        with torch.no_grad():
+        with torch.no_grad(), _arithmetic(precision, lx.device):
             probs = torch.softmax(model(weak_augment(u, gen, hflip=hflip).contiguous(
-                memory_format=torch.channels_last)), dim=1)
+                memory_format=torch.channels_last)).float(), dim=1)
         conf, target = probs.max(dim=1)
         mask = (conf >= threshold).float()
         view = strong_augment(u, gen, hflip=hflip) if method == "fixmatch" else weak_augment(u, gen, hflip=hflip)
         xb = torch.cat([xb, view])
-    logits = model(xb.contiguous(memory_format=torch.channels_last))
+    with _arithmetic(precision, lx.device):
+        logits = model(xb.contiguous(memory_format=torch.channels_last)).float()  # the losses in float32
     loss_l = F.cross_entropy(logits[:batch_size], yb)
     loss = loss_l
     if n_unl:
