@@ -1,7 +1,7 @@
 """``[student] members`` trained side by side (one process each, ``pate.student.members``) against one
 after the other in one process: wall time of the same students, rounds alternating, and the ratio.
 
-    python benchmarks/members.py [--members 2] [--steps 400] [--arch cnn-deep] [--rounds 3]
+    python benchmarks/members.py [--members 2] [--steps 400] [--arch cnn-deep] [--rounds 3] [--precision bf16]
 
 The data have the shape of ``fashion-mnist-dpsgd-teacher``'s student (9 000 pool images 1x28x28 with
 soft targets over 10 classes; random values: a step's time does not depend on them), trained with its
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--arch", default="cnn-deep")
     parser.add_argument("--images", type=int, default=9000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()
     plan = members.side_by_side(args.members, torch.device("cpu"))
     if plan is None:
@@ -40,14 +41,14 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(args.images, 1, 28, 28, generator=g),
             torch.softmax(torch.randn(args.images, 10, generator=g), 1), None)
-    print(f"{args.members} {args.arch} students, {args.steps} steps each; one after the other on "
+    print(f"{args.members} {args.arch} students ({args.precision}), {args.steps} steps each; one after the other on "
           f"{torch.get_num_threads()} threads, side by side in {plan[0]} processes of {plan[1]} thread(s)")
     times = {"one after the other": [], "side by side": []}
     for round_ in range(args.rounds):
         for mode in times:
             with tempfile.TemporaryDirectory() as folder:
                 settings = [dict(arch=args.arch, num_classes=10, method="supervised", steps=args.steps, batch_size=32,
-                                 lr=0.03, hflip=True, erase=0.5, seed=m, checkpoint_path=Path(folder) / f"m{m}.pt",
+                                 lr=0.03, hflip=True, erase=0.5, precision=args.precision, seed=m, checkpoint_path=Path(folder) / f"m{m}.pt",
                                  checkpoint_every=max(1, min(200, args.steps // 5))) for m in range(args.members)]
                 start = time.perf_counter()
                 if mode == "side by side":

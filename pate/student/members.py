@@ -1,10 +1,11 @@
 """Several students (``[student] members``) trained side by side on a CPU, one process each.
 
 A student's step on a batch of small images cannot keep several cores busy: on 2 cores one
-cnn-deep step (batch 32) took 50.5 ms on both threads and 76.7 ms on one, while two one-thread
-processes side by side took 82-84 ms a step each, 1.23x the throughput of training them one
-after the other. So on a CPU with more threads than one, the members train in a pool of
-processes, the threads shared out between them. Each member writes its own checkpoint exactly as
+cnn-deep step (batch 32) took 50.5 ms on both threads and 76.7 ms on one, and two one-thread
+processes side by side 82-84 ms a step each. In the whole training loop the gain is smaller:
+``benchmarks/members.py`` measured 1.05 times the throughput in bfloat16 over 1 000 steps. So on
+a CPU with more threads than one, the members train in a pool of processes, the threads shared out
+between them. Each member writes its own checkpoint exactly as
 when trained in the parent (``train_student``'s ``checkpoint_path``), so an interrupted run resumes
 member by member, and the parent afterwards loads each finished member from its checkpoint.
 
