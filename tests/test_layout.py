@@ -97,7 +97,7 @@ def test_cli_and_registry_do_not_import_torch(code):
 # The layers, lowest first. A unit (top-level module or package) imports only from lower layers.
 LAYERS = [
     {"errors"},
-    {"io", "seeds", "progress"},
+    {"io", "seeds", "progress", "workers"},  # workers: process pools that a Ctrl-C leaves tidy
     {"privacy"},
     {"nets"},  # model specs, the scattering transform and layer, augmentation
     {"config"},
