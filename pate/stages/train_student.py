@@ -86,8 +86,9 @@ def run(ctx: Context) -> None:
                      checkpoint_every=max(1, min(200, cfg.steps // 5)), fingerprint=ctx.config.fingerprint())
                 for member in range(cfg.members)]
     if cfg.precision == "bf16" and not native_bf16(device):
-        say(f"{NAME}: warning: this {device.upper()} has no native bfloat16 arithmetic, so [student] precision = "
-            '"bf16" trains slower here than "fp32"')
+        kind = "GPU" if device.startswith("cuda") else "CPU"
+        say(f'{NAME}: warning: this {kind} has no native bfloat16 arithmetic, so [student] precision = "bf16" '
+            'trains slower here than "fp32"')
     plan = members.side_by_side(cfg.members, torch.device(device))
     if plan is not None:  # on a CPU: one process per member, each to its checkpoint
         done = [0] * cfg.members
