@@ -16,7 +16,7 @@ STUDENT_METHODS = ("supervised", "fixmatch", "pseudo-label")
 PROPAGATION = ("none", "label-spreading")  # [student] propagation (pate.student.propagation)
 
 
-PRECISIONS = ("fp32", "bf16")  # [student] precision (pate.student.training, which needs torch, agrees)
+PRECISIONS = ("fp32", "bf16")  # [student] precision (pate.student.training checks its argument against it)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config.student import PRECISIONS
 from ..nets.augment import mix_up, random_erase, strong_augment, weak_augment
 from ..io import check_resumable, load_checkpoint, save_checkpoint
 from ..nets.averaged import ema_update
@@ -133,9 +134,6 @@ def _new_state(arch: str, shape, num_classes: int, *, seed: int, lr: float, weig
                                 lr=lr, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(steps))
     return _State(model, ema, optimizer, scheduler)
-
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def _arithmetic(precision: str, device: torch.device):
