@@ -2,7 +2,8 @@
 a finished run's student without ``--validate`` pool images and score it on them.
 
     python benchmarks/student_split.py RUN_DIR --keep-widest 0.67,1 [--erase 0,0.5] [--prior-temperature 1,2] [--mixup 0,0.2]
-        [--validate 1000] [--steps 4500] [--members 2] [--teacher-weight 0,0.25,0.5,1]
+        [--validate 1000] [--steps 4500] [--members 2] [--teacher-weight 0,0.25,0.5,1] [--precision bf16]
+        [--save DIR]
 
 The run's release (``labels.npz``: labels, noisy vectors, a DP-SGD teacher's probabilities) becomes
 targets exactly as ``pate.stages.train_student`` makes them (``released_targets``, ``widest``); a
@@ -13,7 +14,10 @@ labels (and, beside, on the held-out test split, which is never read to choose).
 each setting trains N students (seeds seed .. seed + N - 1, as ``[student] members`` does) and scores
 each alone, then the average of the first 1 .. N, each without and with ``flip_average`` (the logits of
 every image and its mirror averaged). With ``--teacher-weight`` each of those is scored again with the
-run's released DP-SGD teacher's logits added at each weight (``[student] teacher_weight``). Nothing is written to the run directory. Costs no privacy: the release and public images only.
+run's released DP-SGD teacher's logits added at each weight (``[student] teacher_weight``). ``--precision``
+is the students' arithmetic (the run's ``[student] precision`` by default). With ``--save DIR`` each
+student's weights go to ``DIR/<setting>-member<m>.pt`` (DIR must not exist), to score other averages later
+without retraining. Nothing is written to the run directory. Costs no privacy: the release and public images only.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pate import config as config_mod, data  # noqa: E402
+from pate.config.student import PRECISIONS  # noqa: E402
 from pate.nets.models import averaged  # noqa: E402
 from pate.run.directory import RunError  # noqa: E402
 from pate.run.artifacts import mechanism  # noqa: E402
@@ -52,10 +57,17 @@ def main() -> None:
                         help="students trained per setting; their averages of 1..N scored without and with mirrors")
     parser.add_argument("--teacher-weight", default=None,
                         help="comma-separated weights of the released DP-SGD teacher's logits added to each student's")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS, help="the run's [student] precision by default")
+    parser.add_argument("--save", type=Path, default=None, help="a new folder for each student's weights")
     parser.add_argument("--data-root", type=Path, default=data.DEFAULT_ROOT)
     args = parser.parse_args()
     if not 1 <= args.members <= 16:
         parser.error("--members must be between 1 and 16")
+    if args.save is not None:
+        try:
+            args.save.mkdir(parents=True)
+        except FileExistsError:
+            parser.error(f"--save {args.save} already exists: name a new folder")
     config = config_mod.load(args.run_dir / "config.toml")
     if config.student.propagation != "none":
         raise SystemExit("this run spreads its labels over the pool ([student] propagation), which this benchmark "
@@ -89,7 +101,8 @@ def main() -> None:
                                                 for t in temperatures for x in mixups):
         cfg = dataclasses.replace(config.student, keep_widest=fraction, steps=args.steps or config.student.steps,
                                   arch=args.arch or config.student.arch, method=args.method or config.student.method,
-                                  erase=erase, prior_temperature=temperature, mixup=mixup)
+                                  erase=erase, prior_temperature=temperature, mixup=mixup,
+                                  precision=args.precision or config.student.precision)
         targets, margins = released_targets(released, cfg, mechanism(config))
         kept = widest(margins, fraction) if fraction < 1 and margins is not None else np.arange(len(targets))
         labeled, rows = released["query_index"][kept], targets[torch.from_numpy(kept)]
@@ -105,8 +118,11 @@ def main() -> None:
                 images(unlabeled if len(unlabeled) else labeled[train]) if cfg.method != "supervised" else None,
                 arch=cfg.arch, num_classes=ds.num_classes, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size,
                 unlabeled_ratio=cfg.unlabeled_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay, threshold=cfg.threshold,
-                hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup, seed=cfg.seed + member)
+                hflip=cfg.hflip, erase=cfg.erase, mixup=cfg.mixup, precision=cfg.precision, seed=cfg.seed + member)
             networks.append(model)
+            if args.save is not None:
+                torch.save(model.state_dict(), args.save / (f"{cfg.arch}-{cfg.steps}-keep{fraction:g}-erase{erase:g}-"
+                                                            f"temp{temperature:g}-mixup{mixup:g}-member{member}.pt"))
             seconds = time.time() - t0
             students = [(f"student {member}" if args.members > 1 else "", [model], False)]
             if args.members > 1:
@@ -121,7 +137,7 @@ def main() -> None:
                 right = training.accuracy(student, images(held), truth)
                 tested = (f"; {100 * training.accuracy(student, images(test), torch.from_numpy(ds.public_y[test].astype(np.int64))):.2f}%"
                           f" of the {len(test)} held-out test images" if scored else "")
-                print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps, keep_widest {fraction:g}, erase {erase:g}, "
+                print(f"{config.name} {cfg.arch} {cfg.method} {cfg.steps} steps {cfg.precision}, keep_widest {fraction:g}, erase {erase:g}, "
                       f"prior_temperature {temperature:g}, mixup {mixup:g}{', ' + what if what else ''}: "
                       f"{int(train.sum())} labelled + {len(unlabeled)} unlabelled, {100 * right:.2f}% of the {len(held)} "
                       f"held-out pool images right{tested} ({seconds:.0f} s)", flush=True)
