@@ -204,3 +204,40 @@ def test_student_split_scores_each_student_and_their_averages(averaged_run, fake
     whats = [line.split("mixup 0, ")[1].split(":")[0] for line in lines]
     assert whats == ["student 0", "mirrors averaged, student 0", "student 1", "mirrors averaged, student 1",
                      "average of students 0-1", "average of students 0-1, mirrors averaged"]
+    assert all(" 3 steps fp32," in line for line in lines)  # the run's precision unless asked
+
+
+def test_student_split_saves_each_student_in_the_precision_asked(averaged_run, fake_data_root, capsys, monkeypatch,
+                                                                 tmp_path):
+    """`--save DIR --precision bf16`: each student's weights in a new DIR, loadable into its architecture and
+    giving the logits of the student scored; an existing DIR is refused before any training."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from pate.nets.models import build_model
+
+    root, _, _ = averaged_run
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "student_split.py"
+    spec = importlib.util.spec_from_file_location("student_split_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["student_split.py", str(root / "run"), "--keep-widest", "1", "--validate", "50", "--steps", "3",
+            "--members", "2", "--precision", "bf16", "--data-root", str(fake_data_root), "--save", str(tmp_path / "w")]
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "held-out pool images right" in line]
+    assert lines and all(" 3 steps bf16," in line for line in lines)
+    saved = sorted((tmp_path / "w").glob("*.pt"))
+    assert [p.name.rsplit("-", 1)[1] for p in saved] == ["member0.pt", "member1.pt"]
+    nets = []
+    for p in saved:
+        net = build_model("cnn-small", 1, 10, 28)  # the averaged run's [student] arch
+        net.load_state_dict(torch.load(p))
+        nets.append(net.eval())
+    x = torch.randn(4, 1, 28, 28)
+    assert not torch.equal(nets[0](x), nets[1](x))  # two seeds, two students
+    before = sorted((tmp_path / "w").iterdir())
+    with pytest.raises(SystemExit) as refused:
+        module.main()
+    assert refused.value.code == 2 and sorted((tmp_path / "w").iterdir()) == before
