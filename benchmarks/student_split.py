@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pate import config as config_mod, data  # noqa: E402
+from pate.config.checks import ConfigError  # noqa: E402
 from pate.config.student import PRECISIONS  # noqa: E402
 from pate.nets.models import averaged  # noqa: E402
 from pate.run.directory import RunError  # noqa: E402
@@ -63,12 +64,15 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.members <= 16:
         parser.error("--members must be between 1 and 16")
-    if args.save is not None:
-        try:
-            args.save.mkdir(parents=True)
-        except FileExistsError:
-            parser.error(f"--save {args.save} already exists: name a new folder")
-    config = config_mod.load(args.run_dir / "config.toml")
+    if args.save is not None and args.save.exists():
+        parser.error(f"--save {args.save} already exists: name a new folder")
+    try:
+        config = config_mod.load(args.run_dir / "config.toml")
+    except ConfigError as exc:
+        raise SystemExit(f"{args.run_dir}: not a finished run ({exc})") from None
+    missing = [name for name in ("partition.npz", "labels.npz") if not (args.run_dir / name).is_file()]
+    if missing:
+        raise SystemExit(f"{args.run_dir}: no {' or '.join(missing)}: run the pipeline through its aggregate stage first")
     if config.student.propagation != "none":
         raise SystemExit("this run spreads its labels over the pool ([student] propagation), which this benchmark "
                          "does not: use benchmarks/student_on_run.py --propagation")
@@ -97,6 +101,8 @@ def main() -> None:
     erases = _values(args.erase, config.student.erase)
     temperatures = _values(args.prior_temperature, config.student.prior_temperature)
     mixups = _values(args.mixup, config.student.mixup)
+    if args.save is not None:
+        args.save.mkdir(parents=True)  # once every input has been read: no empty folder left by a refusal
     for fraction, erase, temperature, mixup in ((float(f), e, t, x) for f in args.keep_widest.split(",") for e in erases
                                                 for t in temperatures for x in mixups):
         cfg = dataclasses.replace(config.student, keep_widest=fraction, steps=args.steps or config.student.steps,

@@ -241,3 +241,11 @@ def test_student_split_saves_each_student_in_the_precision_asked(averaged_run, f
     with pytest.raises(SystemExit) as refused:
         module.main()
     assert refused.value.code == 2 and sorted((tmp_path / "w").iterdir()) == before
+    for folder, says in ((tmp_path / "nothing", "not a finished run"), (tmp_path / "partial", "aggregate stage first")):
+        if says == "aggregate stage first":
+            folder.mkdir()
+            (folder / "config.toml").write_text((root / "run" / "config.toml").read_text())
+        monkeypatch.setattr(sys, "argv", ["student_split.py", str(folder), "--save", str(tmp_path / "unused")])
+        with pytest.raises(SystemExit, match=says):  # one line, no traceback, and no folder left behind
+            module.main()
+        assert not (tmp_path / "unused").exists()
