@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 
 import torch  # noqa: E402
 
+from pate.config.student import PRECISIONS  # noqa: E402
 from pate.student import members  # noqa: E402
 from pate.student.training import train_student  # noqa: E402
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--arch", default="cnn-deep")
     parser.add_argument("--images", type=int, default=9000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     args = parser.parse_args()
     plan = members.side_by_side(args.members, torch.device("cpu"))
     if plan is None:

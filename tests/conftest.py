@@ -48,6 +48,18 @@ batch_size = 16
 """
 
 
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` loaded as a fresh module: the benchmarks are scripts run as files, not
+    part of the package, and their tests call their ``main`` or pieces."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", Path(__file__).resolve().parents[1]
+                                                  / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def edit_pipeline(text: str, *replacements: tuple[str, str]) -> str:
     """``text`` with each (old, new) line replaced; an ``old`` that is not there is an error, so a
     derived pipeline cannot silently drift from the one it is derived from."""

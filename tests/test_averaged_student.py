@@ -21,7 +21,7 @@ from pate.errors import PateError
 from pate.io import load_checkpoint
 from pate.nets.models import MAX_MEMBERS, averaged, build_model, build_student
 
-from .conftest import TINY_PIPELINE, edit_pipeline
+from .conftest import TINY_PIPELINE, benchmark_script, edit_pipeline
 
 ATOL = 1e-4
 
@@ -188,15 +188,10 @@ def test_torchscript_takes_the_averaged_student_too(averaged_run):
 def test_student_split_scores_each_student_and_their_averages(averaged_run, fake_data_root, capsys, monkeypatch):
     """`benchmarks/student_split.py RUN --members 2`: each student alone and with mirrors, then the
     average of the two without and with mirrors, all on the held-out pool images."""
-    import importlib.util
     import sys
-    from pathlib import Path
 
     root, _, _ = averaged_run
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "student_split.py"
-    spec = importlib.util.spec_from_file_location("student_split_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("student_split")
     monkeypatch.setattr(sys, "argv", ["student_split.py", str(root / "run"), "--keep-widest", "1", "--validate", "50",
                                       "--steps", "3", "--members", "2", "--data-root", str(fake_data_root)])
     module.main()
@@ -211,17 +206,10 @@ def test_student_split_saves_each_student_in_the_precision_asked(averaged_run, f
                                                                  tmp_path):
     """`--save DIR --precision bf16`: each student's weights in a new DIR, loadable into its architecture and
     giving the logits of the student scored; an existing DIR is refused before any training."""
-    import importlib.util
     import sys
-    from pathlib import Path
-
-    from pate.nets.models import build_model
 
     root, _, _ = averaged_run
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "student_split.py"
-    spec = importlib.util.spec_from_file_location("student_split_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("student_split")
     argv = ["student_split.py", str(root / "run"), "--keep-widest", "1", "--validate", "50", "--steps", "3",
             "--members", "2", "--precision", "bf16", "--data-root", str(fake_data_root), "--save", str(tmp_path / "w")]
     monkeypatch.setattr(sys, "argv", argv)

@@ -2,7 +2,6 @@
 means (which seeds a copy of a pipeline gets; how a kNN setting is scored on the public pool)."""
 from __future__ import annotations
 
-import importlib.util
 import tomllib
 from pathlib import Path
 
@@ -11,18 +10,13 @@ import torch
 
 from pate import config as config_mod
 
+from .conftest import benchmark_script
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-seeds = _module("seeds")
-knn_choice = _module("knn_choice")
+seeds = benchmark_script("seeds")
+knn_choice = benchmark_script("knn_choice")
 
 
 @pytest.mark.parametrize("pipeline", sorted((BENCHMARKS.parent / "pipelines").glob("*.toml")), ids=lambda p: p.stem)
@@ -106,7 +100,7 @@ def test_ablation_runs_as_a_file_and_sets_only_the_aggregator_settings(tmp_path)
     done = subprocess.run([sys.executable, str(BENCHMARKS / "ablation.py"), "--help"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    ablation = _module("ablation")
+    ablation = benchmark_script("ablation")
     pipeline = BENCHMARKS.parent / "pipelines" / "mnist-knn.toml"
     original = tomllib.loads(pipeline.read_text())
     raw = tomllib.loads(ablation.with_aggregator(pipeline.read_text(), soft_labels=True,

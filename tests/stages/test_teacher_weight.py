@@ -22,7 +22,7 @@ from pate.run.directory import RunError
 from pate.stages.train_student import released_teacher
 from pate.teachers import dpsgd
 
-from ..conftest import edit_pipeline
+from ..conftest import benchmark_script, edit_pipeline
 from .test_reverse_knn import DPSGD_PIPELINE, _arrays, invoke
 
 ATOL = 1e-4
@@ -149,14 +149,9 @@ def test_a_file_claiming_a_bad_teacher_weight_is_refused(tmp_path, value):
 def test_student_split_scores_each_teacher_weight(weighted_run, capsys, monkeypatch):
     """`benchmarks/student_split.py RUN --teacher-weight 0,1`: each student scored with the released
     teacher's logits left out and weighted in, on the held-out pool images."""
-    import importlib.util
     import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "student_split.py"
-    spec = importlib.util.spec_from_file_location("student_split_teacher_weight", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("student_split")
     monkeypatch.setattr(sys, "argv", ["student_split.py", str(weighted_run / "run"), "--keep-widest", "1",
                                       "--validate", "50", "--steps", "3", "--teacher-weight", "0,1"])
     module.main()
